@@ -1,0 +1,28 @@
+//! What every gpush process shares: the shape of a push, how it is named on
+//! the bus, how it is encoded there, and the small operational helpers.
+//!
+//! # Layout
+//! - [`push`]: a push message, its route (everyone / topic / user) and the
+//!   rules for valid topic and uid names.
+//! - [`subject`]: the NATS subject a route is published under. Names are
+//!   escaped so that no topic or uid can act as a wildcard or reach another
+//!   topic's or user's subject.
+//! - [`envelope`]: the MessagePack body of a bus message.
+//! - [`bus`]: the publishing side of the bus: NATS, or in-process for
+//!   standalone mode.
+//! - [`registry`]: the etcd key and record an edge registers itself under.
+//! - [`config`], [`telemetry`], [`shutdown`]: loading TOML config, tracing
+//!   set-up, and the signal that starts a graceful shutdown.
+
+pub mod bus;
+pub mod config;
+pub mod envelope;
+pub mod push;
+pub mod registry;
+pub mod shutdown;
+pub mod subject;
+pub mod telemetry;
+
+pub use bus::{Bus, BusError, LocalDelivery};
+pub use push::{NameError, Push, Route};
+pub use subject::Subjects;

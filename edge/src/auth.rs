@@ -1,0 +1,296 @@
+//! Login: turning a client's token into a uid.
+//!
+//! Tried in order, as configured: JWT verification (HS256 secret, or an
+//! RS256 / ES256 public key; uid = `sub`, `exp` required and enforced), then
+//! an HTTP auth webhook. Every failure, including a webhook that is down,
+//! slow or answers garbage, is an [`AuthError`] (reply 30003), never a
+//! crash.
+//!
+//! The webhook receives `POST {"token": <data>}` (the login request's `data`
+//! as sent) and must answer 2xx with either `{"uid": "<uid>"}` or the
+//! original gpush shape `{"code": 0, "data": {"user_info": {"uid": "<uid>"}}}`.
+//! Any other answer refuses the login.
+
+use crate::config::AuthConfig;
+use gpush_common::push::validate_name;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Clock skew tolerated when checking `exp`.
+const JWT_LEEWAY: Duration = Duration::from_secs(5);
+
+/// Why a login was refused. The text goes to the client as `detail`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No verification method is configured.
+    #[error("no login method is configured on this server")]
+    NotConfigured,
+    /// The token is not a string (JWT needs one).
+    #[error("token must be a string")]
+    NotAString,
+    /// JWT verification failed (bad signature, expired, malformed).
+    #[error("invalid token: {0}")]
+    Jwt(String),
+    /// The webhook could not be reached, timed out or answered an error.
+    #[error("auth service unavailable")]
+    WebhookUnavailable,
+    /// The webhook refused the token.
+    #[error("token refused by auth service")]
+    WebhookRefused,
+    /// The webhook answered something that is not a uid.
+    #[error("auth service answered an unexpected response")]
+    WebhookGarbage,
+    /// The uid is not a valid name.
+    #[error("uid {0}")]
+    BadUid(gpush_common::NameError),
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The public key file could not be read.
+    #[error("cannot read auth.jwt_public_key {path}: {source}")]
+    ReadKey {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is neither an RSA nor an EC public key in PEM.
+    #[error("auth.jwt_public_key {0} is not an RSA or EC (P-256) public key in PEM format")]
+    BadKey(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the webhook client: {0}")]
+    Client(String),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+/// Verifies login tokens.
+pub struct Authenticator {
+    jwt: Option<(DecodingKey, Validation)>,
+    webhook: Option<(reqwest::Client, String)>,
+    insecure_token_is_uid: bool,
+    max_name_len: usize,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("jwt", &self.jwt.is_some())
+            .field("webhook", &self.webhook.as_ref().map(|(_, url)| url))
+            .field("insecure_token_is_uid", &self.insecure_token_is_uid)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Builds the verifier from config; reads the public key file.
+    pub fn new(config: &AuthConfig, max_name_len: usize) -> Result<Self, AuthSetupError> {
+        let jwt = if let Some(secret) = &config.jwt_secret {
+            Some((
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256, config),
+            ))
+        } else if let Some(path) = &config.jwt_public_key {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| AuthSetupError::ReadKey {
+                path: shown.clone(),
+                source,
+            })?;
+            let (key, algorithm) = DecodingKey::from_rsa_pem(&pem)
+                .map(|k| (k, Algorithm::RS256))
+                .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
+                .map_err(|_| AuthSetupError::BadKey(shown))?;
+            Some((key, validation(algorithm, config)))
+        } else {
+            None
+        };
+        let webhook = match &config.webhook_url {
+            Some(url) => {
+                let client = reqwest::Client::builder()
+                    .timeout(config.webhook_timeout)
+                    .connect_timeout(config.webhook_timeout)
+                    .build()
+                    .map_err(|e| AuthSetupError::Client(e.to_string()))?;
+                Some((client, url.clone()))
+            }
+            None => None,
+        };
+        Ok(Self {
+            jwt,
+            webhook,
+            insecure_token_is_uid: config.insecure_token_is_uid,
+            max_name_len,
+        })
+    }
+
+    /// The uid the token proves, or why not.
+    pub async fn login(&self, token: &Value) -> Result<String, AuthError> {
+        let mut result = Err(AuthError::NotConfigured);
+        if let Some((key, validation)) = &self.jwt {
+            result = match token.as_str() {
+                Some(token) => jsonwebtoken::decode::<Claims>(token, key, validation)
+                    .map(|data| data.claims.sub)
+                    .map_err(|e| AuthError::Jwt(e.to_string())),
+                None => Err(AuthError::NotAString),
+            };
+        }
+        if result.is_err() {
+            if let Some((client, url)) = &self.webhook {
+                result = webhook(client, url, token).await;
+            }
+        }
+        if result.is_err() && self.insecure_token_is_uid {
+            if let Some(token) = token.as_str() {
+                result = Ok(token.to_owned());
+            }
+        }
+        let uid = result?;
+        validate_name(&uid, self.max_name_len).map_err(AuthError::BadUid)?;
+        Ok(uid)
+    }
+}
+
+fn validation(algorithm: Algorithm, config: &AuthConfig) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = JWT_LEEWAY.as_secs();
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    if let Some(audience) = &config.jwt_audience {
+        validation.set_audience(&[audience]);
+    } else {
+        validation.validate_aud = false;
+    }
+    if let Some(issuer) = &config.jwt_issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    validation
+}
+
+/// The webhook's answer: ours, or the original gpush one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WebhookAnswer {
+    Plain { uid: String },
+    Original { code: i64, data: OriginalData },
+}
+
+#[derive(Deserialize)]
+struct OriginalData {
+    user_info: OriginalUser,
+}
+
+#[derive(Deserialize)]
+struct OriginalUser {
+    uid: String,
+}
+
+async fn webhook(client: &reqwest::Client, url: &str, token: &Value) -> Result<String, AuthError> {
+    let response = client
+        .post(url)
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "auth webhook unreachable");
+            AuthError::WebhookUnavailable
+        })?;
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(AuthError::WebhookUnavailable);
+    }
+    if !status.is_success() {
+        return Err(AuthError::WebhookRefused);
+    }
+    let body = response.bytes().await.map_err(|e| {
+        tracing::warn!(error = %e, "auth webhook body unreadable");
+        AuthError::WebhookUnavailable
+    })?;
+    match serde_json::from_slice::<WebhookAnswer>(&body) {
+        Ok(WebhookAnswer::Plain { uid }) => Ok(uid),
+        Ok(WebhookAnswer::Original { code: 0, data }) => Ok(data.user_info.uid),
+        Ok(WebhookAnswer::Original { .. }) => Err(AuthError::WebhookRefused),
+        Err(_) => Err(AuthError::WebhookGarbage),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    fn now() -> u64 {
+        gpush_common::push::now_us() / 1_000_000
+    }
+
+    fn hs256(secret: &str, sub: &str, exp: u64) -> Value {
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &json!({"sub": sub, "exp": exp}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("encode");
+        Value::String(token)
+    }
+
+    fn with_secret() -> Authenticator {
+        let config = AuthConfig {
+            jwt_secret: Some("s3cret".into()),
+            ..AuthConfig::default()
+        };
+        Authenticator::new(&config, 64).expect("auth")
+    }
+
+    #[tokio::test]
+    async fn hs256_good_expired_and_wrong_key() {
+        let auth = with_secret();
+        let ok = auth.login(&hs256("s3cret", "alice", now() + 60)).await;
+        assert_eq!(ok.expect("valid"), "alice");
+        let expired = auth.login(&hs256("s3cret", "alice", now() - 60)).await;
+        assert!(matches!(expired, Err(AuthError::Jwt(_))), "{expired:?}");
+        let wrong = auth.login(&hs256("other", "alice", now() + 60)).await;
+        assert!(matches!(wrong, Err(AuthError::Jwt(_))), "{wrong:?}");
+        let not_string = auth.login(&json!({"t": 1})).await;
+        assert!(matches!(not_string, Err(AuthError::NotAString)));
+    }
+
+    #[tokio::test]
+    async fn uid_from_token_must_be_a_valid_name() {
+        let auth = with_secret();
+        let bad = auth.login(&hs256("s3cret", "a\nb", now() + 60)).await;
+        assert!(matches!(bad, Err(AuthError::BadUid(_))), "{bad:?}");
+    }
+
+    #[tokio::test]
+    async fn nothing_configured_refuses_everyone() {
+        let auth = Authenticator::new(&AuthConfig::default(), 64).expect("auth");
+        assert!(matches!(
+            auth.login(&json!("x")).await,
+            Err(AuthError::NotConfigured)
+        ));
+        let insecure = AuthConfig {
+            insecure_token_is_uid: true,
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::new(&insecure, 64).expect("auth");
+        assert_eq!(auth.login(&json!("bob")).await.expect("dev mode"), "bob");
+    }
+
+    #[test]
+    fn unreadable_key_is_a_setup_error() {
+        let config = AuthConfig {
+            jwt_public_key: Some("/nonexistent/key.pem".into()),
+            ..AuthConfig::default()
+        };
+        assert!(matches!(
+            Authenticator::new(&config, 64),
+            Err(AuthSetupError::ReadKey { .. })
+        ));
+    }
+}

@@ -1,0 +1,188 @@
+//! The edge's side of the bus: NATS subscriptions that follow local interest.
+//!
+//! The edge subscribes to a topic's or user's subject when its first local
+//! connection needs it and unsubscribes after the last one leaves; the
+//! everyone subject is subscribed for the edge's lifetime. One manager task
+//! owns the subscription table and handles requests in order, so a quick
+//! leave-then-join can never end unsubscribed: before unsubscribing it asks
+//! the hub whether anyone still needs the subject.
+//!
+//! A subscribe is acknowledged only after NATS has the SUB (the client
+//! flushes it), so a client that got "subscribed" receives every push
+//! published after that. Each subject has one reader task, which keeps the
+//! publish order of that subject. In standalone mode there is no NATS:
+//! pushes reach the hub directly and every method here is a no-op.
+
+use crate::hub::Hub;
+use futures_util::StreamExt;
+use gpush_common::{Subjects, envelope};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Bound of the manager's request queue.
+const REQUEST_QUEUE: usize = 4096;
+/// How long a subscribe waits for NATS before the reply is sent anyway
+/// (the subscription is kept and becomes active when NATS is reachable).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// Something the edge can be interested in on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// A public topic.
+    Topic(String),
+    /// A user (private topics and user-wide pushes).
+    User(String),
+}
+
+#[derive(Debug)]
+enum Request {
+    Ensure(Key, oneshot::Sender<()>),
+    Release(Key),
+}
+
+/// Handle to the subscription manager; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Interest {
+    /// None in standalone mode, where there is nothing to subscribe to.
+    tx: Option<mpsc::Sender<Request>>,
+}
+
+impl Interest {
+    /// The standalone handle: every method is a no-op.
+    pub fn local() -> Self {
+        Self::default()
+    }
+
+    /// Makes sure the edge receives pushes for `key`; returns once NATS has
+    /// the subscription (or after a bounded wait while NATS is away).
+    pub async fn ensure(&self, key: Key) {
+        let Some(tx) = &self.tx else { return };
+        let (ack, done) = oneshot::channel();
+        if tx.send(Request::Ensure(key, ack)).await.is_ok() {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT * 2, done).await;
+        }
+    }
+
+    /// Tells the manager that the last local connection interested in
+    /// `key` has left.
+    pub async fn release(&self, key: Key) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Release(key)).await;
+        }
+    }
+}
+
+/// Starts the NATS subscription manager; it stops when `shutdown` is
+/// cancelled.
+pub async fn start(
+    client: async_nats::Client,
+    subjects: Subjects,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) -> (Interest, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+    let mut manager = Manager {
+        client,
+        subjects,
+        hub,
+        active: HashMap::new(),
+    };
+    let everyone = manager.subjects.everyone();
+    manager.subscribe(everyone).await;
+    let task = tokio::spawn(manager.run(rx, shutdown));
+    (Interest { tx: Some(tx) }, task)
+}
+
+struct Manager {
+    client: async_nats::Client,
+    subjects: Subjects,
+    hub: Arc<Hub>,
+    /// Subject -> the task reading it.
+    active: HashMap<String, JoinHandle<()>>,
+}
+
+impl Manager {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+        let mut batch = Vec::new();
+        let mut acks = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                n = rx.recv_many(&mut batch, 256) => if n == 0 { break },
+            }
+            let mut subscribed = false;
+            for request in batch.drain(..) {
+                match request {
+                    Request::Ensure(key, ack) => {
+                        let subject = self.subject(&key);
+                        if !self.active.contains_key(&subject) {
+                            self.subscribe(subject).await;
+                            subscribed = true;
+                        }
+                        acks.push(ack);
+                    }
+                    Request::Release(key) => {
+                        let wanted = match &key {
+                            Key::Topic(topic) => self.hub.has_topic(topic),
+                            Key::User(uid) => self.hub.has_user(uid),
+                        };
+                        if !wanted {
+                            if let Some(reader) = self.active.remove(&self.subject(&key)) {
+                                // Dropping the subscriber unsubscribes.
+                                reader.abort();
+                            }
+                        }
+                    }
+                }
+            }
+            if subscribed
+                && tokio::time::timeout(SUBSCRIBE_WAIT, self.client.flush())
+                    .await
+                    .is_err()
+            {
+                tracing::warn!("bus flush timed out; subscriptions activate on reconnect");
+            }
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
+            }
+        }
+        for (_, reader) in self.active.drain() {
+            reader.abort();
+        }
+    }
+
+    fn subject(&self, key: &Key) -> String {
+        match key {
+            Key::Topic(topic) => self.subjects.topic(topic),
+            Key::User(uid) => self.subjects.user(uid),
+        }
+    }
+
+    async fn subscribe(&mut self, subject: String) {
+        match self.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => {
+                let hub = self.hub.clone();
+                let reader = tokio::spawn(read(subscriber, hub));
+                self.active.insert(subject, reader);
+            }
+            // Only fails when the client is closed; the edge is stopping.
+            Err(e) => tracing::error!(%subject, error = %e, "bus subscribe failed"),
+        }
+    }
+}
+
+/// Delivers every message of one subscription, in order.
+async fn read(mut subscriber: async_nats::Subscriber, hub: Arc<Hub>) {
+    while let Some(message) = subscriber.next().await {
+        match envelope::decode(&message.payload) {
+            Ok(push) => hub.deliver(&push),
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "dropping bus message")
+            }
+        }
+    }
+}

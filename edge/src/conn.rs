@@ -1,0 +1,566 @@
+//! One WebSocket connection: its requests, its writes, its timers.
+//!
+//! The task owns the TCP socket. It reads only when the socket is readable,
+//! into a stack buffer, so an idle connection holds no read buffer; only an
+//! incomplete frame is kept (see [`ws::FrameReader`]). Writes are batched:
+//! fan-out appends shared frames to the connection's [`Outbox`](crate::outbox::Outbox),
+//! and the task writes everything queued every `write_interval` (or at once
+//! when it is zero) with vectored writes. One timer serves both the server
+//! ping and the idle timeout.
+
+use crate::bus::Key;
+use crate::edge::Shared;
+use crate::hub::Conn;
+use crate::outbox::{CloseRequest, Pushed};
+use crate::protocol::{self, BadRequest, Code, Command, Reply, Request};
+use crate::ws::{self, Incoming, ReadError};
+use bytes::{Buf, Bytes};
+use gpush_common::push::validate_name;
+use serde_json::Value;
+use std::collections::{HashSet, VecDeque};
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Bytes read per read call, on the stack.
+const READ_CHUNK: usize = 8 * 1024;
+/// Reads per wake-up before yielding to other work.
+const READS_PER_WAKE: usize = 8;
+/// Frames per vectored write.
+const WRITE_SLICES: usize = 64;
+/// How long closing may take: writing what is queued and the close frame,
+/// then waiting for the client's close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+const IDLE_CLOSE: CloseRequest = CloseRequest {
+    code: ws::CLOSE_IDLE_TIMEOUT,
+    reason: "idle timeout",
+};
+
+/// Serves one upgraded connection until it closes. `early` holds bytes the
+/// client sent right after its handshake.
+pub async fn serve(stream: TcpStream, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
+    let mut session = Session::new(stream, conn, shared);
+    let close = session.run(early).await;
+    session.finish(close).await;
+}
+
+/// Per-connection state. Kept small: it lives as long as the connection.
+struct Session {
+    stream: TcpStream,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    reader: ws::FrameReader,
+    /// Frames taken from the outbox, not yet fully written.
+    pending: VecDeque<Bytes>,
+    public: HashSet<Box<str>>,
+    uid: Option<Box<str>>,
+    private: HashSet<Box<str>>,
+    last_heard: Instant,
+    next_ping: Instant,
+    /// Set once the server decided to close the connection.
+    closing: Option<CloseRequest>,
+}
+
+/// How the read side ended.
+enum ReadEnd {
+    /// The peer closed the TCP connection.
+    Eof,
+    /// The peer sent a close frame with this code.
+    Close(Option<u16>),
+}
+
+impl Session {
+    fn new(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        let next_ping = now + shared.config.ping_interval;
+        Self {
+            stream,
+            conn,
+            shared,
+            reader: ws::FrameReader::default(),
+            pending: VecDeque::new(),
+            public: HashSet::new(),
+            uid: None,
+            private: HashSet::new(),
+            last_heard: now,
+            next_ping,
+            closing: None,
+        }
+    }
+
+    /// Runs until the connection must close; returns the close frame to
+    /// send, or None when the peer is gone.
+    async fn run(&mut self, early: Bytes) -> Option<CloseRequest> {
+        self.queue(Reply::new(Code::Connected).frame());
+        if self.shared.shutdown.is_cancelled() {
+            return Some(crate::edge::SHUTDOWN_CLOSE);
+        }
+        if !early.is_empty() {
+            let mut incoming = Vec::new();
+            if let Err(e) = self
+                .reader
+                .feed(&early, self.shared.config.max_message, &mut incoming)
+            {
+                return Some(protocol_close(&e));
+            }
+            match self.handle(incoming).await {
+                Ok(()) => {}
+                Err(end) => return self.peer_closed(end),
+            }
+        }
+        let write_interval = self.shared.config.write_interval;
+        let timer = tokio::time::sleep_until(self.next_deadline());
+        let flush = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer, flush);
+        let mut flush_armed = false;
+        loop {
+            if let Some(request) = self.closing {
+                return Some(request);
+            }
+            // Frames not yet written: the socket is full; new frames wait in
+            // the outbox (bounded) until it drains.
+            let blocked = !self.pending.is_empty();
+            tokio::select! {
+                ready = self.stream.readable() => {
+                    if ready.is_err() {
+                        return None;
+                    }
+                    match self.read().await {
+                        Ok(()) => {}
+                        Err(Ok(end)) => return self.peer_closed(end),
+                        Err(Err(request)) => return Some(request),
+                    }
+                }
+                ready = self.stream.writable(), if blocked => {
+                    // Behind: once drained, take what queued meanwhile at once.
+                    if ready.is_err() || self.write_pending().is_err() || self.flush().is_err() {
+                        return None;
+                    }
+                }
+                () = self.conn.outbox.ready(), if !flush_armed => {
+                    if blocked {
+                        self.closing = self.conn.outbox.closing();
+                    } else if write_interval.is_zero() {
+                        if self.flush().is_err() {
+                            return None;
+                        }
+                    } else {
+                        flush.as_mut().reset(Instant::now() + write_interval);
+                        flush_armed = true;
+                    }
+                }
+                () = &mut flush, if flush_armed => {
+                    flush_armed = false;
+                    if !blocked && self.flush().is_err() {
+                        return None;
+                    }
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= self.last_heard + self.shared.config.idle_timeout {
+                        return Some(IDLE_CLOSE);
+                    }
+                    if now >= self.next_ping {
+                        self.next_ping = now + self.shared.config.ping_interval;
+                        self.queue(ws::ping());
+                    }
+                    timer.as_mut().reset(self.next_deadline());
+                }
+            }
+        }
+    }
+
+    /// When nothing is pending: takes everything queued and writes what the
+    /// socket accepts. Notes a close request.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            if let Some(request) = self.conn.outbox.take(&mut self.pending) {
+                self.closing = Some(request);
+            }
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.next_ping
+            .min(self.last_heard + self.shared.config.idle_timeout)
+    }
+
+    /// The peer sent a close frame (answered) or went away (nothing to say).
+    fn peer_closed(&self, end: ReadEnd) -> Option<CloseRequest> {
+        match end {
+            ReadEnd::Eof => None,
+            // Echo the client's code, as RFC 6455 suggests, when it may be
+            // sent on the wire.
+            ReadEnd::Close(code) => Some(CloseRequest {
+                code: code
+                    .filter(|c| (1000..5000).contains(c) && ![1005, 1006, 1015].contains(c))
+                    .unwrap_or(1000),
+                reason: "",
+            }),
+        }
+    }
+
+    /// Reads what is available and handles it. `Err(Ok(_))`: the peer ended
+    /// the connection; `Err(Err(_))`: we must close it.
+    async fn read(&mut self) -> Result<(), Result<ReadEnd, CloseRequest>> {
+        let mut incoming = Vec::new();
+        match read_available(
+            &self.stream,
+            &mut self.reader,
+            self.shared.config.max_message,
+            &mut incoming,
+        ) {
+            Ok(ReadOutcome::Data) => self.last_heard = Instant::now(),
+            Ok(ReadOutcome::Nothing) => return Ok(()),
+            Ok(ReadOutcome::Eof) => return Err(Ok(ReadEnd::Eof)),
+            Err(ReadFailure::Io) => return Err(Ok(ReadEnd::Eof)),
+            Err(ReadFailure::Protocol(e)) => {
+                tracing::debug!(conn = self.conn.id, error = %e, "closing on protocol error");
+                return Err(Err(protocol_close(&e)));
+            }
+        }
+        self.handle(incoming).await.map_err(Ok)
+    }
+
+    /// Handles complete client messages; replies are written at once.
+    async fn handle(&mut self, incoming: Vec<Incoming>) -> Result<(), ReadEnd> {
+        let mut replied = false;
+        for message in incoming {
+            match message {
+                Incoming::Text(text) => {
+                    if text.trim_ascii().eq_ignore_ascii_case(b"ping") {
+                        self.queue(ws::text(b"pong"));
+                    } else {
+                        match protocol::parse_request(&text) {
+                            Ok(request) => self.request(request).await,
+                            Err(BadRequest { id, detail }) => self.queue(
+                                Reply::new(Code::BadRequest)
+                                    .id(id.as_ref())
+                                    .detail(&detail)
+                                    .frame(),
+                            ),
+                        }
+                    }
+                    replied = true;
+                }
+                Incoming::Binary(_) => {
+                    self.queue(
+                        Reply::new(Code::BadRequest)
+                            .detail("binary messages are not supported; send JSON text")
+                            .frame(),
+                    );
+                    replied = true;
+                }
+                Incoming::Ping(payload) => {
+                    self.queue(ws::pong(&payload));
+                    replied = true;
+                }
+                Incoming::Pong => {}
+                Incoming::Close(code) => return Err(ReadEnd::Close(code)),
+            }
+        }
+        if replied {
+            // Replies go out now, not after `write_interval`. A failed
+            // write shows up as EOF on the next read.
+            let _ = self.flush();
+        }
+        Ok(())
+    }
+
+    async fn request(&mut self, Request { command, id }: Request) {
+        let id = id.as_ref();
+        let frame = match command {
+            Command::Subscribe(topic) => self.subscribe(topic, id).await,
+            Command::Unsubscribe(topic) => self.unsubscribe(topic, id).await,
+            Command::Login(token) => self.login(token, id).await,
+            Command::Logout => {
+                self.logout().await;
+                Reply::new(Code::LoggedOut).id(id).frame()
+            }
+            Command::SubscribePrivate(topic) => self.subscribe_private(topic, id),
+            Command::UnsubscribePrivate(topic) => self.unsubscribe_private(topic, id),
+        };
+        self.queue(frame);
+    }
+
+    /// Checks a topic name; the error reply when it is not acceptable.
+    fn check_topic(&self, topic: &str, id: Option<&Value>) -> Result<(), Bytes> {
+        validate_name(topic, self.shared.config.max_name_len).map_err(|e| {
+            Reply::new(Code::InvalidTopic)
+                .id(id)
+                .detail(&format!("topic {e}"))
+                .frame()
+        })
+    }
+
+    /// The limit reply when one more subscription is not allowed.
+    fn check_limit(&self, topic: &str, id: Option<&Value>) -> Result<(), Bytes> {
+        let max = self.shared.config.max_subscriptions;
+        if self.public.len() + self.private.len() < max {
+            Ok(())
+        } else {
+            Err(Reply::new(Code::LimitReached)
+                .topic(topic)
+                .id(id)
+                .detail(&format!("at most {max} subscriptions per connection"))
+                .frame())
+        }
+    }
+
+    async fn subscribe(&mut self, topic: String, id: Option<&Value>) -> Bytes {
+        if let Err(reply) = self.check_topic(&topic, id) {
+            return reply;
+        }
+        if !self.public.contains(topic.as_str()) {
+            if let Err(reply) = self.check_limit(&topic, id) {
+                return reply;
+            }
+            self.shared.hub.subscribe(&topic, &self.conn);
+            self.public.insert(topic.as_str().into());
+            self.shared.interest.ensure(Key::Topic(topic.clone())).await;
+        }
+        Reply::new(Code::Subscribed).topic(&topic).id(id).frame()
+    }
+
+    async fn unsubscribe(&mut self, topic: String, id: Option<&Value>) -> Bytes {
+        if let Err(reply) = self.check_topic(&topic, id) {
+            return reply;
+        }
+        if self.public.remove(topic.as_str()) && self.shared.hub.unsubscribe(&topic, self.conn.id) {
+            self.shared
+                .interest
+                .release(Key::Topic(topic.clone()))
+                .await;
+        }
+        Reply::new(Code::Unsubscribed).topic(&topic).id(id).frame()
+    }
+
+    async fn login(&mut self, token: Value, id: Option<&Value>) -> Bytes {
+        let uid = match self.shared.auth.login(&token).await {
+            Ok(uid) => uid,
+            Err(e) => {
+                tracing::debug!(conn = self.conn.id, error = %e, "login refused");
+                return Reply::new(Code::AuthFailed)
+                    .id(id)
+                    .detail(&e.to_string())
+                    .frame();
+            }
+        };
+        if self.uid.as_deref() != Some(uid.as_str()) {
+            self.logout().await;
+            self.shared.hub.login(&uid, &self.conn);
+            self.uid = Some(uid.as_str().into());
+            self.shared.interest.ensure(Key::User(uid.clone())).await;
+        }
+        Reply::new(Code::LoggedIn).uid(&uid).id(id).frame()
+    }
+
+    /// Drops the login and every private subscription.
+    async fn logout(&mut self) {
+        let Some(uid) = self.uid.take() else { return };
+        for topic in self.private.drain() {
+            self.shared
+                .hub
+                .unsubscribe_private(&uid, &topic, self.conn.id);
+        }
+        if self.shared.hub.logout(&uid, self.conn.id) {
+            self.shared.interest.release(Key::User(uid.into())).await;
+        }
+    }
+
+    fn subscribe_private(&mut self, topic: String, id: Option<&Value>) -> Bytes {
+        let Some(uid) = &self.uid else {
+            return Reply::new(Code::NotLoggedIn).topic(&topic).id(id).frame();
+        };
+        if let Err(reply) = self.check_topic(&topic, id) {
+            return reply;
+        }
+        if !self.private.contains(topic.as_str()) {
+            if let Err(reply) = self.check_limit(&topic, id) {
+                return reply;
+            }
+            self.shared.hub.subscribe_private(uid, &topic, &self.conn);
+            self.private.insert(topic.as_str().into());
+        }
+        Reply::new(Code::Subscribed).topic(&topic).id(id).frame()
+    }
+
+    fn unsubscribe_private(&mut self, topic: String, id: Option<&Value>) -> Bytes {
+        let Some(uid) = &self.uid else {
+            return Reply::new(Code::NotLoggedIn).topic(&topic).id(id).frame();
+        };
+        if let Err(reply) = self.check_topic(&topic, id) {
+            return reply;
+        }
+        if self.private.remove(topic.as_str()) {
+            self.shared
+                .hub
+                .unsubscribe_private(uid, &topic, self.conn.id);
+        }
+        Reply::new(Code::Unsubscribed).topic(&topic).id(id).frame()
+    }
+
+    /// Queues a frame of our own (reply, pong, ping) behind queued pushes,
+    /// under the same bounds.
+    fn queue(&self, frame: Bytes) {
+        if self.conn.outbox.push(frame, self.shared.limits) == Pushed::Overflowed {
+            self.shared
+                .hub
+                .stats
+                .slow_consumers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Writes as much of `pending` as the socket takes without blocking.
+    fn write_pending(&mut self) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .pending
+                .iter()
+                .take(WRITE_SLICES)
+                .map(|frame| IoSlice::new(frame))
+                .collect();
+            let mut written = match self.stream.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            while written > 0 {
+                let Some(front) = self.pending.front_mut() else {
+                    break;
+                };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.pending.pop_front();
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > WRITE_SLICES {
+            // Do not keep a large queue allocated on an idle connection.
+            self.pending = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued, waiting for the socket, within `deadline`.
+    async fn write_all(&mut self, deadline: Instant) -> io::Result<()> {
+        loop {
+            self.write_pending()?;
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            tokio::time::timeout_at(deadline, self.stream.writable())
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        }
+    }
+
+    /// Sends the close frame (after what is queued), waits briefly for the
+    /// client's, and leaves every index.
+    async fn finish(mut self, close: Option<CloseRequest>) {
+        self.leave().await;
+        let Some(close) = close else { return };
+        if close.code >= 4000 || close.code == ws::CLOSE_GOING_AWAY {
+            tracing::debug!(
+                conn = self.conn.id,
+                code = close.code,
+                reason = close.reason,
+                "closing"
+            );
+        }
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        if close.code != ws::CLOSE_SLOW_CONSUMER {
+            self.conn.outbox.take(&mut self.pending);
+        }
+        self.pending.push_back(ws::close(close.code, close.reason));
+        if self.write_all(deadline).await.is_err() {
+            return;
+        }
+        // Wait for the client's close frame (or EOF), discarding the rest.
+        let mut discard = Vec::new();
+        while let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.stream.readable()).await {
+            match read_available(&self.stream, &mut self.reader, usize::MAX, &mut discard) {
+                Ok(ReadOutcome::Data) => {
+                    if discard.iter().any(|m| matches!(m, Incoming::Close(_))) {
+                        break;
+                    }
+                    discard.clear();
+                }
+                Ok(ReadOutcome::Nothing) => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// Removes the connection from the hub and releases bus interest.
+    async fn leave(&mut self) {
+        self.shared.hub.disconnect(self.conn.id);
+        self.logout().await;
+        for topic in std::mem::take(&mut self.public) {
+            if self.shared.hub.unsubscribe(&topic, self.conn.id) {
+                self.shared.interest.release(Key::Topic(topic.into())).await;
+            }
+        }
+    }
+}
+
+fn protocol_close(error: &ReadError) -> CloseRequest {
+    CloseRequest {
+        code: error.close_code(),
+        reason: match error {
+            ReadError::Protocol(what) => what,
+            ReadError::TooBig { .. } => "message too big",
+            ReadError::InvalidUtf8 => "invalid UTF-8",
+        },
+    }
+}
+
+enum ReadOutcome {
+    Data,
+    Nothing,
+    Eof,
+}
+
+enum ReadFailure {
+    Io,
+    Protocol(ReadError),
+}
+
+/// Reads what the socket has into a stack buffer (not part of the
+/// connection's state) and parses it into `out`.
+fn read_available(
+    stream: &TcpStream,
+    reader: &mut ws::FrameReader,
+    max_message: usize,
+    out: &mut Vec<Incoming>,
+) -> Result<ReadOutcome, ReadFailure> {
+    let mut buf = [0u8; READ_CHUNK];
+    let mut outcome = ReadOutcome::Nothing;
+    for _ in 0..READS_PER_WAKE {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return Ok(ReadOutcome::Eof),
+            Ok(n) => {
+                outcome = ReadOutcome::Data;
+                reader
+                    .feed(&buf[..n], max_message, out)
+                    .map_err(ReadFailure::Protocol)?;
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return Err(ReadFailure::Io),
+        }
+    }
+    Ok(outcome)
+}

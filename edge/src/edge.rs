@@ -1,0 +1,47 @@
+//! State shared by every connection of an edge.
+
+use crate::auth::Authenticator;
+use crate::bus::Interest;
+use crate::config::EdgeConfig;
+use crate::hub::Hub;
+use crate::outbox::{CloseRequest, QueueLimits};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The close sent to every client on shutdown: reconnect elsewhere.
+pub const SHUTDOWN_CLOSE: CloseRequest = CloseRequest {
+    code: crate::ws::CLOSE_GOING_AWAY,
+    reason: "server shutting down, reconnect to another edge",
+};
+
+/// What connection tasks and handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The edge's config.
+    pub config: EdgeConfig,
+    /// Queue bounds, from the config.
+    pub limits: QueueLimits,
+    /// Every connection.
+    pub hub: Arc<Hub>,
+    /// Bus subscriptions that follow local interest.
+    pub interest: Interest,
+    /// Login verification.
+    pub auth: Authenticator,
+    /// The NATS client, None in standalone mode.
+    pub nats: Option<async_nats::Client>,
+    /// Cancelled when the edge starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Connection tasks, awaited (within the grace period) on shutdown.
+    pub tracker: TaskTracker,
+}
+
+impl Shared {
+    /// Whether the edge can receive pushes: always in standalone mode,
+    /// otherwise while connected to NATS.
+    pub fn is_ready(&self) -> bool {
+        self.nats.as_ref().is_none_or(|client| {
+            client.connection_state() == async_nats::connection::State::Connected
+        })
+    }
+}

@@ -1,0 +1,374 @@
+//! The sharded registry of connections and the fan-out of pushes.
+//!
+//! Four indexes, each a vector of independently locked shards chosen by
+//! hash: every connection (for everyone pushes and shutdown), public topic
+//! → subscribers, uid → logged-in connections, and (uid, private topic) →
+//! subscribers. Locks are held only inside these small synchronous methods,
+//! never across an `.await`, and a push to one topic locks only that topic's
+//! shard. Each push is framed once per wire format; every connection gets
+//! the same bytes.
+
+use crate::outbox::{CloseRequest, Outbox, Pushed, QueueLimits};
+use crate::protocol::{PushFrames, WireFormat};
+use gpush_common::{LocalDelivery, Push, Route};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// The part of a connection that fan-out needs.
+#[derive(Debug)]
+pub struct Conn {
+    /// Unique id within this edge.
+    pub id: u64,
+    /// How pushes are framed for it.
+    pub format: WireFormat,
+    /// Its outgoing queue.
+    pub outbox: Outbox,
+}
+
+/// Counters of what the hub did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Pushes handed to [`Hub::deliver`].
+    pub pushes: AtomicU64,
+    /// Frames queued to connections.
+    pub frames: AtomicU64,
+    /// Connections closed because their queue overflowed.
+    pub slow_consumers: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type Subscribers = Vec<Arc<Conn>>;
+
+/// A sharded map from a name to the connections that want it.
+#[derive(Debug)]
+struct Index {
+    shards: Box<[Mutex<HashMap<Box<str>, Subscribers>>]>,
+    hasher: RandomState,
+}
+
+impl Index {
+    fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<Box<str>, Subscribers>> {
+        let hash = self.hasher.hash_one(key) as usize;
+        &self.shards[hash % self.shards.len()]
+    }
+
+    /// Adds `conn` under `key`; true when `key` had no subscriber before.
+    fn add(&self, key: &str, conn: &Arc<Conn>) -> bool {
+        let mut shard = lock(self.shard(key));
+        match shard.get_mut(key) {
+            Some(subscribers) => {
+                if !subscribers.iter().any(|c| c.id == conn.id) {
+                    subscribers.push(conn.clone());
+                }
+                false
+            }
+            None => {
+                shard.insert(key.into(), vec![conn.clone()]);
+                true
+            }
+        }
+    }
+
+    /// Removes connection `id` from `key`; true when that left `key`
+    /// without subscribers.
+    fn remove(&self, key: &str, id: u64) -> bool {
+        let mut shard = lock(self.shard(key));
+        let Some(subscribers) = shard.get_mut(key) else {
+            return false;
+        };
+        if let Some(at) = subscribers.iter().position(|c| c.id == id) {
+            subscribers.swap_remove(at);
+        }
+        if subscribers.is_empty() {
+            shard.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        lock(self.shard(key)).contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<Conn>)) {
+        if let Some(subscribers) = lock(self.shard(key)).get(key) {
+            subscribers.iter().for_each(&mut f);
+        }
+    }
+}
+
+/// Key of the private index: names cannot contain control characters, so
+/// the NUL separator keeps (uid, topic) pairs distinct.
+fn private_key(uid: &str, topic: &str) -> String {
+    format!("{uid}\0{topic}")
+}
+
+/// Every connection of this edge, indexed for fan-out.
+#[derive(Debug)]
+pub struct Hub {
+    conns: Box<[Mutex<HashMap<u64, Arc<Conn>>>]>,
+    topics: Index,
+    users: Index,
+    private: Index,
+    limits: QueueLimits,
+    count: AtomicU64,
+    next_id: AtomicU64,
+    /// What the hub did.
+    pub stats: Stats,
+}
+
+impl Hub {
+    /// An empty hub with `shards` locks per index; connection queues are
+    /// bounded by `limits`.
+    pub fn new(shards: usize, limits: QueueLimits) -> Self {
+        let shards = shards.max(1);
+        Self {
+            conns: (0..shards).map(|_| Mutex::default()).collect(),
+            topics: Index::new(shards),
+            users: Index::new(shards),
+            private: Index::new(shards),
+            limits,
+            count: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Registers a new connection speaking `format`.
+    pub fn connect(&self, format: WireFormat) -> Arc<Conn> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn {
+            id,
+            format,
+            outbox: Outbox::default(),
+        });
+        lock(&self.conns[id as usize % self.conns.len()]).insert(id, conn.clone());
+        self.count.fetch_add(1, Ordering::Relaxed);
+        conn
+    }
+
+    /// Removes a connection from the everyone index. Its topic and user
+    /// entries are removed by the connection itself (it knows them).
+    pub fn disconnect(&self, id: u64) {
+        if lock(&self.conns[id as usize % self.conns.len()])
+            .remove(&id)
+            .is_some()
+        {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Distinct public topics with at least one local subscriber.
+    pub fn topics(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Subscribes `conn` to public `topic`; true if it is the topic's first
+    /// local subscriber.
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
+        self.topics.add(topic, conn)
+    }
+
+    /// Unsubscribes connection `id` from public `topic`; true if no local
+    /// subscriber is left.
+    pub fn unsubscribe(&self, topic: &str, id: u64) -> bool {
+        self.topics.remove(topic, id)
+    }
+
+    /// Records `conn` as logged in as `uid`; true if it is the user's first
+    /// local connection.
+    pub fn login(&self, uid: &str, conn: &Arc<Conn>) -> bool {
+        self.users.add(uid, conn)
+    }
+
+    /// Forgets that connection `id` is logged in as `uid`; true if the user
+    /// has no local connection left.
+    pub fn logout(&self, uid: &str, id: u64) -> bool {
+        self.users.remove(uid, id)
+    }
+
+    /// Subscribes `conn`, logged in as `uid`, to private `topic`.
+    pub fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<Conn>) {
+        self.private.add(&private_key(uid, topic), conn);
+    }
+
+    /// Unsubscribes connection `id` from `uid`'s private `topic`.
+    pub fn unsubscribe_private(&self, uid: &str, topic: &str, id: u64) {
+        self.private.remove(&private_key(uid, topic), id);
+    }
+
+    /// Whether any local connection subscribes to public `topic`.
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.topics.contains(topic)
+    }
+
+    /// Whether any local connection is logged in as `uid`.
+    pub fn has_user(&self, uid: &str) -> bool {
+        self.users.contains(uid)
+    }
+
+    /// Asks every connection to close.
+    pub fn close_all(&self, request: CloseRequest) {
+        for shard in &self.conns {
+            for conn in lock(shard).values() {
+                conn.outbox.close(request);
+            }
+        }
+    }
+
+    /// Queues `push` to every local connection its route selects.
+    pub fn deliver(&self, push: &Push) {
+        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        let frames = PushFrames::new(push);
+        let mut queued = 0u64;
+        let mut slow = 0u64;
+        let mut send = |conn: &Arc<Conn>| match conn
+            .outbox
+            .push(frames.get(conn.format).clone(), self.limits)
+        {
+            Pushed::Queued => queued += 1,
+            Pushed::Overflowed => slow += 1,
+            Pushed::Closing => {}
+        };
+        match push.route() {
+            Route::Everyone => {
+                for shard in &self.conns {
+                    lock(shard).values().for_each(&mut send);
+                }
+            }
+            Route::Topic(topic) => self.topics.for_each(topic, send),
+            Route::User { uid, topic: None } => self.users.for_each(uid, send),
+            Route::User {
+                uid,
+                topic: Some(topic),
+            } => self.private.for_each(&private_key(uid, topic), send),
+        }
+        self.stats.frames.fetch_add(queued, Ordering::Relaxed);
+        if slow > 0 {
+            self.stats.slow_consumers.fetch_add(slow, Ordering::Relaxed);
+            tracing::info!(slow, "closing slow consumers");
+        }
+    }
+}
+
+impl LocalDelivery for Hub {
+    fn deliver(&self, push: &Push) {
+        Hub::deliver(self, push);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::collections::VecDeque;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        frames: 4,
+        bytes: 1 << 20,
+    };
+
+    fn drain(conn: &Conn) -> usize {
+        let mut frames = VecDeque::new();
+        conn.outbox.take(&mut frames);
+        frames.len()
+    }
+
+    #[test]
+    fn routes_reach_exactly_their_connections() {
+        let hub = Hub::new(4, LIMITS);
+        let [a, b, c] = [(); 3].map(|_| hub.connect(WireFormat::Json));
+        assert!(hub.subscribe("news", &a));
+        assert!(!hub.subscribe("news", &b));
+        assert!(hub.login("u1", &b));
+        assert!(!hub.login("u1", &c));
+        hub.subscribe_private("u1", "inbox", &c);
+
+        let push = |uid: &str, topic: &str| hub.deliver(&Push::new(uid, topic, Bytes::new()));
+        push("", "news");
+        assert_eq!((drain(&a), drain(&b), drain(&c)), (1, 1, 0));
+        push("u1", "inbox");
+        assert_eq!((drain(&a), drain(&b), drain(&c)), (0, 0, 1));
+        push("u1", "");
+        assert_eq!((drain(&a), drain(&b), drain(&c)), (0, 1, 1));
+        push("", "");
+        assert_eq!((drain(&a), drain(&b), drain(&c)), (1, 1, 1));
+        push("u2", "inbox");
+        push("", "other");
+        assert_eq!((drain(&a), drain(&b), drain(&c)), (0, 0, 0));
+    }
+
+    #[test]
+    fn last_leaver_is_reported() {
+        let hub = Hub::new(2, LIMITS);
+        let [a, b] = [(); 2].map(|_| hub.connect(WireFormat::Json));
+        hub.subscribe("t", &a);
+        hub.subscribe("t", &b);
+        assert!(!hub.unsubscribe("t", a.id));
+        assert!(hub.has_topic("t"));
+        assert!(hub.unsubscribe("t", b.id));
+        assert!(!hub.has_topic("t"));
+        assert!(!hub.unsubscribe("t", b.id), "second removal is a no-op");
+        hub.login("u", &a);
+        assert!(hub.logout("u", a.id));
+        assert!(!hub.has_user("u"));
+    }
+
+    #[test]
+    fn private_keys_do_not_collide() {
+        let hub = Hub::new(1, LIMITS);
+        let a = hub.connect(WireFormat::Json);
+        hub.subscribe_private("a", "bc", &a);
+        hub.deliver(&Push::new("ab", "c", Bytes::new()));
+        assert_eq!(drain(&a), 0);
+    }
+
+    #[test]
+    fn overflow_closes_only_the_slow_connection() {
+        let hub = Hub::new(2, LIMITS);
+        let [slow, fast] = [(); 2].map(|_| hub.connect(WireFormat::Json));
+        hub.subscribe("t", &slow);
+        hub.subscribe("t", &fast);
+        for _ in 0..5 {
+            hub.deliver(&Push::new("", "t", Bytes::new()));
+            drain(&fast);
+        }
+        assert_eq!(hub.stats.slow_consumers.load(Ordering::Relaxed), 1);
+        let mut frames = VecDeque::new();
+        let close = slow.outbox.take(&mut frames).expect("slow is closing");
+        assert_eq!(close.code, crate::ws::CLOSE_SLOW_CONSUMER);
+        assert_eq!(fast.outbox.take(&mut frames), None);
+    }
+
+    #[test]
+    fn connection_count() {
+        let hub = Hub::new(3, LIMITS);
+        let a = hub.connect(WireFormat::Raw);
+        assert_eq!(hub.connections(), 1);
+        hub.disconnect(a.id);
+        hub.disconnect(a.id);
+        assert_eq!(hub.connections(), 0);
+    }
+}

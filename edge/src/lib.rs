@@ -1,0 +1,194 @@
+//! gpush edge: holds WebSocket connections and fans pushes out to them.
+//!
+//! # Layout
+//! - [`server`]: accept loop, WebSocket upgrade at `/ws`, health endpoints.
+//! - [`conn`]: one connection's task: requests, batched writes, ping and
+//!   idle timers, where a slow client is cut.
+//! - [`protocol`]: client requests, replies, and how a push is framed.
+//! - [`ws`]: WebSocket frame encoding and the incremental client frame
+//!   parser.
+//! - [`hub`]: the sharded registry and the fan-out of a push.
+//! - [`outbox`]: a connection's bounded outgoing queue.
+//! - [`bus`]: NATS subscriptions that follow local interest.
+//! - [`auth`]: login by JWT or webhook.
+//! - [`registration`]: the edge's etcd record and lease.
+//! - [`config`]: every setting with its default.
+//!
+//! A push arrives from NATS in [`bus`] (or straight from the push API in
+//! standalone mode), is framed once in [`protocol`], queued to each
+//! connection by [`hub`], and written by [`conn`].
+
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod edge;
+pub mod hub;
+pub mod outbox;
+pub mod protocol;
+pub mod registration;
+pub mod server;
+pub mod ws;
+
+pub use config::EdgeConfig;
+
+use crate::auth::Authenticator;
+use crate::bus::Interest;
+use crate::edge::{SHUTDOWN_CLOSE, Shared};
+use crate::hub::Hub;
+use crate::outbox::QueueLimits;
+use crate::registration::Registration;
+use gpush_common::push::now_us;
+use gpush_common::{Bus, Subjects};
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The bound sockets of an edge.
+#[derive(Debug)]
+pub struct Listeners {
+    /// WebSocket (and edge HTTP) listener.
+    pub ws: TcpListener,
+    /// Push API listeners, used in standalone mode only.
+    pub push: Option<gpush_ingress::Listeners>,
+}
+
+/// A node id unique enough for a cluster: host name plus a random suffix.
+pub fn default_node_id() -> String {
+    let random = RandomState::new().hash_one(now_us()) as u32;
+    format!("{}-{random:08x}", hostname())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The URL clients use when `public_url` is not configured.
+fn default_public_url(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("ws://{}:{}/ws", hostname(), addr.port())
+    } else {
+        format!("ws://{addr}/ws")
+    }
+}
+
+/// Runs an edge until `shutdown` is cancelled, then drains it: deregister,
+/// stop accepting, close every client with 1001, wait for them within the
+/// grace period.
+pub async fn run(
+    listeners: Listeners,
+    config: EdgeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
+    let ws_addr = listeners.ws.local_addr()?;
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| default_public_url(ws_addr));
+    let limits = QueueLimits {
+        frames: config.queue_frames,
+        bytes: config.queue_bytes,
+    };
+    let hub = Arc::new(Hub::new(config.shards, limits));
+    let auth = Authenticator::new(&config.auth, config.max_name_len)?;
+    let background = shutdown.child_token();
+
+    let (interest, nats) = if config.standalone {
+        (Interest::local(), None)
+    } else {
+        let client =
+            gpush_common::bus::connect_nats(&config.nats_urls, &format!("gpush-edge {node_id}"))
+                .await?;
+        let subjects = Subjects::new(&config.subject_prefix)?;
+        let (interest, _) =
+            bus::start(client.clone(), subjects, hub.clone(), background.clone()).await;
+        (interest, Some(client))
+    };
+
+    let registration = Registration {
+        endpoints: config.etcd_endpoints.clone(),
+        node_id: node_id.clone(),
+        url,
+        ttl: config.lease_ttl,
+        started_at: now_us() / 1_000_000,
+    };
+    let deregister = CancellationToken::new();
+    let registered = (!config.standalone && !config.etcd_endpoints.is_empty())
+        .then(|| tokio::spawn(registration.clone().run(hub.clone(), deregister.clone())));
+
+    let push_api = match listeners.push {
+        Some(push) if config.standalone => {
+            let record_hub = hub.clone();
+            let edges =
+                gpush_ingress::Edges::Local(Arc::new(move || registration.record(&record_hub)));
+            let bus = Bus::Local(hub.clone());
+            Some(tokio::spawn(gpush_ingress::serve(
+                push,
+                bus,
+                config.push.clone(),
+                edges,
+                background.clone(),
+            )))
+        }
+        _ => None,
+    };
+
+    let grace = config.shutdown_grace;
+    let shared = Arc::new(Shared {
+        config,
+        limits,
+        hub: hub.clone(),
+        interest,
+        auth,
+        nats,
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+    });
+    let stop_accepting = CancellationToken::new();
+    let accept = tokio::spawn(server::accept(
+        listeners.ws,
+        server::router(shared.clone()),
+        shared.clone(),
+        stop_accepting.clone(),
+    ));
+    tracing::info!(%node_id, %ws_addr, standalone = shared.config.standalone, "edge running");
+
+    shutdown.cancelled().await;
+    tracing::info!(connections = hub.connections(), "draining");
+    deregister.cancel();
+    if let Some(registered) = registered {
+        let _ = registered.await;
+    }
+    stop_accepting.cancel();
+    let _ = accept.await;
+    hub.close_all(SHUTDOWN_CLOSE);
+    shared.tracker.close();
+    if tokio::time::timeout(grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = hub.connections(),
+            "grace period over; dropping remaining connections"
+        );
+    }
+    background.cancel();
+    if let Some(push_api) = push_api {
+        let _ = push_api.await;
+    }
+    if let Some(client) = &shared.nats {
+        let _ = client.flush().await;
+    }
+    tracing::info!("edge stopped");
+    Ok(())
+}

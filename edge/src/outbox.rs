@@ -1,0 +1,195 @@
+//! A connection's outgoing queue: bounded in frames and in bytes.
+//!
+//! Fan-out never waits on a client. It appends the shared frame to the
+//! queue under a short lock; when a client has fallen so far behind that
+//! either bound would be exceeded, the queue is dropped, the connection is
+//! marked for closing with [`CLOSE_SLOW_CONSUMER`](crate::ws::CLOSE_SLOW_CONSUMER),
+//! and the caller counts a slow consumer. The connection task drains the
+//! queue in batches and writes them with vectored writes.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+
+/// Bounds of one outgoing queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Maximum queued frames.
+    pub frames: usize,
+    /// Maximum queued bytes.
+    pub bytes: usize,
+}
+
+/// Why a connection is being closed by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason sent to the client.
+    pub reason: &'static str,
+}
+
+/// Outcome of [`Outbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The frame is queued.
+    Queued,
+    /// The queue overflowed just now: the connection is being closed as a
+    /// slow consumer and the frame was dropped.
+    Overflowed,
+    /// The connection is already closing; the frame was dropped.
+    Closing,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<CloseRequest>,
+}
+
+/// A bounded queue of encoded frames with a wake-up for its writer.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `frame` unless that would exceed `limits`.
+    pub fn push(&self, frame: Bytes, limits: QueueLimits) -> Pushed {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Pushed::Closing;
+        }
+        if state.frames.len() >= limits.frames || state.bytes + frame.len() > limits.bytes {
+            state.frames = VecDeque::new();
+            state.bytes = 0;
+            state.close = Some(CloseRequest {
+                code: crate::ws::CLOSE_SLOW_CONSUMER,
+                reason: "slow consumer: outgoing queue overflowed",
+            });
+            drop(state);
+            self.ready.notify_one();
+            return Pushed::Overflowed;
+        }
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        let first = state.frames.len() == 1;
+        drop(state);
+        if first {
+            self.ready.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Asks the connection to close; the first request wins. Frames already
+    /// queued are still written before the close frame.
+    pub fn close(&self, request: CloseRequest) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(request);
+            drop(state);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Moves every queued frame to the end of `into`, and returns the close
+    /// request, if any.
+    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<CloseRequest> {
+        let mut state = self.lock();
+        state.bytes = 0;
+        if into.is_empty() {
+            std::mem::swap(into, &mut state.frames);
+        } else {
+            into.append(&mut state.frames);
+        }
+        state.close
+    }
+
+    /// The close request, if any, without taking frames.
+    pub fn closing(&self) -> Option<CloseRequest> {
+        self.lock().close
+    }
+
+    /// Waits until frames were queued or a close was requested since the
+    /// last wait. A wake-up that arrives while nobody waits is kept.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        frames: 3,
+        bytes: 10,
+    };
+
+    #[test]
+    fn bounded_by_frames() {
+        let outbox = Outbox::default();
+        for _ in 0..3 {
+            assert_eq!(
+                outbox.push(Bytes::from_static(b"a"), LIMITS),
+                Pushed::Queued
+            );
+        }
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"a"), LIMITS),
+            Pushed::Overflowed
+        );
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"a"), LIMITS),
+            Pushed::Closing
+        );
+        let mut taken = VecDeque::new();
+        let close = outbox.take(&mut taken).expect("closing");
+        assert_eq!(close.code, crate::ws::CLOSE_SLOW_CONSUMER);
+        assert!(taken.is_empty(), "an overflowed queue is dropped");
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let outbox = Outbox::default();
+        assert_eq!(outbox.push(Bytes::from(vec![0; 8]), LIMITS), Pushed::Queued);
+        assert_eq!(
+            outbox.push(Bytes::from(vec![0; 3]), LIMITS),
+            Pushed::Overflowed
+        );
+    }
+
+    #[test]
+    fn take_drains_and_resets_the_byte_count() {
+        let outbox = Outbox::default();
+        let mut taken = VecDeque::new();
+        for round in 0..5 {
+            assert_eq!(outbox.push(Bytes::from(vec![0; 8]), LIMITS), Pushed::Queued);
+            assert_eq!(outbox.take(&mut taken), None, "round {round}");
+        }
+        assert_eq!(taken.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn close_wakes_the_writer_and_first_request_wins() {
+        let outbox = Outbox::default();
+        let first = CloseRequest {
+            code: 1001,
+            reason: "bye",
+        };
+        outbox.close(first);
+        outbox.close(CloseRequest {
+            code: 4000,
+            reason: "other",
+        });
+        outbox.ready().await;
+        assert_eq!(outbox.take(&mut VecDeque::new()), Some(first));
+    }
+}

@@ -1,0 +1,222 @@
+//! The edge's HTTP side: the accept loop, the WebSocket upgrade at `/ws`,
+//! and the health endpoints.
+//!
+//! We run hyper ourselves rather than `axum::serve` so that an upgraded
+//! connection can be turned back into its `TcpStream`: the connection task
+//! then waits for readiness on the bare socket and owns its write path.
+
+use crate::conn;
+use crate::edge::Shared;
+use crate::protocol::WireFormat;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Time a client has to send its HTTP request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The edge's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(ready))
+        .with_state(shared)
+}
+
+/// Accepts connections until `stop` is cancelled.
+pub async fn accept(
+    listener: TcpListener,
+    router: Router,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        shared.tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.is_ready() {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "bus not connected"})),
+        )
+            .into_response()
+    }
+}
+
+fn bad_upgrade(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"code": "bad_upgrade", "message": message})),
+    )
+        .into_response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Picks the first subprotocol the client offers that we speak.
+fn choose_protocol(headers: &HeaderMap) -> Option<(&'static str, WireFormat)> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|offered| {
+            WireFormat::SUBPROTOCOLS
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(offered.trim()))
+                .copied()
+        })
+}
+
+/// Validates a WebSocket upgrade, answers 101, and hands the socket to a
+/// connection task.
+async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+    let headers = request.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return bad_upgrade(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (Connection: upgrade, Upgrade: websocket)",
+        );
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
+        let mut response = bad_upgrade(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version (13 required)",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return bad_upgrade(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    if shared.shutdown.is_cancelled() {
+        return bad_upgrade(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
+    }
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let protocol = choose_protocol(headers);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+
+    let task_shared = shared.clone();
+    shared.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        };
+        let format = protocol.map(|(_, format)| format).unwrap_or_default();
+        let conn = task_shared.hub.connect(format);
+        conn::serve(parts.io.into_inner(), parts.read_buf, conn, task_shared).await;
+    });
+
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some((name, _)) = protocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, name);
+    }
+    response
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subprotocol_choice_follows_client_order_among_ours() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, gpush.raw, gpush.json"),
+        );
+        assert_eq!(
+            choose_protocol(&headers),
+            Some(("gpush.raw", WireFormat::Raw))
+        );
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat"),
+        );
+        assert_eq!(choose_protocol(&headers), None);
+    }
+
+    #[test]
+    fn connection_header_tokens() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(header_has_token(&headers, header::CONNECTION, "upgrade"));
+        assert!(!header_has_token(&headers, header::CONNECTION, "close"));
+    }
+}

@@ -1,0 +1,399 @@
+//! WebSocket framing owned by gpush: server frames are encoded once per push
+//! and shared by every connection, and client frames are parsed from a
+//! buffer that exists only while a frame is incomplete (the "half message").
+//!
+//! tungstenite's header parser and types are reused; what is ours is the
+//! buffering, so an idle connection holds no read or write buffer.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::io::Cursor;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+/// Close code: the server is going away (shutdown or restart).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: protocol error.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code: a text message was not valid UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code: a client message exceeded `max_message`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the connection was silent for longer than `idle_timeout`.
+pub const CLOSE_IDLE_TIMEOUT: u16 = 4000;
+/// Close code: the client read too slowly and its queue overflowed.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+
+/// Encodes one unmasked server frame.
+pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let len = payload.len() as u64;
+    let mut out = Vec::with_capacity(header.len(len) + payload.len());
+    // Writing into a Vec cannot fail.
+    let _ = header.format(len, &mut out);
+    out.extend_from_slice(payload);
+    out.into()
+}
+
+/// A text frame.
+pub fn text(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Text), payload)
+}
+
+/// A binary frame.
+pub fn binary(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Binary), payload)
+}
+
+/// A close frame with `code` and a reason (truncated to fit a control frame).
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut payload = code.to_be_bytes().to_vec();
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(OpCode::Control(Control::Close), &payload)
+}
+
+/// An empty ping frame.
+pub fn ping() -> Bytes {
+    encode(OpCode::Control(Control::Ping), &[])
+}
+
+/// A pong frame echoing `payload`.
+pub fn pong(payload: &[u8]) -> Bytes {
+    encode(OpCode::Control(Control::Pong), payload)
+}
+
+/// A complete message or control frame from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A text message, valid UTF-8.
+    Text(Bytes),
+    /// A binary message.
+    Binary(Bytes),
+    /// A ping with its payload.
+    Ping(Bytes),
+    /// A pong.
+    Pong,
+    /// A close frame with its code (if any).
+    Close(Option<u16>),
+}
+
+/// The client broke the protocol; the connection must be closed with
+/// [`ReadError::close_code`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Malformed framing (unmasked frame, reserved bits, bad opcode, bad
+    /// continuation, oversized control frame).
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// A message larger than the configured maximum.
+    #[error("message of {size} bytes exceeds the maximum of {max}")]
+    TooBig {
+        /// Size announced or accumulated so far.
+        size: u64,
+        /// The maximum.
+        max: usize,
+    },
+    /// A text message or close reason that is not UTF-8.
+    #[error("text is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+impl ReadError {
+    /// The WebSocket close code for this error.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            ReadError::Protocol(_) => CLOSE_PROTOCOL_ERROR,
+            ReadError::TooBig { .. } => CLOSE_TOO_BIG,
+            ReadError::InvalidUtf8 => CLOSE_INVALID_DATA,
+        }
+    }
+}
+
+/// Incremental parser of client frames.
+///
+/// Holds at most one incomplete frame and one incomplete fragmented
+/// message, each bounded by `max_message`; both are released as soon as
+/// they complete, so an idle connection owns no buffer.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    /// Bytes of an incomplete frame.
+    partial: BytesMut,
+    /// A fragmented message being assembled: its opcode and data so far.
+    fragments: Option<(Data, BytesMut)>,
+}
+
+impl FrameReader {
+    /// Whether no partial frame or message is buffered.
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_empty() && self.fragments.is_none()
+    }
+
+    /// Parses every complete frame in `input` (prefixed by any buffered
+    /// partial frame), appending messages to `out`. An incomplete tail is
+    /// kept for the next call.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        max_message: usize,
+        out: &mut Vec<Incoming>,
+    ) -> Result<(), ReadError> {
+        if self.partial.is_empty() {
+            let used = self.parse(input, max_message, out)?;
+            if used < input.len() {
+                self.partial = BytesMut::from(&input[used..]);
+            }
+        } else {
+            self.partial.extend_from_slice(input);
+            let buf = std::mem::take(&mut self.partial);
+            let used = self.parse(&buf, max_message, out)?;
+            if used < buf.len() {
+                self.partial = BytesMut::from(&buf[used..]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses complete frames from `buf`; returns how many bytes were used.
+    fn parse(
+        &mut self,
+        buf: &[u8],
+        max_message: usize,
+        out: &mut Vec<Incoming>,
+    ) -> Result<usize, ReadError> {
+        let mut cursor = Cursor::new(buf);
+        loop {
+            let start = cursor.position() as usize;
+            let header = FrameHeader::parse(&mut cursor)
+                .map_err(|_| ReadError::Protocol("malformed frame header"))?;
+            let Some((header, len)) = header else {
+                return Ok(start);
+            };
+            let buffered = self.fragments.as_ref().map_or(0, |(_, b)| b.len() as u64);
+            if len.saturating_add(buffered) > max_message as u64 {
+                return Err(ReadError::TooBig {
+                    size: len.saturating_add(buffered),
+                    max: max_message,
+                });
+            }
+            let header_end = cursor.position() as usize;
+            let len = len as usize;
+            if buf.len() - header_end < len {
+                return Ok(start);
+            }
+            cursor.advance(len);
+            let mut payload = BytesMut::from(&buf[header_end..header_end + len]);
+            self.frame(header, &mut payload, out)?;
+        }
+    }
+
+    fn frame(
+        &mut self,
+        header: FrameHeader,
+        payload: &mut BytesMut,
+        out: &mut Vec<Incoming>,
+    ) -> Result<(), ReadError> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(ReadError::Protocol("reserved bits set"));
+        }
+        let Some(mask) = header.mask else {
+            return Err(ReadError::Protocol("client frames must be masked"));
+        };
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        match header.opcode {
+            OpCode::Control(control) => {
+                if !header.is_final || payload.len() > 125 {
+                    return Err(ReadError::Protocol("invalid control frame"));
+                }
+                out.push(match control {
+                    Control::Ping => Incoming::Ping(payload.split().freeze()),
+                    Control::Pong => Incoming::Pong,
+                    Control::Close => Incoming::Close(close_code(payload)?),
+                    Control::Reserved(_) => {
+                        return Err(ReadError::Protocol("reserved control opcode"));
+                    }
+                });
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some((_, data)) = self.fragments.as_mut() else {
+                    return Err(ReadError::Protocol("continuation without a message"));
+                };
+                data.extend_from_slice(payload);
+                if header.is_final {
+                    if let Some((kind, data)) = self.fragments.take() {
+                        out.push(message(kind, data.freeze())?);
+                    }
+                }
+            }
+            OpCode::Data(kind @ (Data::Text | Data::Binary)) => {
+                if self.fragments.is_some() {
+                    return Err(ReadError::Protocol("new message inside a fragmented one"));
+                }
+                let data = payload.split();
+                if header.is_final {
+                    out.push(message(kind, data.freeze())?);
+                } else {
+                    self.fragments = Some((kind, data));
+                }
+            }
+            OpCode::Data(Data::Reserved(_)) => {
+                return Err(ReadError::Protocol("reserved data opcode"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn message(kind: Data, data: Bytes) -> Result<Incoming, ReadError> {
+    if kind == Data::Text {
+        std::str::from_utf8(&data).map_err(|_| ReadError::InvalidUtf8)?;
+        Ok(Incoming::Text(data))
+    } else {
+        Ok(Incoming::Binary(data))
+    }
+}
+
+fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ReadError::Protocol("close payload of one byte")),
+        [hi, lo, reason @ ..] => {
+            std::str::from_utf8(reason).map_err(|_| ReadError::InvalidUtf8)?;
+            Ok(Some(u16::from_be_bytes([*hi, *lo])))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let header = FrameHeader {
+            is_final: fin,
+            opcode,
+            mask: Some(mask),
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        header
+            .format(payload.len() as u64, &mut out)
+            .expect("format");
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    const TEXT: OpCode = OpCode::Data(Data::Text);
+
+    #[test]
+    fn server_frames_are_unmasked_and_sized() {
+        assert_eq!(&text(b"hi")[..], b"\x81\x02hi");
+        let big = text(&[b'a'; 300]);
+        assert_eq!(&big[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(big.len(), 304);
+        assert_eq!(&close(1001, "bye")[..], b"\x88\x05\x03\xe9bye");
+        assert_eq!(&ping()[..], b"\x89\x00");
+    }
+
+    #[test]
+    fn byte_by_byte_feeding_yields_whole_messages() {
+        let mut wire = client_frame(TEXT, true, b"{\"code\":1}");
+        wire.extend(client_frame(OpCode::Control(Control::Ping), true, b"p"));
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        for byte in &wire {
+            reader.feed(&[*byte], 4096, &mut out).expect("feed");
+        }
+        assert_eq!(
+            out,
+            vec![
+                Incoming::Text(Bytes::from_static(b"{\"code\":1}")),
+                Incoming::Ping(Bytes::from_static(b"p"))
+            ]
+        );
+        assert!(reader.is_idle());
+    }
+
+    #[test]
+    fn fragments_with_interleaved_control_frames() {
+        let mut wire = client_frame(TEXT, false, b"hel");
+        wire.extend(client_frame(OpCode::Control(Control::Ping), true, b""));
+        wire.extend(client_frame(OpCode::Data(Data::Continue), true, b"lo"));
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        reader.feed(&wire, 4096, &mut out).expect("feed");
+        assert_eq!(
+            out,
+            vec![
+                Incoming::Ping(Bytes::new()),
+                Incoming::Text(Bytes::from_static(b"hello"))
+            ]
+        );
+    }
+
+    #[test]
+    fn violations_are_errors_with_close_codes() {
+        let mut out = Vec::new();
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (b"\x81\x02hi".to_vec(), CLOSE_PROTOCOL_ERROR), // unmasked
+            (client_frame(TEXT, true, &[0xff, 0xfe]), CLOSE_INVALID_DATA),
+            (client_frame(TEXT, true, &[b'a'; 100]), CLOSE_TOO_BIG),
+            (
+                client_frame(OpCode::Data(Data::Continue), true, b"x"),
+                CLOSE_PROTOCOL_ERROR,
+            ),
+            (
+                client_frame(OpCode::Control(Control::Ping), false, b""),
+                CLOSE_PROTOCOL_ERROR,
+            ),
+        ];
+        for (wire, code) in cases {
+            let err = FrameReader::default()
+                .feed(&wire, 64, &mut out)
+                .expect_err("must fail");
+            assert_eq!(err.close_code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn oversize_is_refused_from_the_header_before_buffering() {
+        let mut header = Vec::new();
+        FrameHeader {
+            opcode: TEXT,
+            mask: Some([0; 4]),
+            ..FrameHeader::default()
+        }
+        .format(1 << 40, &mut header)
+        .expect("format");
+        let err = FrameReader::default()
+            .feed(&header, 4096, &mut Vec::new())
+            .expect_err("too big");
+        assert!(matches!(err, ReadError::TooBig { .. }));
+    }
+
+    #[test]
+    fn fragmented_total_is_bounded() {
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        reader
+            .feed(&client_frame(TEXT, false, &[b'a'; 40]), 64, &mut out)
+            .expect("first");
+        let err = reader
+            .feed(
+                &client_frame(OpCode::Data(Data::Continue), true, &[b'a'; 40]),
+                64,
+                &mut out,
+            )
+            .expect_err("too big");
+        assert_eq!(err.close_code(), CLOSE_TOO_BIG);
+    }
+}

@@ -1,0 +1,219 @@
+//! The push API itself, independent of transport: authenticate, validate,
+//! publish.
+//!
+//! HTTP and gRPC both go through [`PushApi`], so the two accept exactly the
+//! same pushes and refuse the rest with the same [`ApiError`]. A batch is
+//! validated completely before anything is published: one bad message and
+//! nothing is sent. Valid pushes are published in request order with one
+//! [`Bus::publish`], so pushes on one route arrive in the order they were
+//! sent. Delivery is at-most-once: a push published while an edge is
+//! briefly disconnected from the bus is lost for that edge's clients.
+
+use crate::config::PushApiConfig;
+use crate::error::{ApiError, Field};
+use bytes::Bytes;
+use gpush_common::push::validate_optional_name;
+use gpush_common::{Bus, Push};
+use std::sync::Arc;
+
+/// Upper bound of a request body (HTTP) or message (gRPC), in bytes,
+/// whatever `max_batch` × `max_payload` would allow. A batch must fit in it.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// Validates pushes and publishes them on the bus. Cheap to clone.
+#[derive(Clone)]
+pub struct PushApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bus: Bus,
+    config: PushApiConfig,
+}
+
+impl PushApi {
+    /// An API publishing to `bus` under the limits of `config`.
+    pub fn new(bus: Bus, config: PushApiConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner { bus, config }),
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &PushApiConfig {
+        &self.inner.config
+    }
+
+    /// The bus pushes go to.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// Checks the `authorization` header or metadata value, which must be
+    /// `Bearer <api_key>` when an API key is configured.
+    pub fn authorize(&self, authorization: Option<&str>) -> Result<(), ApiError> {
+        let Some(key) = self.inner.config.api_key.as_deref() else {
+            return Ok(());
+        };
+        let given = authorization
+            .and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    /// Checks the size of a batch before its messages are looked at.
+    pub fn check_batch_len(&self, len: usize) -> Result<(), ApiError> {
+        let max = self.inner.config.max_batch;
+        if len == 0 {
+            Err(ApiError::EmptyBatch)
+        } else if len > max {
+            Err(ApiError::BatchTooLarge { len, max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Validates one message (`index` is its position in a batch, None for
+    /// a single push) and stamps it as a [`Push`].
+    pub fn check(
+        &self,
+        index: Option<usize>,
+        uid: String,
+        topic: String,
+        data: Bytes,
+    ) -> Result<Push, ApiError> {
+        let config = &self.inner.config;
+        validate_optional_name(&uid, config.max_name_len).map_err(|error| {
+            ApiError::InvalidUid {
+                field: Field::new(index, "uid"),
+                error,
+            }
+        })?;
+        validate_optional_name(&topic, config.max_name_len).map_err(|error| {
+            ApiError::InvalidTopic {
+                field: Field::new(index, "topic"),
+                error,
+            }
+        })?;
+        if data.len() > config.max_payload {
+            return Err(ApiError::PayloadTooLarge {
+                field: Field::new(index, "data"),
+                len: data.len(),
+                max: config.max_payload,
+            });
+        }
+        Ok(Push::new(uid, topic, data))
+    }
+
+    /// Publishes already validated pushes, in order. Returns how many were
+    /// accepted.
+    pub async fn publish(&self, pushes: &[Push]) -> Result<usize, ApiError> {
+        self.inner.bus.publish(pushes).await?;
+        Ok(pushes.len())
+    }
+
+    /// Size limit of one request body or message: room for a full batch
+    /// (base64 grows payloads by 4/3, plus names and JSON syntax), capped at
+    /// [`MAX_REQUEST_BYTES`], but never less than one maximal push.
+    pub fn request_limit(&self) -> usize {
+        let config = &self.inner.config;
+        let one = (config.max_payload / 3 + 1) * 4 + 2 * config.max_name_len + 64;
+        one.saturating_mul(config.max_batch)
+            .min(MAX_REQUEST_BYTES)
+            .max(one)
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not reveal how much of the key a guess got right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpush_common::LocalDelivery;
+
+    struct Sink;
+    impl LocalDelivery for Sink {
+        fn deliver(&self, _: &Push) {}
+    }
+
+    fn api(api_key: Option<&str>) -> PushApi {
+        PushApi::new(
+            Bus::Local(Arc::new(Sink)),
+            PushApiConfig {
+                api_key: api_key.map(str::to_owned),
+                max_payload: 4,
+                max_batch: 2,
+                max_name_len: 8,
+            },
+        )
+    }
+
+    #[test]
+    fn api_key() {
+        assert!(api(None).authorize(None).is_ok());
+        let api = api(Some("s3cret"));
+        assert!(api.authorize(Some("Bearer s3cret")).is_ok());
+        assert!(api.authorize(Some("bearer  s3cret ")).is_ok());
+        for bad in [
+            None,
+            Some(""),
+            Some("s3cret"),
+            Some("Bearer s3cre"),
+            Some("Basic s3cret"),
+        ] {
+            assert!(
+                matches!(api.authorize(bad), Err(ApiError::Unauthorized)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let api = api(None);
+        assert!(matches!(api.check_batch_len(0), Err(ApiError::EmptyBatch)));
+        assert!(matches!(
+            api.check_batch_len(3),
+            Err(ApiError::BatchTooLarge { len: 3, max: 2 })
+        ));
+        assert!(
+            api.check(None, "".into(), "".into(), Bytes::from_static(b"1234"))
+                .is_ok()
+        );
+        let e = api
+            .check(Some(1), "".into(), "".into(), Bytes::from_static(b"12345"))
+            .expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            "messages[1].data: payload is 5 bytes, the maximum is 4"
+        );
+        let e = api
+            .check(None, "123456789".into(), "".into(), Bytes::new())
+            .expect_err("uid too long");
+        assert_eq!(e.code(), "invalid_uid");
+    }
+
+    #[test]
+    fn request_limit_is_capped_but_fits_one_push() {
+        let mut config = PushApiConfig::default();
+        let default = PushApi::new(Bus::Local(Arc::new(Sink)), config.clone()).request_limit();
+        assert_eq!(default, MAX_REQUEST_BYTES);
+        config.max_payload = 2 * MAX_REQUEST_BYTES;
+        let huge = PushApi::new(Bus::Local(Arc::new(Sink)), config).request_limit();
+        assert!(huge > 2 * MAX_REQUEST_BYTES * 4 / 3);
+    }
+}

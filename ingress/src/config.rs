@@ -1,0 +1,140 @@
+//! Ingress configuration: TOML file, then `GPUSH_*` env vars and flags.
+
+use gpush_common::config::Problems;
+use gpush_common::push::DEFAULT_MAX_NAME_LEN;
+use gpush_common::subject::{DEFAULT_PREFIX, Subjects};
+use gpush_common::telemetry::LogFormat;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default HTTP push API port (as in the original gpush).
+pub const DEFAULT_HTTP_PORT: u16 = 10068;
+/// Default gRPC push API port (as in the original gpush).
+pub const DEFAULT_GRPC_PORT: u16 = 10067;
+/// Default maximum payload of one push, in bytes.
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+/// Default maximum number of messages in one batch call.
+pub const DEFAULT_MAX_BATCH: usize = 10_000;
+/// Default NATS server.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Limits and access control of the push API (HTTP and gRPC). Shared by
+/// `gpush-ingress` and `gpush-edge --standalone`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushApiConfig {
+    /// When set, every push call must carry `Authorization: Bearer <key>`
+    /// (HTTP header or gRPC metadata). Unset: no authentication, and the
+    /// push API binds loopback unless an address is given explicitly.
+    pub api_key: Option<String>,
+    /// Maximum payload of one push, in bytes (after base64 decoding).
+    pub max_payload: usize,
+    /// Maximum number of messages in one batch call.
+    pub max_batch: usize,
+    /// Maximum length of a topic or uid, in bytes.
+    pub max_name_len: usize,
+}
+
+impl Default for PushApiConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_name_len: DEFAULT_MAX_NAME_LEN,
+        }
+    }
+}
+
+impl PushApiConfig {
+    /// Adds this section's problems to `problems`.
+    pub fn validate(&self, problems: &mut Problems) {
+        problems.check(self.max_payload == 0, || "max_payload must be > 0".into());
+        problems.check(self.max_batch == 0, || "max_batch must be > 0".into());
+        problems.check(self.max_name_len == 0, || "max_name_len must be > 0".into());
+        problems.check(self.api_key.as_deref() == Some(""), || {
+            "api_key must not be empty (leave it unset for no authentication)".into()
+        });
+    }
+
+    /// The default bind address for a push API port: all interfaces when an
+    /// API key protects it, loopback otherwise.
+    pub fn default_addr(&self, port: u16) -> SocketAddr {
+        if self.api_key.is_some() {
+            SocketAddr::from(([0, 0, 0, 0], port))
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    }
+}
+
+/// Everything `gpush-ingress` reads from its config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// HTTP push API address. Default: `0.0.0.0:10068` with an API key,
+    /// `127.0.0.1:10068` without.
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC push API address. Default: `0.0.0.0:10067` with an API key,
+    /// `127.0.0.1:10067` without.
+    pub grpc_addr: Option<SocketAddr>,
+    /// NATS servers (each entry may be a comma-separated list).
+    pub nats_urls: Vec<String>,
+    /// Prefix of every NATS subject gpush uses; must match the edges'.
+    pub subject_prefix: String,
+    /// How long a publish may take before the caller gets 503 / UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// etcd endpoints, for `GET /v1/edges`. Empty: no edge listing.
+    pub etcd_endpoints: Vec<String>,
+    /// Push API limits and API key.
+    pub push: PushApiConfig,
+    /// Log format: `human` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: None,
+            grpc_addr: None,
+            nats_urls: vec![DEFAULT_NATS_URL.to_owned()],
+            subject_prefix: DEFAULT_PREFIX.to_owned(),
+            publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
+            etcd_endpoints: Vec::new(),
+            push: PushApiConfig::default(),
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+impl IngressConfig {
+    /// Checks every value and reports all problems at once.
+    pub fn validate(&self) -> Result<(), gpush_common::config::ConfigError> {
+        let mut problems = Problems::default();
+        problems.check(self.nats_urls.iter().all(|u| u.trim().is_empty()), || {
+            "nats_urls must name at least one server".into()
+        });
+        if let Err(e) = Subjects::new(&self.subject_prefix) {
+            problems.push(e.to_string());
+        }
+        problems.check(self.publish_timeout.is_zero(), || {
+            "publish_timeout must be > 0".into()
+        });
+        self.push.validate(&mut problems);
+        problems.finish()
+    }
+
+    /// The HTTP address to bind.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+            .unwrap_or_else(|| self.push.default_addr(DEFAULT_HTTP_PORT))
+    }
+
+    /// The gRPC address to bind.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+            .unwrap_or_else(|| self.push.default_addr(DEFAULT_GRPC_PORT))
+    }
+}

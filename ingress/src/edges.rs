@@ -1,0 +1,292 @@
+//! The live edges, for `GET /v1/edges` and `GET /v1/connect`.
+//!
+//! Each edge keeps `/gpush/edges/<node-id>` alive in etcd (see
+//! [`gpush_common::registry`]). [`EtcdEdges`] lists that prefix once and then
+//! watches it from the listed revision, so requests read an in-memory map
+//! and never wait on etcd. While etcd is unreachable the last known list is
+//! kept and marked stale; the watcher reconnects with capped backoff and
+//! lists again.
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use gpush_common::registry::{EDGES_PREFIX, EdgeRecord, connect_etcd};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// First wait before reconnecting to etcd.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between reconnection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Where the edge list comes from.
+#[derive(Clone)]
+pub enum Edges {
+    /// No etcd configured: the edge endpoints answer 503.
+    Disabled,
+    /// Watched from etcd.
+    Etcd(EtcdEdges),
+    /// The single edge of this process (standalone mode), described fresh
+    /// on each call.
+    Local(Arc<dyn Fn() -> EdgeRecord + Send + Sync>),
+}
+
+impl fmt::Debug for Edges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Edges::Disabled => f.write_str("Disabled"),
+            Edges::Etcd(edges) => f.debug_tuple("Etcd").field(edges).finish(),
+            Edges::Local(_) => f.write_str("Local"),
+        }
+    }
+}
+
+/// A snapshot of the live edges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeList {
+    /// Least loaded (fewest connections) first; ties by node id.
+    pub edges: Vec<EdgeRecord>,
+    /// True while the list may be out of date: etcd is unreachable (or not
+    /// yet reached) and the last known records are shown.
+    pub stale: bool,
+}
+
+impl Edges {
+    /// The current list, or None when edge listing is disabled.
+    pub fn list(&self) -> Option<EdgeList> {
+        match self {
+            Edges::Disabled => None,
+            Edges::Etcd(edges) => Some(edges.list()),
+            Edges::Local(describe) => Some(EdgeList {
+                edges: vec![describe()],
+                stale: false,
+            }),
+        }
+    }
+}
+
+/// The edges registered in etcd, kept current by a background watch.
+/// Cheap to clone; every clone sees the same list.
+#[derive(Clone)]
+pub struct EtcdEdges {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// By node id (the key below [`EDGES_PREFIX`]).
+    edges: RwLock<HashMap<String, EdgeRecord>>,
+    stale: AtomicBool,
+}
+
+impl fmt::Debug for EtcdEdges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = self.list();
+        f.debug_struct("EtcdEdges")
+            .field("edges", &list.edges.len())
+            .field("stale", &list.stale)
+            .finish()
+    }
+}
+
+impl EtcdEdges {
+    /// Starts watching the edges registered in etcd at `endpoints` (each
+    /// entry may be a comma-separated list) until `shutdown`. Returns at
+    /// once; the list is empty and stale until etcd first answers. Must be
+    /// called inside a Tokio runtime.
+    pub fn start(endpoints: Vec<String>, shutdown: CancellationToken) -> EtcdEdges {
+        let edges = EtcdEdges::new();
+        let watched = edges.clone();
+        tokio::spawn(async move { watched.watch(&endpoints, shutdown).await });
+        edges
+    }
+
+    fn new() -> EtcdEdges {
+        EtcdEdges {
+            shared: Arc::new(Shared {
+                edges: RwLock::new(HashMap::new()),
+                stale: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// The current list, least loaded first.
+    pub fn list(&self) -> EdgeList {
+        let edges = self
+            .shared
+            .edges
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        EdgeList {
+            edges: sorted(edges),
+            stale: self.shared.stale.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reconnects until `shutdown`, with backoff between failed sessions.
+    async fn watch(&self, endpoints: &[String], shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = self.session(endpoints, &mut backoff) => result,
+            };
+            self.shared.stale.store(true, Ordering::Relaxed);
+            match result {
+                Ok(()) => tracing::warn!("etcd watch of edges ended; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd edge watch failed; retrying in {backoff:?}")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection: list the prefix, then apply watch events until the
+    /// stream ends or fails. Resets `backoff` once etcd has answered.
+    async fn session(
+        &self,
+        endpoints: &[String],
+        backoff: &mut Duration,
+    ) -> Result<(), etcd_client::Error> {
+        let mut client = connect_etcd(endpoints).await?;
+        let listed = client
+            .get(EDGES_PREFIX, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = listed.header().map_or(0, |h| h.revision());
+        let mut edges = HashMap::new();
+        for kv in listed.kvs() {
+            apply(&mut edges, EventType::Put, kv.key(), kv.value());
+        }
+        tracing::info!(edges = edges.len(), revision, "listed edges from etcd");
+        *self.write() = edges;
+        self.shared.stale.store(false, Ordering::Relaxed);
+        *backoff = BACKOFF_MIN;
+
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = client.watch(EDGES_PREFIX, Some(options)).await?;
+        while let Some(response) = stream.message().await? {
+            if response.canceled() {
+                return Err(etcd_client::Error::WatchError(format!(
+                    "watch canceled by etcd: {} (compacted at {})",
+                    response.cancel_reason(),
+                    response.compact_revision()
+                )));
+            }
+            let mut edges = self.write();
+            for event in response.events() {
+                if let Some(kv) = event.kv() {
+                    apply(&mut edges, event.event_type(), kv.key(), kv.value());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, EdgeRecord>> {
+        self.shared
+            .edges
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Applies one put or delete of an etcd key to the map. A key outside the
+/// prefix is ignored; a record that is not valid JSON is dropped (an edge
+/// we cannot read is not an edge we can send clients to).
+fn apply(edges: &mut HashMap<String, EdgeRecord>, kind: EventType, key: &[u8], value: &[u8]) {
+    let Some(node_id) = std::str::from_utf8(key)
+        .ok()
+        .and_then(|key| key.strip_prefix(EDGES_PREFIX))
+    else {
+        return;
+    };
+    match kind {
+        EventType::Delete => {
+            edges.remove(node_id);
+        }
+        EventType::Put => match serde_json::from_slice::<EdgeRecord>(value) {
+            Ok(record) => {
+                edges.insert(node_id.to_owned(), record);
+            }
+            Err(e) => {
+                tracing::warn!(node_id, error = %e, "ignoring unreadable edge record");
+                edges.remove(node_id);
+            }
+        },
+    }
+}
+
+/// Least loaded first; ties broken by node id so the order is stable.
+fn sorted(mut edges: Vec<EdgeRecord>) -> Vec<EdgeRecord> {
+    edges.sort_by(|a, b| (a.connections, &a.node_id).cmp(&(b.connections, &b.node_id)));
+    edges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(node_id: &str, connections: u64) -> EdgeRecord {
+        EdgeRecord {
+            node_id: node_id.into(),
+            url: format!("ws://{node_id}/ws"),
+            connections,
+            started_at: 1,
+            updated_at: 2,
+        }
+    }
+
+    fn put(edges: &mut HashMap<String, EdgeRecord>, r: &EdgeRecord) {
+        let key = format!("{EDGES_PREFIX}{}", r.node_id);
+        let value = serde_json::to_vec(r).expect("json");
+        apply(edges, EventType::Put, key.as_bytes(), &value);
+    }
+
+    #[test]
+    fn puts_and_deletes() {
+        let mut edges = HashMap::new();
+        put(&mut edges, &record("a", 5));
+        put(&mut edges, &record("b", 1));
+        put(&mut edges, &record("a", 7));
+        assert_eq!(edges.len(), 2);
+        assert_eq!(edges["a"].connections, 7);
+        apply(&mut edges, EventType::Delete, b"/gpush/edges/b", b"");
+        assert_eq!(edges.keys().collect::<Vec<_>>(), ["a"]);
+        apply(&mut edges, EventType::Put, b"/gpush/edges/a", b"not json");
+        assert!(edges.is_empty());
+        apply(&mut edges, EventType::Put, b"/other/x", b"{}");
+        assert!(edges.is_empty());
+    }
+
+    #[test]
+    fn least_loaded_first() {
+        let list = sorted(vec![record("c", 3), record("b", 1), record("a", 3)]);
+        let order: Vec<_> = list.iter().map(|r| r.node_id.as_str()).collect();
+        assert_eq!(order, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn list_reads_the_shared_map() {
+        let edges = EtcdEdges::new();
+        assert!(edges.list().stale);
+        put(&mut edges.write(), &record("x", 2));
+        put(&mut edges.write(), &record("y", 1));
+        edges.shared.stale.store(false, Ordering::Relaxed);
+        let list = Edges::Etcd(edges).list().expect("enabled");
+        assert!(!list.stale);
+        assert_eq!(list.edges[0].node_id, "y");
+        assert!(Edges::Disabled.list().is_none());
+    }
+}

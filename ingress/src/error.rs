@@ -1,0 +1,243 @@
+//! Why a push call failed, and how each transport reports it.
+//!
+//! One [`ApiError`] serves both APIs: HTTP turns it into a status code and a
+//! JSON body `{"code": "...", "message": "..."}`, gRPC into a [`Status`].
+//! Client mistakes are logged at `debug` (they are the caller's problem, not
+//! ours); bus failures at `warn`.
+//!
+//! | code | HTTP | gRPC |
+//! |---|---|---|
+//! | `bad_json`, `bad_base64`, `invalid_topic`, `invalid_uid`, `payload_too_large`, `batch_too_large`, `empty_batch` | 400 | `INVALID_ARGUMENT` |
+//! | `body_too_large` (HTTP body over the request limit) | 413 | `OUT_OF_RANGE` (from tonic, message over the same limit) |
+//! | `unauthorized` | 401 | `UNAUTHENTICATED` |
+//! | `bus_unavailable` | 503 | `UNAVAILABLE` |
+//! | `etcd_not_configured`, `no_edges` (edge listing) | 503 | - |
+//! | `not_found` (no such route) | 404 | - |
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use gpush_common::{BusError, NameError};
+use serde::Serialize;
+use std::fmt;
+use tonic::Status;
+
+/// The field of a request an error is about: `topic` in a single push,
+/// `messages[3].topic` in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// Position in the batch, or None for a single push.
+    pub index: Option<usize>,
+    /// Name of the field in the message.
+    pub name: &'static str,
+}
+
+impl Field {
+    /// `name` of the single message (`index` None) or of `messages[index]`.
+    pub fn new(index: Option<usize>, name: &'static str) -> Self {
+        Self { index, name }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "messages[{i}].{}", self.name),
+            None => f.write_str(self.name),
+        }
+    }
+}
+
+/// A push call that was refused. Every variant names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON of the expected shape (or not sent as JSON).
+    #[error("{0}")]
+    BadJson(String),
+    /// The request body is over the size limit of the HTTP API.
+    #[error("request body is over the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// `data` is not valid base64.
+    #[error("{field}: invalid base64: {reason}")]
+    BadBase64 {
+        /// The field.
+        field: Field,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The topic is not a valid name.
+    #[error("{field}: {error}")]
+    InvalidTopic {
+        /// The field.
+        field: Field,
+        /// Why.
+        error: NameError,
+    },
+    /// The uid is not a valid name.
+    #[error("{field}: {error}")]
+    InvalidUid {
+        /// The field.
+        field: Field,
+        /// Why.
+        error: NameError,
+    },
+    /// The payload is over `max_payload`.
+    #[error("{field}: payload is {len} bytes, the maximum is {max}")]
+    PayloadTooLarge {
+        /// The field.
+        field: Field,
+        /// Decoded payload length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// More messages than `max_batch` in one call.
+    #[error("messages: batch has {len} messages, the maximum is {max}")]
+    BatchTooLarge {
+        /// Messages in the call.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A batch without messages.
+    #[error("messages: batch is empty")]
+    EmptyBatch,
+    /// An API key is configured and the call did not carry it.
+    #[error("missing or wrong API key: send `authorization: Bearer <key>`")]
+    Unauthorized,
+    /// The bus did not take the pushes; nothing or only part was published.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// Edge listing was asked for but no etcd is configured.
+    #[error("edge listing needs etcd: set etcd_endpoints")]
+    EdgesNotConfigured,
+    /// No live edge is known.
+    #[error("no live edge is registered")]
+    NoEdges,
+    /// No such HTTP route.
+    #[error("no such endpoint")]
+    NotFound,
+}
+
+impl ApiError {
+    /// The stable, machine-readable code in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadJson(_) => "bad_json",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BadBase64 { .. } => "bad_base64",
+            ApiError::InvalidTopic { .. } => "invalid_topic",
+            ApiError::InvalidUid { .. } => "invalid_uid",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BatchTooLarge { .. } => "batch_too_large",
+            ApiError::EmptyBatch => "empty_batch",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Bus(_) => "bus_unavailable",
+            ApiError::EdgesNotConfigured => "etcd_not_configured",
+            ApiError::NoEdges => "no_edges",
+            ApiError::NotFound => "not_found",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadJson(_)
+            | ApiError::BadBase64 { .. }
+            | ApiError::InvalidTopic { .. }
+            | ApiError::InvalidUid { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::BatchTooLarge { .. }
+            | ApiError::EmptyBatch => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Bus(_) | ApiError::EdgesNotConfigured | ApiError::NoEdges => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// Logs the error at a level that matches whose fault it is: only a
+    /// failing bus is worth an operator's attention.
+    fn log(&self) {
+        if matches!(self, ApiError::Bus(_)) {
+            tracing::warn!(code = self.code(), "push API: {self}");
+        } else {
+            tracing::debug!(code = self.code(), "push API: {self}");
+        }
+    }
+}
+
+/// The JSON body of every HTTP error.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        error.log();
+        let message = error.to_string();
+        match error {
+            ApiError::Unauthorized => Status::unauthenticated(message),
+            ApiError::Bus(_) | ApiError::EdgesNotConfigured | ApiError::NoEdges => {
+                Status::unavailable(message)
+            }
+            ApiError::NotFound => Status::not_found(message),
+            ApiError::BodyTooLarge { .. } => Status::resource_exhausted(message),
+            ApiError::BadJson(_)
+            | ApiError::BadBase64 { .. }
+            | ApiError::InvalidTopic { .. }
+            | ApiError::InvalidUid { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::BatchTooLarge { .. }
+            | ApiError::EmptyBatch => Status::invalid_argument(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_name_the_batch_position() {
+        assert_eq!(Field::new(None, "topic").to_string(), "topic");
+        assert_eq!(Field::new(Some(3), "uid").to_string(), "messages[3].uid");
+        let e = ApiError::InvalidTopic {
+            field: Field::new(Some(3), "topic"),
+            error: NameError::ControlChar,
+        };
+        assert_eq!(
+            e.to_string(),
+            "messages[3].topic: contains a control character"
+        );
+    }
+
+    #[test]
+    fn grpc_codes() {
+        let code = |e: ApiError| Status::from(e).code();
+        assert_eq!(code(ApiError::EmptyBatch), tonic::Code::InvalidArgument);
+        assert_eq!(code(ApiError::Unauthorized), tonic::Code::Unauthenticated);
+        assert_eq!(
+            code(ApiError::Bus(BusError::NotConnected)),
+            tonic::Code::Unavailable
+        );
+    }
+}

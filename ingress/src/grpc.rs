@@ -1,0 +1,171 @@
+//! The gRPC push API (tonic).
+//!
+//! - `gpush.v1.Push/PushData` and `/PushBatch`;
+//! - `order.Proxy/PushData`, the original gpush method, unchanged;
+//! - `grpc.health.v1.Health`: the push services are `SERVING` while the bus
+//!   is connected (as `/readyz`), the server itself (`""`) always;
+//! - server reflection (v1 and v1alpha), so `grpcurl -plaintext host:10067
+//!   list` works without the proto files.
+//!
+//! Validation and ordering are those of [`PushApi`]; errors map to
+//! `INVALID_ARGUMENT` (bad input), `UNAUTHENTICATED` (API key) and
+//! `UNAVAILABLE` (bus). The API key is read from the `authorization`
+//! metadata as `Bearer <key>`.
+
+use crate::api::PushApi;
+use crate::error::ApiError;
+use gpush_common::Push;
+use gpush_proto::order::proxy_server::{Proxy, ProxyServer};
+use gpush_proto::v1::push_server::{Push as PushService, PushServer};
+use gpush_proto::{order, v1};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// How often the bus state is copied into the health service.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Implements both push services over one [`PushApi`].
+#[derive(Clone)]
+struct Handler {
+    api: PushApi,
+}
+
+impl Handler {
+    fn authorize(&self, metadata: &MetadataMap) -> Result<(), ApiError> {
+        let value = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.api.authorize(value)
+    }
+
+    async fn push_one(
+        &self,
+        metadata: &MetadataMap,
+        uid: String,
+        topic: String,
+        data: bytes::Bytes,
+    ) -> Result<usize, ApiError> {
+        self.authorize(metadata)?;
+        let push = self.api.check(None, uid, topic, data)?;
+        self.api.publish(std::slice::from_ref(&push)).await
+    }
+}
+
+#[tonic::async_trait]
+impl PushService for Handler {
+    async fn push_data(
+        &self,
+        request: Request<v1::PushRequest>,
+    ) -> Result<Response<v1::PushReply>, Status> {
+        let (metadata, _, m) = request.into_parts();
+        let accepted = self.push_one(&metadata, m.uid, m.topic, m.data).await?;
+        Ok(Response::new(reply(accepted)))
+    }
+
+    async fn push_batch(
+        &self,
+        request: Request<v1::PushBatchRequest>,
+    ) -> Result<Response<v1::PushReply>, Status> {
+        let (metadata, _, batch) = request.into_parts();
+        self.authorize(&metadata)?;
+        self.api.check_batch_len(batch.messages.len())?;
+        let pushes = batch
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| self.api.check(Some(i), m.uid, m.topic, m.data))
+            .collect::<Result<Vec<Push>, _>>()?;
+        let accepted = self.api.publish(&pushes).await?;
+        Ok(Response::new(reply(accepted)))
+    }
+}
+
+#[tonic::async_trait]
+impl Proxy for Handler {
+    async fn push_data(
+        &self,
+        request: Request<order::Data>,
+    ) -> Result<Response<order::Empty>, Status> {
+        let (metadata, _, m) = request.into_parts();
+        self.push_one(&metadata, m.uid, m.topic, m.data).await?;
+        Ok(Response::new(order::Empty {}))
+    }
+}
+
+fn reply(accepted: usize) -> v1::PushReply {
+    v1::PushReply {
+        accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+    }
+}
+
+/// Serves the gRPC push API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    api: PushApi,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let limit = api.request_limit();
+    let handler = Handler { api: api.clone() };
+    let push = PushServer::new(handler.clone()).max_decoding_message_size(limit);
+    let proxy = ProxyServer::new(handler).max_decoding_message_size(limit);
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(track_bus(api, reporter, shutdown.clone()));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gpush_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(push)
+        .add_service(proxy)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// The services whose health follows the bus.
+const PUSH_SERVICES: [&str; 2] = [
+    gpush_proto::v1::push_server::SERVICE_NAME,
+    gpush_proto::order::proxy_server::SERVICE_NAME,
+];
+
+/// Keeps the health status of the push services equal to the bus state,
+/// and marks them `NOT_SERVING` on shutdown.
+async fn track_bus(api: PushApi, reporter: HealthReporter, shutdown: CancellationToken) {
+    let mut ready = None;
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        let now = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tick.tick() => api.bus().is_ready(),
+        };
+        if ready != Some(now) {
+            ready = Some(now);
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for name in PUSH_SERVICES {
+                reporter.set_service_status(name, status).await;
+            }
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}

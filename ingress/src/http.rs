@@ -1,0 +1,606 @@
+//! The HTTP push API (axum).
+//!
+//! | Route | Answer |
+//! |---|---|
+//! | `POST /v1/pushData` `{"uid","topic","data"}` | `{"code":0,"message":"ok","accepted":1}` |
+//! | `POST /v1/pushBatch` `{"messages":[...]}` | `{"code":0,"message":"ok","accepted":N}` |
+//! | `GET /healthz` | `{"status":"ok"}` while the process runs |
+//! | `GET /readyz` | 200 `{"status":"ok"}` when the bus is connected, else 503 |
+//! | `GET /v1/edges` | `{"edges":[record...],"stale":bool}`, least loaded first |
+//! | `GET /v1/connect` | `{"url","node_id"}` of the least loaded edge |
+//!
+//! `uid` and `topic` default to `""`; `data` is required and is base64
+//! (standard alphabet; padding optional; the URL-safe alphabet is accepted
+//! too). Push bodies must be sent as `Content-Type: application/json`, which
+//! also keeps a web page from posting to an unauthenticated local ingress
+//! without a CORS preflight. Errors are `{"code","message"}` (see
+//! [`ApiError`]). The body size limit is [`PushApi::request_limit`]: a full
+//! batch, capped at 64 MiB.
+
+use crate::api::PushApi;
+use crate::edges::Edges;
+use crate::error::{ApiError, Field};
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Standard alphabet, padding optional.
+const STANDARD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+/// URL-safe alphabet, padding optional.
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+#[derive(Clone)]
+struct AppState {
+    api: PushApi,
+    edges: Edges,
+}
+
+/// The HTTP routes of the push API, publishing through `api` and listing
+/// `edges`.
+pub fn router(api: PushApi, edges: Edges) -> Router {
+    let limit = api.request_limit();
+    Router::new()
+        .route("/v1/pushData", post(push_data))
+        .route("/v1/pushBatch", post(push_batch))
+        .route("/v1/edges", get(list_edges))
+        .route("/v1/connect", get(connect))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(AppState { api, edges })
+}
+
+/// One message as sent over HTTP.
+#[derive(Debug, Deserialize)]
+struct Message {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    topic: String,
+    /// Base64.
+    data: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Batch {
+    messages: Vec<Message>,
+}
+
+/// The success body of both push routes.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    code: u8,
+    message: &'static str,
+    accepted: usize,
+}
+
+impl Accepted {
+    fn new(accepted: usize) -> Json<Self> {
+        Json(Accepted {
+            code: 0,
+            message: "ok",
+            accepted,
+        })
+    }
+}
+
+/// Proof that the request carried the API key (or that none is needed).
+/// Extracted before the body, so an unauthenticated caller is refused
+/// without its body being read.
+struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state.api.authorize(header).map(|()| Authorized)
+    }
+}
+
+/// Turns an axum JSON rejection into our error: 413 for an over-long body,
+/// otherwise 400 `bad_json` with axum's message, which names the field
+/// (`messages[1].uid: invalid type ...`).
+fn json_error(api: &PushApi, rejection: JsonRejection) -> ApiError {
+    match rejection {
+        r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge {
+            limit: api.request_limit(),
+        },
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::BadJson("expected `Content-Type: application/json`".into())
+        }
+        other => ApiError::BadJson(other.body_text()),
+    }
+}
+
+fn decode(field: Field, data: &str) -> Result<Bytes, ApiError> {
+    let engine = if data.contains(['-', '_']) {
+        &URL_SAFE
+    } else {
+        &STANDARD
+    };
+    engine
+        .decode(data)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::BadBase64 {
+            field,
+            reason: e.to_string(),
+        })
+}
+
+async fn push_data(
+    State(state): State<AppState>,
+    _: Authorized,
+    body: Result<Json<Message>, JsonRejection>,
+) -> Result<Json<Accepted>, ApiError> {
+    let Json(m) = body.map_err(|r| json_error(&state.api, r))?;
+    let data = decode(Field::new(None, "data"), &m.data)?;
+    let push = state.api.check(None, m.uid, m.topic, data)?;
+    let accepted = state.api.publish(std::slice::from_ref(&push)).await?;
+    Ok(Accepted::new(accepted))
+}
+
+async fn push_batch(
+    State(state): State<AppState>,
+    _: Authorized,
+    body: Result<Json<Batch>, JsonRejection>,
+) -> Result<Json<Accepted>, ApiError> {
+    let Json(batch) = body.map_err(|r| json_error(&state.api, r))?;
+    state.api.check_batch_len(batch.messages.len())?;
+    let pushes = batch
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let data = decode(Field::new(Some(i), "data"), &m.data)?;
+            state.api.check(Some(i), m.uid, m.topic, data)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let accepted = state.api.publish(&pushes).await?;
+    Ok(Accepted::new(accepted))
+}
+
+#[derive(Debug, Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.api.bus().is_ready() {
+        Json(Health { status: "ok" }).into_response()
+    } else {
+        let body = Json(Health {
+            status: "bus not connected",
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn list_edges(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let list = state.edges.list().ok_or(ApiError::EdgesNotConfigured)?;
+    Ok(Json(list).into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct Connect {
+    url: String,
+    node_id: String,
+}
+
+async fn connect(State(state): State<AppState>) -> Result<Json<Connect>, ApiError> {
+    let list = state.edges.list().ok_or(ApiError::EdgesNotConfigured)?;
+    let edge = list.edges.into_iter().next().ok_or(ApiError::NoEdges)?;
+    Ok(Json(Connect {
+        url: edge.url,
+        node_id: edge.node_id,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PushApiConfig;
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use gpush_common::registry::EdgeRecord;
+    use gpush_common::{Bus, LocalDelivery, Push, Route};
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use std::sync::{Arc, Mutex};
+    use tower::ServiceExt;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Push>>);
+
+    impl LocalDelivery for Recorder {
+        fn deliver(&self, push: &Push) {
+            self.0.lock().expect("lock").push(push.clone());
+        }
+    }
+
+    impl Recorder {
+        fn taken(&self) -> Vec<Push> {
+            std::mem::take(&mut *self.0.lock().expect("lock"))
+        }
+    }
+
+    fn config() -> PushApiConfig {
+        PushApiConfig {
+            max_payload: 8,
+            max_batch: 3,
+            max_name_len: 16,
+            ..PushApiConfig::default()
+        }
+    }
+
+    fn server(config: PushApiConfig, edges: Edges) -> (Router, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let api = PushApi::new(Bus::Local(recorder.clone()), config);
+        (router(api, edges), recorder)
+    }
+
+    async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
+        Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .expect("request")
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).expect("request")
+    }
+
+    async fn post_json(app: &Router, path: &str, body: Value) -> (StatusCode, Value) {
+        call(app, post(path, body.to_string())).await
+    }
+
+    /// Asserts a 400 with `code` whose message mentions `field`.
+    fn assert_bad(reply: (StatusCode, Value), code: &str, field: &str) {
+        let (status, body) = reply;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["code"], code, "{body}");
+        let message = body["message"].as_str().expect("message");
+        assert!(message.contains(field), "{message:?} should name {field:?}");
+    }
+
+    #[tokio::test]
+    async fn push_data_publishes_one_push() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        let reply = post_json(
+            &app,
+            "/v1/pushData",
+            json!({"uid": "u1", "topic": "t.1", "data": "aGk="}),
+        )
+        .await;
+        assert_eq!(
+            reply,
+            (
+                StatusCode::OK,
+                json!({"code": 0, "message": "ok", "accepted": 1})
+            )
+        );
+        let pushes = rec.taken();
+        assert_eq!(pushes.len(), 1);
+        let p = &pushes[0];
+        assert_eq!(
+            (p.uid.as_str(), p.topic.as_str(), &p.data[..]),
+            ("u1", "t.1", &b"hi"[..])
+        );
+        assert!(p.sent_at_us > 0);
+    }
+
+    #[tokio::test]
+    async fn routes_follow_empty_fields() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        for body in [
+            json!({"data": ""}),
+            json!({"topic": "news", "data": ""}),
+            json!({"uid": "7", "data": ""}),
+            json!({"uid": "7", "topic": "inbox", "data": ""}),
+        ] {
+            assert_eq!(
+                post_json(&app, "/v1/pushData", body).await.0,
+                StatusCode::OK
+            );
+        }
+        let pushes = rec.taken();
+        let routes: Vec<Route<'_>> = pushes.iter().map(Push::route).collect();
+        assert_eq!(
+            routes,
+            [
+                Route::Everyone,
+                Route::Topic("news"),
+                Route::User {
+                    uid: "7",
+                    topic: None
+                },
+                Route::User {
+                    uid: "7",
+                    topic: Some("inbox")
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn base64_variants() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        // "\xfb\xff" is "+/8=" in standard and "-_8" in URL-safe base64.
+        for data in ["+/8=", "+/8", "-_8="] {
+            let reply = post_json(&app, "/v1/pushData", json!({"data": data})).await;
+            assert_eq!(reply.0, StatusCode::OK, "{data}: {}", reply.1);
+        }
+        let pushes = rec.taken();
+        assert!(pushes.iter().all(|p| p.data[..] == b"\xfb\xff"[..]));
+        assert_bad(
+            post_json(&app, "/v1/pushData", json!({"data": "not base64!"})).await,
+            "bad_base64",
+            "data",
+        );
+        assert!(rec.taken().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_requests_name_the_field() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        let bad =
+            |uid: &str, topic: &str, data: &str| json!({"uid": uid, "topic": topic, "data": data});
+        assert_bad(
+            post_json(&app, "/v1/pushData", bad("", "a\nb", "")).await,
+            "invalid_topic",
+            "topic",
+        );
+        assert_bad(
+            post_json(&app, "/v1/pushData", bad("", &"x".repeat(17), "")).await,
+            "invalid_topic",
+            "topic: is 17 bytes long",
+        );
+        assert_bad(
+            post_json(&app, "/v1/pushData", bad("u\0", "", "")).await,
+            "invalid_uid",
+            "uid",
+        );
+        // 9 bytes, the maximum is 8.
+        assert_bad(
+            post_json(&app, "/v1/pushData", bad("", "", "MTIzNDU2Nzg5")).await,
+            "payload_too_large",
+            "data",
+        );
+        assert_bad(
+            call(&app, post("/v1/pushData", "{not json")).await,
+            "bad_json",
+            "",
+        );
+        assert_bad(
+            post_json(&app, "/v1/pushData", json!({"topic": "t"})).await,
+            "bad_json",
+            "data",
+        );
+        assert_bad(
+            post_json(&app, "/v1/pushData", json!({"topic": 5, "data": ""})).await,
+            "bad_json",
+            "topic",
+        );
+        let untyped = Request::post("/v1/pushData")
+            .body(Body::from(r#"{"data":""}"#))
+            .expect("request");
+        assert_bad(call(&app, untyped).await, "bad_json", "Content-Type");
+        assert!(rec.taken().is_empty());
+    }
+
+    #[tokio::test]
+    async fn batch_is_published_in_order() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        let messages: Vec<Value> = ["MQ==", "Mg==", "Mw=="]
+            .iter()
+            .map(|d| json!({"topic": "t", "data": d}))
+            .collect();
+        let reply = post_json(&app, "/v1/pushBatch", json!({ "messages": messages })).await;
+        assert_eq!(
+            reply,
+            (
+                StatusCode::OK,
+                json!({"code": 0, "message": "ok", "accepted": 3})
+            )
+        );
+        let data: Vec<_> = rec.taken().into_iter().map(|p| p.data).collect();
+        assert_eq!(data, [&b"1"[..], b"2", b"3"]);
+    }
+
+    #[tokio::test]
+    async fn one_bad_message_refuses_the_whole_batch() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        let batch = json!({"messages": [
+            {"topic": "ok", "data": ""},
+            {"topic": "a\u{7}b", "data": ""},
+        ]});
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", batch).await,
+            "invalid_topic",
+            "messages[1].topic: contains a control character",
+        );
+        let batch = json!({"messages": [{"data": ""}, {"data": ""}, {"data": "%%"}]});
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", batch).await,
+            "bad_base64",
+            "messages[2].data",
+        );
+        let batch = json!({"messages": [{"data": ""}, {"uid": 1, "data": ""}]});
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", batch).await,
+            "bad_json",
+            "messages[1].uid",
+        );
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", json!({"messages": []})).await,
+            "empty_batch",
+            "messages",
+        );
+        let four = json!({"messages": [{"data": ""}, {"data": ""}, {"data": ""}, {"data": ""}]});
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", four).await,
+            "batch_too_large",
+            "messages",
+        );
+        assert!(rec.taken().is_empty());
+    }
+
+    #[tokio::test]
+    async fn api_key_is_required_when_configured() {
+        let config = PushApiConfig {
+            api_key: Some("s3cret".into()),
+            ..config()
+        };
+        let (app, rec) = server(config, Edges::Disabled);
+        let body = r#"{"data":"aGk="}"#;
+        for auth in [None, Some("Bearer wrong"), Some("s3cret")] {
+            let mut request = post("/v1/pushData", body);
+            if let Some(auth) = auth {
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, auth.parse().expect("header"));
+            }
+            let (status, json) = call(&app, request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert_eq!(json["code"], "unauthorized");
+        }
+        // Refused before the body is even parsed.
+        let mut garbage = post("/v1/pushBatch", "{");
+        garbage.headers_mut().insert(
+            header::AUTHORIZATION,
+            "Bearer nope".parse().expect("header"),
+        );
+        assert_eq!(call(&app, garbage).await.0, StatusCode::UNAUTHORIZED);
+        assert!(rec.taken().is_empty());
+
+        let mut request = post("/v1/pushData", body);
+        request.headers_mut().insert(
+            header::AUTHORIZATION,
+            "Bearer s3cret".parse().expect("header"),
+        );
+        assert_eq!(call(&app, request).await.0, StatusCode::OK);
+        assert_eq!(rec.taken().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn oversized_body_is_413() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        let body = format!(r#"{{"data":"{}"}}"#, "A".repeat(1 << 20));
+        let (status, json) = call(&app, post("/v1/pushData", body)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json["code"], "body_too_large");
+        assert!(rec.taken().is_empty());
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness() {
+        let (app, _) = server(config(), Edges::Disabled);
+        assert_eq!(
+            call(&app, get("/healthz")).await,
+            (StatusCode::OK, json!({"status": "ok"}))
+        );
+        assert_eq!(
+            call(&app, get("/readyz")).await,
+            (StatusCode::OK, json!({"status": "ok"}))
+        );
+        let (status, json) = call(&app, get("/nope")).await;
+        assert_eq!(
+            (status, json["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+    }
+
+    #[tokio::test]
+    async fn disconnected_bus_is_503() {
+        // Nothing listens on port 1: the client stays disconnected.
+        let client = gpush_common::bus::connect_nats(&["nats://127.0.0.1:1".into()], "test")
+            .await
+            .expect("client");
+        let bus = Bus::Nats(gpush_common::bus::NatsBus::new(
+            client,
+            gpush_common::Subjects::default(),
+            std::time::Duration::from_millis(100),
+        ));
+        let app = router(PushApi::new(bus, config()), Edges::Disabled);
+        assert_eq!(
+            call(&app, get("/readyz")).await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "bus not connected"})
+            )
+        );
+        assert_eq!(call(&app, get("/healthz")).await.0, StatusCode::OK);
+        let (status, json) = post_json(&app, "/v1/pushData", json!({"data": ""})).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json["code"], "bus_unavailable");
+        // Validation still comes first.
+        let reply = post_json(&app, "/v1/pushData", json!({"topic": "\n", "data": ""})).await;
+        assert_bad(reply, "invalid_topic", "topic");
+    }
+
+    #[tokio::test]
+    async fn edges_endpoints() {
+        let (app, _) = server(config(), Edges::Disabled);
+        for path in ["/v1/edges", "/v1/connect"] {
+            let (status, json) = call(&app, get(path)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(json["code"], "etcd_not_configured");
+        }
+        let local = Edges::Local(Arc::new(|| EdgeRecord {
+            node_id: "solo".into(),
+            url: "ws://127.0.0.1:9992/ws".into(),
+            connections: 3,
+            started_at: 1,
+            updated_at: 2,
+        }));
+        let (app, _) = server(config(), local);
+        let (status, json) = call(&app, get("/v1/edges")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json["stale"], false);
+        assert_eq!(json["edges"][0]["connections"], 3);
+        let (status, json) = call(&app, get("/v1/connect")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            json,
+            json!({"url": "ws://127.0.0.1:9992/ws", "node_id": "solo"})
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! gpush ingress: the stateless push API.
+//!
+//! Accepts pushes over HTTP (`POST /v1/pushData`, `POST /v1/pushBatch`) and
+//! gRPC (`gpush.v1.Push`, and the original `order.Proxy/PushData`),
+//! validates them and publishes them on the bus, in request order.
+//! Delivery is at-most-once.
+//!
+//! # Layout
+//! - [`config`]: the config file keys and their defaults; [`cli`]: flags
+//!   and `GPUSH_*` environment overrides on top of it.
+//! - [`api`]: the transport-independent push API: API key, validation,
+//!   publishing. Both transports go through it.
+//! - [`error`]: [`ApiError`], and how it becomes an HTTP status + JSON body
+//!   or a gRPC status.
+//! - [`http`]: the axum routes (push, health, readiness, edge listing).
+//! - [`grpc`]: the tonic services, health and reflection.
+//! - [`edges`]: the live edge list, watched in etcd.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod edges;
+pub mod error;
+pub mod grpc;
+pub mod http;
+
+pub use api::PushApi;
+pub use config::{IngressConfig, PushApiConfig};
+pub use edges::{EdgeList, Edges, EtcdEdges};
+pub use error::ApiError;
+
+use anyhow::Context;
+use gpush_common::bus::{Bus, NatsBus, connect_nats};
+use gpush_common::subject::Subjects;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The bound sockets of the push API.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP push API.
+    pub http: TcpListener,
+    /// gRPC push API.
+    pub grpc: TcpListener,
+}
+
+/// Runs ingress until `shutdown` is cancelled: connects to NATS (in the
+/// background; `/readyz` says when it is up), starts watching etcd for
+/// edges when endpoints are configured, and serves the push API.
+pub async fn run(
+    listeners: Listeners,
+    config: IngressConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let subjects = Subjects::new(&config.subject_prefix)?;
+    let client = connect_nats(&config.nats_urls, "gpush-ingress")
+        .await
+        .context("cannot set up the NATS connection")?;
+    let bus = Bus::Nats(NatsBus::new(client, subjects, config.publish_timeout));
+    // Stops the etcd watcher when this function returns, whatever the reason.
+    let watcher = shutdown.child_token();
+    let _stop_watcher = watcher.clone().drop_guard();
+    let edges = if config.etcd_endpoints.is_empty() {
+        Edges::Disabled
+    } else {
+        Edges::Etcd(EtcdEdges::start(config.etcd_endpoints.clone(), watcher))
+    };
+    serve(listeners, bus, config.push, edges, shutdown).await
+}
+
+/// Serves the push API (HTTP + gRPC) on `listeners` publishing to `bus`,
+/// until `shutdown`. Used by [`run`] and by `gpush-edge --standalone`
+/// (which passes `Bus::Local` and [`Edges::Local`]).
+///
+/// Logs a warning when no API key is configured. Returns when both servers
+/// have stopped, or with the first one's error.
+pub async fn serve(
+    listeners: Listeners,
+    bus: gpush_common::Bus,
+    push: PushApiConfig,
+    edges: Edges,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let http_addr = listeners.http.local_addr()?;
+    let grpc_addr = listeners.grpc.local_addr()?;
+    if push.api_key.is_none() {
+        tracing::warn!(
+            %http_addr,
+            %grpc_addr,
+            "no api_key: push API unauthenticated; bound to loopback unless an address is given"
+        );
+    }
+    tracing::info!(%http_addr, %grpc_addr, "push API listening");
+
+    // Cancelled when this function returns, so that when one server fails
+    // the other and the helper tasks stop too.
+    let shutdown = shutdown.child_token();
+    let _stop = shutdown.clone().drop_guard();
+    let api = PushApi::new(bus, push);
+    let router = http::router(api.clone(), edges);
+    let http = async {
+        axum::serve(listeners.http, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .context("HTTP push API failed")
+    };
+    let grpc = async {
+        grpc::serve(listeners.grpc, api, shutdown.clone())
+            .await
+            .context("gRPC push API failed")
+    };
+    tokio::try_join!(http, grpc)?;
+    tracing::info!("push API stopped");
+    Ok(())
+}
