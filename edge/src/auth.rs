@@ -141,15 +141,16 @@ impl Authenticator {
                 None => Err(AuthError::NotAString),
             };
         }
-        if result.is_err() {
-            if let Some((client, url)) = &self.webhook {
-                result = webhook(client, url, token).await;
-            }
+        if result.is_err()
+            && let Some((client, url)) = &self.webhook
+        {
+            result = webhook(client, url, token).await;
         }
-        if result.is_err() && self.insecure_token_is_uid {
-            if let Some(token) = token.as_str() {
-                result = Ok(token.to_owned());
-            }
+        if result.is_err()
+            && self.insecure_token_is_uid
+            && let Some(token) = token.as_str()
+        {
+            result = Ok(token.to_owned());
         }
         let uid = result?;
         validate_name(&uid, self.max_name_len).map_err(AuthError::BadUid)?;

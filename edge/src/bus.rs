@@ -130,11 +130,9 @@ impl Manager {
                             Key::Topic(topic) => self.hub.has_topic(topic),
                             Key::User(uid) => self.hub.has_user(uid),
                         };
-                        if !wanted {
-                            if let Some(reader) = self.active.remove(&self.subject(&key)) {
-                                // Dropping the subscriber unsubscribes.
-                                reader.abort();
-                            }
+                        if !wanted && let Some(reader) = self.active.remove(&self.subject(&key)) {
+                            // Dropping the subscriber unsubscribes.
+                            reader.abort();
                         }
                     }
                 }

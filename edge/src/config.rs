@@ -235,3 +235,20 @@ impl EdgeConfig {
             .unwrap_or_else(|| self.push.default_addr(DEFAULT_GRPC_PORT))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example must parse and equal the defaults it claims.
+    #[test]
+    fn deploy_example_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.toml");
+        let example: EdgeConfig = gpush_common::config::load_file(&path).expect("example parses");
+        example.validate().expect("example is valid");
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{:?}", EdgeConfig::default())
+        );
+    }
+}

@@ -43,11 +43,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 type Subscribers = Vec<Arc<Conn>>;
+/// One lock's worth of a map.
+type Shard<K, V> = Mutex<HashMap<K, V>>;
 
 /// A sharded map from a name to the connections that want it.
 #[derive(Debug)]
 struct Index {
-    shards: Box<[Mutex<HashMap<Box<str>, Subscribers>>]>,
+    shards: Box<[Shard<Box<str>, Subscribers>]>,
     hasher: RandomState,
 }
 
@@ -59,7 +61,7 @@ impl Index {
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<Box<str>, Subscribers>> {
+    fn shard(&self, key: &str) -> &Shard<Box<str>, Subscribers> {
         let hash = self.hasher.hash_one(key) as usize;
         &self.shards[hash % self.shards.len()]
     }
@@ -123,7 +125,7 @@ fn private_key(uid: &str, topic: &str) -> String {
 /// Every connection of this edge, indexed for fan-out.
 #[derive(Debug)]
 pub struct Hub {
-    conns: Box<[Mutex<HashMap<u64, Arc<Conn>>>]>,
+    conns: Box<[Shard<u64, Arc<Conn>>]>,
     topics: Index,
     users: Index,
     private: Index,

@@ -226,10 +226,10 @@ impl FrameReader {
                     return Err(ReadError::Protocol("continuation without a message"));
                 };
                 data.extend_from_slice(payload);
-                if header.is_final {
-                    if let Some((kind, data)) = self.fragments.take() {
-                        out.push(message(kind, data.freeze())?);
-                    }
+                if header.is_final
+                    && let Some((kind, data)) = self.fragments.take()
+                {
+                    out.push(message(kind, data.freeze())?);
                 }
             }
             OpCode::Data(kind @ (Data::Text | Data::Binary)) => {

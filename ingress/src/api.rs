@@ -120,11 +120,12 @@ impl PushApi {
     }
 
     /// Size limit of one request body or message: room for a full batch
-    /// (base64 grows payloads by 4/3, plus names and JSON syntax), capped at
-    /// [`MAX_REQUEST_BYTES`], but never less than one maximal push.
+    /// (base64 grows payloads by 4/3; names may be JSON-escaped up to 6
+    /// bytes per byte; plus JSON syntax), capped at [`MAX_REQUEST_BYTES`],
+    /// but never less than one maximal push.
     pub fn request_limit(&self) -> usize {
         let config = &self.inner.config;
-        let one = (config.max_payload / 3 + 1) * 4 + 2 * config.max_name_len + 64;
+        let one = (config.max_payload / 3 + 1) * 4 + 12 * config.max_name_len + 256;
         one.saturating_mul(config.max_batch)
             .min(MAX_REQUEST_BYTES)
             .max(one)

@@ -138,3 +138,21 @@ impl IngressConfig {
             .unwrap_or_else(|| self.push.default_addr(DEFAULT_GRPC_PORT))
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The documented example must parse and equal the defaults it claims.
+    #[test]
+    fn deploy_example_is_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingress.toml");
+        let example: IngressConfig =
+            gpush_common::config::load_file(&path).expect("example parses");
+        example.validate().expect("example is valid");
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{:?}", IngressConfig::default())
+        );
+    }
+}

@@ -2,8 +2,8 @@
 //!
 //! | Route | Answer |
 //! |---|---|
-//! | `POST /v1/pushData` `{"uid","topic","data"}` | `{"code":0,"message":"ok","accepted":1}` |
-//! | `POST /v1/pushBatch` `{"messages":[...]}` | `{"code":0,"message":"ok","accepted":N}` |
+//! | `POST /v1/pushData` `{"uid","topic","data"}` | `{"code":"ok","message":"ok","accepted":1}` |
+//! | `POST /v1/pushBatch` `{"messages":[...]}` | `{"code":"ok","message":"ok","accepted":N}` |
 //! | `GET /healthz` | `{"status":"ok"}` while the process runs |
 //! | `GET /readyz` | 200 `{"status":"ok"}` when the bus is connected, else 503 |
 //! | `GET /v1/edges` | `{"edges":[record...],"stale":bool}`, least loaded first |
@@ -87,7 +87,8 @@ struct Batch {
 /// The success body of both push routes.
 #[derive(Debug, Serialize)]
 struct Accepted {
-    code: u8,
+    /// `"ok"`: the same type as the error codes, so clients can switch on it.
+    code: &'static str,
     message: &'static str,
     accepted: usize,
 }
@@ -95,7 +96,7 @@ struct Accepted {
 impl Accepted {
     fn new(accepted: usize) -> Json<Self> {
         Json(Accepted {
-            code: 0,
+            code: "ok",
             message: "ok",
             accepted,
         })
@@ -314,7 +315,7 @@ mod tests {
             reply,
             (
                 StatusCode::OK,
-                json!({"code": 0, "message": "ok", "accepted": 1})
+                json!({"code": "ok", "message": "ok", "accepted": 1})
             )
         );
         let pushes = rec.taken();
@@ -438,7 +439,7 @@ mod tests {
             reply,
             (
                 StatusCode::OK,
-                json!({"code": 0, "message": "ok", "accepted": 3})
+                json!({"code": "ok", "message": "ok", "accepted": 3})
             )
         );
         let data: Vec<_> = rec.taken().into_iter().map(|p| p.data).collect();
