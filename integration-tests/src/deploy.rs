@@ -1,0 +1,210 @@
+//! Whole deployments: a [`Cluster`] (NATS + etcd + ingress + edges) or a
+//! [`Standalone`] edge, behind the [`Deployment`] trait so the same delivery
+//! scenarios run against both.
+
+use crate::api::{PushApi, PushMsg, Via};
+use crate::client::{RAW_PROTOCOL, WsClient};
+use crate::procs::{Etcd, NatsServer};
+use crate::servers::{EdgeHandle, IngressHandle};
+use gpush_edge::EdgeConfig;
+use gpush_ingress::IngressConfig;
+use std::time::Duration;
+
+/// The edge config every test deployment starts from: defaults, plus the
+/// test HS256 secret (so [`crate::auth::hs256`] tokens log in) and a short
+/// shutdown grace period.
+pub fn edge_test_config() -> EdgeConfig {
+    let mut config = EdgeConfig::default();
+    config.auth.jwt_secret = Some(crate::auth::JWT_SECRET.to_owned());
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+/// Something with edges to connect to and a push API to push through.
+pub trait Deployment: Sync {
+    /// "cluster" or "standalone", for failure messages.
+    fn name(&self) -> &'static str;
+
+    /// Number of distinct edges.
+    fn edge_count(&self) -> usize;
+
+    /// WebSocket URL of edge `i`, wrapping around (`i % edge_count`), so a
+    /// scenario can spread clients over "edges 0 and 1" and still run
+    /// against a single standalone edge.
+    fn ws_url(&self, i: usize) -> String;
+
+    /// The push API.
+    fn api(&self) -> &PushApi;
+
+    /// A client connected to edge `i` (wrapping around), labelled with
+    /// `label` for failure messages.
+    fn connect(&self, i: usize, label: &str) -> impl Future<Output = WsClient> + Send {
+        let url = self.ws_url(i);
+        let label = format!("{} {label} (edge {})", self.name(), i % self.edge_count());
+        async move { WsClient::connect(&url).await.with_label(label) }
+    }
+
+    /// Like [`Self::connect`], with the `gpush.raw` subprotocol.
+    fn connect_raw(&self, i: usize, label: &str) -> impl Future<Output = WsClient> + Send {
+        let url = self.ws_url(i);
+        let label = format!(
+            "{} {label} (raw, edge {})",
+            self.name(),
+            i % self.edge_count()
+        );
+        async move {
+            WsClient::connect_with_protocol(&url, RAW_PROTOCOL)
+                .await
+                .with_label(label)
+        }
+    }
+
+    /// Pushes `msgs` via `via`; panics on failure.
+    fn send(&self, via: Via, msgs: &[PushMsg]) -> impl Future<Output = ()> + Send {
+        self.api().send(via, msgs)
+    }
+
+    /// `POST /v1/pushData`; panics unless 200.
+    fn push_http(&self, uid: &str, topic: &str, data: &[u8]) -> impl Future<Output = ()> + Send {
+        self.api().push_http(uid, topic, data)
+    }
+
+    /// `POST /v1/pushBatch`; panics unless 200.
+    fn push_batch_http(&self, msgs: &[PushMsg]) -> impl Future<Output = ()> + Send {
+        self.api().push_batch_http(msgs)
+    }
+
+    /// gRPC `gpush.v1.Push/PushData`; panics unless OK.
+    fn push_grpc(&self, uid: &str, topic: &str, data: &[u8]) -> impl Future<Output = ()> + Send {
+        self.api().push_grpc(uid, topic, data)
+    }
+
+    /// gRPC `gpush.v1.Push/PushBatch`; panics unless OK.
+    fn push_batch_grpc(&self, msgs: &[PushMsg]) -> impl Future<Output = ()> + Send {
+        self.api().push_batch_grpc(msgs)
+    }
+
+    /// gRPC `order.Proxy/PushData`; panics unless OK.
+    fn push_legacy_grpc(
+        &self,
+        uid: &str,
+        topic: &str,
+        data: &[u8],
+    ) -> impl Future<Output = ()> + Send {
+        self.api().push_legacy_grpc(uid, topic, data)
+    }
+}
+
+/// NATS + etcd + one ingress + `n` edges (`edge-0`, `edge-1`, ...), all
+/// registered in etcd.
+pub struct Cluster {
+    /// The edges, `edges[i]` has node id `edge-<i>`.
+    pub edges: Vec<EdgeHandle>,
+    /// The ingress.
+    pub ingress: IngressHandle,
+    /// The bus.
+    pub nats: NatsServer,
+    /// The registry.
+    pub etcd: Etcd,
+    api: PushApi,
+}
+
+impl Cluster {
+    /// Starts a cluster of `n_edges` edges; `tweak` adjusts each edge's
+    /// config after the harness filled in NATS, etcd and node id.
+    pub async fn start(n_edges: usize, tweak: impl Fn(&mut EdgeConfig)) -> Self {
+        Self::start_with(n_edges, |_| {}, tweak).await
+    }
+
+    /// Like [`Self::start`], with `tweak_ingress` adjusting the ingress
+    /// config too.
+    pub async fn start_with(
+        n_edges: usize,
+        tweak_ingress: impl FnOnce(&mut IngressConfig),
+        tweak_edge: impl Fn(&mut EdgeConfig),
+    ) -> Self {
+        let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
+        let mut ingress_config = IngressConfig {
+            nats_urls: vec![nats.url()],
+            etcd_endpoints: vec![etcd.url()],
+            ..IngressConfig::default()
+        };
+        tweak_ingress(&mut ingress_config);
+        let ingress = IngressHandle::start(ingress_config).await;
+        let mut edges = Vec::with_capacity(n_edges);
+        for i in 0..n_edges {
+            let mut config = edge_test_config();
+            config.nats_urls = vec![nats.url()];
+            config.etcd_endpoints = vec![etcd.url()];
+            config.node_id = Some(format!("edge-{i}"));
+            tweak_edge(&mut config);
+            edges.push(EdgeHandle::start(config).await);
+        }
+        let api = PushApi::new(&ingress.http_base(), &ingress.grpc_url());
+        api.wait_for_status("/readyz", 200, crate::TIMEOUT).await;
+        Self {
+            edges,
+            ingress,
+            nats,
+            etcd,
+            api,
+        }
+    }
+}
+
+impl Deployment for Cluster {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+
+    fn ws_url(&self, i: usize) -> String {
+        self.edges[i % self.edges.len()].ws_url()
+    }
+
+    fn api(&self) -> &PushApi {
+        &self.api
+    }
+}
+
+/// One `gpush-edge --standalone`: WebSocket and push API in one process,
+/// in-process bus, no NATS or etcd.
+pub struct Standalone {
+    /// The edge.
+    pub edge: EdgeHandle,
+    api: PushApi,
+}
+
+impl Standalone {
+    /// Starts a standalone edge; `tweak` adjusts its config.
+    pub async fn start(tweak: impl FnOnce(&mut EdgeConfig)) -> Self {
+        let mut config = edge_test_config();
+        config.standalone = true;
+        config.nats_urls = Vec::new();
+        tweak(&mut config);
+        let edge = EdgeHandle::start(config).await;
+        let api = PushApi::new(&edge.http_base(), &edge.grpc_url());
+        Self { edge, api }
+    }
+}
+
+impl Deployment for Standalone {
+    fn name(&self) -> &'static str {
+        "standalone"
+    }
+
+    fn edge_count(&self) -> usize {
+        1
+    }
+
+    fn ws_url(&self, _i: usize) -> String {
+        self.edge.ws_url()
+    }
+
+    fn api(&self) -> &PushApi {
+        &self.api
+    }
+}

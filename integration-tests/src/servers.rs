@@ -1,0 +1,275 @@
+//! Ingress and edges running in-process on port-0 listeners.
+//!
+//! Each handle binds its listeners on 127.0.0.1:0 (so the addresses are
+//! known before the server runs), spawns `run` on the current tokio runtime
+//! and waits until the server answers. If `run` returns during start-up, the
+//! test panics with its error instead of timing out later. Dropping a handle
+//! cancels the server's shutdown token.
+
+use gpush_edge::EdgeConfig;
+use gpush_ingress::IngressConfig;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+/// How long an in-process server gets to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bind_local() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address of listener");
+    (listener, addr)
+}
+
+/// A running server task: its shutdown token and its result.
+#[derive(Debug)]
+struct ServerTask {
+    what: String,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ServerTask {
+    fn spawn<F>(what: String, shutdown: CancellationToken, run: F) -> Self
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self {
+            what,
+            shutdown,
+            task: Some(tokio::spawn(run)),
+        }
+    }
+
+    /// Polls `probe` until it succeeds; panics if the server task ends
+    /// first or nothing answers within [`START_TIMEOUT`].
+    async fn wait_ready<P, Fut>(&mut self, mut probe: P)
+    where
+        P: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let Some(task) = self.task.as_mut() else {
+            panic!("{} is not running", self.what);
+        };
+        loop {
+            tokio::select! {
+                result = &mut *task => {
+                    panic!("{} stopped during start-up: {}", self.what, describe(result));
+                }
+                ready = probe() => if ready { return },
+            }
+            if Instant::now() >= deadline {
+                panic!("{} did not answer within {START_TIMEOUT:?}", self.what);
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Cancels the server and waits (up to `within`) for `run` to return.
+    async fn shutdown(mut self, within: Duration) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match timeout(within, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(anyhow::anyhow!("{} panicked: {join}", self.what)),
+            Err(_) => Err(anyhow::anyhow!(
+                "{} did not stop within {within:?}",
+                self.what
+            )),
+        }
+    }
+}
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn describe(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> String {
+    match result {
+        Ok(Ok(())) => "returned Ok(()) without being cancelled".to_owned(),
+        Ok(Err(e)) => format!("error: {e:#}"),
+        Err(e) => format!("task failed: {e}"),
+    }
+}
+
+/// An in-process `gpush-ingress`.
+#[derive(Debug)]
+pub struct IngressHandle {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    server: ServerTask,
+}
+
+impl IngressHandle {
+    /// Binds HTTP and gRPC listeners on 127.0.0.1:0, runs ingress with
+    /// `config` (its addresses are set to the bound ones) and waits until
+    /// `GET /healthz` answers 200.
+    pub async fn start(mut config: IngressConfig) -> Self {
+        crate::init_tracing();
+        let (http_listener, http) = bind_local().await;
+        let (grpc_listener, grpc) = bind_local().await;
+        config.http_addr = Some(http);
+        config.grpc_addr = Some(grpc);
+        let shutdown = CancellationToken::new();
+        let listeners = gpush_ingress::Listeners {
+            http: http_listener,
+            grpc: grpc_listener,
+        };
+        let mut server = ServerTask::spawn(
+            format!("ingress (http {http}, grpc {grpc})"),
+            shutdown.clone(),
+            gpush_ingress::run(listeners, config, shutdown.child_token()),
+        );
+        let client = reqwest::Client::new();
+        let healthz = format!("http://{http}/healthz");
+        server.wait_ready(|| http_ok(&client, &healthz)).await;
+        Self { http, grpc, server }
+    }
+
+    /// `http://127.0.0.1:<port>` of the HTTP push API.
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// `http://127.0.0.1:<port>` of the gRPC push API.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Cancels ingress and waits for `run` to return its result.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.server.shutdown(Duration::from_secs(10)).await
+    }
+}
+
+/// An in-process `gpush-edge` (clustered or standalone).
+#[derive(Debug)]
+pub struct EdgeHandle {
+    ws: SocketAddr,
+    push: Option<(SocketAddr, SocketAddr)>,
+    node_id: Option<String>,
+    shutdown_grace: Duration,
+    server: ServerTask,
+}
+
+impl EdgeHandle {
+    /// Binds the WebSocket listener (and, when `config.standalone`, the HTTP
+    /// and gRPC push API listeners) on 127.0.0.1:0, sets the matching
+    /// addresses in `config`, runs the edge and waits until a WebSocket
+    /// handshake on `/ws` succeeds. `public_url` defaults to [`Self::ws_url`].
+    pub async fn start(mut config: EdgeConfig) -> Self {
+        crate::init_tracing();
+        let (ws_listener, ws) = bind_local().await;
+        config.ws_addr = ws;
+        if config.public_url.is_none() {
+            config.public_url = Some(format!("ws://{ws}/ws"));
+        }
+        let (push_listeners, push) = if config.standalone {
+            let (http_listener, http) = bind_local().await;
+            let (grpc_listener, grpc) = bind_local().await;
+            config.http_addr = Some(http);
+            config.grpc_addr = Some(grpc);
+            let listeners = gpush_ingress::Listeners {
+                http: http_listener,
+                grpc: grpc_listener,
+            };
+            (Some(listeners), Some((http, grpc)))
+        } else {
+            (None, None)
+        };
+        let node_id = config.node_id.clone();
+        let shutdown_grace = config.shutdown_grace;
+        let shutdown = CancellationToken::new();
+        let listeners = gpush_edge::Listeners {
+            ws: ws_listener,
+            push: push_listeners,
+        };
+        let what = format!(
+            "edge {} (ws {ws}{})",
+            node_id.as_deref().unwrap_or("?"),
+            if push.is_some() { ", standalone" } else { "" }
+        );
+        let mut server = ServerTask::spawn(
+            what,
+            shutdown.clone(),
+            gpush_edge::run(listeners, config, shutdown.child_token()),
+        );
+        let url = format!("ws://{ws}/ws");
+        server.wait_ready(|| ws_handshake_ok(&url)).await;
+        Self {
+            ws,
+            push,
+            node_id,
+            shutdown_grace,
+            server,
+        }
+    }
+
+    /// `ws://127.0.0.1:<port>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.ws)
+    }
+
+    /// The WebSocket listener's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws
+    }
+
+    /// The configured node id, if one was set.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// `http://127.0.0.1:<port>` of the standalone HTTP push API. Panics for
+    /// a clustered edge.
+    pub fn http_base(&self) -> String {
+        let (http, _) = self.push.expect("http_base: this edge is not standalone");
+        format!("http://{http}")
+    }
+
+    /// `http://127.0.0.1:<port>` of the standalone gRPC push API. Panics for
+    /// a clustered edge.
+    pub fn grpc_url(&self) -> String {
+        let (_, grpc) = self.push.expect("grpc_url: this edge is not standalone");
+        format!("http://{grpc}")
+    }
+
+    /// Cancels the edge (as SIGTERM would) and waits for `run` to return,
+    /// allowing the configured shutdown grace plus a few seconds.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let within = self.shutdown_grace + Duration::from_secs(5);
+        self.server.shutdown(within).await
+    }
+}
+
+async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
+    matches!(
+        timeout(Duration::from_secs(1), client.get(url).send()).await,
+        Ok(Ok(response)) if response.status().is_success()
+    )
+}
+
+async fn ws_handshake_ok(url: &str) -> bool {
+    match timeout(
+        Duration::from_secs(1),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    {
+        Ok(Ok((mut ws, _))) => {
+            let _ = timeout(Duration::from_millis(500), ws.close(None)).await;
+            true
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,293 @@
+//! The client protocol: reply codes, ids, every kind of bad request, topic
+//! validation, login rules and the subscription limit. The protocol is the
+//! edge's alone, so these run against a standalone edge.
+
+use gpush_integration_tests::client::expect_all_quiet;
+use gpush_integration_tests::frames::{self, code};
+use gpush_integration_tests::{Deployment, QUIET, Standalone, TIMEOUT, WsClient, auth};
+use serde_json::{Value, json};
+
+/// After whatever happened on `client`, a fresh subscribe works and a push
+/// to it arrives.
+async fn assert_still_usable(d: &Standalone, client: &mut WsClient, topic: &str) {
+    client.must_subscribe(topic).await;
+    let data = json!({"alive": topic}).to_string();
+    d.push_http("", topic, data.as_bytes()).await;
+    client
+        .expect_push(&frames::public(topic, data.as_bytes()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_carry_codes_and_echo_ids() {
+    let d = Standalone::start(|_| {}).await;
+    let mut c = d.connect(0, "c").await;
+
+    for id in [json!("req-a"), json!(7), json!(0)] {
+        let reply = c
+            .request_value(json!({"code": code::SUBSCRIBE, "topic": "news", "id": id}))
+            .await;
+        assert_eq!(reply["code"], code::SUBSCRIBED, "{reply}");
+        assert_eq!(reply["id"], id, "{reply}");
+        assert!(reply["message"].is_string(), "{reply}");
+    }
+
+    // Without an id, the reply has none.
+    c.send_json(&json!({"code": code::UNSUBSCRIBE, "topic": "news"}))
+        .await;
+    let reply = c.next_reply(TIMEOUT).await;
+    assert_eq!(reply["code"], code::UNSUBSCRIBED, "{reply}");
+    assert!(
+        reply.get("id").is_none(),
+        "reply to a request without id has one: {reply}"
+    );
+
+    let reply = c.login(&auth::hs256("ann")).await;
+    assert_eq!(
+        (&reply["code"], &reply["uid"]),
+        (&json!(code::LOGGED_IN), &json!("ann")),
+        "{reply}"
+    );
+    let reply = c.sub_private("inbox").await;
+    assert_eq!(reply["code"], code::SUBSCRIBED, "{reply}");
+    let reply = c.unsub_private("inbox").await;
+    assert_eq!(reply["code"], code::UNSUBSCRIBED, "{reply}");
+    let reply = c.logout().await;
+    assert_eq!(reply["code"], code::LOGGED_OUT, "{reply}");
+    c.expect_no_push(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_request_gets_30001_and_the_connection_survives() {
+    let d = Standalone::start(|_| {}).await;
+    let mut c = d.connect(0, "c").await;
+
+    // (frame, field the detail must name, if any). Frames that are not a
+    // JSON object cannot carry an id, so their reply is read without one.
+    let unparsable: &[&str] = &[
+        "not json",
+        "{\"code\":1",
+        "",
+        "[1,2]",
+        "\"just a string\"",
+        "42",
+        "null",
+    ];
+    for (i, frame) in unparsable.iter().enumerate() {
+        c.send_text(frame).await;
+        let reply = c.next_reply(TIMEOUT).await;
+        assert_eq!(
+            reply["code"],
+            code::BAD_REQUEST,
+            "reply to {frame:?}: {reply}"
+        );
+        assert!(
+            reply["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "reply to {frame:?} has no detail: {reply}"
+        );
+        assert_still_usable(&d, &mut c, &format!("alive-text-{i}")).await;
+    }
+
+    let with_id: &[(Value, Option<&str>)] = &[
+        (json!({}), Some("code")),
+        (json!({"topic": "x"}), Some("code")),
+        (json!({"code": "1", "topic": "x"}), Some("code")),
+        (json!({"code": 99, "topic": "x"}), Some("code")),
+        (json!({"code": 0, "topic": "x"}), Some("code")),
+        (json!({"code": -1, "topic": "x"}), Some("code")),
+        (json!({"code": 1}), Some("topic")),
+        (json!({"code": 2}), Some("topic")),
+        (json!({"code": 1, "topic": 5}), Some("topic")),
+        (json!({"code": 1, "topic": null}), Some("topic")),
+        (json!({"code": 3}), Some("data")),
+    ];
+    for (i, (request, field)) in with_id.iter().enumerate() {
+        let mut request = request.clone();
+        request["id"] = json!(format!("bad-{i}"));
+        let reply = c.request_value(request.clone()).await;
+        assert_eq!(
+            reply["code"],
+            code::BAD_REQUEST,
+            "reply to {request}: {reply}"
+        );
+        let detail = reply["detail"].as_str().unwrap_or_default();
+        if let Some(field) = field {
+            assert!(
+                detail.contains(field),
+                "detail of the reply to {request} should name {field:?}: {reply}"
+            );
+        }
+        assert_still_usable(&d, &mut c, &format!("alive-json-{i}")).await;
+    }
+    c.expect_no_push(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_topics_get_30004() {
+    let d = Standalone::start(|_| {}).await;
+    let max = gpush_common::push::DEFAULT_MAX_NAME_LEN;
+    let too_long = "t".repeat(max + 1);
+    let longest = "t".repeat(max);
+    let invalid = [
+        "",
+        "a\u{0}b",
+        "a\nb",
+        "tab\there",
+        "\u{7f}",
+        "\u{1b}[31m",
+        too_long.as_str(),
+    ];
+
+    let mut c = d.connect(0, "c").await;
+    c.must_login(&auth::hs256("val"), "val").await;
+    for topic in invalid {
+        let reply = c.subscribe(topic).await;
+        assert_eq!(
+            reply["code"],
+            code::INVALID_TOPIC,
+            "subscribe {topic:?}: {reply}"
+        );
+        let reply = c.sub_private(topic).await;
+        assert_eq!(
+            reply["code"],
+            code::INVALID_TOPIC,
+            "private subscribe {topic:?}: {reply}"
+        );
+    }
+    // The longest allowed name, and printable odd ones, are fine.
+    for topic in [
+        longest.as_str(),
+        "a b",
+        "a.*",
+        "\u{e4}\u{2713}",
+        "\u{1F600}",
+    ] {
+        c.must_subscribe(topic).await;
+        c.must_sub_private(topic).await;
+    }
+    let data = b"{\"longest\":true}";
+    d.push_http("", &longest, data).await;
+    c.expect_push(&frames::public(&longest, data)).await;
+    assert_still_usable(&d, &mut c, "after-invalid").await;
+    c.expect_no_push(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_requests_need_login() {
+    let d = Standalone::start(|_| {}).await;
+    let mut c = d.connect(0, "c").await;
+    let reply = c.sub_private("mine").await;
+    assert_eq!(reply["code"], code::NOT_LOGGED_IN, "{reply}");
+    let reply = c.unsub_private("mine").await;
+    assert_eq!(reply["code"], code::NOT_LOGGED_IN, "{reply}");
+
+    c.must_login(&auth::hs256("pat"), "pat").await;
+    c.must_sub_private("mine").await;
+    let reply = c.logout().await;
+    assert_eq!(reply["code"], code::LOGGED_OUT, "{reply}");
+    let reply = c.sub_private("mine").await;
+    assert_eq!(reply["code"], code::NOT_LOGGED_IN, "after logout: {reply}");
+    let reply = c.unsub_private("mine").await;
+    assert_eq!(reply["code"], code::NOT_LOGGED_IN, "after logout: {reply}");
+
+    d.push_grpc("pat", "mine", b"{}").await;
+    d.push_grpc("pat", "", b"{}").await;
+    c.expect_no_push(QUIET).await;
+    assert_still_usable(&d, &mut c, "after-30002").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_limit_counts_public_and_private_together() {
+    let d = Standalone::start(|_| {}).await;
+    let limit = gpush_edge::config::DEFAULT_MAX_SUBSCRIPTIONS;
+    let private_count = 28;
+    let public_count = limit - private_count;
+
+    let mut c = d.connect(0, "c").await;
+    c.must_login(&auth::hs256("lim"), "lim").await;
+    for i in 0..public_count {
+        c.must_subscribe(&format!("p{i}")).await;
+    }
+    for i in 0..private_count {
+        c.must_sub_private(&format!("q{i}")).await;
+    }
+    let reply = c.subscribe("one-more").await;
+    assert_eq!(
+        reply["code"],
+        code::LIMIT_REACHED,
+        "public over the limit: {reply}"
+    );
+    let reply = c.sub_private("one-more").await;
+    assert_eq!(
+        reply["code"],
+        code::LIMIT_REACHED,
+        "private over the limit: {reply}"
+    );
+
+    // The limit is per connection.
+    let mut other = d.connect(0, "other").await;
+    other.must_subscribe("one-more").await;
+
+    // Freeing a public slot makes room for a private subscription.
+    let reply = c.unsubscribe("p0").await;
+    assert_eq!(reply["code"], code::UNSUBSCRIBED, "{reply}");
+    c.must_sub_private("one-more").await;
+    let reply = c.subscribe("p0").await;
+    assert_eq!(reply["code"], code::LIMIT_REACHED, "full again: {reply}");
+
+    // Subscriptions made before the limit still deliver.
+    d.push_http("", "p1", b"{\"p\":1}").await;
+    c.expect_push(&frames::public("p1", b"{\"p\":1}")).await;
+    d.push_http("lim", "one-more", b"{\"q\":1}").await;
+    c.expect_push(&frames::private("one-more", b"{\"q\":1}"))
+        .await;
+
+    // Logout drops the private subscriptions and frees their slots.
+    let reply = c.logout().await;
+    assert_eq!(reply["code"], code::LOGGED_OUT, "{reply}");
+    for i in 0..=private_count {
+        c.must_subscribe(&format!("after-logout-{i}")).await;
+    }
+    let reply = c.subscribe("over-again").await;
+    assert_eq!(reply["code"], code::LIMIT_REACHED, "{reply}");
+    expect_all_quiet([&mut c, &mut other]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_as_another_user_logs_out_first() {
+    let d = Standalone::start(|_| {}).await;
+    let mut c = d.connect(0, "switcher").await;
+    let mut witness = d.connect(0, "witness u5").await;
+    witness.must_login(&auth::hs256("u5"), "u5").await;
+    witness.must_sub_private("p").await;
+
+    c.must_login(&auth::hs256("u5"), "u5").await;
+    c.must_sub_private("p").await;
+    d.push_grpc("u5", "p", b"{\"n\":1}").await;
+    c.expect_push(&frames::private("p", b"{\"n\":1}")).await;
+    witness
+        .expect_push(&frames::private("p", b"{\"n\":1}"))
+        .await;
+
+    c.must_login(&auth::hs256("u6"), "u6").await;
+    // Nothing of u5 reaches c any more; u6's private topic "p" was not
+    // carried over from u5.
+    d.push_grpc("u5", "p", b"{\"n\":2}").await;
+    d.push_grpc("u5", "", b"{\"n\":3}").await;
+    d.push_grpc("u6", "p", b"{\"n\":4}").await;
+    witness
+        .expect_pushes_unordered(&[
+            frames::private("p", b"{\"n\":2}"),
+            frames::user(b"{\"n\":3}"),
+        ])
+        .await;
+    c.expect_no_push(QUIET).await;
+
+    // c is u6 now.
+    d.push_grpc("u6", "", b"{\"n\":5}").await;
+    c.expect_push(&frames::user(b"{\"n\":5}")).await;
+    c.must_sub_private("p").await;
+    d.push_grpc("u6", "p", b"{\"n\":6}").await;
+    c.expect_push(&frames::private("p", b"{\"n\":6}")).await;
+    expect_all_quiet([&mut c, &mut witness]).await;
+}
