@@ -6,6 +6,7 @@
 //! process and no NATS: the push API hands pushes straight to the local edge
 //! through [`LocalDelivery`], with the same routing and ordering.
 
+use crate::config::split_list;
 use crate::envelope;
 use crate::push::Push;
 use crate::subject::Subjects;
@@ -120,12 +121,7 @@ impl Bus {
 /// process can start before NATS. `name` identifies the connection in NATS
 /// monitoring.
 pub async fn connect_nats(urls: &[String], name: &str) -> Result<async_nats::Client, BusError> {
-    let addrs: Vec<&str> = urls
-        .iter()
-        .flat_map(|u| u.split(','))
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect();
+    let addrs = split_list(urls);
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()

@@ -1,4 +1,5 @@
-//! Loading a TOML config file and reporting every bad value at once.
+//! Loading a TOML config file, reporting every bad value at once, and
+//! reading list-valued settings.
 
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -65,5 +66,36 @@ impl Problems {
         } else {
             Err(ConfigError::Invalid(self.0))
         }
+    }
+}
+
+/// The entries of a list setting, where each entry may itself be a
+/// comma-separated list (`--nats-url a,b` or an env var holding several
+/// URLs). Entries are trimmed; blank ones are dropped.
+pub fn split_list(entries: &[String]) -> Vec<&str> {
+    entries
+        .iter()
+        .flat_map(|e| e.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_list_flattens_comma_lists_and_drops_blanks() {
+        let entries = [
+            "nats://a:4222, nats://b:4222".to_owned(),
+            String::new(),
+            " ,nats://c:4222,, ".to_owned(),
+        ];
+        assert_eq!(
+            split_list(&entries),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert!(split_list(&[]).is_empty());
     }
 }

@@ -13,10 +13,12 @@
 //! - [`registry`]: the etcd key and record an edge registers itself under.
 //! - [`config`], [`telemetry`], [`shutdown`]: loading TOML config, tracing
 //!   set-up, and the signal that starts a graceful shutdown.
+//! - [`net`]: binding a listener with an error that names it.
 
 pub mod bus;
 pub mod config;
 pub mod envelope;
+pub mod net;
 pub mod push;
 pub mod registry;
 pub mod shutdown;

@@ -4,6 +4,7 @@
 //! when the edge stops renewing it. Ingress watches the prefix to list the
 //! live edges.
 
+use crate::config::split_list;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -36,12 +37,7 @@ pub fn edge_key(node_id: &str) -> String {
 /// Connects to etcd (`endpoints` may hold comma-separated lists), with
 /// bounded connect and request timeouts so an outage never hangs a caller.
 pub async fn connect_etcd(endpoints: &[String]) -> Result<etcd_client::Client, etcd_client::Error> {
-    let endpoints: Vec<&str> = endpoints
-        .iter()
-        .flat_map(|e| e.split(','))
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
+    let endpoints = split_list(endpoints);
     let options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))

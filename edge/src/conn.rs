@@ -44,7 +44,8 @@ const IDLE_CLOSE: CloseRequest = CloseRequest {
 pub async fn serve(stream: TcpStream, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
     let mut session = Session::new(stream, conn, shared);
     let close = session.run(early).await;
-    session.finish(close).await;
+    // Boxed for the same reason: closing happens once.
+    Box::pin(session.finish(close)).await;
 }
 
 /// Per-connection state. Kept small: it lives as long as the connection.
@@ -106,11 +107,12 @@ impl Session {
             {
                 return Some(protocol_close(&e));
             }
-            match self.handle(incoming).await {
-                Ok(()) => {}
-                Err(end) => return self.peer_closed(end),
+            if let Err(end) = self.handle(incoming).await {
+                return self.peer_closed(end);
             }
         }
+        // `early` may share hyper's read buffer: never keep it past here.
+        drop(early);
         let write_interval = self.shared.config.write_interval;
         let timer = tokio::time::sleep_until(self.next_deadline());
         let flush = tokio::time::sleep(Duration::ZERO);
@@ -237,7 +239,10 @@ impl Session {
                         self.queue(ws::text(b"pong"));
                     } else {
                         match protocol::parse_request(&text) {
-                            Ok(request) => self.request(request).await,
+                            // Boxed: requests are rare and their futures
+                            // (auth webhook, bus subscribe) are large; kept
+                            // inline they would grow every idle connection.
+                            Ok(request) => Box::pin(self.request(request)).await,
                             Err(BadRequest { id, detail }) => self.queue(
                                 Reply::new(Code::BadRequest)
                                     .id(id.as_ref())
@@ -563,4 +568,51 @@ fn read_available(
         }
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::outbox::QueueLimits;
+    use std::sync::Arc;
+
+    /// Bound on the state every connection carries for its whole life (the
+    /// task's future). Rare paths are boxed to keep it here; see `handle`.
+    const MAX_CONNECTION_FUTURE: usize = 1280;
+
+    #[tokio::test]
+    async fn connection_state_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (_client, (server, _)) = (client.expect("connect"), accepted.expect("accept"));
+        let config = crate::EdgeConfig {
+            standalone: true,
+            ..Default::default()
+        };
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 1 << 20,
+        };
+        let hub = Arc::new(crate::hub::Hub::new(4, limits));
+        let shared = Arc::new(crate::edge::Shared {
+            auth: crate::auth::Authenticator::new(&config.auth, 64).expect("auth"),
+            config,
+            limits,
+            hub: hub.clone(),
+            interest: crate::bus::Interest::local(),
+            nats: None,
+            shutdown: Default::default(),
+            tracker: Default::default(),
+        });
+        let conn = hub.connect(crate::protocol::WireFormat::Json);
+        let future = super::serve(server, bytes::Bytes::new(), conn, shared);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= MAX_CONNECTION_FUTURE,
+            "a connection's task state grew to {size} bytes (bound {MAX_CONNECTION_FUTURE})"
+        );
+    }
 }

@@ -1,16 +1,9 @@
 //! `gpush-edge`: parse flags, set up logging, bind, run.
 
 use clap::Parser;
+use gpush_common::net::bind;
 use gpush_edge::cli::Cli;
-use std::net::SocketAddr;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind the {what} address {addr}: {e}"))
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,10 +17,13 @@ async fn main() -> anyhow::Result<()> {
     gpush_common::telemetry::init(config.log_format);
     let ws = bind(config.ws_addr, "WebSocket").await?;
     let push = if config.standalone {
-        let http = bind(config.http_addr(), "push HTTP").await?;
-        let grpc = bind(config.grpc_addr(), "push gRPC").await?;
-        tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "standalone push API");
-        Some(gpush_ingress::Listeners { http, grpc })
+        let push = gpush_ingress::Listeners::bind(config.http_addr(), config.grpc_addr()).await?;
+        tracing::info!(
+            http = %push.http.local_addr()?,
+            grpc = %push.grpc.local_addr()?,
+            "standalone push API"
+        );
+        Some(push)
     } else {
         None
     };

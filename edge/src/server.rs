@@ -14,6 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
@@ -171,7 +172,11 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         };
         let format = protocol.map(|(_, format)| format).unwrap_or_default();
         let conn = task_shared.hub.connect(format);
-        conn::serve(parts.io.into_inner(), parts.read_buf, conn, task_shared).await;
+        // Copy early bytes out: the slice would keep hyper's whole read
+        // buffer alive for the life of the connection.
+        let early = Bytes::copy_from_slice(&parts.read_buf);
+        drop(parts.read_buf);
+        conn::serve(parts.io.into_inner(), early, conn, task_shared).await;
     });
 
     let mut response = Response::builder()

@@ -32,6 +32,7 @@ pub use error::ApiError;
 use anyhow::Context;
 use gpush_common::bus::{Bus, NatsBus, connect_nats};
 use gpush_common::subject::Subjects;
+use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,17 @@ pub struct Listeners {
     pub http: TcpListener,
     /// gRPC push API.
     pub grpc: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both push API addresses, before anything else starts, so a
+    /// taken port fails start-up with an error naming which one.
+    pub async fn bind(http: SocketAddr, grpc: SocketAddr) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            http: gpush_common::net::bind(http, "HTTP push API").await?,
+            grpc: gpush_common::net::bind(grpc, "gRPC push API").await?,
+        })
+    }
 }
 
 /// Runs ingress until `shutdown` is cancelled: connects to NATS (in the

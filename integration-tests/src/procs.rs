@@ -272,23 +272,49 @@ impl Drop for NatsServer {
 }
 
 /// A single-member `etcd` cluster with its data in a scratch directory.
+///
+/// [`Etcd::stop`] and [`Etcd::restart`] keep the ports and the data, so a
+/// test can take etcd away and bring it back, with its keys, under the URL
+/// that ingress and edges are configured with.
 pub struct Etcd {
     client_port: u16,
+    peer_port: u16,
     dir: PathBuf,
-    proc: LoggedChild,
+    starts: u32,
+    proc: Option<LoggedChild>,
     client: etcd_client::Client,
 }
 
 impl Etcd {
     /// Starts etcd and waits until a KV read succeeds.
     pub async fn start() -> Self {
-        let program = find_program("etcd", "apt-get install etcd-server");
         let dir = scratch_dir("etcd");
-        let client_port = free_port();
-        let peer_port = free_port();
+        let (client_port, peer_port) = (free_port(), free_port());
+        let (proc, client) = Self::spawn(client_port, peer_port, &dir, 1).await;
+        Self {
+            client_port,
+            peer_port,
+            dir,
+            starts: 1,
+            proc: Some(proc),
+            client,
+        }
+    }
+
+    /// Runs etcd (start number `start`, which names its log file) and
+    /// returns it with a client once a KV read succeeds.
+    async fn spawn(
+        client_port: u16,
+        peer_port: u16,
+        dir: &Path,
+        start: u32,
+    ) -> (LoggedChild, etcd_client::Client) {
+        let program = find_program("etcd", "apt-get install etcd-server");
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut command = Command::new(program);
+        // The initial-cluster flags only matter on the first start; later
+        // starts find the member in the data directory.
         command
             .arg("--name")
             .arg("default")
@@ -300,13 +326,14 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .args(["--initial-cluster-state", "new"]);
-        let mut proc = LoggedChild::spawn("etcd", command, dir.join("etcd.log"));
+        let log = dir.join(format!("etcd-{start}.log"));
+        let mut proc = LoggedChild::spawn("etcd", command, log);
 
         let deadline = Instant::now() + START_TIMEOUT;
-        let client = loop {
+        loop {
             proc.assert_running();
             if let Some(client) = try_etcd(&client_url).await {
-                break client;
+                return (proc, client);
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -316,13 +343,32 @@ impl Etcd {
                 );
             }
             sleep(POLL * 2).await;
-        };
-        Self {
-            client_port,
-            dir,
-            proc,
-            client,
         }
+    }
+
+    /// Whether the etcd process is currently running.
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    /// Kills etcd; watchers and lease keep-alives see it go away. Reads
+    /// through the harness ([`Etcd::get`] and friends) fail until
+    /// [`Etcd::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+
+    /// Stops etcd if it runs, then starts it again on the same ports and
+    /// data, and replaces the harness's client once KV requests succeed.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.starts += 1;
+        let (proc, client) =
+            Self::spawn(self.client_port, self.peer_port, &self.dir, self.starts).await;
+        self.proc = Some(proc);
+        self.client = client;
     }
 
     /// `http://127.0.0.1:<client port>`.
@@ -436,7 +482,7 @@ async fn try_etcd(url: &str) -> Option<etcd_client::Client> {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        self.proc.kill();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
