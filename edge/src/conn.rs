@@ -17,7 +17,7 @@ use crate::ws::{self, Incoming, ReadError};
 use bytes::{Buf, Bytes};
 use gpush_common::push::validate_name;
 use serde_json::Value;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,13 +56,43 @@ struct Session {
     reader: ws::FrameReader,
     /// Frames taken from the outbox, not yet fully written.
     pending: VecDeque<Bytes>,
-    public: HashSet<Box<str>>,
+    public: Topics,
     uid: Option<Box<str>>,
-    private: HashSet<Box<str>>,
+    private: Topics,
     last_heard: Instant,
     next_ping: Instant,
     /// Set once the server decided to close the connection.
     closing: Option<CloseRequest>,
+}
+
+/// A connection's subscriptions. There are few (at most
+/// `max_subscriptions`), so a vector costs less memory than a hash set and
+/// is as fast to search.
+#[derive(Debug, Default)]
+struct Topics(Vec<Box<str>>);
+
+impl Topics {
+    fn contains(&self, topic: &str) -> bool {
+        self.0.iter().any(|t| &**t == topic)
+    }
+
+    fn insert(&mut self, topic: &str) {
+        self.0.push(topic.into());
+    }
+
+    fn remove(&mut self, topic: &str) -> bool {
+        match self.0.iter().position(|t| &**t == topic) {
+            Some(at) => {
+                self.0.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// How the read side ended.
@@ -83,9 +113,9 @@ impl Session {
             shared,
             reader: ws::FrameReader::default(),
             pending: VecDeque::new(),
-            public: HashSet::new(),
+            public: Topics::default(),
             uid: None,
-            private: HashSet::new(),
+            private: Topics::default(),
             last_heard: now,
             next_ping,
             closing: None,
@@ -321,12 +351,12 @@ impl Session {
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
         }
-        if !self.public.contains(topic.as_str()) {
+        if !self.public.contains(&topic) {
             if let Err(reply) = self.check_limit(&topic, id) {
                 return reply;
             }
             self.shared.hub.subscribe(&topic, &self.conn);
-            self.public.insert(topic.as_str().into());
+            self.public.insert(&topic);
             self.shared.interest.ensure(Key::Topic(topic.clone())).await;
         }
         Reply::new(Code::Subscribed).topic(&topic).id(id).frame()
@@ -336,7 +366,7 @@ impl Session {
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
         }
-        if self.public.remove(topic.as_str()) && self.shared.hub.unsubscribe(&topic, self.conn.id) {
+        if self.public.remove(&topic) && self.shared.hub.unsubscribe(&topic, self.conn.id) {
             self.shared
                 .interest
                 .release(Key::Topic(topic.clone()))
@@ -368,7 +398,7 @@ impl Session {
     /// Drops the login and every private subscription.
     async fn logout(&mut self) {
         let Some(uid) = self.uid.take() else { return };
-        for topic in self.private.drain() {
+        for topic in std::mem::take(&mut self.private).0 {
             self.shared
                 .hub
                 .unsubscribe_private(&uid, &topic, self.conn.id);
@@ -385,12 +415,12 @@ impl Session {
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
         }
-        if !self.private.contains(topic.as_str()) {
+        if !self.private.contains(&topic) {
             if let Err(reply) = self.check_limit(&topic, id) {
                 return reply;
             }
             self.shared.hub.subscribe_private(uid, &topic, &self.conn);
-            self.private.insert(topic.as_str().into());
+            self.private.insert(&topic);
         }
         Reply::new(Code::Subscribed).topic(&topic).id(id).frame()
     }
@@ -402,7 +432,7 @@ impl Session {
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
         }
-        if self.private.remove(topic.as_str()) {
+        if self.private.remove(&topic) {
             self.shared
                 .hub
                 .unsubscribe_private(uid, &topic, self.conn.id);
@@ -511,7 +541,7 @@ impl Session {
     async fn leave(&mut self) {
         self.shared.hub.disconnect(self.conn.id);
         self.logout().await;
-        for topic in std::mem::take(&mut self.public) {
+        for topic in std::mem::take(&mut self.public).0 {
             if self.shared.hub.unsubscribe(&topic, self.conn.id) {
                 self.shared.interest.release(Key::Topic(topic.into())).await;
             }
