@@ -3,8 +3,16 @@
 //! Layout, with the default prefix `gpush`:
 //! - `gpush.all`: everyone pushes;
 //! - `gpush.t.<topic>`: public topic pushes;
-//! - `gpush.u.<uid>`: every push for one user (private topic or user-wide;
-//!   the edge filters by the connection's private subscriptions).
+//! - `gpush.u.<bucket>.<uid>`: every push for one user (private topic or
+//!   user-wide; the edge filters by the connection's private
+//!   subscriptions). `<bucket>` is [`user_bucket`] of the uid.
+//!
+//! Edges subscribe to topic subjects one by one, but to users by bucket
+//! (`gpush.u.<bucket>.*`, for the buckets that hold a local user) and pick
+//! the user out of the envelope. A NATS subscription costs the client a
+//! few KiB, so one per logged-in user would cost more than the connection
+//! itself; [`USER_BUCKETS`] bounds that cost per edge instead. The `*` is
+//! gpush's own: it always stands for one escaped uid token.
 //!
 //! A name is escaped into a single subject token: ASCII letters, digits, `-`
 //! and `_` stay as they are, every other byte becomes `%XX`. The escape is
@@ -20,6 +28,19 @@ pub const DEFAULT_PREFIX: &str = "gpush";
 
 /// Bytes escaped in a subject token: all but ASCII alphanumerics, `-`, `_`.
 const TOKEN_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+
+/// Number of user buckets. Part of the subject layout: ingress and every
+/// edge must agree on it, so it is a constant, not a setting.
+pub const USER_BUCKETS: u16 = 256;
+
+/// The bucket of a uid: FNV-1a of its bytes, modulo [`USER_BUCKETS`].
+/// Stable across processes, versions and machines.
+pub fn user_bucket(uid: &str) -> u16 {
+    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % u64::from(USER_BUCKETS)) as u16
+}
 
 /// Builds subjects under one prefix.
 #[derive(Debug, Clone)]
@@ -70,7 +91,12 @@ impl Subjects {
 
     /// The subject for every push to user `uid`.
     pub fn user(&self, uid: &str) -> String {
-        format!("{}.u.{}", self.prefix, escape(uid))
+        format!("{}.u.{}.{}", self.prefix, user_bucket(uid), escape(uid))
+    }
+
+    /// The subscription that receives every user subject of `bucket`.
+    pub fn user_bucket(&self, bucket: u16) -> String {
+        format!("{}.u.{bucket}.*", self.prefix)
     }
 
     /// The subject a push with this route is published under.
@@ -97,13 +123,15 @@ mod tests {
         let s = Subjects::default();
         assert_eq!(s.everyone(), "gpush.all");
         assert_eq!(s.topic("news"), "gpush.t.news");
-        assert_eq!(s.user("u-1_x"), "gpush.u.u-1_x");
+        let bucket = user_bucket("u-1_x");
+        assert_eq!(s.user("u-1_x"), format!("gpush.u.{bucket}.u-1_x"));
+        assert_eq!(s.user_bucket(bucket), format!("gpush.u.{bucket}.*"));
         assert_eq!(
             s.for_route(Route::User {
                 uid: "7",
                 topic: Some("t")
             }),
-            "gpush.u.7"
+            format!("gpush.u.{}.7", user_bucket("7"))
         );
     }
 
@@ -130,6 +158,30 @@ mod tests {
         let pairs = [("a.b", "a%2Eb"), ("%", "%25"), ("a b", "a+b"), ("*", "%2A")];
         for (x, y) in pairs {
             assert_ne!(escape(x), escape(y), "{x:?} vs {y:?}");
+        }
+    }
+
+    #[test]
+    fn user_buckets_are_stable_and_spread() {
+        // Fixed values: changing the hash would split a running cluster.
+        assert_eq!(user_bucket(""), (0xcbf2_9ce4_8422_2325_u64 % 256) as u16);
+        assert_eq!(user_bucket("a"), (0xaf63_dc4c_8601_ec8c_u64 % 256) as u16);
+        let mut seen = [0u32; USER_BUCKETS as usize];
+        for i in 0..25_600 {
+            seen[usize::from(user_bucket(&format!("user-{i}")))] += 1;
+        }
+        assert!(seen.iter().all(|&n| (50..=150).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn user_subject_is_one_escaped_token_under_the_bucket() {
+        let s = Subjects::default();
+        for uid in ["a.b", "*", ">", "a b"] {
+            let subject = s.user(uid);
+            let tokens: Vec<&str> = subject.split('.').collect();
+            assert_eq!(tokens.len(), 4, "{subject}");
+            assert_eq!(tokens[2], user_bucket(uid).to_string());
+            assert_eq!(tokens[3], escape(uid));
         }
     }
 

@@ -1,8 +1,10 @@
 //! The edge's side of the bus: NATS subscriptions that follow local interest.
 //!
-//! The edge subscribes to a topic's or user's subject when its first local
-//! connection needs it and unsubscribes after the last one leaves; the
-//! everyone subject is subscribed for the edge's lifetime. One manager task
+//! The edge subscribes to a topic's subject when its first local connection
+//! needs it and unsubscribes after the last one leaves; likewise to a user
+//! bucket's subjects (see [`gpush_common::subject`]) while a local
+//! connection is logged in as one of its users. The everyone subject is
+//! subscribed for the edge's lifetime. One manager task
 //! owns the subscription table and handles requests in order, so a quick
 //! leave-then-join can never end unsubscribed: before unsubscribing it asks
 //! the hub whether anyone still needs the subject.
@@ -34,8 +36,8 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 pub enum Key {
     /// A public topic.
     Topic(String),
-    /// A user (private topics and user-wide pushes).
-    User(String),
+    /// A user bucket (private topics and user-wide pushes of its users).
+    UserBucket(u16),
 }
 
 #[derive(Debug)]
@@ -128,7 +130,7 @@ impl Manager {
                     Request::Release(key) => {
                         let wanted = match &key {
                             Key::Topic(topic) => self.hub.has_topic(topic),
-                            Key::User(uid) => self.hub.has_user(uid),
+                            Key::UserBucket(bucket) => self.hub.has_user_bucket(*bucket),
                         };
                         if !wanted && let Some(reader) = self.active.remove(&self.subject(&key)) {
                             // Dropping the subscriber unsubscribes.
@@ -156,7 +158,7 @@ impl Manager {
     fn subject(&self, key: &Key) -> String {
         match key {
             Key::Topic(topic) => self.subjects.topic(topic),
-            Key::User(uid) => self.subjects.user(uid),
+            Key::UserBucket(bucket) => self.subjects.user_bucket(*bucket),
         }
     }
 

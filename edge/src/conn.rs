@@ -16,6 +16,7 @@ use crate::protocol::{self, BadRequest, Code, Command, Reply, Request};
 use crate::ws::{self, Incoming, ReadError};
 use bytes::{Buf, Bytes};
 use gpush_common::push::validate_name;
+use gpush_common::subject::user_bucket;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -390,7 +391,10 @@ impl Session {
             self.logout().await;
             self.shared.hub.login(&uid, &self.conn);
             self.uid = Some(uid.as_str().into());
-            self.shared.interest.ensure(Key::User(uid.clone())).await;
+            self.shared
+                .interest
+                .ensure(Key::UserBucket(user_bucket(&uid)))
+                .await;
         }
         Reply::new(Code::LoggedIn).uid(&uid).id(id).frame()
     }
@@ -404,7 +408,10 @@ impl Session {
                 .unsubscribe_private(&uid, &topic, self.conn.id);
         }
         if self.shared.hub.logout(&uid, self.conn.id) {
-            self.shared.interest.release(Key::User(uid.into())).await;
+            self.shared
+                .interest
+                .release(Key::UserBucket(user_bucket(&uid)))
+                .await;
         }
     }
 

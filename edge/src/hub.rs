@@ -10,10 +10,11 @@
 
 use crate::outbox::{CloseRequest, Outbox, Pushed, QueueLimits};
 use crate::protocol::{PushFrames, WireFormat};
+use gpush_common::subject::{USER_BUCKETS, user_bucket};
 use gpush_common::{LocalDelivery, Push, Route};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// The part of a connection that fan-out needs.
@@ -129,6 +130,10 @@ pub struct Hub {
     topics: Index,
     users: Index,
     private: Index,
+    /// Distinct logged-in users per user bucket (see
+    /// [`gpush_common::subject`]): the bus subscribes to a bucket while it
+    /// is non-zero.
+    user_buckets: Box<[AtomicU32]>,
     limits: QueueLimits,
     count: AtomicU64,
     next_id: AtomicU64,
@@ -146,6 +151,7 @@ impl Hub {
             topics: Index::new(shards),
             users: Index::new(shards),
             private: Index::new(shards),
+            user_buckets: (0..USER_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             limits,
             count: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
@@ -202,13 +208,25 @@ impl Hub {
     /// Records `conn` as logged in as `uid`; true if it is the user's first
     /// local connection.
     pub fn login(&self, uid: &str, conn: &Arc<Conn>) -> bool {
-        self.users.add(uid, conn)
+        let first = self.users.add(uid, conn);
+        if first {
+            self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
+        }
+        first
     }
 
-    /// Forgets that connection `id` is logged in as `uid`; true if the user
-    /// has no local connection left.
+    /// Forgets that connection `id` is logged in as `uid`; true if that
+    /// left the uid's bucket without any local user.
     pub fn logout(&self, uid: &str, id: u64) -> bool {
         self.users.remove(uid, id)
+            && self.user_buckets[usize::from(user_bucket(uid))].fetch_sub(1, Ordering::Relaxed) == 1
+    }
+
+    /// Whether any local connection is logged in as a user of `bucket`.
+    pub fn has_user_bucket(&self, bucket: u16) -> bool {
+        self.user_buckets
+            .get(usize::from(bucket))
+            .is_some_and(|n| n.load(Ordering::Relaxed) > 0)
     }
 
     /// Subscribes `conn`, logged in as `uid`, to private `topic`.
@@ -334,8 +352,13 @@ mod tests {
         assert!(!hub.has_topic("t"));
         assert!(!hub.unsubscribe("t", b.id), "second removal is a no-op");
         hub.login("u", &a);
-        assert!(hub.logout("u", a.id));
+        hub.login("u", &b);
+        let bucket = user_bucket("u");
+        assert!(hub.has_user_bucket(bucket));
+        assert!(!hub.logout("u", a.id), "b is still logged in as u");
+        assert!(hub.logout("u", b.id), "bucket now empty");
         assert!(!hub.has_user("u"));
+        assert!(!hub.has_user_bucket(bucket));
     }
 
     #[test]

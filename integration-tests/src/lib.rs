@@ -21,9 +21,12 @@
 //!   that never answers pings (to test the idle timeout).
 //! - [`frames`]: protocol codes and the exact JSON of each kind of push.
 //! - [`auth`]: JWT minting with test keys and a mock auth webhook.
+//! - [`bench`]: the `gpush-bench` benchmark program (load clients, baseline
+//!   server, scenarios, report).
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod deploy;
 pub mod frames;

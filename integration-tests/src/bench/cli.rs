@@ -1,0 +1,168 @@
+//! Command line of `gpush-bench`: the scenarios to run, and the hidden
+//! roles the program re-executes itself in (load client, baseline server).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// Benchmarks gpush against a minimal raw WebSocket server on this machine.
+///
+/// Needs release binaries next to itself: run `cargo build --release --bins`
+/// first, then `cargo run --release -p gpush-integration-tests --bin
+/// gpush-bench -- [--quick] [--json out.json] [SCENARIO...]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gpush-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A hidden role; none runs the benchmark.
+    #[command(subcommand)]
+    pub role: Option<Role>,
+    /// What to run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The roles of the re-executed program.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// A load-client process (started by the benchmark).
+    #[command(hide = true)]
+    Client(ClientArgs),
+    /// The baseline raw server process (started by the benchmark).
+    #[command(hide = true)]
+    ServeBaseline(BaselineArgs),
+}
+
+/// Flags of a benchmark run.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Small sizes and short runs (a smoke test; targets apply to the
+    /// standard sizes only).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Scenarios to run, in this order [default: all].
+    #[arg(value_enum)]
+    pub scenarios: Vec<Scenario>,
+}
+
+/// One benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Scenario {
+    /// Edge RSS per idle connection subscribed to a topic.
+    Idle,
+    /// Edge RSS per idle connection logged in with a private subscription.
+    IdlePrivate,
+    /// Sustained deliveries/s to the subscribers of one topic.
+    Fanout,
+    /// Push-to-receive latency at a fixed push rate.
+    Latency,
+    /// Pushes to random users through the batch API.
+    Private,
+    /// Pushes/s accepted by a cluster ingress.
+    Ingress,
+    /// WebSocket handshakes + subscribe per second.
+    Churn,
+    /// The baseline raw server's idle, fanout and latency figures.
+    Baseline,
+}
+
+impl Scenario {
+    /// Every scenario, in the default order.
+    pub const ALL: [Scenario; 8] = [
+        Scenario::Idle,
+        Scenario::IdlePrivate,
+        Scenario::Fanout,
+        Scenario::Latency,
+        Scenario::Private,
+        Scenario::Ingress,
+        Scenario::Churn,
+        Scenario::Baseline,
+    ];
+
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Idle => "idle",
+            Scenario::IdlePrivate => "idle-private",
+            Scenario::Fanout => "fanout",
+            Scenario::Latency => "latency",
+            Scenario::Private => "private",
+            Scenario::Ingress => "ingress",
+            Scenario::Churn => "churn",
+            Scenario::Baseline => "baseline",
+        }
+    }
+}
+
+/// How a client sets up each connection after the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubscribeMode {
+    /// Nothing: the baseline server treats every connection as subscribed.
+    None,
+    /// Subscribe to a public topic (code 1).
+    Public,
+    /// Log in as [`user_id`](crate::bench::control::user_id) (code 3, the
+    /// token is the uid) and subscribe to a private topic (code 5).
+    Private,
+}
+
+/// Flags of a load-client process.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// WebSocket URL, `ws://host:port/path`.
+    #[arg(long)]
+    pub url: String,
+    /// Loopback source addresses to bind (comma-separated; churn rotates
+    /// over them).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub src: Vec<Ipv4Addr>,
+    /// Connections to hold.
+    #[arg(long, default_value_t = 0)]
+    pub conns: usize,
+    /// Index of this process's first connection in the whole fleet (names
+    /// users and topics).
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// What each connection subscribes to.
+    #[arg(long, value_enum, default_value = "public")]
+    pub subscribe: SubscribeMode,
+    /// Topic name (public), or private topic name.
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Spread public subscriptions over this many topics.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Parse each push's send time and record latency.
+    #[arg(long)]
+    pub latency: bool,
+    /// Connection set-ups in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Churn for this many seconds instead of holding connections.
+    #[arg(long)]
+    pub churn_secs: Option<f64>,
+    /// Interval of progress reports, milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub progress_ms: u64,
+}
+
+/// Flags of the baseline server process.
+#[derive(Debug, Clone, Args)]
+pub struct BaselineArgs {
+    /// WebSocket listen address.
+    #[arg(long)]
+    pub ws_addr: SocketAddr,
+    /// HTTP address of `POST /push`.
+    #[arg(long)]
+    pub http_addr: SocketAddr,
+    /// The topic named in the push frames.
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+}

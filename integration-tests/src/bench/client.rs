@@ -1,0 +1,665 @@
+//! The load-client process: holds many WebSocket connections and counts
+//! what arrives on them.
+//!
+//! One process runs one single-threaded runtime, so its counters are plain
+//! cells and every connection reads into one shared 64 KiB buffer: a
+//! connection waits for readiness, reads, walks the frame headers and keeps
+//! only the tail of an incomplete frame. Pushes are counted as text frames;
+//! the payload is searched (not parsed) for its send time (`"t":`) when
+//! latency is measured, and for its uid (`"u":"`) on private
+//! subscriptions. Set-up (connect from a given loopback source address,
+//! upgrade, subscribe, await the reply) runs with bounded concurrency.
+//! See [`control`](crate::bench::control) for how the coordinator drives it.
+
+use crate::bench::cli::{ClientArgs, SubscribeMode};
+use crate::bench::control::{self, Churn, Command, Event, Setup, Stats};
+use crate::bench::histogram::Histogram;
+use crate::bench::wire::{self, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WireError};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, ErrorKind, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::spawn_local;
+use tokio::time::{Instant, timeout};
+
+/// Size of the read buffer shared by all connections of a process.
+const READ_BUF: usize = 64 * 1024;
+/// A connection's leftover buffer larger than this is freed once empty.
+const KEEP_PARTIAL: usize = 4 * 1024;
+/// Time one connection may take to connect, upgrade and subscribe.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reply code to a subscribe (public or private).
+const SUBSCRIBED: u64 = 20001;
+/// Reply code to a login.
+const LOGGED_IN: u64 = 20003;
+/// Sent once when a connection opens; not an answer to anything.
+const CONNECTED: u64 = 20000;
+
+/// Microseconds since the Unix epoch: the clock in push payloads, shared
+/// by every process on the machine.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// Runs a client process until told to quit (or, churning, until its time
+/// is up).
+pub fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        match args.churn_secs {
+            Some(secs) => churn(&args, Duration::from_secs_f64(secs)).await,
+            None => hold(&args).await,
+        }
+    })
+}
+
+/// Writes one event line to stdout; exits when the coordinator is gone.
+fn emit(event: &Event) {
+    let Ok(line) = serde_json::to_string(event) else {
+        return;
+    };
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Where to connect.
+#[derive(Debug)]
+struct Endpoint {
+    addr: SocketAddr,
+    host: String,
+    path: String,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| anyhow::anyhow!("expected a ws:// URL, got {url:?}"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = host
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{url:?}: host must be ip:port ({e})"))?;
+        Ok(Self {
+            addr,
+            host: host.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// What a connection does after the upgrade.
+#[derive(Debug, Clone)]
+enum Plan {
+    Nothing,
+    Public { topic: String },
+    Private { uid: String, topic: String },
+}
+
+impl Plan {
+    fn for_connection(args: &ClientArgs, index: usize) -> Self {
+        match args.subscribe {
+            SubscribeMode::None => Plan::Nothing,
+            SubscribeMode::Public => Plan::Public {
+                topic: control::topic_name(&args.topic, args.topics, index),
+            },
+            SubscribeMode::Private => Plan::Private {
+                uid: control::user_id(index),
+                topic: args.topic.clone(),
+            },
+        }
+    }
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("server closed the connection during set-up")]
+    Closed,
+    #[error("expected reply {expected}, got {reply}")]
+    Refused { expected: u64, reply: String },
+    #[error("set-up took longer than {SETUP_TIMEOUT:?}")]
+    Timeout,
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), SetupError> {
+    buf.reserve(1024);
+    match stream.read_buf(buf).await? {
+        0 => Err(SetupError::Closed),
+        _ => Ok(()),
+    }
+}
+
+/// Sends `text` and waits for the reply with code `expected`, skipping the
+/// "connected" greeting. Bytes after the reply stay in `buf`.
+async fn request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    text: &str,
+    expected: u64,
+) -> Result<(), SetupError> {
+    stream
+        .write_all(&wire::client_frame(OP_TEXT, text.as_bytes()))
+        .await?;
+    loop {
+        while let Some((frame, used)) = wire::next_frame(buf)? {
+            let code = (frame.opcode == OP_TEXT)
+                .then(|| wire::u64_after(frame.payload, b"\"code\":"))
+                .flatten();
+            match code {
+                Some(code) if code == expected => {
+                    buf.drain(..used);
+                    return Ok(());
+                }
+                Some(CONNECTED) | None => {}
+                Some(_) => {
+                    return Err(SetupError::Refused {
+                        expected,
+                        reply: String::from_utf8_lossy(frame.payload).into_owned(),
+                    });
+                }
+            }
+            buf.drain(..used);
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
+/// Connects from `src`, upgrades and carries out `plan`. Returns the stream
+/// and whatever arrived after the last reply.
+async fn open(
+    endpoint: &Endpoint,
+    src: Ipv4Addr,
+    plan: &Plan,
+) -> Result<(TcpStream, Vec<u8>), SetupError> {
+    let socket = TcpSocket::new_v4().map_err(SetupError::Connect)?;
+    socket
+        .bind(SocketAddr::new(src.into(), 0))
+        .map_err(SetupError::Connect)?;
+    let mut stream = socket
+        .connect(endpoint.addr)
+        .await
+        .map_err(SetupError::Connect)?;
+    stream.set_nodelay(true)?;
+    let upgrade = wire::upgrade_request(&endpoint.host, &endpoint.path);
+    stream.write_all(upgrade.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let head = loop {
+        if let Some(head) = wire::head_len(&buf)? {
+            break head;
+        }
+        read_more(&mut stream, &mut buf).await?;
+    };
+    wire::check_upgrade_response(&buf[..head])?;
+    buf.drain(..head);
+    match plan {
+        Plan::Nothing => {}
+        Plan::Public { topic } => {
+            let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
+            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+        }
+        Plan::Private { uid, topic } => {
+            let login = format!(r#"{{"code":3,"data":"{uid}"}}"#);
+            request(&mut stream, &mut buf, &login, LOGGED_IN).await?;
+            let subscribe = format!(r#"{{"code":5,"topic":"{topic}"}}"#);
+            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+        }
+    }
+    Ok((stream, buf))
+}
+
+async fn open_in_time(
+    endpoint: &Endpoint,
+    src: Ipv4Addr,
+    plan: &Plan,
+) -> Result<(TcpStream, Vec<u8>), SetupError> {
+    timeout(SETUP_TIMEOUT, open(endpoint, src, plan))
+        .await
+        .unwrap_or(Err(SetupError::Timeout))
+}
+
+/// Everything the connections of one process count, plus their shared
+/// read buffer. Single-threaded: cells, no atomics.
+struct Counters {
+    measure_latency: bool,
+    frames: Cell<u64>,
+    misdelivered: Cell<u64>,
+    unparsed: Cell<u64>,
+    /// Cumulative: not zeroed by a reset, so a connection lost during a
+    /// warm-up still shows.
+    closed: Cell<u64>,
+    close_reasons: RefCell<BTreeMap<String, u64>>,
+    latency: RefCell<Histogram>,
+    read_buf: RefCell<Box<[u8]>>,
+}
+
+impl Counters {
+    fn new(measure_latency: bool) -> Self {
+        Self {
+            measure_latency,
+            frames: Cell::new(0),
+            misdelivered: Cell::new(0),
+            unparsed: Cell::new(0),
+            closed: Cell::new(0),
+            close_reasons: RefCell::default(),
+            latency: RefCell::default(),
+            read_buf: RefCell::new(vec![0; READ_BUF].into_boxed_slice()),
+        }
+    }
+
+    fn reset(&self) {
+        self.frames.set(0);
+        self.misdelivered.set(0);
+        self.unparsed.set(0);
+        *self.latency.borrow_mut() = Histogram::default();
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            frames: self.frames.get(),
+            misdelivered: self.misdelivered.get(),
+            unparsed: self.unparsed.get(),
+            closed: self.closed.get(),
+            close_reasons: self.close_reasons.borrow().clone(),
+            latency: self.latency.borrow().clone(),
+        }
+    }
+
+    fn closed(&self, reason: String) {
+        self.closed.set(self.closed.get() + 1);
+        *self.close_reasons.borrow_mut().entry(reason).or_default() += 1;
+    }
+
+    /// Counts one push frame received at `now` (unix micros).
+    fn push(&self, payload: &[u8], me: Option<&[u8]>, now: u64) {
+        self.frames.set(self.frames.get() + 1);
+        if self.measure_latency {
+            match wire::u64_after(payload, b"\"t\":") {
+                Some(sent) => self.latency.borrow_mut().record(now.saturating_sub(sent)),
+                None => self.unparsed.set(self.unparsed.get() + 1),
+            }
+        }
+        if let Some(me) = me
+            && wire::str_after(payload, b"\"u\":\"") != Some(me)
+        {
+            self.misdelivered.set(self.misdelivered.get() + 1);
+        }
+    }
+}
+
+/// Why a receiving connection ended.
+enum Ending {
+    Close(Option<u16>),
+    Eof,
+    Error(String),
+}
+
+impl Ending {
+    fn reason(&self) -> String {
+        match self {
+            Ending::Close(Some(code)) => format!("close {code}"),
+            Ending::Close(None) => "close".into(),
+            Ending::Eof => "eof".into(),
+            Ending::Error(e) => format!("error: {e}"),
+        }
+    }
+}
+
+/// The receiving side of one connection.
+struct Receiver {
+    /// The tail of an incomplete frame.
+    partial: Vec<u8>,
+    /// The uid a private connection logged in as (checked in every push).
+    me: Option<Box<[u8]>>,
+    /// Pong frames owed to the server.
+    pongs: Vec<u8>,
+}
+
+impl Receiver {
+    /// Handles the complete frames at the start of `buf`; returns how many
+    /// bytes they took, or how the connection ended.
+    fn walk(
+        buf: &[u8],
+        me: Option<&[u8]>,
+        pongs: &mut Vec<u8>,
+        counters: &Counters,
+        now: u64,
+    ) -> Result<usize, Ending> {
+        let mut at = 0;
+        loop {
+            match wire::next_frame(&buf[at..]) {
+                Ok(Some((frame, used))) => {
+                    at += used;
+                    match frame.opcode {
+                        OP_TEXT => counters.push(frame.payload, me, now),
+                        OP_PING => {
+                            pongs.extend_from_slice(&wire::client_frame(OP_PONG, frame.payload))
+                        }
+                        OP_CLOSE => return Err(Ending::Close(frame.close_code())),
+                        _ => {}
+                    }
+                }
+                Ok(None) => return Ok(at),
+                Err(e) => return Err(Ending::Error(e.to_string())),
+            }
+        }
+    }
+
+    /// Takes newly read bytes.
+    fn absorb(&mut self, data: &[u8], counters: &Counters, now: u64) -> Result<(), Ending> {
+        let me = self.me.as_deref();
+        if self.partial.is_empty() {
+            let used = Self::walk(data, me, &mut self.pongs, counters, now)?;
+            self.partial.extend_from_slice(&data[used..]);
+        } else {
+            self.partial.extend_from_slice(data);
+            let used = Self::walk(&self.partial, me, &mut self.pongs, counters, now)?;
+            self.partial.drain(..used);
+            if self.partial.is_empty() && self.partial.capacity() > KEEP_PARTIAL {
+                self.partial = Vec::new();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads pushes until the connection ends; records why it ended.
+async fn receive(
+    mut stream: TcpStream,
+    early: Vec<u8>,
+    me: Option<String>,
+    counters: Rc<Counters>,
+) {
+    let mut receiver = Receiver {
+        partial: Vec::new(),
+        me: me.map(|uid| uid.into_bytes().into_boxed_slice()),
+        pongs: Vec::new(),
+    };
+    let ending = match receiver.absorb(&early, &counters, unix_micros()) {
+        Ok(()) => read_until_end(&mut stream, &mut receiver, &counters).await,
+        Err(ending) => ending,
+    };
+    counters.closed(ending.reason());
+}
+
+/// Waits for readiness, reads into the shared buffer, hands the bytes to
+/// `receiver`, answers pings; until the connection ends.
+async fn read_until_end(
+    stream: &mut TcpStream,
+    receiver: &mut Receiver,
+    counters: &Counters,
+) -> Ending {
+    loop {
+        if let Err(e) = stream.readable().await {
+            return Ending::Error(e.to_string());
+        }
+        let outcome = {
+            let mut buf = counters.read_buf.borrow_mut();
+            match read_once(stream, &mut buf) {
+                Ok(0) => Err(Ending::Eof),
+                Ok(n) => receiver.absorb(&buf[..n], counters, unix_micros()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+                Err(e) => Err(Ending::Error(e.to_string())),
+            }
+        };
+        if let Err(ending) = outcome {
+            return ending;
+        }
+        if !receiver.pongs.is_empty() {
+            let pongs = std::mem::take(&mut receiver.pongs);
+            if let Err(e) = stream.write_all(&pongs).await {
+                return Ending::Error(e.to_string());
+            }
+        }
+    }
+}
+
+/// One read. A short read means the socket's receive queue is empty, so
+/// its readiness is cleared right away (the outer `try_io` sees
+/// `WouldBlock`): the next wait goes straight to the poller instead of
+/// costing a second `read` that would only return `WouldBlock`. Safe with
+/// tokio's edge-triggered readiness: data that arrives after this read
+/// raises a new event.
+fn read_once(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = None;
+    let outer = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read(buf)?;
+        got = Some(n);
+        if n > 0 && n < buf.len() {
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match got {
+        Some(n) => Ok(n),
+        None => outer,
+    }
+}
+
+/// Commands from stdin, read on a plain thread (stdin is blocking). EOF
+/// reads as [`Command::Quit`].
+fn commands() -> mpsc::UnboundedReceiver<Command> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Command>(&line) {
+                Ok(command) => {
+                    if tx.send(command).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => eprintln!("gpush-bench client: bad command {line:?}: {e}"),
+            }
+        }
+        let _ = tx.send(Command::Quit);
+    });
+    rx
+}
+
+/// Opens and holds `args.conns` connections, then serves commands.
+async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
+    let endpoint = Rc::new(Endpoint::parse(&args.url)?);
+    let counters = Rc::new(Counters::new(args.latency));
+    let permits = Rc::new(Semaphore::new(args.concurrency.max(1)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let started = Instant::now();
+    for i in 0..args.conns {
+        let index = args.first + i;
+        let plan = Plan::for_connection(args, index);
+        let src = args.src[i % args.src.len()];
+        let (endpoint, counters, permits, done) = (
+            endpoint.clone(),
+            counters.clone(),
+            permits.clone(),
+            done_tx.clone(),
+        );
+        spawn_local(async move {
+            let permit = permits.acquire().await;
+            let opened = open_in_time(&endpoint, src, &plan).await;
+            drop(permit);
+            match opened {
+                Ok((stream, early)) => {
+                    let _ = done.send(Ok(()));
+                    let me = match plan {
+                        Plan::Private { uid, .. } => Some(uid),
+                        _ => None,
+                    };
+                    receive(stream, early, me, counters).await;
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        });
+    }
+    drop(done_tx);
+    let mut setup = Setup::default();
+    // Count answers: the senders live on in the receiving tasks.
+    for _ in 0..args.conns {
+        let Some(result) = done_rx.recv().await else {
+            break;
+        };
+        match result {
+            Ok(()) => setup.connected += 1,
+            Err(e) => {
+                setup.failed += 1;
+                setup.first_error.get_or_insert(e);
+            }
+        }
+    }
+    setup.secs = started.elapsed().as_secs_f64();
+    emit(&Event::Ready(setup));
+
+    let progress = counters.clone();
+    let interval = Duration::from_millis(args.progress_ms.max(1));
+    spawn_local(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let frames = progress.frames.get();
+            if frames != last {
+                last = frames;
+                emit(&Event::Progress { frames });
+            }
+        }
+    });
+
+    let mut commands = commands();
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Stats => emit(&Event::Stats(counters.stats())),
+            Command::Reset => {
+                counters.reset();
+                emit(&Event::Reset);
+            }
+            Command::Quit => break,
+        }
+    }
+    // Exiting closes every socket; no need to drop 19,000 tasks one by one.
+    std::process::exit(0)
+}
+
+/// Opens, subscribes and closes connections for `run_for`, with
+/// `args.concurrency` cycles in flight, rotating over the source addresses.
+async fn churn(args: &ClientArgs, run_for: Duration) -> anyhow::Result<()> {
+    let endpoint = Rc::new(Endpoint::parse(&args.url)?);
+    let result = Rc::new(RefCell::new(Churn::default()));
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let workers = args.concurrency.max(1);
+    let mut tasks = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let (endpoint, result, args) = (endpoint.clone(), result.clone(), args.clone());
+        tasks.push(spawn_local(async move {
+            let mut n = worker;
+            while Instant::now() < deadline {
+                let plan = Plan::Public {
+                    topic: control::topic_name(&args.topic, args.topics, args.first + n),
+                };
+                let src = args.src[n % args.src.len()];
+                n += workers;
+                let began = Instant::now();
+                let outcome = open_in_time(&endpoint, src, &plan).await;
+                let mut result = result.borrow_mut();
+                match outcome {
+                    Ok((stream, _)) => {
+                        drop(stream);
+                        result.cycles += 1;
+                        result.cycle_time.record(began.elapsed().as_micros() as u64);
+                    }
+                    Err(e) => {
+                        result.failed += 1;
+                        result.first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let mut churn = result.borrow().clone();
+    churn.secs = started.elapsed().as_secs_f64();
+    emit(&Event::Churn(churn));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_across_reads_are_counted_once() {
+        let counters = Counters::new(true);
+        let push =
+            wire::server_text(br#"{"code":10001,"topic":"b","data":{"t":100,"i":1,"u":"u1"}}"#);
+        let mut stream = Vec::new();
+        for _ in 0..3 {
+            stream.extend_from_slice(&push);
+        }
+        let mut receiver = Receiver {
+            partial: Vec::new(),
+            me: Some(b"u1".to_vec().into_boxed_slice()),
+            pongs: Vec::new(),
+        };
+        for chunk in stream.chunks(7) {
+            assert!(receiver.absorb(chunk, &counters, 350).is_ok());
+        }
+        assert_eq!(counters.frames.get(), 3);
+        assert_eq!(counters.misdelivered.get(), 0);
+        assert_eq!(counters.latency.borrow().max(), 250);
+        assert!(receiver.partial.is_empty());
+
+        receiver.me = Some(b"u2".to_vec().into_boxed_slice());
+        assert!(receiver.absorb(&push, &counters, 350).is_ok());
+        assert_eq!(counters.misdelivered.get(), 1);
+    }
+
+    #[test]
+    fn close_frames_end_the_connection() {
+        let counters = Counters::new(false);
+        let mut receiver = Receiver {
+            partial: Vec::new(),
+            me: None,
+            pongs: Vec::new(),
+        };
+        let close = [0x88, 0x02, 0x0F, 0xA1]; // 4001
+        match receiver.absorb(&close, &counters, 0) {
+            Err(Ending::Close(Some(4001))) => {}
+            _ => panic!("close frame not seen"),
+        }
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        let endpoint = Endpoint::parse("ws://127.0.0.1:9992/ws").expect("valid");
+        assert_eq!(endpoint.addr.port(), 9992);
+        assert_eq!(endpoint.path, "/ws");
+        assert!(Endpoint::parse("http://x").is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The coordinator ↔ client-process protocol: one JSON object per line.
+//!
+//! The coordinator writes [`Command`]s to a client's stdin; the client
+//! writes [`Event`]s to its stdout. A client first reports [`Event::Ready`]
+//! once every connection is set up, then [`Event::Progress`] every few
+//! milliseconds while its push count changes (the fan-out pusher paces
+//! itself on it), and [`Event::Stats`] when asked. A churn client reports
+//! only [`Event::Churn`] at its end. A client exits on [`Command::Quit`] or
+//! when its stdin closes, so a dying coordinator takes its clients with it.
+
+use crate::bench::histogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The uid of the user behind connection number `index` (over all client
+/// processes of a fleet); the private pushers address users by it.
+pub fn user_id(index: usize) -> String {
+    format!("u{index}")
+}
+
+/// The public topic of connection number `index` when a fleet spreads its
+/// connections over `topics` topics named after `base`.
+pub fn topic_name(base: &str, topics: usize, index: usize) -> String {
+    if topics <= 1 {
+        base.to_owned()
+    } else {
+        format!("{base}-{}", index % topics)
+    }
+}
+
+/// Coordinator → client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Answer with [`Event::Stats`].
+    Stats,
+    /// Zero every counter and the histogram, then answer with [`Event::Reset`].
+    Reset,
+    /// Close everything and exit.
+    Quit,
+}
+
+/// Client → coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Every connection was attempted.
+    Ready(Setup),
+    /// Push frames received so far.
+    Progress {
+        /// Total push frames over all connections.
+        frames: u64,
+    },
+    /// Counters were zeroed.
+    Reset,
+    /// The counters, on [`Command::Stats`].
+    Stats(Stats),
+    /// Result of a churn run.
+    Churn(Churn),
+}
+
+/// How connection set-up went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Setup {
+    /// Connections upgraded and subscribed.
+    pub connected: u64,
+    /// Connections that failed at some step.
+    pub failed: u64,
+    /// The first failure, for the report.
+    pub first_error: Option<String>,
+    /// Seconds from start to the last set-up.
+    pub secs: f64,
+}
+
+impl Setup {
+    /// Adds another client's set-up.
+    pub fn merge(&mut self, other: &Setup) {
+        self.connected += other.connected;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+        self.secs = self.secs.max(other.secs);
+    }
+}
+
+/// What a client counted since start or the last reset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Push frames received.
+    pub frames: u64,
+    /// Push frames whose payload named another user.
+    pub misdelivered: u64,
+    /// Push frames whose send time could not be found.
+    pub unparsed: u64,
+    /// Connections the server closed (close frame, EOF or error).
+    pub closed: u64,
+    /// Why they were closed: close code, `eof` or `error`.
+    pub close_reasons: BTreeMap<String, u64>,
+    /// Push-to-receive latency in microseconds (when measured).
+    pub latency: Histogram,
+}
+
+impl Stats {
+    /// Adds another client's counters.
+    pub fn merge(&mut self, other: &Stats) {
+        self.frames += other.frames;
+        self.misdelivered += other.misdelivered;
+        self.unparsed += other.unparsed;
+        self.closed += other.closed;
+        for (reason, n) in &other.close_reasons {
+            *self.close_reasons.entry(reason.clone()).or_default() += n;
+        }
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// Result of a churn run: connections opened, subscribed and closed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Churn {
+    /// Cycles completed (upgrade, subscribe, reply, close).
+    pub cycles: u64,
+    /// Cycles that failed.
+    pub failed: u64,
+    /// The first failure.
+    pub first_error: Option<String>,
+    /// Seconds the run took.
+    pub secs: f64,
+    /// Duration of one cycle, microseconds.
+    pub cycle_time: Histogram,
+}
+
+impl Churn {
+    /// Adds another client's run.
+    pub fn merge(&mut self, other: &Churn) {
+        self.cycles += other.cycles;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+        self.secs = self.secs.max(other.secs);
+        self.cycle_time.merge(&other.cycle_time);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip() {
+        let line = serde_json::to_string(&Command::Stats).expect("serialize");
+        assert_eq!(line, r#"{"cmd":"stats"}"#);
+        let event = Event::Progress { frames: 3 };
+        let line = serde_json::to_string(&event).expect("serialize");
+        assert_eq!(line, r#"{"event":"progress","frames":3}"#);
+        let stats = Event::Stats(Stats {
+            frames: 5,
+            ..Stats::default()
+        });
+        let line = serde_json::to_string(&stats).expect("serialize");
+        let back: Event = serde_json::from_str(&line).expect("deserialize");
+        assert!(
+            matches!(back, Event::Stats(Stats { frames: 5, .. })),
+            "{line}"
+        );
+    }
+}

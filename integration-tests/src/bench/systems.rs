@@ -1,0 +1,442 @@
+//! The systems under test, each started as child processes on free
+//! loopback ports: a standalone edge, a cluster (real `nats-server`,
+//! `gpush-ingress`, optionally a `gpush-edge` on NATS), and the baseline
+//! raw server. Every process logs to a file in a scratch directory (its
+//! tail is shown when it fails) and is killed on `Drop`. Also: reading a
+//! process's resident memory.
+
+use crate::procs::{NatsServer, free_port, log_tail, scratch_dir};
+use anyhow::{Context as _, bail};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::time::{Instant, sleep, timeout};
+
+/// How long a process gets to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Poll interval while waiting for a process.
+const POLL: Duration = Duration::from_millis(25);
+/// Keeps pings and idle timeouts out of the runs: nothing in a run lasts
+/// this long, so clients never need to answer pings.
+const EDGE_QUIET_FLAGS: [&str; 4] = ["--ping-interval", "300s", "--idle-timeout", "600s"];
+
+/// The release binaries the bench starts, found next to itself.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `gpush-edge`.
+    pub edge: PathBuf,
+    /// `gpush-ingress`.
+    pub ingress: PathBuf,
+    /// This program (for the baseline server and the clients).
+    pub bench: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the binaries, or says how to build them.
+    pub fn locate() -> anyhow::Result<Self> {
+        let bench = std::env::current_exe().context("path of gpush-bench")?;
+        let dir = bench.parent().context("gpush-bench has no directory")?;
+        let binary = |name: &str| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        let (edge, ingress) = (binary("gpush-edge"), binary("gpush-ingress"));
+        let missing: Vec<String> = [&edge, &ingress]
+            .iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "missing {}: build the release binaries first with `cargo build --release --bins`",
+                missing.join(" and ")
+            );
+        }
+        if !dir.ends_with("release") {
+            eprintln!(
+                "warning: {} is not a release build directory; numbers will be meaningless",
+                dir.display()
+            );
+        }
+        Ok(Self {
+            edge,
+            ingress,
+            bench,
+        })
+    }
+}
+
+/// A child process with its output in a log file, killed on `Drop`.
+#[derive(Debug)]
+pub struct Proc {
+    what: String,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args` with `RUST_LOG=warn` (unless set) and its
+    /// stdout and stderr in `<dir>/<what>.log`.
+    pub fn spawn(what: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
+        let log = dir.join(format!("{what}.log"));
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawn {what}: {} {}", program.display(), args.join(" ")))?;
+        Ok(Self {
+            what: what.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error (with the log tail) when the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!(
+                "{} exited ({status}); log {}:\n{}",
+                self.what,
+                self.log.display(),
+                log_tail(&self.log, 30)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `addr` accepts TCP connections.
+    pub async fn wait_port(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.check_running()?;
+            if let Ok(Ok(_)) = timeout(POLL * 4, tokio::net::TcpStream::connect(addr)).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not listen on {addr} within {START_TIMEOUT:?}; log:\n{}",
+                    self.what,
+                    log_tail(&self.log, 30)
+                );
+            }
+            sleep(POLL).await;
+        }
+    }
+
+    /// Waits until `GET url` answers 200.
+    pub async fn wait_ok(&mut self, url: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let http = reqwest::Client::new();
+        loop {
+            self.check_running()?;
+            let status = timeout(POLL * 20, http.get(url).send()).await;
+            if let Ok(Ok(response)) = status
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: {url} not OK within {START_TIMEOUT:?}; log:\n{}",
+                    self.what,
+                    log_tail(&self.log, 30)
+                );
+            }
+            sleep(POLL * 4).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed on `Drop`.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(label: &str) -> Self {
+        Self(scratch_dir(label))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// `gpush-edge --standalone`: WebSocket and push API in one process.
+#[derive(Debug)]
+pub struct Standalone {
+    proc: Proc,
+    /// `ws://127.0.0.1:<port>/ws`.
+    pub ws_url: String,
+    /// `http://127.0.0.1:<port>` of the push API.
+    pub http_base: String,
+    _dir: Scratch,
+}
+
+impl Standalone {
+    /// Starts a standalone edge. With `login`, a token is its own uid
+    /// (`auth.insecure_token_is_uid`), so clients log in without JWTs.
+    pub async fn start(bins: &Binaries, login: bool) -> anyhow::Result<Self> {
+        let dir = Scratch::new("bench-standalone");
+        let (ws, http, grpc) = (loopback(), loopback(), loopback());
+        let mut args = strings(&["--standalone"]);
+        args.extend(strings(&[
+            "--ws-addr",
+            &ws.to_string(),
+            "--http-addr",
+            &http.to_string(),
+            "--grpc-addr",
+            &grpc.to_string(),
+        ]));
+        args.extend(strings(&EDGE_QUIET_FLAGS));
+        if login {
+            let config = dir.0.join("edge.toml");
+            std::fs::write(&config, "[auth]\ninsecure_token_is_uid = true\n")?;
+            args.extend(["--config".to_owned(), config.display().to_string()]);
+        }
+        let mut proc = Proc::spawn("gpush-edge", &bins.edge, &args, &dir.0)?;
+        proc.wait_port(ws).await?;
+        proc.wait_port(http).await?;
+        Ok(Self {
+            proc,
+            ws_url: format!("ws://{ws}/ws"),
+            http_base: format!("http://{http}"),
+            _dir: dir,
+        })
+    }
+
+    /// The edge's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// An error when the edge has died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.proc.check_running()
+    }
+}
+
+/// A cluster: `nats-server`, `gpush-ingress`, and optionally one
+/// `gpush-edge` on NATS (no etcd: nothing here lists edges).
+#[derive(Debug)]
+pub struct Cluster {
+    nats: NatsServer,
+    ingress: Proc,
+    edge: Option<Proc>,
+    /// `http://127.0.0.1:<port>` of ingress's push API.
+    pub http_base: String,
+    /// `http://127.0.0.1:<port>` of ingress's gRPC API.
+    pub grpc_url: String,
+    /// `ws://127.0.0.1:<port>/ws` of the edge, when there is one.
+    pub ws_url: Option<String>,
+    _dir: Scratch,
+}
+
+impl Cluster {
+    /// Starts NATS and ingress (and an edge when `with_edge`) and waits
+    /// until each is connected to NATS.
+    pub async fn start(bins: &Binaries, with_edge: bool) -> anyhow::Result<Self> {
+        let dir = Scratch::new("bench-cluster");
+        let nats = NatsServer::start().await;
+        let (http, grpc) = (loopback(), loopback());
+        let args = strings(&[
+            "--http-addr",
+            &http.to_string(),
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--nats-url",
+            &nats.url(),
+        ]);
+        let mut ingress = Proc::spawn("gpush-ingress", &bins.ingress, &args, &dir.0)?;
+        ingress.wait_port(http).await?;
+        ingress.wait_ok(&format!("http://{http}/readyz")).await?;
+        let (edge, ws_url) = if with_edge {
+            let ws = loopback();
+            let mut args = strings(&["--ws-addr", &ws.to_string(), "--nats-url", &nats.url()]);
+            args.extend(strings(&EDGE_QUIET_FLAGS));
+            let mut edge = Proc::spawn("gpush-edge", &bins.edge, &args, &dir.0)?;
+            edge.wait_port(ws).await?;
+            edge.wait_ok(&format!("http://{ws}/readyz")).await?;
+            (Some(edge), Some(format!("ws://{ws}/ws")))
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            nats,
+            ingress,
+            edge,
+            http_base: format!("http://{http}"),
+            grpc_url: format!("http://{grpc}"),
+            ws_url,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until the edge's NATS subscription to public `topic` is in
+    /// place, so a push published now reaches it.
+    pub async fn wait_subscribed(&self, topic: &str) {
+        let subject = format!("gpush.t.{topic}");
+        self.nats
+            .wait_subscriptions(Duration::from_secs(10), &subject, |subjects| {
+                subjects.contains(&subject)
+            })
+            .await;
+    }
+
+    /// An error when a process of the cluster has died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.ingress.check_running()?;
+        if let Some(edge) = &mut self.edge {
+            edge.check_running()?;
+        }
+        Ok(())
+    }
+}
+
+/// The baseline raw server (`gpush-bench serve-baseline`).
+#[derive(Debug)]
+pub struct Baseline {
+    proc: Proc,
+    /// `ws://127.0.0.1:<port>/ws`.
+    pub ws_url: String,
+    /// `http://127.0.0.1:<port>` of `POST /push`.
+    pub http_base: String,
+    _dir: Scratch,
+}
+
+impl Baseline {
+    /// Starts the baseline server and waits for both its ports.
+    pub async fn start(bins: &Binaries) -> anyhow::Result<Self> {
+        let dir = Scratch::new("bench-baseline");
+        let (ws, http) = (loopback(), loopback());
+        let args = strings(&[
+            "serve-baseline",
+            "--ws-addr",
+            &ws.to_string(),
+            "--http-addr",
+            &http.to_string(),
+        ]);
+        let mut proc = Proc::spawn("baseline", &bins.bench, &args, &dir.0)?;
+        proc.wait_port(ws).await?;
+        proc.wait_port(http).await?;
+        Ok(Self {
+            proc,
+            ws_url: format!("ws://{ws}/ws"),
+            http_base: format!("http://{http}"),
+            _dir: dir,
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// An error when the server has died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.proc.check_running()
+    }
+}
+
+/// Resident memory of process `pid` (`VmRSS`), in bytes.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// A resident-memory reading once it stopped changing.
+#[derive(Debug, Clone, Copy)]
+pub struct SettledRss {
+    /// Bytes.
+    pub bytes: u64,
+    /// False when it still moved when the time limit came.
+    pub settled: bool,
+}
+
+/// Samples `pid`'s RSS every 250 ms until it has stayed within 0.5 % (at
+/// least 64 KiB) for `stable`, or `limit` passes.
+pub async fn settled_rss(
+    pid: u32,
+    stable: Duration,
+    limit: Duration,
+) -> anyhow::Result<SettledRss> {
+    const SAMPLE: Duration = Duration::from_millis(250);
+    let deadline = Instant::now() + limit;
+    let mut window: Vec<(Instant, u64)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let bytes = rss_bytes(pid)?;
+        window.push((now, bytes));
+        window.retain(|(at, _)| now.duration_since(*at) <= stable);
+        let spans = now.duration_since(window[0].0) + SAMPLE >= stable;
+        let (lo, hi) = window
+            .iter()
+            .fold((u64::MAX, 0), |(lo, hi), (_, b)| (lo.min(*b), hi.max(*b)));
+        let tolerance = (hi / 200).max(64 * 1024);
+        if spans && hi - lo <= tolerance {
+            return Ok(SettledRss {
+                bytes,
+                settled: true,
+            });
+        }
+        if now >= deadline {
+            return Ok(SettledRss {
+                bytes,
+                settled: false,
+            });
+        }
+        sleep(SAMPLE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_rss_is_readable() {
+        let rss = rss_bytes(std::process::id()).expect("VmRSS");
+        assert!(rss > 100 * 1024, "{rss}");
+    }
+}
