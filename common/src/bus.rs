@@ -12,7 +12,9 @@ use crate::push::Push;
 use crate::subject::Subjects;
 use async_nats::connection::State;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
 /// Default time a publish may take before the caller is told the bus is
 /// unavailable.
@@ -39,6 +41,67 @@ pub struct NatsBus {
     client: async_nats::Client,
     subjects: Subjects,
     timeout: Duration,
+    flusher: Flusher,
+}
+
+/// Coalesces flushes: a publisher takes a ticket after its messages are
+/// queued, and one task flushes on behalf of every ticket issued before the
+/// flush began. Concurrent requests share a flush (one socket write and one
+/// round trip through the client) instead of paying one each.
+#[derive(Clone)]
+struct Flusher {
+    issued: Arc<AtomicU64>,
+    kick: mpsc::Sender<()>,
+    state: watch::Receiver<Flushed>,
+}
+
+/// Tickets up to `ok` were flushed; tickets up to `failed` were not.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flushed {
+    ok: u64,
+    failed: u64,
+}
+
+impl Flusher {
+    fn start(client: async_nats::Client) -> Self {
+        let issued = Arc::new(AtomicU64::new(0));
+        let (kick, mut kicks) = mpsc::channel(1);
+        let (done, state) = watch::channel(Flushed::default());
+        let task_issued = issued.clone();
+        // Ends when every NatsBus clone (every kick sender) is gone.
+        tokio::spawn(async move {
+            while kicks.recv().await.is_some() {
+                let target = task_issued.load(Ordering::SeqCst);
+                let result = client.flush().await;
+                done.send_modify(|state| match result {
+                    Ok(()) => state.ok = state.ok.max(target),
+                    Err(_) => state.failed = state.failed.max(target),
+                });
+            }
+        });
+        Self {
+            issued,
+            kick,
+            state,
+        }
+    }
+
+    /// Waits until everything published before this call is flushed.
+    async fn flushed(&self) -> Result<(), BusError> {
+        let ticket = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        // Full means a flush is already due; it will see our ticket.
+        let _ = self.kick.try_send(());
+        let mut state = self.state.clone();
+        let outcome = state
+            .wait_for(|s| s.ok >= ticket || s.failed >= ticket)
+            .await
+            .map_err(|_| BusError::Publish("flusher stopped".into()))?;
+        if outcome.ok >= ticket {
+            Ok(())
+        } else {
+            Err(BusError::Publish("flush failed".into()))
+        }
+    }
 }
 
 /// Why a publish failed.
@@ -57,8 +120,10 @@ pub enum BusError {
 
 impl NatsBus {
     /// Wraps a connected client. `timeout` bounds each [`Bus::publish`].
+    /// Must be called inside a Tokio runtime (it starts the flusher task).
     pub fn new(client: async_nats::Client, subjects: Subjects, timeout: Duration) -> Self {
         Self {
+            flusher: Flusher::start(client.clone()),
             client,
             subjects,
             timeout,
@@ -78,10 +143,7 @@ impl NatsBus {
                 .await
                 .map_err(|e| BusError::Publish(e.to_string()))?;
         }
-        self.client
-            .flush()
-            .await
-            .map_err(|e| BusError::Publish(e.to_string()))
+        self.flusher.flushed().await
     }
 }
 

@@ -86,12 +86,28 @@ impl Subjects {
 
     /// The subject for public topic `topic`.
     pub fn topic(&self, topic: &str) -> String {
-        format!("{}.t.{}", self.prefix, escape(topic))
+        self.build(&["t"], topic)
     }
 
     /// The subject for every push to user `uid`.
     pub fn user(&self, uid: &str) -> String {
-        format!("{}.u.{}.{}", self.prefix, user_bucket(uid), escape(uid))
+        self.build(&["u", &user_bucket(uid).to_string()], uid)
+    }
+
+    /// `<prefix>.<tokens...>.<escaped name>` in one allocation: this runs
+    /// once per published message.
+    fn build(&self, tokens: &[&str], name: &str) -> String {
+        let tokens_len: usize = tokens.iter().map(|t| t.len() + 1).sum();
+        let mut subject =
+            String::with_capacity(self.prefix.len() + tokens_len + 1 + name.len() * 3);
+        subject.push_str(&self.prefix);
+        for token in tokens {
+            subject.push('.');
+            subject.push_str(token);
+        }
+        subject.push('.');
+        subject.extend(utf8_percent_encode(name, TOKEN_ESCAPE));
+        subject
     }
 
     /// The subscription that receives every user subject of `bucket`.
