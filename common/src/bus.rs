@@ -35,9 +35,13 @@ pub enum Bus {
     Local(Arc<dyn LocalDelivery>),
 }
 
-/// A publishing connection to NATS.
+/// A publishing connection to NATS; cheap to clone.
 #[derive(Clone)]
 pub struct NatsBus {
+    inner: Arc<NatsInner>,
+}
+
+struct NatsInner {
     client: async_nats::Client,
     subjects: Subjects,
     timeout: Duration,
@@ -123,27 +127,30 @@ impl NatsBus {
     /// Must be called inside a Tokio runtime (it starts the flusher task).
     pub fn new(client: async_nats::Client, subjects: Subjects, timeout: Duration) -> Self {
         Self {
-            flusher: Flusher::start(client.clone()),
-            client,
-            subjects,
-            timeout,
+            inner: Arc::new(NatsInner {
+                flusher: Flusher::start(client.clone()),
+                client,
+                subjects,
+                timeout,
+            }),
         }
     }
 
     /// The underlying client.
     pub fn client(&self) -> &async_nats::Client {
-        &self.client
+        &self.inner.client
     }
 
     async fn publish_all(&self, pushes: &[Push]) -> Result<(), BusError> {
         for push in pushes {
-            let subject = self.subjects.for_route(push.route());
-            self.client
+            let subject = self.inner.subjects.for_route(push.route());
+            self.inner
+                .client
                 .publish(subject, envelope::encode(push))
                 .await
                 .map_err(|e| BusError::Publish(e.to_string()))?;
         }
-        self.flusher.flushed().await
+        self.inner.flusher.flushed().await
     }
 }
 
@@ -159,12 +166,13 @@ impl Bus {
                 Ok(())
             }
             Bus::Nats(nats) => {
-                if nats.client.connection_state() != State::Connected {
+                if nats.inner.client.connection_state() != State::Connected {
                     return Err(BusError::NotConnected);
                 }
-                tokio::time::timeout(nats.timeout, nats.publish_all(pushes))
+                let timeout = nats.inner.timeout;
+                tokio::time::timeout(timeout, nats.publish_all(pushes))
                     .await
-                    .map_err(|_| BusError::Timeout(nats.timeout))?
+                    .map_err(|_| BusError::Timeout(timeout))?
             }
         }
     }
@@ -173,7 +181,7 @@ impl Bus {
     pub fn is_ready(&self) -> bool {
         match self {
             Bus::Local(_) => true,
-            Bus::Nats(nats) => nats.client.connection_state() == State::Connected,
+            Bus::Nats(nats) => nats.inner.client.connection_state() == State::Connected,
         }
     }
 }
