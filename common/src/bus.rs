@@ -31,8 +31,41 @@ pub trait LocalDelivery: Send + Sync + 'static {
 pub enum Bus {
     /// A NATS connection.
     Nats(NatsBus),
-    /// The edge in this same process (standalone mode).
+    /// The edge in this same process, called by the publishing task itself.
     Local(Arc<dyn LocalDelivery>),
+    /// The edge in this same process behind a bounded queue and one
+    /// dispatcher task (standalone mode): the push API answers once the
+    /// pushes are queued, as it does once NATS has them, and fan-out runs
+    /// off the request path, in order.
+    Queued(LocalQueue),
+}
+
+/// Default bound of the standalone push queue, in publish calls.
+pub const DEFAULT_LOCAL_QUEUE: usize = 1024;
+
+/// The queue in front of a local edge; cheap to clone.
+#[derive(Clone)]
+pub struct LocalQueue {
+    tx: mpsc::Sender<Vec<Push>>,
+    timeout: Duration,
+}
+
+impl LocalQueue {
+    /// Starts the dispatcher task feeding `delivery`. A publish waits for
+    /// room in the queue (`capacity` calls) for at most `timeout`. Must be
+    /// called inside a Tokio runtime; the task ends when every clone is
+    /// dropped.
+    pub fn start(delivery: Arc<dyn LocalDelivery>, capacity: usize, timeout: Duration) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Vec<Push>>(capacity.max(1));
+        tokio::spawn(async move {
+            while let Some(pushes) = rx.recv().await {
+                for push in &pushes {
+                    delivery.deliver(push);
+                }
+            }
+        });
+        Self { tx, timeout }
+    }
 }
 
 /// A publishing connection to NATS; cheap to clone.
@@ -165,6 +198,13 @@ impl Bus {
                 }
                 Ok(())
             }
+            Bus::Queued(queue) => {
+                match tokio::time::timeout(queue.timeout, queue.tx.send(pushes.to_vec())).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(BusError::NotConnected),
+                    Err(_) => Err(BusError::Timeout(queue.timeout)),
+                }
+            }
             Bus::Nats(nats) => {
                 if nats.inner.client.connection_state() != State::Connected {
                     return Err(BusError::NotConnected);
@@ -181,6 +221,7 @@ impl Bus {
     pub fn is_ready(&self) -> bool {
         match self {
             Bus::Local(_) => true,
+            Bus::Queued(queue) => !queue.tx.is_closed(),
             Bus::Nats(nats) => nats.inner.client.connection_state() == State::Connected,
         }
     }
@@ -207,4 +248,74 @@ pub async fn connect_nats(urls: &[String], name: &str) -> Result<async_nats::Cli
         .connect(addrs)
         .await
         .map_err(|e| BusError::Publish(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    /// Records topics; blocks while the test holds `gate`.
+    struct Recorder {
+        entered: AtomicU64,
+        gate: Mutex<()>,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl LocalDelivery for Recorder {
+        fn deliver(&self, push: &Push) {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(push.topic.clone());
+        }
+    }
+
+    fn push(topic: &str) -> Push {
+        Push::new("", topic, Bytes::new())
+    }
+
+    // The held guard blocks the dispatcher's thread, which is the point.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_bus_keeps_order_and_bounds_its_queue() {
+        let recorder = Arc::new(Recorder {
+            entered: AtomicU64::new(0),
+            gate: Mutex::new(()),
+            seen: Mutex::new(Vec::new()),
+        });
+        let bus = Bus::Queued(LocalQueue::start(
+            recorder.clone(),
+            1,
+            Duration::from_millis(100),
+        ));
+        {
+            let _held = recorder.gate.lock().expect("gate");
+            // One call is taken by the blocked dispatcher, one fills the
+            // queue; the next cannot get in and times out.
+            bus.publish(&[push("a"), push("b")]).await.expect("first");
+            let blocked = tokio::time::timeout(Duration::from_secs(5), async {
+                while recorder.entered.load(Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+            assert!(blocked.is_ok(), "dispatcher never took the first call");
+            bus.publish(&[push("c")]).await.expect("second");
+            let third = bus.publish(&[push("lost")]).await;
+            assert!(matches!(third, Err(BusError::Timeout(_))), "{third:?}");
+        }
+        bus.publish(&[push("d")]).await.expect("after");
+        let done = tokio::time::timeout(Duration::from_secs(5), async {
+            while recorder.seen.lock().expect("seen").len() < 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "dispatcher stalled");
+        assert_eq!(*recorder.seen.lock().expect("seen"), ["a", "b", "c", "d"]);
+    }
 }

@@ -39,6 +39,7 @@ use crate::edge::{SHUTDOWN_CLOSE, Shared};
 use crate::hub::Hub;
 use crate::outbox::QueueLimits;
 use crate::registration::Registration;
+use gpush_common::bus::{DEFAULT_LOCAL_QUEUE, LocalQueue};
 use gpush_common::push::now_us;
 use gpush_common::{Bus, Subjects};
 use std::hash::{BuildHasher, RandomState};
@@ -131,7 +132,11 @@ pub async fn run(
             let record_hub = hub.clone();
             let edges =
                 gpush_ingress::Edges::Local(Arc::new(move || registration.record(&record_hub)));
-            let bus = Bus::Local(hub.clone());
+            let bus = Bus::Queued(LocalQueue::start(
+                hub.clone(),
+                DEFAULT_LOCAL_QUEUE,
+                config.publish_timeout,
+            ));
             Some(tokio::spawn(gpush_ingress::serve(
                 push,
                 bus,
