@@ -5,8 +5,10 @@
 //! incomplete frame is kept (see [`ws::FrameReader`]). Writes are batched:
 //! fan-out appends shared frames to the connection's [`Outbox`](crate::outbox::Outbox),
 //! and the task writes everything queued every `write_interval` (or at once
-//! when it is zero) with vectored writes. One timer serves both the server
-//! ping and the idle timeout.
+//! when it is zero) with vectored writes. The connection owns no timer: it
+//! waits on the edge's shared flush tick, and the edge's keepalive sweep
+//! ([`Hub::sweep`](crate::hub::Hub::sweep)) pings it and closes it when
+//! silent.
 
 use crate::bus::Key;
 use crate::edge::Shared;
@@ -35,11 +37,6 @@ const WRITE_SLICES: usize = 64;
 /// then waiting for the client's close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-const IDLE_CLOSE: CloseRequest = CloseRequest {
-    code: ws::CLOSE_IDLE_TIMEOUT,
-    reason: "idle timeout",
-};
-
 /// Serves one upgraded connection until it closes. `early` holds bytes the
 /// client sent right after its handshake.
 pub async fn serve(stream: TcpStream, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
@@ -60,8 +57,6 @@ struct Session {
     public: Topics,
     uid: Option<Box<str>>,
     private: Topics,
-    last_heard: Instant,
-    next_ping: Instant,
     /// Set once the server decided to close the connection.
     closing: Option<CloseRequest>,
 }
@@ -106,8 +101,6 @@ enum ReadEnd {
 
 impl Session {
     fn new(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) -> Self {
-        let now = Instant::now();
-        let next_ping = now + shared.config.ping_interval;
         Self {
             stream,
             conn,
@@ -117,8 +110,6 @@ impl Session {
             public: Topics::default(),
             uid: None,
             private: Topics::default(),
-            last_heard: now,
-            next_ping,
             closing: None,
         }
     }
@@ -145,9 +136,6 @@ impl Session {
         // `early` may share hyper's read buffer: never keep it past here.
         drop(early);
         let write_interval = self.shared.config.write_interval;
-        let timer = tokio::time::sleep_until(self.next_deadline());
-        let flush = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer, flush);
         let mut flush_armed = false;
         loop {
             if let Some(request) = self.closing {
@@ -174,33 +162,26 @@ impl Session {
                     }
                 }
                 () = self.conn.outbox.ready(), if !flush_armed => {
-                    if blocked {
-                        self.closing = self.conn.outbox.closing();
+                    if let Some(request) = self.conn.outbox.closing() {
+                        // Close at once, not at the next tick.
+                        self.closing = Some(request);
+                    } else if blocked {
+                        // Picked up when the socket drains.
                     } else if write_interval.is_zero() {
                         if self.flush().is_err() {
                             return None;
                         }
                     } else {
-                        flush.as_mut().reset(Instant::now() + write_interval);
+                        // Written at the edge's next flush tick, with
+                        // whatever else queues until then.
                         flush_armed = true;
                     }
                 }
-                () = &mut flush, if flush_armed => {
+                () = self.shared.flush_tick.notified(), if flush_armed => {
                     flush_armed = false;
                     if !blocked && self.flush().is_err() {
                         return None;
                     }
-                }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if now >= self.last_heard + self.shared.config.idle_timeout {
-                        return Some(IDLE_CLOSE);
-                    }
-                    if now >= self.next_ping {
-                        self.next_ping = now + self.shared.config.ping_interval;
-                        self.queue(ws::ping());
-                    }
-                    timer.as_mut().reset(self.next_deadline());
                 }
             }
         }
@@ -216,11 +197,6 @@ impl Session {
             self.write_pending()?;
         }
         Ok(())
-    }
-
-    fn next_deadline(&self) -> Instant {
-        self.next_ping
-            .min(self.last_heard + self.shared.config.idle_timeout)
     }
 
     /// The peer sent a close frame (answered) or went away (nothing to say).
@@ -248,7 +224,10 @@ impl Session {
             self.shared.config.max_message,
             &mut incoming,
         ) {
-            Ok(ReadOutcome::Data) => self.last_heard = Instant::now(),
+            Ok(ReadOutcome::Data) => self.conn.last_heard.store(
+                self.shared.hub.now_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
             Ok(ReadOutcome::Nothing) => return Ok(()),
             Ok(ReadOutcome::Eof) => return Err(Ok(ReadEnd::Eof)),
             Err(ReadFailure::Io) => return Err(Ok(ReadEnd::Eof)),
@@ -614,7 +593,7 @@ mod tests {
 
     /// Bound on the state every connection carries for its whole life (the
     /// task's future). Rare paths are boxed to keep it here; see `handle`.
-    const MAX_CONNECTION_FUTURE: usize = 1280;
+    const MAX_CONNECTION_FUTURE: usize = 960;
 
     #[tokio::test]
     async fn connection_state_stays_small() {
@@ -643,6 +622,7 @@ mod tests {
             nats: None,
             shutdown: Default::default(),
             tracker: Default::default(),
+            flush_tick: Default::default(),
         });
         let conn = hub.connect(crate::protocol::WireFormat::Json);
         let future = super::serve(server, bytes::Bytes::new(), conn, shared);

@@ -6,6 +6,7 @@ use crate::config::EdgeConfig;
 use crate::hub::Hub;
 use crate::outbox::{CloseRequest, QueueLimits};
 use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +35,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Connection tasks, awaited (within the grace period) on shutdown.
     pub tracker: TaskTracker,
+    /// Notified every `write_interval`: connections with queued frames
+    /// write them then. One shared tick instead of a timer per connection.
+    pub flush_tick: Notify,
 }
 
 impl Shared {

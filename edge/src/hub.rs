@@ -16,8 +16,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
 
-/// The part of a connection that fan-out needs.
+/// An empty server ping frame, shared.
+static PING: bytes::Bytes = bytes::Bytes::from_static(b"\x89\x00");
+
+/// The part of a connection that fan-out and the keepalive sweep need.
 #[derive(Debug)]
 pub struct Conn {
     /// Unique id within this edge.
@@ -26,6 +31,25 @@ pub struct Conn {
     pub format: WireFormat,
     /// Its outgoing queue.
     pub outbox: Outbox,
+    /// When the client was last heard from, in [`Hub::now_ms`] time.
+    pub last_heard: AtomicU64,
+    /// When the server last pinged it, in [`Hub::now_ms`] time.
+    last_ping: AtomicU64,
+}
+
+/// The close for a connection silent for longer than `idle_timeout`.
+pub const IDLE_CLOSE: CloseRequest = CloseRequest {
+    code: crate::ws::CLOSE_IDLE_TIMEOUT,
+    reason: "idle timeout",
+};
+
+/// What one keepalive sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Connections sent a ping.
+    pub pinged: usize,
+    /// Connections closed as idle.
+    pub idle: usize,
 }
 
 /// Counters of what the hub did.
@@ -135,6 +159,8 @@ pub struct Hub {
     /// is non-zero.
     user_buckets: Box<[AtomicU32]>,
     limits: QueueLimits,
+    /// Origin of [`Hub::now_ms`].
+    epoch: Instant,
     count: AtomicU64,
     next_id: AtomicU64,
     /// What the hub did.
@@ -153,6 +179,7 @@ impl Hub {
             private: Index::new(shards),
             user_buckets: (0..USER_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             limits,
+            epoch: Instant::now(),
             count: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
@@ -162,10 +189,13 @@ impl Hub {
     /// Registers a new connection speaking `format`.
     pub fn connect(&self, format: WireFormat) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
         let conn = Arc::new(Conn {
             id,
             format,
             outbox: Outbox::default(),
+            last_heard: AtomicU64::new(now),
+            last_ping: AtomicU64::new(now),
         });
         lock(&self.conns[id as usize % self.conns.len()]).insert(id, conn.clone());
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -247,6 +277,38 @@ impl Hub {
     /// Whether any local connection is logged in as `uid`.
     pub fn has_user(&self, uid: &str) -> bool {
         self.users.contains(uid)
+    }
+
+    /// Milliseconds since the hub was created: the clock of
+    /// [`Conn::last_heard`]. An atomic integer is all a connection needs to
+    /// carry for keepalive; one sweep per edge does the timing.
+    pub fn now_ms(&self) -> u64 {
+        Instant::now().duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Pings every connection not pinged for `ping_interval` and closes
+    /// every one not heard from for `idle_timeout`. Run by one task per
+    /// edge, so connections carry no timer of their own.
+    pub fn sweep(&self, ping_interval: Duration, idle_timeout: Duration) -> Swept {
+        let now = self.now_ms();
+        let ping_ms = ping_interval.as_millis() as u64;
+        let idle_ms = idle_timeout.as_millis() as u64;
+        let mut swept = Swept::default();
+        for shard in &self.conns {
+            for conn in lock(shard).values() {
+                if now.saturating_sub(conn.last_heard.load(Ordering::Relaxed)) >= idle_ms {
+                    conn.outbox.close(IDLE_CLOSE);
+                    swept.idle += 1;
+                } else if now.saturating_sub(conn.last_ping.load(Ordering::Relaxed)) >= ping_ms {
+                    conn.last_ping.store(now, Ordering::Relaxed);
+                    if conn.outbox.push(PING.clone(), self.limits) == Pushed::Overflowed {
+                        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    swept.pinged += 1;
+                }
+            }
+        }
+        swept
     }
 
     /// Asks every connection to close.
@@ -385,6 +447,32 @@ mod tests {
         let close = slow.outbox.take(&mut frames).expect("slow is closing");
         assert_eq!(close.code, crate::ws::CLOSE_SLOW_CONSUMER);
         assert_eq!(fast.outbox.take(&mut frames), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_pings_on_schedule_and_closes_the_silent() {
+        let hub = Hub::new(2, LIMITS);
+        let [quiet, chatty] = [(); 2].map(|_| hub.connect(WireFormat::Json));
+        let ping = Duration::from_secs(25);
+        let idle = Duration::from_secs(60);
+        assert_eq!(hub.sweep(ping, idle), Swept::default());
+        for second in 1..=61u64 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            chatty.last_heard.store(hub.now_ms(), Ordering::Relaxed);
+            let swept = hub.sweep(ping, idle);
+            let expected = match second {
+                25 | 50 => Swept { pinged: 2, idle: 0 },
+                60 => Swept { pinged: 0, idle: 1 },
+                _ => Swept::default(),
+            };
+            if second <= 60 {
+                assert_eq!(swept, expected, "second {second}");
+            }
+        }
+        let mut frames = VecDeque::new();
+        assert_eq!(quiet.outbox.take(&mut frames), Some(IDLE_CLOSE));
+        assert_eq!(frames.len(), 2, "two pings before the close");
+        assert_eq!(chatty.outbox.take(&mut frames), None);
     }
 
     #[test]

@@ -45,7 +45,10 @@ use gpush_common::{Bus, Subjects};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -78,6 +81,32 @@ fn default_public_url(addr: SocketAddr) -> String {
         format!("ws://{}:{}/ws", hostname(), addr.port())
     } else {
         format!("ws://{addr}/ws")
+    }
+}
+
+/// The edge's two clocks: the flush tick every `write_interval` (if not
+/// zero) and the keepalive sweep, often enough to keep `ping_interval` and
+/// `idle_timeout` within a fifth of their length (10 ms to 1 s).
+async fn timers(shared: Arc<Shared>, stop: CancellationToken) {
+    let config = &shared.config;
+    let sweep_every = (config.ping_interval.min(config.idle_timeout) / 5)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let flushing = !config.write_interval.is_zero();
+    let mut flush = tokio::time::interval(config.write_interval.max(Duration::from_millis(1)));
+    flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = flush.tick(), if flushing => shared.flush_tick.notify_waiters(),
+            _ = sweep.tick() => {
+                let swept = shared.hub.sweep(config.ping_interval, config.idle_timeout);
+                if swept.idle > 0 {
+                    tracing::debug!(idle = swept.idle, "closing idle connections");
+                }
+            }
+        }
     }
 }
 
@@ -158,7 +187,11 @@ pub async fn run(
         nats,
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
+        flush_tick: Notify::new(),
     });
+    // Not a child of `shutdown`: draining needs the flush tick.
+    let clocks = CancellationToken::new();
+    tokio::spawn(timers(shared.clone(), clocks.clone()));
     let stop_accepting = CancellationToken::new();
     let accept = tokio::spawn(server::accept(
         listeners.ws,
@@ -188,6 +221,7 @@ pub async fn run(
         );
     }
     background.cancel();
+    clocks.cancel();
     if let Some(push_api) = push_api {
         let _ = push_api.await;
     }

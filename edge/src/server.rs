@@ -176,7 +176,12 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         // buffer alive for the life of the connection.
         let early = Bytes::copy_from_slice(&parts.read_buf);
         drop(parts.read_buf);
-        conn::serve(parts.io.into_inner(), early, conn, task_shared).await;
+        // A task of its own, so the long-lived task holds exactly the
+        // connection's state and nothing of the upgrade.
+        let stream = parts.io.into_inner();
+        task_shared
+            .tracker
+            .spawn(conn::serve(stream, early, conn, task_shared.clone()));
     });
 
     let mut response = Response::builder()

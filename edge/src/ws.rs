@@ -125,7 +125,8 @@ pub struct FrameReader {
     /// Bytes of an incomplete frame.
     partial: BytesMut,
     /// A fragmented message being assembled: its opcode and data so far.
-    fragments: Option<(Data, BytesMut)>,
+    /// Boxed: rare, and this struct lives in every connection.
+    fragments: Option<Box<(Data, BytesMut)>>,
 }
 
 impl FrameReader {
@@ -174,7 +175,7 @@ impl FrameReader {
             let Some((header, len)) = header else {
                 return Ok(start);
             };
-            let buffered = self.fragments.as_ref().map_or(0, |(_, b)| b.len() as u64);
+            let buffered = self.fragments.as_ref().map_or(0, |f| f.1.len() as u64);
             if len.saturating_add(buffered) > max_message as u64 {
                 return Err(ReadError::TooBig {
                     size: len.saturating_add(buffered),
@@ -222,12 +223,12 @@ impl FrameReader {
                 });
             }
             OpCode::Data(Data::Continue) => {
-                let Some((_, data)) = self.fragments.as_mut() else {
+                let Some((_, data)) = self.fragments.as_deref_mut() else {
                     return Err(ReadError::Protocol("continuation without a message"));
                 };
                 data.extend_from_slice(payload);
                 if header.is_final
-                    && let Some((kind, data)) = self.fragments.take()
+                    && let Some((kind, data)) = self.fragments.take().map(|f| *f)
                 {
                     out.push(message(kind, data.freeze())?);
                 }
@@ -240,7 +241,7 @@ impl FrameReader {
                 if header.is_final {
                     out.push(message(kind, data.freeze())?);
                 } else {
-                    self.fragments = Some((kind, data));
+                    self.fragments = Some(Box::new((kind, data)));
                 }
             }
             OpCode::Data(Data::Reserved(_)) => {
