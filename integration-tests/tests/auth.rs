@@ -188,3 +188,20 @@ async fn webhook_down_slow_or_garbage_gives_30003() {
     let down = Standalone::start(webhook_edge(auth::down_webhook_url())).await;
     assert_login_fails(&down, "tok-x", "webhook down").await;
 }
+
+/// A refused login leaves an existing login as it was: the connection is
+/// still alice, with her private subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_login_keeps_the_current_login() {
+    let d = Standalone::start(|c| c.auth.jwt_secret = Some(JWT_SECRET.to_owned())).await;
+    let mut c = d.connect(0, "alice, then a bad token").await;
+    c.must_login(&auth::hs256("alice"), "alice").await;
+    c.must_sub_private("inbox").await;
+    let reply = c
+        .login(&auth::hs256_with(JWT_SECRET, "mallory", auth::an_hour_ago()))
+        .await;
+    assert_eq!(reply["code"], code::AUTH_FAILED, "{reply}");
+    let data = br#"{"still":"alice"}"#;
+    d.push_http("alice", "inbox", data).await;
+    c.expect_push(&frames::private("inbox", data)).await;
+}
