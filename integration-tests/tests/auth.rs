@@ -198,7 +198,11 @@ async fn failed_login_keeps_the_current_login() {
     c.must_login(&auth::hs256("alice"), "alice").await;
     c.must_sub_private("inbox").await;
     let reply = c
-        .login(&auth::hs256_with(JWT_SECRET, "mallory", auth::an_hour_ago()))
+        .login(&auth::hs256_with(
+            JWT_SECRET,
+            "mallory",
+            auth::an_hour_ago(),
+        ))
         .await;
     assert_eq!(reply["code"], code::AUTH_FAILED, "{reply}");
     let data = br#"{"still":"alice"}"#;
