@@ -5,6 +5,7 @@
 //! the test panic with the tail of that log. Every process is killed (and
 //! reaped) on `Drop`.
 
+use anyhow::{Context as _, anyhow, bail};
 use gpush_common::registry::{EdgeRecord, edge_key};
 use std::fs::File;
 use std::net::SocketAddr;
@@ -15,9 +16,9 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
 
 /// How long a child process gets to start serving.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Poll interval while waiting for a process.
-const POLL: Duration = Duration::from_millis(25);
+pub const POLL: Duration = Duration::from_millis(25);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago. Only for processes
 /// that must be told a port; in-process servers bind port 0 instead.
@@ -57,67 +58,125 @@ pub fn find_program(name: &str, install_hint: &str) -> PathBuf {
         })
 }
 
-/// A child process whose output goes to a log file.
+/// The directory cargo put the running executable's build in
+/// (`<target>/<profile>/`): binaries run from it directly, test
+/// executables from its `deps/` subdirectory.
+pub fn build_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("path of the running executable")?;
+    let dir = exe
+        .parent()
+        .with_context(|| format!("{} has no directory", exe.display()))?;
+    let dir = match dir.parent() {
+        Some(profile) if dir.ends_with("deps") => profile,
+        _ => dir,
+    };
+    Ok(dir.to_owned())
+}
+
+/// Path of the workspace binary `name` built alongside the running
+/// executable, in [`build_dir`]. Whether it exists is for the caller to
+/// check.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(build_dir()?.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// A child process whose stdout and stderr go to a log file, killed (and
+/// reaped) on `Drop`.
+///
+/// Each operation that can fail comes twice: a `try_`/`check_` form that
+/// returns the error (for the benchmark program) and a panicking form (for
+/// tests). Failures carry the tail of the log.
 #[derive(Debug)]
-struct LoggedChild {
+pub struct LoggedChild {
     what: String,
     child: Child,
     log: PathBuf,
 }
 
 impl LoggedChild {
-    fn spawn(what: &str, mut command: Command, log: PathBuf) -> Self {
+    /// Spawns `command` (named `what` in messages) with stdin closed and
+    /// stdout and stderr in a new file `log`.
+    pub fn try_spawn(what: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
         let out = File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create log file {}: {e}", log.display()));
+            .map_err(|e| anyhow!("cannot create log file {}: {e}", log.display()))?;
         let err = out
             .try_clone()
-            .unwrap_or_else(|e| panic!("cannot clone log file handle: {e}"));
+            .map_err(|e| anyhow!("cannot clone log file handle: {e}"))?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {what} ({command:?}): {e}"));
-        Self {
+            .map_err(|e| anyhow!("cannot spawn {what} ({command:?}): {e}"))?;
+        Ok(Self {
             what: what.to_owned(),
             child,
             log,
-        }
+        })
+    }
+
+    /// [`LoggedChild::try_spawn`], panicking on failure.
+    pub fn spawn(what: &str, command: Command, log: PathBuf) -> Self {
+        Self::try_spawn(what, command, log).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The name given at spawn, for messages.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// The log file.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// The last lines of the log, for failure messages.
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         log_tail(&self.log, 40)
     }
 
-    /// Panics (with the log tail) when the process has exited.
-    fn assert_running(&mut self) {
+    /// An error (with the log tail) when the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
+            bail!(
                 "{} exited unexpectedly ({status}); log {}:\n{}",
                 self.what,
                 self.log.display(),
                 self.log_tail()
             );
         }
+        Ok(())
     }
 
-    fn kill(&mut self) {
+    /// [`LoggedChild::check_running`], panicking when the process has
+    /// exited.
+    pub fn assert_running(&mut self) {
+        self.check_running().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Kills the process and reaps it; does nothing when it has exited.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Waits for `addr` to accept TCP connections while the process lives.
-    async fn wait_for_port(&mut self, addr: SocketAddr) {
+    /// Waits for `addr` to accept TCP connections while the process lives;
+    /// an error when it exits or [`START_TIMEOUT`] passes.
+    pub async fn try_wait_for_port(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            self.assert_running();
+            self.check_running()?;
             if let Ok(Ok(_)) = timeout(POLL * 4, tokio::net::TcpStream::connect(addr)).await {
-                return;
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                panic!(
+                bail!(
                     "{} did not accept connections on {addr} within {START_TIMEOUT:?}; log {}:\n{}",
                     self.what,
                     self.log.display(),
@@ -126,6 +185,13 @@ impl LoggedChild {
             }
             sleep(POLL).await;
         }
+    }
+
+    /// [`LoggedChild::try_wait_for_port`], panicking on failure.
+    pub async fn wait_for_port(&mut self, addr: SocketAddr) {
+        self.try_wait_for_port(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -142,6 +208,57 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A server process that tests stop and start again: its scratch
+/// directory, how often it was started (each start logs to its own file,
+/// `<dir>/<name>-<n>.log`) and the running process, if any. On `Drop` the
+/// process is killed and the directory removed.
+#[derive(Debug)]
+struct Restartable {
+    name: &'static str,
+    dir: PathBuf,
+    starts: u32,
+    proc: Option<LoggedChild>,
+}
+
+impl Restartable {
+    /// Nothing running yet, in a fresh scratch directory labelled `name`.
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            dir: scratch_dir(name),
+            starts: 0,
+            proc: None,
+        }
+    }
+
+    /// Stops the process if it runs, then spawns `command` (named `what`
+    /// in messages) as the next start and returns it, for the caller to
+    /// wait until it serves.
+    fn spawn(&mut self, what: &str, command: Command) -> &mut LoggedChild {
+        self.stop();
+        self.starts += 1;
+        let log = self.dir.join(format!("{}-{}.log", self.name, self.starts));
+        self.proc.insert(LoggedChild::spawn(what, command, log))
+    }
+
+    fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A `nats-server` on a free loopback port.
 ///
 /// [`NatsServer::stop`] and [`NatsServer::restart`] keep the port, so a test
@@ -151,9 +268,7 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 pub struct NatsServer {
     port: u16,
     monitor_port: u16,
-    dir: PathBuf,
-    starts: u32,
-    proc: Option<LoggedChild>,
+    server: Restartable,
 }
 
 impl NatsServer {
@@ -162,9 +277,7 @@ impl NatsServer {
         let mut nats = Self {
             port: free_port(),
             monitor_port: free_port(),
-            dir: scratch_dir("nats"),
-            starts: 0,
-            proc: None,
+            server: Restartable::new("nats"),
         };
         nats.spawn().await;
         nats
@@ -175,11 +288,11 @@ impl NatsServer {
         let mut command = Command::new(program);
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         command.args(["-m", &self.monitor_port.to_string()]);
-        self.starts += 1;
-        let log = self.dir.join(format!("nats-{}.log", self.starts));
-        let mut proc = LoggedChild::spawn("nats-server", command, log);
-        proc.wait_for_port(self.addr()).await;
-        self.proc = Some(proc);
+        let addr = self.addr();
+        self.server
+            .spawn("nats-server", command)
+            .wait_for_port(addr)
+            .await;
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -247,27 +360,17 @@ impl NatsServer {
 
     /// Whether the server process is currently running.
     pub fn is_running(&self) -> bool {
-        self.proc.is_some()
+        self.server.is_running()
     }
 
     /// Kills the server; connected clients see the bus go away.
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill();
-        }
+        self.server.stop();
     }
 
     /// Stops the server if it runs, then starts it again on the same port.
     pub async fn restart(&mut self) {
-        self.stop();
         self.spawn().await;
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -279,36 +382,31 @@ impl Drop for NatsServer {
 pub struct Etcd {
     client_port: u16,
     peer_port: u16,
-    dir: PathBuf,
-    starts: u32,
-    proc: Option<LoggedChild>,
+    server: Restartable,
     client: etcd_client::Client,
 }
 
 impl Etcd {
     /// Starts etcd and waits until a KV read succeeds.
     pub async fn start() -> Self {
-        let dir = scratch_dir("etcd");
         let (client_port, peer_port) = (free_port(), free_port());
-        let (proc, client) = Self::spawn(client_port, peer_port, &dir, 1).await;
+        let mut server = Restartable::new("etcd");
+        let client = Self::spawn(&mut server, client_port, peer_port).await;
         Self {
             client_port,
             peer_port,
-            dir,
-            starts: 1,
-            proc: Some(proc),
+            server,
             client,
         }
     }
 
-    /// Runs etcd (start number `start`, which names its log file) and
-    /// returns it with a client once a KV read succeeds.
+    /// Runs etcd as the next start of `server` and returns a client once a
+    /// KV read succeeds.
     async fn spawn(
+        server: &mut Restartable,
         client_port: u16,
         peer_port: u16,
-        dir: &Path,
-        start: u32,
-    ) -> (LoggedChild, etcd_client::Client) {
+    ) -> etcd_client::Client {
         let program = find_program("etcd", "apt-get install etcd-server");
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -319,21 +417,20 @@ impl Etcd {
             .arg("--name")
             .arg("default")
             .arg("--data-dir")
-            .arg(dir.join("data"))
+            .arg(server.dir.join("data"))
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .args(["--initial-cluster-state", "new"]);
-        let log = dir.join(format!("etcd-{start}.log"));
-        let mut proc = LoggedChild::spawn("etcd", command, log);
+        let proc = server.spawn("etcd", command);
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             proc.assert_running();
             if let Some(client) = try_etcd(&client_url).await {
-                return (proc, client);
+                return client;
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -348,27 +445,20 @@ impl Etcd {
 
     /// Whether the etcd process is currently running.
     pub fn is_running(&self) -> bool {
-        self.proc.is_some()
+        self.server.is_running()
     }
 
     /// Kills etcd; watchers and lease keep-alives see it go away. Reads
     /// through the harness ([`Etcd::get`] and friends) fail until
     /// [`Etcd::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill();
-        }
+        self.server.stop();
     }
 
     /// Stops etcd if it runs, then starts it again on the same ports and
     /// data, and replaces the harness's client once KV requests succeed.
     pub async fn restart(&mut self) {
-        self.stop();
-        self.starts += 1;
-        let (proc, client) =
-            Self::spawn(self.client_port, self.peer_port, &self.dir, self.starts).await;
-        self.proc = Some(proc);
-        self.client = client;
+        self.client = Self::spawn(&mut self.server, self.client_port, self.peer_port).await;
     }
 
     /// `http://127.0.0.1:<client port>`.
@@ -480,13 +570,6 @@ async fn try_etcd(url: &str) -> Option<etcd_client::Client> {
     Some(client)
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The real `gpush-edge` binary as a child process, for tests that send it
 /// signals (SIGTERM, SIGKILL).
 #[derive(Debug)]
@@ -498,22 +581,10 @@ pub struct EdgeProcess {
 }
 
 impl EdgeProcess {
-    /// Path of the `gpush-edge` binary next to this test executable:
-    /// tests run from `<target>/<profile>/deps/`, binaries live in
-    /// `<target>/<profile>/`. Panics when it has not been built.
+    /// Path of the `gpush-edge` binary built alongside this test executable
+    /// (see [`sibling_binary`]). Panics when it has not been built.
     pub fn binary() -> PathBuf {
-        let exe = std::env::current_exe().expect("path of the running test executable");
-        let profile_dir = exe
-            .parent()
-            .filter(|dir| dir.ends_with("deps"))
-            .and_then(Path::parent)
-            .unwrap_or_else(|| {
-                panic!(
-                    "test executable {} is not in <target>/<profile>/deps/",
-                    exe.display()
-                )
-            });
-        let binary = profile_dir.join(format!("gpush-edge{}", std::env::consts::EXE_SUFFIX));
+        let binary = sibling_binary("gpush-edge").unwrap_or_else(|e| panic!("{e:#}"));
         if !binary.is_file() {
             panic!(
                 "{} does not exist: build it first with `cargo build --workspace` \
@@ -522,7 +593,8 @@ impl EdgeProcess {
             );
         }
         let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        if let (Some(bin), Some(test)) = (modified(&binary), modified(&exe))
+        let exe = std::env::current_exe().ok();
+        if let (Some(bin), Some(test)) = (modified(&binary), exe.as_deref().and_then(modified))
             && bin < test
         {
             eprintln!(

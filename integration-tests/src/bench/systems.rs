@@ -5,19 +5,15 @@
 //! tail is shown when it fails) and is killed on `Drop`. Also: reading a
 //! process's resident memory.
 
-use crate::procs::{NatsServer, free_port, log_tail, scratch_dir};
+use crate::procs::{
+    LoggedChild, NatsServer, POLL, START_TIMEOUT, build_dir, free_port, scratch_dir, sibling_binary,
+};
 use anyhow::{Context as _, bail};
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
-
-/// How long a process gets to start serving.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// Poll interval while waiting for a process.
-const POLL: Duration = Duration::from_millis(25);
 /// Keeps pings and idle timeouts out of the runs: nothing in a run lasts
 /// this long, so clients never need to answer pings.
 const EDGE_QUIET_FLAGS: [&str; 4] = ["--ping-interval", "300s", "--idle-timeout", "600s"];
@@ -37,9 +33,10 @@ impl Binaries {
     /// Finds the binaries, or says how to build them.
     pub fn locate() -> anyhow::Result<Self> {
         let bench = std::env::current_exe().context("path of gpush-bench")?;
-        let dir = bench.parent().context("gpush-bench has no directory")?;
-        let binary = |name: &str| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-        let (edge, ingress) = (binary("gpush-edge"), binary("gpush-ingress"));
+        let (edge, ingress) = (
+            sibling_binary("gpush-edge")?,
+            sibling_binary("gpush-ingress")?,
+        );
         let missing: Vec<String> = [&edge, &ingress]
             .iter()
             .filter(|p| !p.is_file())
@@ -51,6 +48,7 @@ impl Binaries {
                 missing.join(" and ")
             );
         }
+        let dir = build_dir()?;
         if !dir.ends_with("release") {
             eprintln!(
                 "warning: {} is not a release build directory; numbers will be meaningless",
@@ -65,105 +63,57 @@ impl Binaries {
     }
 }
 
-/// A child process with its output in a log file, killed on `Drop`.
-#[derive(Debug)]
-pub struct Proc {
-    what: String,
-    child: std::process::Child,
-    log: PathBuf,
+/// Starts `program args` with `RUST_LOG=warn` (unless set) and its
+/// stdout and stderr in `<dir>/<what>.log`.
+fn spawn(
+    what: &str,
+    program: &Path,
+    args: &[String],
+    dir: &Scratch,
+) -> anyhow::Result<LoggedChild> {
+    let mut command = Command::new(program);
+    command.args(args);
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "warn");
+    }
+    LoggedChild::try_spawn(what, command, dir.0.join(format!("{what}.log")))
 }
 
-impl Proc {
-    /// Starts `program args` with `RUST_LOG=warn` (unless set) and its
-    /// stdout and stderr in `<dir>/<what>.log`.
-    pub fn spawn(what: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
-        let log = dir.join(format!("{what}.log"));
-        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
+/// [`spawn`], then waits until both the WebSocket port `ws` and the HTTP
+/// port `http` accept connections.
+async fn spawn_ws_http(
+    what: &str,
+    program: &Path,
+    args: &[String],
+    dir: &Scratch,
+    (ws, http): (SocketAddr, SocketAddr),
+) -> anyhow::Result<LoggedChild> {
+    let mut proc = spawn(what, program, args, dir)?;
+    proc.try_wait_for_port(ws).await?;
+    proc.try_wait_for_port(http).await?;
+    Ok(proc)
+}
+
+/// Waits until `GET url` answers 200 while `proc` lives.
+async fn wait_ok(proc: &mut LoggedChild, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let http = reqwest::Client::new();
+    loop {
+        proc.check_running()?;
+        let status = timeout(POLL * 20, http.get(url).send()).await;
+        if let Ok(Ok(response)) = status
+            && response.status().is_success()
+        {
+            return Ok(());
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("spawn {what}: {} {}", program.display(), args.join(" ")))?;
-        Ok(Self {
-            what: what.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    /// Process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// An error (with the log tail) when the process has exited.
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Ok(Some(status)) = self.child.try_wait() {
+        if Instant::now() >= deadline {
             bail!(
-                "{} exited ({status}); log {}:\n{}",
-                self.what,
-                self.log.display(),
-                log_tail(&self.log, 30)
+                "{}: {url} not OK within {START_TIMEOUT:?}; log:\n{}",
+                proc.what(),
+                proc.log_tail()
             );
         }
-        Ok(())
-    }
-
-    /// Waits until `addr` accepts TCP connections.
-    pub async fn wait_port(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            self.check_running()?;
-            if let Ok(Ok(_)) = timeout(POLL * 4, tokio::net::TcpStream::connect(addr)).await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not listen on {addr} within {START_TIMEOUT:?}; log:\n{}",
-                    self.what,
-                    log_tail(&self.log, 30)
-                );
-            }
-            sleep(POLL).await;
-        }
-    }
-
-    /// Waits until `GET url` answers 200.
-    pub async fn wait_ok(&mut self, url: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let http = reqwest::Client::new();
-        loop {
-            self.check_running()?;
-            let status = timeout(POLL * 20, http.get(url).send()).await;
-            if let Ok(Ok(response)) = status
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{}: {url} not OK within {START_TIMEOUT:?}; log:\n{}",
-                    self.what,
-                    log_tail(&self.log, 30)
-                );
-            }
-            sleep(POLL * 4).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        sleep(POLL * 4).await;
     }
 }
 
@@ -194,7 +144,7 @@ fn strings(args: &[&str]) -> Vec<String> {
 /// `gpush-edge --standalone`: WebSocket and push API in one process.
 #[derive(Debug)]
 pub struct Standalone {
-    proc: Proc,
+    proc: LoggedChild,
     /// `ws://127.0.0.1:<port>/ws`.
     pub ws_url: String,
     /// `http://127.0.0.1:<port>` of the push API.
@@ -223,9 +173,7 @@ impl Standalone {
             std::fs::write(&config, "[auth]\ninsecure_token_is_uid = true\n")?;
             args.extend(["--config".to_owned(), config.display().to_string()]);
         }
-        let mut proc = Proc::spawn("gpush-edge", &bins.edge, &args, &dir.0)?;
-        proc.wait_port(ws).await?;
-        proc.wait_port(http).await?;
+        let proc = spawn_ws_http("gpush-edge", &bins.edge, &args, &dir, (ws, http)).await?;
         Ok(Self {
             proc,
             ws_url: format!("ws://{ws}/ws"),
@@ -250,8 +198,8 @@ impl Standalone {
 #[derive(Debug)]
 pub struct Cluster {
     nats: NatsServer,
-    ingress: Proc,
-    edge: Option<Proc>,
+    ingress: LoggedChild,
+    edge: Option<LoggedChild>,
     /// `http://127.0.0.1:<port>` of ingress's push API.
     pub http_base: String,
     /// `http://127.0.0.1:<port>` of ingress's gRPC API.
@@ -276,16 +224,16 @@ impl Cluster {
             "--nats-url",
             &nats.url(),
         ]);
-        let mut ingress = Proc::spawn("gpush-ingress", &bins.ingress, &args, &dir.0)?;
-        ingress.wait_port(http).await?;
-        ingress.wait_ok(&format!("http://{http}/readyz")).await?;
+        let mut ingress = spawn("gpush-ingress", &bins.ingress, &args, &dir)?;
+        ingress.try_wait_for_port(http).await?;
+        wait_ok(&mut ingress, &format!("http://{http}/readyz")).await?;
         let (edge, ws_url) = if with_edge {
             let ws = loopback();
             let mut args = strings(&["--ws-addr", &ws.to_string(), "--nats-url", &nats.url()]);
             args.extend(strings(&EDGE_QUIET_FLAGS));
-            let mut edge = Proc::spawn("gpush-edge", &bins.edge, &args, &dir.0)?;
-            edge.wait_port(ws).await?;
-            edge.wait_ok(&format!("http://{ws}/readyz")).await?;
+            let mut edge = spawn("gpush-edge", &bins.edge, &args, &dir)?;
+            edge.try_wait_for_port(ws).await?;
+            wait_ok(&mut edge, &format!("http://{ws}/readyz")).await?;
             (Some(edge), Some(format!("ws://{ws}/ws")))
         } else {
             (None, None)
@@ -325,7 +273,7 @@ impl Cluster {
 /// The baseline raw server (`gpush-bench serve-baseline`).
 #[derive(Debug)]
 pub struct Baseline {
-    proc: Proc,
+    proc: LoggedChild,
     /// `ws://127.0.0.1:<port>/ws`.
     pub ws_url: String,
     /// `http://127.0.0.1:<port>` of `POST /push`.
@@ -345,9 +293,7 @@ impl Baseline {
             "--http-addr",
             &http.to_string(),
         ]);
-        let mut proc = Proc::spawn("baseline", &bins.bench, &args, &dir.0)?;
-        proc.wait_port(ws).await?;
-        proc.wait_port(http).await?;
+        let proc = spawn_ws_http("baseline", &bins.bench, &args, &dir, (ws, http)).await?;
         Ok(Self {
             proc,
             ws_url: format!("ws://{ws}/ws"),
