@@ -441,13 +441,14 @@ impl Session {
     /// Writes as much of `pending` as the socket takes without blocking.
     fn write_pending(&mut self) -> io::Result<()> {
         while !self.pending.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .pending
-                .iter()
-                .take(WRITE_SLICES)
-                .map(|frame| IoSlice::new(frame))
-                .collect();
-            let mut written = match self.stream.try_write_vectored(&slices) {
+            // On the stack: this runs on every flush of every connection.
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(&self.pending) {
+                *slot = IoSlice::new(frame);
+                count += 1;
+            }
+            let mut written = match self.stream.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -19,9 +19,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// An empty server ping frame, shared.
-static PING: bytes::Bytes = bytes::Bytes::from_static(b"\x89\x00");
-
 /// The part of a connection that fan-out and the keepalive sweep need.
 #[derive(Debug)]
 pub struct Conn {
@@ -130,10 +127,6 @@ impl Index {
         lock(self.shard(key)).contains_key(key)
     }
 
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
-    }
-
     fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<Conn>)) {
         if let Some(subscribers) = lock(self.shard(key)).get(key) {
             subscribers.iter().for_each(&mut f);
@@ -218,11 +211,6 @@ impl Hub {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Distinct public topics with at least one local subscriber.
-    pub fn topics(&self) -> usize {
-        self.topics.len()
-    }
-
     /// Subscribes `conn` to public `topic`; true if it is the topic's first
     /// local subscriber.
     pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
@@ -274,11 +262,6 @@ impl Hub {
         self.topics.contains(topic)
     }
 
-    /// Whether any local connection is logged in as `uid`.
-    pub fn has_user(&self, uid: &str) -> bool {
-        self.users.contains(uid)
-    }
-
     /// Milliseconds since the hub was created: the clock of
     /// [`Conn::last_heard`]. An atomic integer is all a connection needs to
     /// carry for keepalive; one sweep per edge does the timing.
@@ -301,7 +284,8 @@ impl Hub {
                     swept.idle += 1;
                 } else if now.saturating_sub(conn.last_ping.load(Ordering::Relaxed)) >= ping_ms {
                     conn.last_ping.store(now, Ordering::Relaxed);
-                    if conn.outbox.push(PING.clone(), self.limits) == Pushed::Overflowed {
+                    if conn.outbox.push(crate::ws::PING.clone(), self.limits) == Pushed::Overflowed
+                    {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     }
                     swept.pinged += 1;
@@ -419,7 +403,7 @@ mod tests {
         assert!(hub.has_user_bucket(bucket));
         assert!(!hub.logout("u", a.id), "b is still logged in as u");
         assert!(hub.logout("u", b.id), "bucket now empty");
-        assert!(!hub.has_user("u"));
+        assert!(!hub.users.contains("u"));
         assert!(!hub.has_user_bucket(bucket));
     }
 

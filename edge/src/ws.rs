@@ -58,10 +58,9 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     encode(OpCode::Control(Control::Close), &payload)
 }
 
-/// An empty ping frame.
-pub fn ping() -> Bytes {
-    encode(OpCode::Control(Control::Ping), &[])
-}
+/// An empty ping frame. Static: the keepalive sweep sends the same bytes to
+/// every connection.
+pub static PING: Bytes = Bytes::from_static(b"\x89\x00");
 
 /// A pong frame echoing `payload`.
 pub fn pong(payload: &[u8]) -> Bytes {
@@ -302,7 +301,7 @@ mod tests {
         assert_eq!(&big[..4], &[0x81, 126, 1, 44]);
         assert_eq!(big.len(), 304);
         assert_eq!(&close(1001, "bye")[..], b"\x88\x05\x03\xe9bye");
-        assert_eq!(&ping()[..], b"\x89\x00");
+        assert_eq!(PING, encode(OpCode::Control(Control::Ping), &[]));
     }
 
     #[test]
