@@ -40,6 +40,11 @@ pub enum Bus {
     Queued(LocalQueue),
 }
 
+/// How often the NATS client pings its server. Two unanswered pings (a
+/// hung server, a silent partition) make it drop the connection and fail
+/// over to another server of the cluster.
+pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Default bound of the standalone push queue, in publish calls.
 pub const DEFAULT_LOCAL_QUEUE: usize = 1024;
 
@@ -81,10 +86,13 @@ struct NatsInner {
     flusher: Flusher,
 }
 
-/// Coalesces flushes: a publisher takes a ticket after its messages are
-/// queued, and one task flushes on behalf of every ticket issued before the
-/// flush began. Concurrent requests share a flush (one socket write and one
-/// round trip through the client) instead of paying one each.
+/// Coalesces acknowledgements: a publisher takes a ticket after its
+/// messages are queued, and one task confirms on behalf of every ticket
+/// issued before its round began. A round flushes the client and then
+/// makes a round trip through the server (see [`round_trip`]), so a ticket
+/// is confirmed only once the NATS server has processed the messages, not
+/// merely once they left our socket. Concurrent requests share a round
+/// (one socket write and one round trip) instead of paying one each.
 #[derive(Clone)]
 struct Flusher {
     issued: Arc<AtomicU64>,
@@ -92,7 +100,7 @@ struct Flusher {
     state: watch::Receiver<Flushed>,
 }
 
-/// Tickets up to `ok` were flushed; tickets up to `failed` were not.
+/// Tickets up to `ok` were confirmed; tickets up to `failed` were not.
 #[derive(Debug, Clone, Copy, Default)]
 struct Flushed {
     ok: u64,
@@ -100,19 +108,27 @@ struct Flushed {
 }
 
 impl Flusher {
-    fn start(client: async_nats::Client) -> Self {
+    /// Starts the confirming task; a round that takes longer than
+    /// `timeout` fails its tickets.
+    fn start(client: async_nats::Client, timeout: Duration) -> Self {
         let issued = Arc::new(AtomicU64::new(0));
         let (kick, mut kicks) = mpsc::channel(1);
         let (done, state) = watch::channel(Flushed::default());
         let task_issued = issued.clone();
         // Ends when every NatsBus clone (every kick sender) is gone.
         tokio::spawn(async move {
+            let mut echo = Echo::new(client).await;
             while kicks.recv().await.is_some() {
                 let target = task_issued.load(Ordering::SeqCst);
-                let result = client.flush().await;
-                done.send_modify(|state| match result {
-                    Ok(()) => state.ok = state.ok.max(target),
-                    Err(_) => state.failed = state.failed.max(target),
+                let confirmed = tokio::time::timeout(timeout, echo.round_trip())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                done.send_modify(|state| {
+                    if confirmed {
+                        state.ok = state.ok.max(target);
+                    } else {
+                        state.failed = state.failed.max(target);
+                    }
                 });
             }
         });
@@ -136,8 +152,57 @@ impl Flusher {
         if outcome.ok >= ticket {
             Ok(())
         } else {
-            Err(BusError::Publish("flush failed".into()))
+            Err(BusError::Publish("the server did not confirm".into()))
         }
+    }
+}
+
+/// Round trips through the NATS server on a private inbox subject.
+struct Echo {
+    client: async_nats::Client,
+    inbox: async_nats::Subject,
+    /// None when the subscription could not be made (the client is
+    /// closed): every round trip then fails.
+    echoes: Option<async_nats::Subscriber>,
+    probe: u64,
+}
+
+impl Echo {
+    async fn new(client: async_nats::Client) -> Self {
+        let inbox = async_nats::Subject::from(client.new_inbox());
+        let echoes = client
+            .subscribe(inbox.clone())
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "bus acknowledgement subscription failed"))
+            .ok();
+        Self {
+            client,
+            inbox,
+            echoes,
+            probe: 0,
+        }
+    }
+
+    /// Sends a probe behind everything already queued and waits until the
+    /// server sends it back. A NATS server handles each connection's
+    /// messages in order, so the echo proves it has every earlier one.
+    /// Late echoes of abandoned rounds are skipped.
+    async fn round_trip(&mut self) -> Result<(), BusError> {
+        let failed = |e: &dyn std::fmt::Display| BusError::Publish(e.to_string());
+        let echoes = self.echoes.as_mut().ok_or(BusError::NotConnected)?;
+        self.probe += 1;
+        let probe = self.probe.to_be_bytes();
+        self.client
+            .publish(self.inbox.clone(), bytes::Bytes::copy_from_slice(&probe))
+            .await
+            .map_err(|e| failed(&e))?;
+        self.client.flush().await.map_err(|e| failed(&e))?;
+        while let Some(echo) = futures_util::StreamExt::next(echoes).await {
+            if echo.payload[..] == probe {
+                return Ok(());
+            }
+        }
+        Err(BusError::NotConnected)
     }
 }
 
@@ -156,12 +221,13 @@ pub enum BusError {
 }
 
 impl NatsBus {
-    /// Wraps a connected client. `timeout` bounds each [`Bus::publish`].
+    /// Wraps a connected client. `timeout` bounds each [`Bus::publish`]
+    /// (and each acknowledgement round trip).
     /// Must be called inside a Tokio runtime (it starts the flusher task).
     pub fn new(client: async_nats::Client, subjects: Subjects, timeout: Duration) -> Self {
         Self {
             inner: Arc::new(NatsInner {
-                flusher: Flusher::start(client.clone()),
+                flusher: Flusher::start(client.clone(), timeout),
                 client,
                 subjects,
                 timeout,
@@ -189,7 +255,9 @@ impl NatsBus {
 
 impl Bus {
     /// Publishes `pushes` in order. Pushes on the same route are delivered
-    /// in this order; delivery is at-most-once.
+    /// in this order; delivery is at-most-once. On NATS, Ok means the
+    /// server has processed the messages (handed them to its subscribers
+    /// and routes); an error means some may not have been published.
     pub async fn publish(&self, pushes: &[Push]) -> Result<(), BusError> {
         match self {
             Bus::Local(local) => {
@@ -238,6 +306,7 @@ pub async fn connect_nats(urls: &[String], name: &str) -> Result<async_nats::Cli
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
+        .ping_interval(NATS_PING_INTERVAL)
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("bus connected"),

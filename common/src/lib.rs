@@ -11,10 +11,12 @@
 //! - [`bus`]: the publishing side of the bus: NATS, or in-process for
 //!   standalone mode.
 //! - [`registry`]: the etcd key and record an edge registers itself under.
+//! - [`backoff`]: the jittered, capped waits of every reconnect loop.
 //! - [`config`], [`telemetry`], [`shutdown`]: loading TOML config, tracing
 //!   set-up, and the signal that starts a graceful shutdown.
 //! - [`net`]: binding a listener with an error that names it.
 
+pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod envelope;

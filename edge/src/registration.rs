@@ -9,6 +9,7 @@
 //! else happens, so discovery stops sending clients here first.
 
 use crate::hub::Hub;
+use gpush_common::backoff::Backoff;
 use gpush_common::push::now_us;
 use gpush_common::registry::{EdgeRecord, connect_etcd, edge_key};
 use std::sync::Arc;
@@ -19,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on the deregistration at shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait between registration attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What to register.
 #[derive(Debug, Clone)]
@@ -59,17 +58,16 @@ impl Registration {
 
     /// Registers and stays registered until `stop`, then deregisters.
     pub async fn run(self, hub: Arc<Hub>, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         loop {
-            match self.session(&hub, &stop).await {
+            match self.session(&hub, &stop, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, "etcd registration lost; retrying"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -88,8 +86,14 @@ impl Registration {
         Ok(record.connections)
     }
 
-    /// One lease's life. Ok when stopped and deregistered.
-    async fn session(&self, hub: &Hub, stop: &CancellationToken) -> Result<(), SessionError> {
+    /// One lease's life. Ok when stopped and deregistered. Resets
+    /// `backoff` once registered.
+    async fn session(
+        &self,
+        hub: &Hub,
+        stop: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), SessionError> {
         let mut client = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             client = connect_etcd(&self.endpoints) => client?,
@@ -101,6 +105,7 @@ impl Registration {
         let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
         let mut written = self.put(&mut client, hub, lease).await?;
         tracing::info!(node_id = %self.node_id, lease, "registered in etcd");
+        backoff.reset();
         let mut keepalive = tokio::time::interval(self.ttl / 3);
         let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
         loop {

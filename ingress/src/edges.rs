@@ -8,19 +8,14 @@
 //! lists again.
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
+use gpush_common::backoff::Backoff;
 use gpush_common::registry::{EDGES_PREFIX, EdgeRecord, connect_etcd};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// First wait before reconnecting to etcd.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// Longest wait between reconnection attempts.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Where the edge list comes from.
 #[derive(Clone)]
@@ -130,24 +125,24 @@ impl EtcdEdges {
 
     /// Reconnects until `shutdown`, with backoff between failed sessions.
     async fn watch(&self, endpoints: &[String], shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 result = self.session(endpoints, &mut backoff) => result,
             };
             self.shared.stale.store(true, Ordering::Relaxed);
+            let wait = backoff.next_wait();
             match result {
                 Ok(()) => tracing::warn!("etcd watch of edges ended; reconnecting"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "etcd edge watch failed; retrying in {backoff:?}")
+                    tracing::warn!(error = %e, "etcd edge watch failed; retrying in {wait:?}")
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -156,7 +151,7 @@ impl EtcdEdges {
     async fn session(
         &self,
         endpoints: &[String],
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), etcd_client::Error> {
         let mut client = connect_etcd(endpoints).await?;
         let listed = client
@@ -170,7 +165,7 @@ impl EtcdEdges {
         tracing::info!(edges = edges.len(), revision, "listed edges from etcd");
         *self.write() = edges;
         self.shared.stale.store(false, Ordering::Relaxed);
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
 
         let options = WatchOptions::new()
             .with_prefix()

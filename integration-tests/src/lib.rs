@@ -17,6 +17,8 @@
 //! - [`api`]: the push API client ([`PushApi`]): HTTP, gRPC, batch and the
 //!   legacy `order.Proxy` method, selected by [`Via`].
 //! - [`client`]: [`WsClient`], a WebSocket client of the client protocol.
+//! - [`roaming`]: a fleet of clients that follow `/v1/connect` and move
+//!   to another edge when theirs drains (rolling restarts).
 //! - [`silent`]: [`silent::SilentClient`], a hand-driven WebSocket client
 //!   that never answers pings (to test the idle timeout).
 //! - [`frames`]: protocol codes and the exact JSON of each kind of push.
@@ -31,6 +33,7 @@ pub mod client;
 pub mod deploy;
 pub mod frames;
 pub mod procs;
+pub mod roaming;
 pub mod servers;
 pub mod silent;
 

@@ -160,6 +160,21 @@ impl LoggedChild {
         self.check_running().unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Sends `signal` (a name `kill` understands: `STOP`, `CONT`, `TERM`)
+    /// to the process; panics when `kill` fails.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("run `kill -{signal} {pid}`: {e}"));
+        assert!(
+            status.success(),
+            "kill -{signal} {pid} ({}) failed: {status}",
+            self.what
+        );
+    }
+
     /// Kills the process and reaps it; does nothing when it has exited.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -259,28 +274,59 @@ impl Drop for Restartable {
     }
 }
 
-/// A `nats-server` on a free loopback port.
+/// A `nats-server` on a free loopback port, alone or as one node of a
+/// cluster ([`NatsServer::cluster`]).
 ///
-/// [`NatsServer::stop`] and [`NatsServer::restart`] keep the port, so a test
-/// can take the bus away and bring it back under the same URL that ingress
-/// and edges are configured with.
+/// [`NatsServer::stop`] and [`NatsServer::restart`] keep the ports (and a
+/// cluster node's routes), so a test can take the bus away and bring it
+/// back under the same URL that ingress and edges are configured with.
 #[derive(Debug)]
 pub struct NatsServer {
     port: u16,
     monitor_port: u16,
+    /// This node's route port and the route URLs of every node, when
+    /// clustered.
+    cluster: Option<(u16, Vec<String>)>,
     server: Restartable,
 }
+
+/// Name of the NATS cluster [`NatsServer::cluster`] forms.
+const NATS_CLUSTER: &str = "gpush-it";
 
 impl NatsServer {
     /// Starts `nats-server` and waits until it accepts connections.
     pub async fn start() -> Self {
-        let mut nats = Self {
-            port: free_port(),
-            monitor_port: free_port(),
-            server: Restartable::new("nats"),
-        };
+        let mut nats = Self::unstarted(None);
         nats.spawn().await;
         nats
+    }
+
+    /// Starts `n` `nats-server` nodes routed to each other (a full mesh on
+    /// loopback) and waits until every node has a route to every other.
+    pub async fn cluster(n: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes: Vec<Self> = route_ports
+            .iter()
+            .map(|&p| Self::unstarted(Some((p, routes.clone()))))
+            .collect();
+        futures_util::future::join_all(nodes.iter_mut().map(Self::spawn)).await;
+        for node in &nodes {
+            node.wait_routes(n - 1, START_TIMEOUT).await;
+        }
+        nodes
+    }
+
+    fn unstarted(cluster: Option<(u16, Vec<String>)>) -> Self {
+        Self {
+            port: free_port(),
+            monitor_port: free_port(),
+            cluster,
+            server: Restartable::new("nats"),
+        }
     }
 
     async fn spawn(&mut self) {
@@ -288,11 +334,83 @@ impl NatsServer {
         let mut command = Command::new(program);
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         command.args(["-m", &self.monitor_port.to_string()]);
+        if let Some((route_port, routes)) = &self.cluster {
+            let own = format!("nats-route://127.0.0.1:{route_port}");
+            let others: Vec<&str> = routes
+                .iter()
+                .filter(|r| **r != own)
+                .map(String::as_str)
+                .collect();
+            command
+                .args(["--cluster_name", NATS_CLUSTER])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route_port}")])
+                .args(["--routes", &others.join(",")]);
+        }
         let addr = self.addr();
         self.server
             .spawn("nats-server", command)
             .wait_for_port(addr)
             .await;
+    }
+
+    async fn monitor(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.monitor_port);
+        reqwest::get(&url)
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// Waits until this node has `n` routes to other nodes. Panics after
+    /// `within`.
+    pub async fn wait_routes(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let routes = self.monitor("/routez").await["num_routes"]
+                .as_u64()
+                .unwrap_or(0);
+            if routes as usize >= n {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "nats-server {} has {routes} routes, not {n}, after {within:?}",
+                    self.url()
+                );
+            }
+            sleep(POLL * 4).await;
+        }
+    }
+
+    /// The names of the client connections on this node (from `/connz`).
+    pub async fn client_names(&self) -> Vec<String> {
+        self.monitor("/connz").await["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Freezes the server (SIGSTOP): its sockets stay open but nothing is
+    /// read or answered, like a hung server or a silent network partition.
+    pub fn freeze(&self) {
+        self.running().signal("STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.running().signal("CONT");
+    }
+
+    fn running(&self) -> &LoggedChild {
+        self.server
+            .proc
+            .as_ref()
+            .unwrap_or_else(|| panic!("nats-server {} is not running", self.url()))
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -313,18 +431,19 @@ impl NatsServer {
     /// Every subscription subject of every client connection, sorted, from
     /// the monitoring endpoint (`/connz?subs=1`).
     pub async fn subscriptions(&self) -> Vec<String> {
-        let url = format!("http://127.0.0.1:{}/connz?subs=1", self.monitor_port);
-        let body: serde_json::Value = reqwest::get(&url)
-            .await
-            .and_then(|r| r.error_for_status())
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        self.subscriptions_of(None).await
+    }
+
+    /// Like [`Self::subscriptions`], of the connections named `name` only
+    /// (the name a client gave NATS; edges call themselves
+    /// `gpush-edge <node id>`).
+    pub async fn subscriptions_of(&self, name: Option<&str>) -> Vec<String> {
+        let body = self.monitor("/connz?subs=1").await;
         let mut subjects: Vec<String> = body["connections"]
             .as_array()
             .into_iter()
             .flatten()
+            .filter(|c| name.is_none_or(|name| c["name"].as_str() == Some(name)))
             .flat_map(|c| {
                 c["subscriptions_list"]
                     .as_array()
@@ -374,96 +493,209 @@ impl NatsServer {
     }
 }
 
-/// A single-member `etcd` cluster with its data in a scratch directory.
-///
-/// [`Etcd::stop`] and [`Etcd::restart`] keep the ports and the data, so a
-/// test can take etcd away and bring it back, with its keys, under the URL
-/// that ingress and edges are configured with.
-pub struct Etcd {
+/// One member of an [`Etcd`] cluster: its ports and process.
+#[derive(Debug)]
+struct EtcdMember {
+    name: String,
     client_port: u16,
     peer_port: u16,
     server: Restartable,
-    client: etcd_client::Client,
 }
 
-impl Etcd {
-    /// Starts etcd and waits until a KV read succeeds.
-    pub async fn start() -> Self {
-        let (client_port, peer_port) = (free_port(), free_port());
-        let mut server = Restartable::new("etcd");
-        let client = Self::spawn(&mut server, client_port, peer_port).await;
-        Self {
-            client_port,
-            peer_port,
-            server,
-            client,
-        }
+impl EtcdMember {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
     }
 
-    /// Runs etcd as the next start of `server` and returns a client once a
-    /// KV read succeeds.
-    async fn spawn(
-        server: &mut Restartable,
-        client_port: u16,
-        peer_port: u16,
-    ) -> etcd_client::Client {
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Runs etcd as the next start of this member. `initial_cluster` only
+    /// matters on the first start; later starts find the membership in the
+    /// data directory.
+    fn spawn(&mut self, initial_cluster: &str) {
         let program = find_program("etcd", "apt-get install etcd-server");
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let (client_url, peer_url) = (self.client_url(), self.peer_url());
         let mut command = Command::new(program);
-        // The initial-cluster flags only matter on the first start; later
-        // starts find the member in the data directory.
         command
             .arg("--name")
-            .arg("default")
+            .arg(&self.name)
             .arg("--data-dir")
-            .arg(server.dir.join("data"))
+            .arg(self.server.dir.join("data"))
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-token", "gpush-it"])
             .args(["--initial-cluster-state", "new"]);
-        let proc = server.spawn("etcd", command);
+        self.server.spawn("etcd", command);
+    }
+}
 
+/// An `etcd` cluster (one member by default, or [`Etcd::cluster`]) with its
+/// data in scratch directories.
+///
+/// [`Etcd::stop`] and [`Etcd::restart`] (and the per-member forms) keep
+/// the ports and the data, so a test can take etcd away and bring it back,
+/// with its keys, under the URLs that ingress and edges are configured
+/// with.
+pub struct Etcd {
+    members: Vec<EtcdMember>,
+    client: etcd_client::Client,
+}
+
+impl Etcd {
+    /// Starts a single-member etcd and waits until a KV read succeeds.
+    pub async fn start() -> Self {
+        Self::cluster(1).await
+    }
+
+    /// Starts an `n`-member etcd cluster and waits until a KV read through
+    /// every member's endpoint succeeds.
+    pub async fn cluster(n: usize) -> Self {
+        let mut members: Vec<EtcdMember> = (0..n)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                server: Restartable::new("etcd"),
+            })
+            .collect();
+        let initial = Self::initial_cluster(&members);
+        for member in &mut members {
+            member.spawn(&initial);
+        }
+        let mut etcd = Self {
+            client: Self::wait_serving(&mut members).await,
+            members,
+        };
+        for i in 0..n {
+            etcd.wait_member_serving(i).await;
+        }
+        etcd
+    }
+
+    fn initial_cluster(members: &[EtcdMember]) -> String {
+        members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until a KV read through all running members' endpoints
+    /// succeeds, and returns that client. Panics (with the logs) after
+    /// [`START_TIMEOUT`] or when a member exits.
+    async fn wait_serving(members: &mut [EtcdMember]) -> etcd_client::Client {
+        let urls: Vec<String> = members
+            .iter()
+            .filter(|m| m.server.is_running())
+            .map(EtcdMember::client_url)
+            .collect();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            proc.assert_running();
-            if let Some(client) = try_etcd(&client_url).await {
+            for member in members.iter_mut() {
+                if let Some(proc) = member.server.proc.as_mut() {
+                    proc.assert_running();
+                }
+            }
+            if let Some(client) = try_etcd(&urls).await {
                 return client;
             }
             if Instant::now() >= deadline {
+                let logs: Vec<String> = members
+                    .iter()
+                    .filter_map(|m| m.server.proc.as_ref())
+                    .map(|p| format!("{}:\n{}", p.log.display(), p.log_tail()))
+                    .collect();
                 panic!(
-                    "etcd did not serve KV requests on {client_url} within {START_TIMEOUT:?}; log {}:\n{}",
-                    proc.log.display(),
-                    proc.log_tail()
+                    "etcd did not serve KV requests on {urls:?} within {START_TIMEOUT:?}; logs:\n{}",
+                    logs.join("\n")
                 );
             }
             sleep(POLL * 2).await;
         }
     }
 
-    /// Whether the etcd process is currently running.
+    /// Waits until member `i` alone serves a KV read.
+    async fn wait_member_serving(&mut self, i: usize) {
+        Self::wait_serving(std::slice::from_mut(&mut self.members[i])).await;
+    }
+
+    /// Whether every member's process is running.
     pub fn is_running(&self) -> bool {
-        self.server.is_running()
+        self.members.iter().all(|m| m.server.is_running())
     }
 
-    /// Kills etcd; watchers and lease keep-alives see it go away. Reads
-    /// through the harness ([`Etcd::get`] and friends) fail until
-    /// [`Etcd::restart`].
+    /// Kills every member; watchers and lease keep-alives see etcd go
+    /// away. Reads through the harness ([`Etcd::get`] and friends) fail
+    /// until [`Etcd::restart`].
     pub fn stop(&mut self) {
-        self.server.stop();
+        for member in &mut self.members {
+            member.server.stop();
+        }
     }
 
-    /// Stops etcd if it runs, then starts it again on the same ports and
-    /// data, and replaces the harness's client once KV requests succeed.
+    /// Starts every member again (stopping any still running) on the same
+    /// ports and data, and replaces the harness's client once KV requests
+    /// succeed.
     pub async fn restart(&mut self) {
-        self.client = Self::spawn(&mut self.server, self.client_port, self.peer_port).await;
+        let initial = Self::initial_cluster(&self.members);
+        for member in &mut self.members {
+            member.spawn(&initial);
+        }
+        self.client = Self::wait_serving(&mut self.members).await;
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// Kills member `i` only; the others keep a quorum when there are
+    /// three or more.
+    pub fn stop_member(&mut self, i: usize) {
+        self.members[i].server.stop();
+    }
+
+    /// Starts member `i` again on its ports and data and waits until it
+    /// serves.
+    pub async fn restart_member(&mut self, i: usize) {
+        let initial = Self::initial_cluster(&self.members);
+        self.members[i].spawn(&initial);
+        self.wait_member_serving(i).await;
+    }
+
+    /// The member currently leading the cluster, as an index into the
+    /// members.
+    pub async fn leader(&self) -> usize {
+        let mut client = self.client();
+        let status = timeout(crate::TIMEOUT, client.status())
+            .await
+            .expect("etcd status timed out")
+            .expect("etcd status");
+        let list = timeout(crate::TIMEOUT, client.member_list())
+            .await
+            .expect("etcd member list timed out")
+            .expect("etcd member list");
+        let name = list
+            .members()
+            .iter()
+            .find(|m| m.id() == status.leader())
+            .map(|m| m.name().to_owned())
+            .unwrap_or_else(|| panic!("etcd names no leader: {status:?}"));
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("etcd leader {name} is not one of ours"))
+    }
+
+    /// The client URL of every member, comma-separated: what edges and
+    /// ingress take as `etcd_endpoints`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.urls().join(",")
+    }
+
+    /// The client URL of each member.
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::client_url).collect()
     }
 
     /// A connected client (cheap clone of the harness's own).
@@ -552,13 +784,13 @@ impl Etcd {
     }
 }
 
-async fn try_etcd(url: &str) -> Option<etcd_client::Client> {
+async fn try_etcd(urls: &[String]) -> Option<etcd_client::Client> {
     let options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_secs(1));
     let mut client = timeout(
         Duration::from_secs(2),
-        etcd_client::Client::connect([url], Some(options)),
+        etcd_client::Client::connect(urls, Some(options)),
     )
     .await
     .ok()?
