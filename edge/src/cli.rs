@@ -32,6 +32,10 @@ pub struct Cli {
     /// Standalone push API key, required as `Authorization: Bearer <key>`.
     #[arg(long, env = "GPUSH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Web origins allowed to call the standalone HTTP push API from a browser
+    /// (CORS), besides the edge's own; `*` for any (repeat or comma-separate).
+    #[arg(long, env = "GPUSH_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// NATS server URLs (repeat or comma-separate) [default: nats://127.0.0.1:4222].
     #[arg(long = "nats-url", env = "GPUSH_NATS_URL", value_delimiter = ',')]
     pub nats_urls: Vec<String>,
@@ -117,6 +121,10 @@ impl Cli {
         set_opt(&mut config.http_addr, &self.http_addr);
         set_opt(&mut config.grpc_addr, &self.grpc_addr);
         set_opt(&mut config.push.api_key, &self.api_key);
+        set_list(
+            &mut config.push.cors_allowed_origins,
+            &self.cors_allowed_origins,
+        );
         set_list(&mut config.nats_urls, &self.nats_urls);
         set(&mut config.subject_prefix, &self.subject_prefix);
         set_list(&mut config.etcd_endpoints, &self.etcd_endpoints);
@@ -167,6 +175,8 @@ mod tests {
             "0s",
             "--jwt-secret",
             "s",
+            "--cors-allowed-origins",
+            "http://a.example,https://b.example",
         ]);
         let config = cli.load().expect("valid");
         assert_eq!(config.node_id.as_deref(), Some("edge-9"));
@@ -176,6 +186,10 @@ mod tests {
         assert_eq!(config.write_interval, Duration::ZERO);
         assert_eq!(config.auth.jwt_secret.as_deref(), Some("s"));
         assert_eq!(config.auth.webhook_timeout, Duration::from_millis(300));
+        assert_eq!(
+            config.push.cors_allowed_origins,
+            ["http://a.example", "https://b.example"]
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

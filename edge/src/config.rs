@@ -234,11 +234,89 @@ impl EdgeConfig {
         self.grpc_addr
             .unwrap_or_else(|| self.push.default_addr(DEFAULT_GRPC_PORT))
     }
+
+    /// The standalone push API config: [`Self::push`] with the edge's own
+    /// web origins added to `cors_allowed_origins`, so the demo page the
+    /// edge serves at `/` may push. Those are the origins of the WebSocket
+    /// listener `ws_addr` (`localhost` and `127.0.0.1` too when it is
+    /// loopback or every interface) and of `public_url` (`ws` becomes
+    /// `http`, `wss` becomes `https`).
+    pub fn standalone_push_api(&self, ws_addr: SocketAddr, public_url: &str) -> PushApiConfig {
+        let mut push = self.push.clone();
+        let origins = &mut push.cors_allowed_origins;
+        if origins.iter().any(|o| o == "*") {
+            return push;
+        }
+        let port = ws_addr.port();
+        let mut own = Vec::new();
+        if ws_addr.ip().is_unspecified() || ws_addr.ip().is_loopback() {
+            own.push(format!("http://localhost:{port}"));
+            own.push(format!("http://127.0.0.1:{port}"));
+        }
+        if !ws_addr.ip().is_unspecified() {
+            own.push(format!("http://{ws_addr}"));
+        }
+        own.extend(web_origin(public_url));
+        for origin in own {
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        push
+    }
+}
+
+/// The web origin (`http://host:port`) of a WebSocket URL, or `None` when
+/// it is not a `ws://` or `wss://` URL.
+fn web_origin(ws_url: &str) -> Option<String> {
+    let (scheme, rest) = ws_url.split_once("://")?;
+    let scheme = match scheme {
+        "ws" => "http",
+        "wss" => "https",
+        _ => return None,
+    };
+    let authority = rest
+        .split(['/', '?', '#'])
+        .next()
+        .filter(|a| !a.is_empty())?;
+    Some(format!("{scheme}://{authority}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standalone_push_api_allows_the_edges_own_origins() {
+        let mut config = EdgeConfig {
+            standalone: true,
+            ..EdgeConfig::default()
+        };
+        config.push.cors_allowed_origins = vec!["https://app.example".into()];
+        let any = SocketAddr::from(([0, 0, 0, 0], 9992));
+        let push = config.standalone_push_api(any, "wss://push.example/ws");
+        assert_eq!(
+            push.cors_allowed_origins,
+            [
+                "https://app.example",
+                "http://localhost:9992",
+                "http://127.0.0.1:9992",
+                "https://push.example",
+            ]
+        );
+        let lan = SocketAddr::from(([10, 0, 0, 5], 9000));
+        let push = config.standalone_push_api(lan, "ws://10.0.0.5:9000/ws");
+        assert_eq!(
+            push.cors_allowed_origins,
+            ["https://app.example", "http://10.0.0.5:9000"]
+        );
+        let mut problems = Problems::default();
+        push.validate(&mut problems);
+        assert!(problems.finish().is_ok());
+        config.push.cors_allowed_origins = vec!["*".into()];
+        let push = config.standalone_push_api(any, "ws://h:9992/ws");
+        assert_eq!(push.cors_allowed_origins, ["*"]);
+    }
 
     /// The documented example must parse and equal the defaults it claims.
     #[test]

@@ -14,7 +14,7 @@ use crate::bus::Key;
 use crate::edge::Shared;
 use crate::hub::Conn;
 use crate::outbox::{CloseRequest, Pushed};
-use crate::protocol::{self, BadRequest, Code, Command, Reply, Request};
+use crate::protocol::{self, BadRequest, Code, Command, Reply, Request, WireFormat};
 use crate::ws::{self, Incoming, ReadError};
 use bytes::{Buf, Bytes};
 use gpush_common::push::validate_name;
@@ -117,7 +117,7 @@ impl Session {
     /// Runs until the connection must close; returns the close frame to
     /// send, or None when the peer is gone.
     async fn run(&mut self, early: Bytes) -> Option<CloseRequest> {
-        self.queue(Reply::new(Code::Connected).frame());
+        self.queue(Reply::new(Code::Connected).frame(self.conn.format));
         if self.shared.shutdown.is_cancelled() {
             return Some(crate::edge::SHUTDOWN_CLOSE);
         }
@@ -240,44 +240,56 @@ impl Session {
     }
 
     /// Handles complete client messages; replies are written at once.
+    ///
+    /// Requests come as text on JSON and raw connections and as binary on
+    /// MessagePack ones; the other kind is a bad request (30001) and the
+    /// connection stays open. Text `ping` is answered with text `pong` in
+    /// every format, so one keepalive works whatever the subprotocol.
     async fn handle(&mut self, incoming: Vec<Incoming>) -> Result<(), ReadEnd> {
+        let format = self.conn.format;
         let mut replied = false;
         for message in incoming {
-            match message {
-                Incoming::Text(text) => {
-                    if text.trim_ascii().eq_ignore_ascii_case(b"ping") {
-                        self.queue(ws::text(b"pong"));
-                    } else {
-                        match protocol::parse_request(&text) {
-                            // Boxed: requests are rare and their futures
-                            // (auth webhook, bus subscribe) are large; kept
-                            // inline they would grow every idle connection.
-                            Ok(request) => Box::pin(self.request(request)).await,
-                            Err(BadRequest { id, detail }) => self.queue(
-                                Reply::new(Code::BadRequest)
-                                    .id(id.as_ref())
-                                    .detail(&detail)
-                                    .frame(),
-                            ),
-                        }
-                    }
+            let parsed = match message {
+                Incoming::Text(text) if text.trim_ascii().eq_ignore_ascii_case(b"ping") => {
+                    self.queue(ws::text(b"pong"));
                     replied = true;
+                    continue;
                 }
-                Incoming::Binary(_) => {
-                    self.queue(
-                        Reply::new(Code::BadRequest)
-                            .detail("binary messages are not supported; send JSON text")
-                            .frame(),
-                    );
-                    replied = true;
-                }
+                Incoming::Text(text) => match format {
+                    WireFormat::Json | WireFormat::Raw => protocol::parse_request(&text),
+                    WireFormat::Msgpack => Err(BadRequest {
+                        id: None,
+                        detail: "text messages are not supported; send MessagePack binary".into(),
+                    }),
+                },
+                Incoming::Binary(data) => match format {
+                    WireFormat::Msgpack => protocol::parse_msgpack_request(&data),
+                    WireFormat::Json | WireFormat::Raw => Err(BadRequest {
+                        id: None,
+                        detail: "binary messages are not supported; send JSON text".into(),
+                    }),
+                },
                 Incoming::Ping(payload) => {
                     self.queue(ws::pong(&payload));
                     replied = true;
+                    continue;
                 }
-                Incoming::Pong => {}
+                Incoming::Pong => continue,
                 Incoming::Close(code) => return Err(ReadEnd::Close(code)),
+            };
+            match parsed {
+                // Boxed: requests are rare and their futures (auth webhook,
+                // bus subscribe) are large; kept inline they would grow
+                // every idle connection.
+                Ok(request) => Box::pin(self.request(request)).await,
+                Err(BadRequest { id, detail }) => self.queue(
+                    Reply::new(Code::BadRequest)
+                        .id(id.as_ref())
+                        .detail(&detail)
+                        .frame(format),
+                ),
             }
+            replied = true;
         }
         if replied {
             // Replies go out now, not after `write_interval`. A failed
@@ -295,7 +307,7 @@ impl Session {
             Command::Login(token) => self.login(token, id).await,
             Command::Logout => {
                 self.logout().await;
-                Reply::new(Code::LoggedOut).id(id).frame()
+                Reply::new(Code::LoggedOut).id(id).frame(self.conn.format)
             }
             Command::SubscribePrivate(topic) => self.subscribe_private(topic, id),
             Command::UnsubscribePrivate(topic) => self.unsubscribe_private(topic, id),
@@ -309,7 +321,7 @@ impl Session {
             Reply::new(Code::InvalidTopic)
                 .id(id)
                 .detail(&format!("topic {e}"))
-                .frame()
+                .frame(self.conn.format)
         })
     }
 
@@ -323,7 +335,7 @@ impl Session {
                 .topic(topic)
                 .id(id)
                 .detail(&format!("at most {max} subscriptions per connection"))
-                .frame())
+                .frame(self.conn.format))
         }
     }
 
@@ -339,7 +351,10 @@ impl Session {
             self.public.insert(&topic);
             self.shared.interest.ensure(Key::Topic(topic.clone())).await;
         }
-        Reply::new(Code::Subscribed).topic(&topic).id(id).frame()
+        Reply::new(Code::Subscribed)
+            .topic(&topic)
+            .id(id)
+            .frame(self.conn.format)
     }
 
     async fn unsubscribe(&mut self, topic: String, id: Option<&Value>) -> Bytes {
@@ -352,7 +367,10 @@ impl Session {
                 .release(Key::Topic(topic.clone()))
                 .await;
         }
-        Reply::new(Code::Unsubscribed).topic(&topic).id(id).frame()
+        Reply::new(Code::Unsubscribed)
+            .topic(&topic)
+            .id(id)
+            .frame(self.conn.format)
     }
 
     async fn login(&mut self, token: Value, id: Option<&Value>) -> Bytes {
@@ -363,7 +381,7 @@ impl Session {
                 return Reply::new(Code::AuthFailed)
                     .id(id)
                     .detail(&e.to_string())
-                    .frame();
+                    .frame(self.conn.format);
             }
         };
         if self.uid.as_deref() != Some(uid.as_str()) {
@@ -375,7 +393,10 @@ impl Session {
                 .ensure(Key::UserBucket(user_bucket(&uid)))
                 .await;
         }
-        Reply::new(Code::LoggedIn).uid(&uid).id(id).frame()
+        Reply::new(Code::LoggedIn)
+            .uid(&uid)
+            .id(id)
+            .frame(self.conn.format)
     }
 
     /// Drops the login and every private subscription.
@@ -396,7 +417,10 @@ impl Session {
 
     fn subscribe_private(&mut self, topic: String, id: Option<&Value>) -> Bytes {
         let Some(uid) = &self.uid else {
-            return Reply::new(Code::NotLoggedIn).topic(&topic).id(id).frame();
+            return Reply::new(Code::NotLoggedIn)
+                .topic(&topic)
+                .id(id)
+                .frame(self.conn.format);
         };
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
@@ -408,12 +432,18 @@ impl Session {
             self.shared.hub.subscribe_private(uid, &topic, &self.conn);
             self.private.insert(&topic);
         }
-        Reply::new(Code::Subscribed).topic(&topic).id(id).frame()
+        Reply::new(Code::Subscribed)
+            .topic(&topic)
+            .id(id)
+            .frame(self.conn.format)
     }
 
     fn unsubscribe_private(&mut self, topic: String, id: Option<&Value>) -> Bytes {
         let Some(uid) = &self.uid else {
-            return Reply::new(Code::NotLoggedIn).topic(&topic).id(id).frame();
+            return Reply::new(Code::NotLoggedIn)
+                .topic(&topic)
+                .id(id)
+                .frame(self.conn.format);
         };
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
@@ -423,7 +453,10 @@ impl Session {
                 .hub
                 .unsubscribe_private(uid, &topic, self.conn.id);
         }
-        Reply::new(Code::Unsubscribed).topic(&topic).id(id).frame()
+        Reply::new(Code::Unsubscribed)
+            .topic(&topic)
+            .id(id)
+            .frame(self.conn.format)
     }
 
     /// Queues a frame of our own (reply, pong, ping) behind queued pushes,

@@ -158,6 +158,7 @@ pub async fn run(
 
     let push_api = match listeners.push {
         Some(push) if config.standalone => {
+            let push_config = config.standalone_push_api(ws_addr, &registration.url);
             let record_hub = hub.clone();
             let edges =
                 gpush_ingress::Edges::Local(Arc::new(move || registration.record(&record_hub)));
@@ -169,7 +170,7 @@ pub async fn run(
             Some(tokio::spawn(gpush_ingress::serve(
                 push,
                 bus,
-                config.push.clone(),
+                push_config,
                 edges,
                 background.clone(),
             )))

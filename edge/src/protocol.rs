@@ -4,14 +4,21 @@
 //! replies are `{"code":C,"message":"...","topic"?,"id"?,"detail"?,"uid"?}`
 //! with the reply codes of the original gpush. Pushes are framed once per
 //! wire format and the same bytes go to every connection.
+//!
+//! A `gpush.msgpack` connection speaks the same protocol in binary frames
+//! holding MessagePack maps: requests and replies have the same keys and
+//! values as in JSON, and a push carries its payload as bin, byte for byte.
 
 use crate::ws;
 use base64::Engine as _;
 use bytes::Bytes;
 use gpush_common::{Push, Route};
-use serde::Serialize;
-use serde_json::Value;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Number, Value};
 use std::cell::OnceCell;
+use std::fmt;
+use std::io::Cursor;
 
 /// Request code: subscribe to a public topic.
 pub const SUBSCRIBE: i64 = 1;
@@ -32,6 +39,10 @@ pub const PUSH_PUBLIC: u32 = 10001;
 pub const PUSH_PRIVATE: u32 = 10002;
 /// Push code: a push to everyone.
 pub const PUSH_EVERYONE: u32 = 10003;
+
+/// How deeply a MessagePack request may nest, as serde_json limits JSON.
+/// Requests hardly nest at all; the bound keeps decoding off deep stacks.
+const MAX_MSGPACK_DEPTH: usize = 128;
 
 /// Reply codes, as in the original gpush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,14 +138,45 @@ pub struct BadRequest {
     pub detail: String,
 }
 
+fn bad(id: Option<Value>, detail: String) -> BadRequest {
+    BadRequest { id, detail }
+}
+
 /// Parses one text message as a request.
 pub fn parse_request(text: &[u8]) -> Result<Request, BadRequest> {
-    let bad = |id: Option<Value>, detail: String| BadRequest { id, detail };
     let value: Value =
         serde_json::from_slice(text).map_err(|e| bad(None, format!("invalid JSON: {e}")))?;
-    let Value::Object(mut object) = value else {
+    let Value::Object(object) = value else {
         return Err(bad(None, "request must be a JSON object".into()));
     };
+    request_from_object(object)
+}
+
+/// Parses one binary message of a `gpush.msgpack` connection as a request.
+///
+/// The map is read as the JSON object it spells, so both formats accept
+/// and refuse the same requests with the same details. A bin value counts
+/// as the string it spells when it is UTF-8 (so `data` may be a bin token)
+/// and as an array of its bytes otherwise, which no string field accepts.
+pub fn parse_msgpack_request(bytes: &[u8]) -> Result<Request, BadRequest> {
+    let mut decoder = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    decoder.set_max_depth(MAX_MSGPACK_DEPTH);
+    let JsonValue(value) = JsonValue::deserialize(&mut decoder)
+        .map_err(|e| bad(None, format!("invalid MessagePack: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(bad(None, "request must be a MessagePack map".into()));
+    };
+    if decoder.position() != bytes.len() as u64 {
+        return Err(bad(
+            None,
+            "invalid MessagePack: bytes after the request map".into(),
+        ));
+    }
+    request_from_object(object)
+}
+
+/// Reads the command of a request object, whichever format it came in.
+fn request_from_object(mut object: Map<String, Value>) -> Result<Request, BadRequest> {
     let id = match object.remove("id") {
         None | Some(Value::Null) => None,
         Some(id @ (Value::Number(_) | Value::String(_))) => Some(id),
@@ -166,6 +208,94 @@ pub fn parse_request(text: &[u8]) -> Result<Request, BadRequest> {
         other => return Err(bad(id, format!("unknown code {other} (expected 1-6)"))),
     };
     Ok(Request { command, id })
+}
+
+/// A MessagePack value read as JSON (see [`parse_msgpack_request`]).
+struct JsonValue(Value);
+
+impl<'de> Deserialize<'de> for JsonValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonVisitor).map(JsonValue)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a MessagePack value with a JSON equivalent")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // NaN and infinities have no JSON form: null, as serde_json's own
+        // `Value` reads them from other formats.
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        Ok(match std::str::from_utf8(v) {
+            Ok(text) => text.into(),
+            Err(_) => v.iter().copied().map(Value::from).collect(),
+        })
+    }
+
+    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Value, E> {
+        Ok(match String::from_utf8(v) {
+            Ok(text) => Value::String(text),
+            Err(e) => e.into_bytes().into_iter().map(Value::from).collect(),
+        })
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        // The announced length is the client's word: do not allocate by it.
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+        while let Some(JsonValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some((key, JsonValue(value))) = map.next_entry::<String, JsonValue>()? {
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// A reply to a request, or the greeting.
@@ -220,10 +350,16 @@ impl<'a> Reply<'a> {
         self
     }
 
-    /// The reply as a text frame.
-    pub fn frame(&self) -> Bytes {
+    /// The reply as a frame for a connection speaking `format`: JSON in a
+    /// text frame, or the same map in MessagePack in a binary frame.
+    pub fn frame(&self, format: WireFormat) -> Bytes {
         // Serialising strings and numbers cannot fail.
-        ws::text(&serde_json::to_vec(self).unwrap_or_default())
+        match format {
+            WireFormat::Json | WireFormat::Raw => {
+                ws::text(&serde_json::to_vec(self).unwrap_or_default())
+            }
+            WireFormat::Msgpack => ws::binary(&rmp_serde::to_vec_named(self).unwrap_or_default()),
+        }
     }
 }
 
@@ -235,13 +371,17 @@ pub enum WireFormat {
     Json,
     /// The bare payload, as the original gpush sent it (`gpush.raw`).
     Raw,
+    /// MessagePack maps in binary frames for requests, replies and pushes,
+    /// with the payload as bin (`gpush.msgpack`).
+    Msgpack,
 }
 
 impl WireFormat {
     /// Subprotocols we speak, by name.
-    pub const SUBPROTOCOLS: [(&'static str, WireFormat); 2] = [
+    pub const SUBPROTOCOLS: [(&'static str, WireFormat); 3] = [
         ("gpush.json", WireFormat::Json),
         ("gpush.raw", WireFormat::Raw),
+        ("gpush.msgpack", WireFormat::Msgpack),
     ];
 }
 
@@ -252,6 +392,7 @@ pub struct PushFrames<'a> {
     push: &'a Push,
     json: OnceCell<Bytes>,
     raw: OnceCell<Bytes>,
+    msgpack: OnceCell<Bytes>,
 }
 
 impl<'a> PushFrames<'a> {
@@ -261,6 +402,7 @@ impl<'a> PushFrames<'a> {
             push,
             json: OnceCell::new(),
             raw: OnceCell::new(),
+            msgpack: OnceCell::new(),
         }
     }
 
@@ -276,17 +418,25 @@ impl<'a> PushFrames<'a> {
                     ws::binary(data)
                 }
             }),
+            WireFormat::Msgpack => self
+                .msgpack
+                .get_or_init(|| ws::binary(&msgpack_push(self.push))),
         }
+    }
+}
+
+/// The push code and the topic a push names, by route.
+fn code_and_topic(push: &Push) -> (u32, Option<&str>) {
+    match push.route() {
+        Route::Everyone => (PUSH_EVERYONE, None),
+        Route::Topic(topic) => (PUSH_PUBLIC, Some(topic)),
+        Route::User { topic, .. } => (PUSH_PRIVATE, topic),
     }
 }
 
 /// The JSON push object: `{"code":C,"topic"?:T,"data":D,"encoding"?:"base64"}`.
 pub fn json_push(push: &Push) -> Vec<u8> {
-    let (code, topic) = match push.route() {
-        Route::Everyone => (PUSH_EVERYONE, None),
-        Route::Topic(topic) => (PUSH_PUBLIC, Some(topic)),
-        Route::User { topic, .. } => (PUSH_PRIVATE, topic),
-    };
+    let (code, topic) = code_and_topic(push);
     let data = &push.data;
     let mut out = Vec::with_capacity(data.len() + 64);
     out.extend_from_slice(b"{\"code\":");
@@ -312,6 +462,38 @@ pub fn json_push(push: &Push) -> Vec<u8> {
     }
     out.push(b'}');
     out
+}
+
+/// The MessagePack push map: `{"code":C,"topic"?:T,"data":<bin>}`. The
+/// payload goes as it is, whatever it holds: no JSON sniffing, no base64.
+pub fn msgpack_push(push: &Push) -> Vec<u8> {
+    let (code, topic) = code_and_topic(push);
+    let map = MsgpackPush {
+        code,
+        topic,
+        data: Bin(&push.data),
+    };
+    let mut out = Vec::with_capacity(push.data.len() + 32);
+    // Writing a number, a string and bytes into a Vec cannot fail.
+    let _ = rmp_serde::encode::write_named(&mut out, &map);
+    out
+}
+
+#[derive(Serialize)]
+struct MsgpackPush<'a> {
+    code: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    data: Bin<'a>,
+}
+
+/// Bytes that serialise as MessagePack bin, not as an array of numbers.
+struct Bin<'a>(&'a [u8]);
+
+impl Serialize for Bin<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
 }
 
 #[cfg(test)]
@@ -385,13 +567,13 @@ mod tests {
         let frame = Reply::new(Code::Subscribed)
             .topic("t")
             .id(Some(&id))
-            .frame();
+            .frame(WireFormat::Json);
         assert_eq!(
             &frame[2..],
             br#"{"code":20001,"message":"subscribed","topic":"t","id":5}"#
         );
         assert_eq!(
-            &Reply::new(Code::Connected).frame()[2..],
+            &Reply::new(Code::Connected).frame(WireFormat::Raw)[2..],
             br#"{"code":20000,"message":"connected"}"#
         );
     }
@@ -430,5 +612,201 @@ mod tests {
         let b = frames.get(WireFormat::Json).clone();
         assert_eq!(a.as_ptr(), b.as_ptr(), "same bytes, not a re-encode");
         assert_eq!(&frames.get(WireFormat::Raw)[..], b"\x82\x01\xff");
+        let c = frames.get(WireFormat::Msgpack).clone();
+        let d = frames.get(WireFormat::Msgpack).clone();
+        assert_eq!(c.as_ptr(), d.as_ptr(), "same bytes, not a re-encode");
+        assert_eq!(c[0], 0x82, "a binary frame");
+        assert_eq!(&c[2..], msgpack_push(&push));
+    }
+
+    #[test]
+    fn msgpack_is_a_subprotocol() {
+        assert!(
+            WireFormat::SUBPROTOCOLS.contains(&("gpush.msgpack", WireFormat::Msgpack)),
+            "{:?}",
+            WireFormat::SUBPROTOCOLS
+        );
+    }
+
+    fn msgpack(value: &Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(value).expect("encode")
+    }
+
+    /// A msgpack request map from `(key, value)` pairs, where a value is
+    /// already-encoded MessagePack (to put bin where JSON has none).
+    fn msgpack_map(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = vec![0x80 | u8::try_from(entries.len()).expect("fixmap")];
+        for (key, value) in entries {
+            out.extend(msgpack(&json!(key)));
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    /// MessagePack bin8 holding `bytes`.
+    fn bin(bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xc4, u8::try_from(bytes.len()).expect("bin8")];
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    #[test]
+    fn msgpack_requests_parse_like_their_json() {
+        let cases = [
+            r#"{"code":1,"topic":"a","id":7}"#,
+            r#"{"code":2,"topic":"a","id":"x"}"#,
+            r#"{"code":3,"data":"tok"}"#,
+            r#"{"code":3,"data":{"webhook":["token"]},"id":1.5}"#,
+            r#"{"code":4,"topic":5}"#,
+            r#"{"code":5,"topic":"p","extra":[1,{"a":null}]}"#,
+            r#"{"code":6,"topic":"p","id":-3}"#,
+            r#"{"topic":"a","id":"x"}"#,
+            r#"{"code":"1","id":"x"}"#,
+            r#"{"code":1.0,"topic":"a"}"#,
+            r#"{"code":9,"id":"x"}"#,
+            r#"{"code":1,"id":"x"}"#,
+            r#"{"code":1,"topic":null,"id":"x"}"#,
+            r#"{"code":5,"topic":3,"id":"x"}"#,
+            r#"{"code":3,"id":"x"}"#,
+            r#"{"code":3,"data":null,"id":"x"}"#,
+            r#"{"code":1,"topic":"a","id":[1]}"#,
+            r#"{"code":1,"topic":"a","id":null}"#,
+        ];
+        for text in cases {
+            let value: Value = serde_json::from_str(text).expect(text);
+            assert_eq!(
+                parse_msgpack_request(&msgpack(&value)),
+                parse(text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn msgpack_bin_is_read_as_the_string_it_spells() {
+        let token = msgpack_map(&[("code", &[3]), ("data", &bin(b"tok")), ("id", &[7])]);
+        assert_eq!(
+            parse_msgpack_request(&token),
+            Ok(Request {
+                command: Command::Login(json!("tok")),
+                id: Some(json!(7)),
+            })
+        );
+        let topic = msgpack_map(&[("code", &[1]), ("topic", &bin(b"news"))]);
+        assert_eq!(
+            parse_msgpack_request(&topic).expect("bin topic").command,
+            Command::Subscribe("news".into())
+        );
+        // Not UTF-8: an array of bytes, which is no string.
+        let topic = msgpack_map(&[("code", &[1]), ("topic", &bin(b"\xff")), ("id", &[1])]);
+        let err = parse_msgpack_request(&topic).expect_err("non-UTF-8 topic");
+        assert_eq!(err.id, Some(json!(1)));
+        assert!(err.detail.contains("topic must be a string"), "{err:?}");
+        let token = msgpack_map(&[("code", &[3]), ("data", &bin(b"\xff\x00"))]);
+        assert_eq!(
+            parse_msgpack_request(&token).expect("any token").command,
+            Command::Login(json!([255, 0]))
+        );
+    }
+
+    #[test]
+    fn bad_msgpack_says_what_is_wrong() {
+        let with_int_key = [0x81, 0x01, 0x01];
+        let mut trailing = msgpack(&json!({"code": 4}));
+        trailing.push(0xc0);
+        let cases: [(&[u8], &str); 8] = [
+            (b"", "invalid MessagePack"),
+            (b"{\"code\":1,\"topic\":\"a\"}", "MessagePack map"),
+            (&[0xc1], "invalid MessagePack"),
+            (
+                &[0x83, 0xa4, b'c', b'o', b'd', b'e', 0x01],
+                "invalid MessagePack",
+            ),
+            (&[0x92, 0x01, 0x02], "MessagePack map"),
+            (&with_int_key, "invalid MessagePack"),
+            (&trailing, "bytes after"),
+            (&[0xd4, 0x01, 0x00], "invalid MessagePack"),
+        ];
+        for (bytes, needle) in cases {
+            let err = parse_msgpack_request(bytes).expect_err(needle);
+            assert!(err.detail.contains(needle), "{bytes:x?}: {}", err.detail);
+            assert_eq!(err.id, None, "{bytes:x?}");
+        }
+    }
+
+    #[test]
+    fn deep_msgpack_is_an_error_not_a_crash() {
+        // 100 000 nested one-element arrays, as the whole request and as `data`.
+        let mut deep = vec![0x91; 100_000];
+        deep.push(0x90);
+        let err = parse_msgpack_request(&deep).expect_err("deep");
+        assert!(err.detail.contains("depth"), "{}", err.detail);
+        let in_data = msgpack_map(&[("code", &[3]), ("data", &deep)]);
+        assert!(parse_msgpack_request(&in_data).is_err());
+        // An array's announced length is not trusted for allocation.
+        let huge = [0xdd, 0xff, 0xff, 0xff, 0xff];
+        assert!(parse_msgpack_request(&huge).is_err());
+    }
+
+    #[test]
+    fn msgpack_replies_have_the_json_keys() {
+        let id = json!("r-1");
+        let reply = Reply::new(Code::LoggedIn).uid("ann").id(Some(&id));
+        let frame = reply.frame(WireFormat::Msgpack);
+        assert_eq!(frame[0], 0x82, "a binary frame");
+        let json = reply.frame(WireFormat::Json);
+        assert_eq!(json[0], 0x81, "a text frame");
+        let decoded: Value = rmp_serde::from_slice(&frame[2..]).expect("msgpack");
+        let expected: Value = serde_json::from_slice(&json[2..]).expect("json");
+        assert_eq!(decoded, expected);
+        assert_eq!(
+            decoded,
+            json!({"code": 20003, "message": "logged in", "uid": "ann", "id": "r-1"})
+        );
+        // Exact bytes of the greeting: a map of two, the code as uint16.
+        let hello = Reply::new(Code::Connected).frame(WireFormat::Msgpack);
+        assert_eq!(
+            &hello[..],
+            b"\x82\x1b\x82\xa4code\xcd\x4e\x20\xa7message\xa9connected"
+        );
+    }
+
+    #[test]
+    fn msgpack_pushes_carry_the_payload_as_bin() {
+        let push = |uid: &str, topic: &str, data: &[u8]| {
+            msgpack_push(&Push::new(uid, topic, Bytes::copy_from_slice(data)))
+        };
+        let code = |c: u16| {
+            let mut out = b"\xa4code\xcd".to_vec();
+            out.extend(c.to_be_bytes());
+            out
+        };
+        let topic = |t: &str| [b"\xa5topic".as_slice(), &msgpack(&json!(t))].concat();
+        let data = |d: &[u8]| [b"\xa4data".as_slice(), &bin(d)].concat();
+        // JSON payloads are not parsed: they are bytes like any other.
+        assert_eq!(
+            push("", "t", br#"{"a":1}"#),
+            [&[0x83], &code(10001)[..], &topic("t"), &data(br#"{"a":1}"#)].concat()
+        );
+        assert_eq!(
+            push("u", "p", b"\xff\x00"),
+            [&[0x83], &code(10002)[..], &topic("p"), &data(b"\xff\x00")].concat()
+        );
+        assert_eq!(
+            push("u", "", b"hi"),
+            [&[0x82], &code(10002)[..], &data(b"hi")].concat()
+        );
+        assert_eq!(
+            push("", "", b""),
+            [&[0x82], &code(10003)[..], &data(b"")].concat()
+        );
+        // Large payloads use the wider bin headers and stay byte-exact.
+        let big = vec![0xab; 70_000];
+        let mut bin32 = b"\xa4data\xc6".to_vec();
+        bin32.extend(70_000u32.to_be_bytes());
+        assert_eq!(
+            push("", "", &big),
+            [&[0x82], &code(10003)[..], &bin32, &big].concat()
+        );
     }
 }

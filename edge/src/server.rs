@@ -1,5 +1,6 @@
 //! The edge's HTTP side: the accept loop, the WebSocket upgrade at `/ws`,
-//! and the health endpoints.
+//! the health endpoints, and the browser client (`/gpush.js`) with its demo
+//! page (`/`), both compiled into the binary from `edge/assets/`.
 //!
 //! We run hyper ourselves rather than `axum::serve` so that an upgraded
 //! connection can be turned back into its `TcpStream`: the connection task
@@ -25,9 +26,44 @@ use tokio_util::sync::CancellationToken;
 /// Time a client has to send its HTTP request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The browser client, served at `/gpush.js`.
+pub const CLIENT_JS: &str = include_str!("../assets/gpush.js");
+/// The demo page, served at `/` with [`PUSH_PORT_PLACEHOLDER`] filled in.
+pub const DEMO_PAGE: &str = include_str!("../assets/index.html");
+/// Where the demo page takes the standalone push API's HTTP port (empty on
+/// a clustered edge, whose push API is ingress).
+pub const PUSH_PORT_PLACEHOLDER: &str = "%GPUSH_PUSH_PORT%";
+/// Browsers may reuse the client for a few minutes, so a new release
+/// reaches them soon after the edges are upgraded.
+pub const CLIENT_JS_CACHE: &str = "public, max-age=300";
+/// Browsers revalidate the demo page every time.
+pub const DEMO_PAGE_CACHE: &str = "no-cache";
+
 /// The edge's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let push_port = shared
+        .config
+        .standalone
+        .then(|| shared.config.http_addr().port().to_string());
+    let page = Bytes::from(DEMO_PAGE.replace(
+        PUSH_PORT_PLACEHOLDER,
+        push_port.as_deref().unwrap_or_default(),
+    ));
     Router::new()
+        .route(
+            "/",
+            get(move || async move { asset(page, "text/html; charset=utf-8", DEMO_PAGE_CACHE) }),
+        )
+        .route(
+            "/gpush.js",
+            get(|| async {
+                asset(
+                    Bytes::from_static(CLIENT_JS.as_bytes()),
+                    "text/javascript; charset=utf-8",
+                    CLIENT_JS_CACHE,
+                )
+            }),
+        )
         .route("/ws", get(upgrade))
         .route(
             "/healthz",
@@ -78,6 +114,19 @@ pub async fn accept(
             }
         });
     }
+}
+
+/// A static asset with its type and caching headers.
+fn asset(body: Bytes, content_type: &'static str, cache: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, cache),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
@@ -214,9 +263,24 @@ mod tests {
         );
         headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("GPUSH.MSGPACK, gpush.json"),
+        );
+        assert_eq!(
+            choose_protocol(&headers),
+            Some(("gpush.msgpack", WireFormat::Msgpack))
+        );
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("chat"),
         );
         assert_eq!(choose_protocol(&headers), None);
+    }
+
+    #[test]
+    fn demo_page_has_the_placeholder_and_loads_the_client() {
+        assert_eq!(DEMO_PAGE.matches(PUSH_PORT_PLACEHOLDER).count(), 1);
+        assert!(DEMO_PAGE.contains(r#"<script src="gpush.js"></script>"#));
+        assert!(CLIENT_JS.contains("class GPush"));
     }
 
     #[test]

@@ -159,6 +159,7 @@ mod tests {
                 max_payload: 4,
                 max_batch: 2,
                 max_name_len: 8,
+                ..PushApiConfig::default()
             },
         )
     }

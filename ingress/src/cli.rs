@@ -35,6 +35,10 @@ pub struct Cli {
     /// Prefix of the NATS subjects; must match the edges' [default: gpush].
     #[arg(long, env = "GPUSH_SUBJECT_PREFIX")]
     pub subject_prefix: Option<String>,
+    /// Web origins allowed to call the HTTP push API from a browser (CORS),
+    /// e.g. `https://app.example.com`; `*` for any (repeat or comma-separate) [default: none].
+    #[arg(long, env = "GPUSH_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// Maximum payload of one push, in bytes [default: 65536].
     #[arg(long, env = "GPUSH_MAX_PAYLOAD")]
     pub max_payload: Option<usize>,
@@ -78,6 +82,12 @@ impl Cli {
         }
         if self.api_key.is_some() {
             config.push.api_key.clone_from(&self.api_key);
+        }
+        if !self.cors_allowed_origins.is_empty() {
+            config
+                .push
+                .cors_allowed_origins
+                .clone_from(&self.cors_allowed_origins);
         }
         if let Some(prefix) = &self.subject_prefix {
             config.subject_prefix.clone_from(prefix);
@@ -134,6 +144,8 @@ mod tests {
             "json",
             "--http-addr",
             "0.0.0.0:1",
+            "--cors-allowed-origins",
+            "http://a.example,https://b.example:8443",
         ]);
         let config = cli.load().expect("valid");
         assert_eq!(
@@ -147,6 +159,10 @@ mod tests {
         assert_eq!(config.publish_timeout, Duration::from_millis(150));
         assert_eq!(config.push.api_key.as_deref(), Some("k"));
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(
+            config.push.cors_allowed_origins,
+            ["http://a.example", "https://b.example:8443"]
+        );
         assert_eq!(config.http_addr().to_string(), "0.0.0.0:1");
         // With an API key the other port binds every interface.
         assert_eq!(config.grpc_addr().to_string(), "0.0.0.0:10067");
@@ -162,9 +178,17 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported() {
-        let cli = parse(&["--max-payload", "0", "--subject-prefix", "a.*"]);
+        let cli = parse(&[
+            "--max-payload",
+            "0",
+            "--subject-prefix",
+            "a.*",
+            "--cors-allowed-origins",
+            "example.com",
+        ]);
         let message = cli.load().expect_err("invalid").to_string();
         assert!(message.contains("max_payload"), "{message}");
+        assert!(message.contains("cors_allowed_origins"), "{message}");
         assert!(message.contains("a.*"), "{message}");
     }
 }

@@ -34,6 +34,12 @@ pub struct PushApiConfig {
     pub max_batch: usize,
     /// Maximum length of a topic or uid, in bytes.
     pub max_name_len: usize,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the HTTP
+    /// push API from a browser (CORS). Empty: no CORS headers, so browsers
+    /// refuse cross-origin calls; `["*"]`: any origin (only sensible with an
+    /// API key). A standalone edge also allows its own origins, so its demo
+    /// page works.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for PushApiConfig {
@@ -43,6 +49,7 @@ impl Default for PushApiConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_batch: DEFAULT_MAX_BATCH,
             max_name_len: DEFAULT_MAX_NAME_LEN,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -56,6 +63,16 @@ impl PushApiConfig {
         problems.check(self.api_key.as_deref() == Some(""), || {
             "api_key must not be empty (leave it unset for no authentication)".into()
         });
+        let origins = &self.cors_allowed_origins;
+        problems.check(
+            origins.len() > 1 && origins.iter().any(|o| o == "*"),
+            || "cors_allowed_origins: \"*\" allows every origin and must be the only entry".into(),
+        );
+        for origin in origins.iter().filter(|o| *o != "*") {
+            if let Some(why) = origin_problem(origin) {
+                problems.push(format!("cors_allowed_origins: {origin:?} {why}"));
+            }
+        }
     }
 
     /// The default bind address for a push API port: all interfaces when an
@@ -67,6 +84,28 @@ impl PushApiConfig {
             SocketAddr::from(([127, 0, 0, 1], port))
         }
     }
+}
+
+/// Why `origin` is not a web origin as browsers send it in the `Origin`
+/// header (`http://host` or `https://host:port`: no path, no trailing
+/// slash), or `None` when it is one.
+fn origin_problem(origin: &str) -> Option<&'static str> {
+    let Some((_, authority)) = origin
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+    else {
+        return Some("must start with http:// or https://");
+    };
+    if authority.is_empty() {
+        return Some("has no host");
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Some("must be scheme://host[:port], without a path or trailing slash");
+    }
+    if !authority.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some("must be ASCII without spaces (write international names as punycode)");
+    }
+    None
 }
 
 /// Everything `gpush-ingress` reads from its config.
@@ -142,6 +181,42 @@ impl IngressConfig {
 #[cfg(test)]
 mod example_tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let check = |origins: &[&str]| {
+            let config = PushApiConfig {
+                cors_allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+                ..PushApiConfig::default()
+            };
+            let mut problems = Problems::default();
+            config.validate(&mut problems);
+            problems.finish().err().map(|e| e.to_string())
+        };
+        assert_eq!(check(&[]), None);
+        assert_eq!(check(&["*"]), None);
+        assert_eq!(
+            check(&["http://localhost:9992", "https://app.example.com"]),
+            None
+        );
+        let message = check(&[
+            "*",
+            "localhost:9992",
+            "http://a.example/",
+            "https://",
+            "http://b c",
+        ])
+        .expect("invalid");
+        for needle in [
+            "must be the only entry",
+            "\"localhost:9992\" must start with http://",
+            "\"http://a.example/\" must be scheme://host[:port]",
+            "\"https://\" has no host",
+            "\"http://b c\" must be ASCII",
+        ] {
+            assert!(message.contains(needle), "{needle:?} not in {message}");
+        }
+    }
 
     /// The documented example must parse and equal the defaults it claims.
     #[test]

@@ -13,7 +13,7 @@ use gpush_common::registry::{EDGES_PREFIX, EdgeRecord, connect_etcd};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +49,29 @@ pub struct EdgeList {
     pub stale: bool,
 }
 
+/// The edge `GET /v1/connect` hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    /// The least loaded edge, None when no edge is registered.
+    pub edge: Option<EdgeRecord>,
+    /// As in [`EdgeList::stale`].
+    pub stale: bool,
+}
+
 impl Edges {
+    /// The least loaded live edge for a new client, or None when edge
+    /// listing is disabled. See [`EtcdEdges::pick`].
+    pub fn pick(&self) -> Option<Pick> {
+        match self {
+            Edges::Disabled => None,
+            Edges::Etcd(edges) => Some(edges.pick()),
+            Edges::Local(describe) => Some(Pick {
+                edge: Some(describe()),
+                stale: false,
+            }),
+        }
+    }
+
     /// The current list, or None when edge listing is disabled.
     pub fn list(&self) -> Option<EdgeList> {
         match self {
@@ -72,8 +94,32 @@ pub struct EtcdEdges {
 
 struct Shared {
     /// By node id (the key below [`EDGES_PREFIX`]).
-    edges: RwLock<HashMap<String, EdgeRecord>>,
+    edges: RwLock<HashMap<String, Known>>,
     stale: AtomicBool,
+}
+
+/// An edge as this ingress knows it.
+#[derive(Debug)]
+struct Known {
+    record: EdgeRecord,
+    /// Clients this ingress sent there since the record was written. An
+    /// edge rewrites its count at most once a second; without this, every
+    /// client of a reconnect storm would be sent to the same edge.
+    handed_out: AtomicU64,
+}
+
+impl Known {
+    fn new(record: EdgeRecord) -> Self {
+        Self {
+            record,
+            handed_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections now, as far as this ingress can tell.
+    fn load(&self) -> u64 {
+        self.record.connections + self.handed_out.load(Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for EtcdEdges {
@@ -115,10 +161,32 @@ impl EtcdEdges {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .cloned()
+            .map(|known| known.record.clone())
             .collect();
         EdgeList {
             edges: sorted(edges),
+            stale: self.shared.stale.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The edge with the fewest connections, counting the clients this
+    /// ingress sent there since its record was last written, and counts
+    /// this client. Ties go to the lowest node id.
+    pub fn pick(&self) -> Pick {
+        let edges = self
+            .shared
+            .edges
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let edge = edges
+            .values()
+            .min_by(|a, b| (a.load(), &a.record.node_id).cmp(&(b.load(), &b.record.node_id)))
+            .map(|known| {
+                known.handed_out.fetch_add(1, Ordering::Relaxed);
+                known.record.clone()
+            });
+        Pick {
+            edge,
             stale: self.shared.stale.load(Ordering::Relaxed),
         }
     }
@@ -189,7 +257,7 @@ impl EtcdEdges {
         Ok(())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, EdgeRecord>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Known>> {
         self.shared
             .edges
             .write()
@@ -200,7 +268,7 @@ impl EtcdEdges {
 /// Applies one put or delete of an etcd key to the map. A key outside the
 /// prefix is ignored; a record that is not valid JSON is dropped (an edge
 /// we cannot read is not an edge we can send clients to).
-fn apply(edges: &mut HashMap<String, EdgeRecord>, kind: EventType, key: &[u8], value: &[u8]) {
+fn apply(edges: &mut HashMap<String, Known>, kind: EventType, key: &[u8], value: &[u8]) {
     let Some(node_id) = std::str::from_utf8(key)
         .ok()
         .and_then(|key| key.strip_prefix(EDGES_PREFIX))
@@ -213,7 +281,7 @@ fn apply(edges: &mut HashMap<String, EdgeRecord>, kind: EventType, key: &[u8], v
         }
         EventType::Put => match serde_json::from_slice::<EdgeRecord>(value) {
             Ok(record) => {
-                edges.insert(node_id.to_owned(), record);
+                edges.insert(node_id.to_owned(), Known::new(record));
             }
             Err(e) => {
                 tracing::warn!(node_id, error = %e, "ignoring unreadable edge record");
@@ -243,7 +311,7 @@ mod tests {
         }
     }
 
-    fn put(edges: &mut HashMap<String, EdgeRecord>, r: &EdgeRecord) {
+    fn put(edges: &mut HashMap<String, Known>, r: &EdgeRecord) {
         let key = format!("{EDGES_PREFIX}{}", r.node_id);
         let value = serde_json::to_vec(r).expect("json");
         apply(edges, EventType::Put, key.as_bytes(), &value);
@@ -256,7 +324,7 @@ mod tests {
         put(&mut edges, &record("b", 1));
         put(&mut edges, &record("a", 7));
         assert_eq!(edges.len(), 2);
-        assert_eq!(edges["a"].connections, 7);
+        assert_eq!(edges["a"].record.connections, 7);
         apply(&mut edges, EventType::Delete, b"/gpush/edges/b", b"");
         assert_eq!(edges.keys().collect::<Vec<_>>(), ["a"]);
         apply(&mut edges, EventType::Put, b"/gpush/edges/a", b"not json");
@@ -283,5 +351,33 @@ mod tests {
         assert!(!list.stale);
         assert_eq!(list.edges[0].node_id, "y");
         assert!(Edges::Disabled.list().is_none());
+    }
+
+    #[test]
+    fn picks_count_the_clients_handed_out_until_the_next_record() {
+        let edges = EtcdEdges::new();
+        put(&mut edges.write(), &record("a", 10));
+        put(&mut edges.write(), &record("b", 7));
+        let picks: Vec<String> = (0..9)
+            .filter_map(|_| edges.pick().edge.map(|r| r.node_id))
+            .collect();
+        // b gets three clients to catch up, then they alternate (ties go
+        // to the lower node id).
+        assert_eq!(picks, ["b", "b", "b", "a", "b", "a", "b", "a", "b"]);
+        // A new record from a is the truth again: its three hand-outs are
+        // forgotten (a: 11), b's six still count (b: 13).
+        put(&mut edges.write(), &record("a", 11));
+        let picks: Vec<String> = (0..4)
+            .filter_map(|_| edges.pick().edge.map(|r| r.node_id))
+            .collect();
+        assert_eq!(picks, ["a", "a", "a", "b"]);
+        let empty = EtcdEdges::new();
+        assert_eq!(
+            empty.pick(),
+            Pick {
+                edge: None,
+                stale: true
+            }
+        );
     }
 }

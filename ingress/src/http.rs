@@ -7,7 +7,7 @@
 //! | `GET /healthz` | `{"status":"ok"}` while the process runs |
 //! | `GET /readyz` | 200 `{"status":"ok"}` when the bus is connected, else 503 |
 //! | `GET /v1/edges` | `{"edges":[record...],"stale":bool}`, least loaded first |
-//! | `GET /v1/connect` | `{"url","node_id"}` of the least loaded edge |
+//! | `GET /v1/connect` | `{"url","node_id","stale"}` of the least loaded edge |
 //!
 //! `uid` and `topic` default to `""`; `data` is required and is base64
 //! (standard alphabet; padding optional; the URL-safe alphabet is accepted
@@ -16,6 +16,10 @@
 //! without a CORS preflight. Errors are `{"code","message"}` (see
 //! [`ApiError`]). The body size limit is [`PushApi::request_limit`]: a full
 //! batch, capped at 64 MiB.
+//!
+//! Browsers may call these routes from the pages of the origins listed in
+//! `push.cors_allowed_origins` (CORS, preflight included); with the list
+//! empty no CORS header is sent and browsers refuse cross-origin calls.
 
 use crate::api::PushApi;
 use crate::edges::Edges;
@@ -24,9 +28,9 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
-use axum::http::StatusCode;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -34,6 +38,8 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Standard alphabet, padding optional.
 const STANDARD: GeneralPurpose = GeneralPurpose::new(
@@ -52,11 +58,15 @@ struct AppState {
     edges: Edges,
 }
 
+/// How long a browser may cache a CORS preflight answer.
+pub const CORS_MAX_AGE: Duration = Duration::from_secs(600);
+
 /// The HTTP routes of the push API, publishing through `api` and listing
-/// `edges`.
+/// `edges`, with CORS for the API's `cors_allowed_origins`.
 pub fn router(api: PushApi, edges: Edges) -> Router {
     let limit = api.request_limit();
-    Router::new()
+    let cors = cors(&api.config().cors_allowed_origins);
+    let router = Router::new()
         .route("/v1/pushData", post(push_data))
         .route("/v1/pushBatch", post(push_batch))
         .route("/v1/edges", get(list_edges))
@@ -64,8 +74,33 @@ pub fn router(api: PushApi, edges: Edges) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(AppState { api, edges })
+        .layer(DefaultBodyLimit::max(limit));
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(AppState { api, edges })
+}
+
+/// The CORS layer for `origins` (`"*"` alone: any origin), or `None` for
+/// an empty list. Entries that are not header values are skipped; config
+/// validation reports them before this runs.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([CONTENT_TYPE, AUTHORIZATION])
+            .max_age(CORS_MAX_AGE),
+    )
 }
 
 /// One message as sent over HTTP.
@@ -211,14 +246,18 @@ async fn list_edges(State(state): State<AppState>) -> Result<Response, ApiError>
 struct Connect {
     url: String,
     node_id: String,
+    /// True when etcd is unreachable and the choice is from the last
+    /// known list.
+    stale: bool,
 }
 
 async fn connect(State(state): State<AppState>) -> Result<Json<Connect>, ApiError> {
-    let list = state.edges.list().ok_or(ApiError::EdgesNotConfigured)?;
-    let edge = list.edges.into_iter().next().ok_or(ApiError::NoEdges)?;
+    let pick = state.edges.pick().ok_or(ApiError::EdgesNotConfigured)?;
+    let edge = pick.edge.ok_or(ApiError::NoEdges)?;
     Ok(Json(Connect {
         url: edge.url,
         node_id: edge.node_id,
+        stale: pick.stale,
     }))
 }
 
@@ -578,6 +617,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cors_follows_the_allowed_origins() {
+        let preflight = |origin: &str| {
+            Request::options("/v1/pushData")
+                .header(header::ORIGIN, origin)
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+                .body(Body::empty())
+                .expect("request")
+        };
+        let allowed = |response: &Response| {
+            response
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .map(|v| v.to_str().expect("ASCII").to_owned())
+        };
+        let page = "http://localhost:9992";
+
+        // No origins configured: no CORS headers at all.
+        let (app, _) = server(config(), Edges::Disabled);
+        let response = app.clone().oneshot(preflight(page)).await.expect("call");
+        assert_eq!(allowed(&response), None);
+
+        let listed = PushApiConfig {
+            cors_allowed_origins: vec![page.to_owned()],
+            ..config()
+        };
+        let (app, rec) = server(listed, Edges::Disabled);
+        let response = app.clone().oneshot(preflight(page)).await.expect("call");
+        assert!(response.status().is_success(), "{}", response.status());
+        assert_eq!(allowed(&response).as_deref(), Some(page));
+        let methods = response.headers()[header::ACCESS_CONTROL_ALLOW_METHODS]
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
+        assert!(methods.contains("POST"), "{methods}");
+        let response = app
+            .clone()
+            .oneshot(preflight("http://evil.example"))
+            .await
+            .expect("call");
+        assert_eq!(allowed(&response), None);
+        // The actual call carries the header too, and is published.
+        let mut push = post("/v1/pushData", r#"{"topic":"t","data":"aGk="}"#);
+        push.headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static(page));
+        let response = app.clone().oneshot(push).await.expect("call");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(allowed(&response).as_deref(), Some(page));
+        assert_eq!(rec.taken().len(), 1);
+
+        let any = PushApiConfig {
+            cors_allowed_origins: vec!["*".to_owned()],
+            ..config()
+        };
+        let (app, _) = server(any, Edges::Disabled);
+        let response = app
+            .clone()
+            .oneshot(preflight("http://anywhere.example"))
+            .await
+            .expect("call");
+        assert_eq!(allowed(&response).as_deref(), Some("*"));
+    }
+
+    #[tokio::test]
     async fn edges_endpoints() {
         let (app, _) = server(config(), Edges::Disabled);
         for path in ["/v1/edges", "/v1/connect"] {
@@ -601,7 +704,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             json,
-            json!({"url": "ws://127.0.0.1:9992/ws", "node_id": "solo"})
+            json!({"url": "ws://127.0.0.1:9992/ws", "node_id": "solo", "stale": false})
         );
     }
 }

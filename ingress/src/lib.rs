@@ -26,7 +26,7 @@ pub mod http;
 
 pub use api::PushApi;
 pub use config::{IngressConfig, PushApiConfig};
-pub use edges::{EdgeList, Edges, EtcdEdges};
+pub use edges::{EdgeList, Edges, EtcdEdges, Pick};
 pub use error::ApiError;
 
 use anyhow::Context;

@@ -336,6 +336,40 @@ impl PushApi {
             .await;
     }
 
+    /// Polls `GET /v1/edges` until `ok(body)` holds and returns the body.
+    /// Panics after `within` with the last answer.
+    pub async fn wait_edges(
+        &self,
+        within: Duration,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let reply = self.get("/v1/edges").await;
+            if reply.status == 200 && ok(&reply.json()) {
+                return reply.json();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "GET /v1/edges never showed {what} within {within:?}; last: {} {}",
+                reply.status,
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node ids in a `/v1/edges` body, in its order.
+    pub fn edge_ids(body: &Value) -> Vec<String> {
+        body["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["node_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Polls `GET <path>` until it answers `status`; panics after `within`.
     pub async fn wait_for_status(&self, path: &str, status: u16, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;

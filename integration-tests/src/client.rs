@@ -5,8 +5,14 @@
 //! that arrive while the client waits for a reply are kept, in order, for
 //! the next [`WsClient::next_push`]. Server WebSocket pings are answered by
 //! tungstenite whenever the client reads.
+//!
+//! A client connected with [`MSGPACK_PROTOCOL`] sends its requests as
+//! MessagePack binary frames and reads replies from them, so the request
+//! helpers work unchanged; its pushes are read with
+//! [`WsClient::next_msgpack_push`] as [`MsgValue`]s, which keep bin apart
+//! from str.
 
-use crate::frames::{self, code};
+use crate::frames::{self, MsgValue, code};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -22,6 +28,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The subprotocol that makes the edge send bare payloads.
 pub const RAW_PROTOCOL: &str = "gpush.raw";
+
+/// The subprotocol that makes the edge speak MessagePack in binary frames.
+pub const MSGPACK_PROTOCOL: &str = "gpush.msgpack";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -55,6 +64,10 @@ pub struct WsClient {
     /// Data frames read while looking for something else (a reply, a pong),
     /// in arrival order.
     inbox: VecDeque<Message>,
+    /// Requests and replies are MessagePack binary frames, not JSON text.
+    msgpack: bool,
+    /// The 20000 reply the edge greeted us with.
+    greeting: Value,
 }
 
 impl WsClient {
@@ -66,7 +79,7 @@ impl WsClient {
 
     /// Connects asking for subprotocol `protocol` (e.g. [`RAW_PROTOCOL`]),
     /// checks that the edge selected it and that the first frame is still
-    /// `{"code":20000,...}`.
+    /// `{"code":20000,...}` (as a MessagePack map for [`MSGPACK_PROTOCOL`]).
     pub async fn connect_with_protocol(url: &str, protocol: &str) -> Self {
         Self::open(url, Some(protocol)).await
     }
@@ -102,6 +115,8 @@ impl WsClient {
             label: url.to_owned(),
             next_id: 0,
             inbox: VecDeque::new(),
+            msgpack: protocol == Some(MSGPACK_PROTOCOL),
+            greeting: Value::Null,
         };
         let hello = client.next_reply(crate::TIMEOUT).await;
         assert_eq!(
@@ -109,7 +124,18 @@ impl WsClient {
             code::CONNECTED,
             "{url}: first frame should be the 20000 connected message, got {hello}"
         );
+        assert!(
+            client.inbox.is_empty(),
+            "{url}: frames before the 20000 connected message: {:?}",
+            client.inbox
+        );
+        client.greeting = hello;
         client
+    }
+
+    /// The 20000 connected reply the edge sent first, as JSON.
+    pub fn greeting(&self) -> &Value {
+        &self.greeting
     }
 
     /// Names the client in failure messages (default: its URL).
@@ -146,8 +172,15 @@ impl WsClient {
             .unwrap_or_else(|e| panic!("{label}: send failed: {e}"));
     }
 
+    /// Sends `value` as a MessagePack binary frame.
+    pub async fn send_msgpack(&mut self, value: &MsgValue) {
+        self.send_binary(&value.encode()).await;
+    }
+
     /// Sends `request` (a JSON object) with a fresh numeric `id` added
-    /// unless it has one, and returns the reply carrying that `id`.
+    /// unless it has one, and returns the reply carrying that `id`. On a
+    /// MessagePack connection the request goes as the same map in
+    /// MessagePack.
     pub async fn request_value(&mut self, mut request: Value) -> Value {
         let id = match request.get("id") {
             Some(id) => id.clone(),
@@ -158,11 +191,40 @@ impl WsClient {
                 id
             }
         };
-        self.send_json(&request).await;
+        if self.msgpack {
+            let encoded = rmp_serde::to_vec(&request).expect("MessagePack encoding");
+            self.send_binary(&encoded).await;
+        } else {
+            self.send_json(&request).await;
+        }
         let reply = self.next_reply(crate::TIMEOUT).await;
         assert_eq!(
             reply["id"], id,
             "{}: reply to {request} does not carry its id: {reply}",
+            self.label
+        );
+        reply
+    }
+
+    /// Sends `request` (a MessagePack map, which may hold bin) with a fresh
+    /// numeric `id` added unless it has one, and returns the reply carrying
+    /// that `id`.
+    pub async fn request_msgpack(&mut self, mut request: MsgValue) -> Value {
+        let id = match request.get("id") {
+            Some(id) => id.clone(),
+            None => {
+                self.next_id += 1;
+                let id = MsgValue::from(self.next_id);
+                request.insert("id", id.clone());
+                id
+            }
+        };
+        self.send_msgpack(&request).await;
+        let reply = self.next_reply(crate::TIMEOUT).await;
+        assert_eq!(
+            Some(&reply["id"]),
+            id.to_json().as_ref(),
+            "{}: reply to {request:?} does not carry its id: {reply}",
             self.label
         );
         reply
@@ -307,6 +369,60 @@ impl WsClient {
         }
     }
 
+    /// The next data frame, which must be a binary frame holding exactly
+    /// one MessagePack value. Panics on timeout, on close, or otherwise.
+    pub async fn next_msgpack(&mut self, within: Duration) -> MsgValue {
+        match self
+            .next_data(Instant::now() + within, "a MessagePack frame")
+            .await
+        {
+            Some(Message::Binary(data)) => MsgValue::decode(&data).unwrap_or_else(|e| {
+                panic!(
+                    "{}: binary frame {data:x?} is not MessagePack: {e}",
+                    self.label
+                )
+            }),
+            Some(other) => panic!("{}: expected a binary frame, got {other:?}", self.label),
+            None => panic!("{}: no frame within {within:?}", self.label),
+        }
+    }
+
+    /// The next push on a MessagePack connection (a map with code
+    /// 10001..=10003). Panics on timeout, on close, or when the next data
+    /// frame is anything else.
+    pub async fn next_msgpack_push(&mut self, within: Duration) -> MsgValue {
+        let push = self.next_msgpack(within).await;
+        let is_push = matches!(
+            push.get("code"),
+            Some(MsgValue::Int(c)) if (i128::from(code::PUSH_PUBLIC)..=i128::from(code::PUSH_EVERYONE)).contains(c)
+        );
+        assert!(is_push, "{}: expected a push, got {push:?}", self.label);
+        push
+    }
+
+    /// The next push on a MessagePack connection, which must equal
+    /// `expected` (same keys, same values, bin as bin).
+    pub async fn expect_msgpack_push(&mut self, expected: &MsgValue) {
+        let got = self.next_msgpack_push(crate::TIMEOUT).await;
+        assert_eq!(&got, expected, "{}: wrong push", self.label);
+    }
+
+    /// The next `expected.len()` MessagePack pushes, compared with
+    /// `expected` ignoring order.
+    pub async fn expect_msgpack_pushes_unordered(&mut self, expected: &[MsgValue]) {
+        let mut got = Vec::with_capacity(expected.len());
+        for _ in expected {
+            got.push(format!(
+                "{:?}",
+                self.next_msgpack_push(crate::TIMEOUT).await
+            ));
+        }
+        let mut want: Vec<String> = expected.iter().map(|v| format!("{v:?}")).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{}: wrong pushes", self.label);
+    }
+
     /// The next `n` pushes.
     pub async fn next_pushes(&mut self, n: usize, within: Duration) -> Vec<Value> {
         let mut pushes = Vec::with_capacity(n);
@@ -347,17 +463,28 @@ impl WsClient {
         }
     }
 
-    /// The next reply (a JSON object with a code of 20000 or more); pushes
-    /// and other data frames read meanwhile are kept for later.
+    /// `message` as a reply of this client's format, if it is one: a JSON
+    /// text frame, or a binary frame holding a MessagePack map without bin
+    /// (returned as the same JSON).
+    fn as_reply(&self, message: &Message) -> Option<Value> {
+        let value = match message {
+            Message::Text(text) if !self.msgpack => serde_json::from_str(text.as_str()).ok()?,
+            Message::Binary(data) if self.msgpack => MsgValue::decode(data).ok()?.to_json()?,
+            _ => return None,
+        };
+        frames::is_reply(&value).then_some(value)
+    }
+
+    /// The next reply (a JSON object with a code of 20000 or more, or on a
+    /// MessagePack connection the same map in MessagePack, returned as
+    /// JSON); pushes and other data frames read meanwhile are kept for
+    /// later.
     pub async fn next_reply(&mut self, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
             match self.read(deadline).await {
                 Some(Event::Data(message)) => {
-                    if let Message::Text(text) = &message
-                        && let Ok(value) = serde_json::from_str::<Value>(text.as_str())
-                        && frames::is_reply(&value)
-                    {
+                    if let Some(value) = self.as_reply(&message) {
                         return value;
                     }
                     self.inbox.push_back(message);
@@ -382,10 +509,13 @@ impl WsClient {
             match self.read(deadline).await {
                 Some(Event::Data(message)) => {
                     if let Message::Text(text) = &message {
+                        // On a MessagePack connection no text frame is a
+                        // push or a reply.
                         let parsed = serde_json::from_str::<Value>(text.as_str()).ok();
-                        if !parsed
-                            .as_ref()
-                            .is_some_and(|v| frames::is_push(v) || frames::is_reply(v))
+                        if self.msgpack
+                            || !parsed
+                                .as_ref()
+                                .is_some_and(|v| frames::is_push(v) || frames::is_reply(v))
                         {
                             return text.as_str().to_owned();
                         }

@@ -1,8 +1,14 @@
-//! Client protocol codes and the exact JSON frames tests expect.
+//! Client protocol codes and the exact JSON frames tests expect, and
+//! [`MsgValue`] with the exact MessagePack pushes ([`msgpack`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, Serializer};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
 
 /// Request and reply codes of the client protocol (the original gpush ones).
 pub mod code {
@@ -115,4 +121,254 @@ pub fn user(data: &[u8]) -> Value {
 /// The push every connection receives for an everyone push.
 pub fn everyone(data: &[u8]) -> Value {
     with_data(json!({"code": code::PUSH_EVERYONE}), data)
+}
+
+/// A decoded MessagePack value that keeps what JSON loses: bin apart from
+/// str, and the exact keys of a map. Integers compare by value whatever
+/// their width on the wire; maps compare regardless of key order (the
+/// protocol does not fix one) and must have str keys.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MsgValue {
+    /// nil.
+    Nil,
+    /// true or false.
+    Bool(bool),
+    /// Any integer.
+    Int(i128),
+    /// float 32 or float 64.
+    Float(f64),
+    /// str.
+    Str(String),
+    /// bin.
+    Bin(Vec<u8>),
+    /// array.
+    Array(Vec<MsgValue>),
+    /// map with str keys.
+    Map(BTreeMap<String, MsgValue>),
+}
+
+impl MsgValue {
+    /// A map of `entries`.
+    pub fn map<'a>(entries: impl IntoIterator<Item = (&'a str, MsgValue)>) -> Self {
+        MsgValue::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        )
+    }
+
+    /// bin holding `bytes`.
+    pub fn bin(bytes: &[u8]) -> Self {
+        MsgValue::Bin(bytes.to_vec())
+    }
+
+    /// The value under `key` of a map.
+    pub fn get(&self, key: &str) -> Option<&MsgValue> {
+        match self {
+            MsgValue::Map(map) => map.get(key),
+            _ => None,
+        }
+    }
+
+    /// Adds or replaces `key` of a map; panics on anything else.
+    pub fn insert(&mut self, key: &str, value: MsgValue) {
+        match self {
+            MsgValue::Map(map) => {
+                map.insert(key.to_owned(), value);
+            }
+            other => panic!("not a map: {other:?}"),
+        }
+    }
+
+    /// The same value as JSON, or `None` when it holds bin (which JSON
+    /// cannot tell from a string) or an integer JSON numbers cannot hold.
+    pub fn to_json(&self) -> Option<Value> {
+        Some(match self {
+            MsgValue::Nil => Value::Null,
+            MsgValue::Bool(b) => Value::Bool(*b),
+            MsgValue::Int(i) => match (u64::try_from(*i), i64::try_from(*i)) {
+                (Ok(u), _) => u.into(),
+                (_, Ok(i)) => i.into(),
+                _ => return None,
+            },
+            MsgValue::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number)?,
+            MsgValue::Str(s) => Value::String(s.clone()),
+            MsgValue::Bin(_) => return None,
+            MsgValue::Array(items) => items
+                .iter()
+                .map(MsgValue::to_json)
+                .collect::<Option<Vec<_>>>()?
+                .into(),
+            MsgValue::Map(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| Some((k.clone(), v.to_json()?)))
+                    .collect::<Option<_>>()?,
+            ),
+        })
+    }
+
+    /// The MessagePack encoding (maps with str keys, bin as bin).
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("MessagePack encoding into a Vec")
+    }
+
+    /// Decodes exactly one value filling all of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let mut decoder = rmp_serde::Deserializer::new(Cursor::new(bytes));
+        let value = MsgValue::deserialize(&mut decoder).map_err(|e| e.to_string())?;
+        match decoder.position() {
+            read if read == bytes.len() as u64 => Ok(value),
+            read => Err(format!(
+                "{} bytes after the first value",
+                bytes.len() as u64 - read
+            )),
+        }
+    }
+}
+
+impl From<&str> for MsgValue {
+    fn from(s: &str) -> Self {
+        MsgValue::Str(s.to_owned())
+    }
+}
+
+impl From<u64> for MsgValue {
+    fn from(i: u64) -> Self {
+        MsgValue::Int(i.into())
+    }
+}
+
+impl From<i64> for MsgValue {
+    fn from(i: i64) -> Self {
+        MsgValue::Int(i.into())
+    }
+}
+
+impl Serialize for MsgValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MsgValue::Nil => serializer.serialize_unit(),
+            MsgValue::Bool(b) => serializer.serialize_bool(*b),
+            MsgValue::Int(i) => match (u64::try_from(*i), i64::try_from(*i)) {
+                (Ok(u), _) => serializer.serialize_u64(u),
+                (_, Ok(i)) => serializer.serialize_i64(i),
+                _ => Err(serde::ser::Error::custom(format!(
+                    "{i} does not fit 64 bits"
+                ))),
+            },
+            MsgValue::Float(f) => serializer.serialize_f64(*f),
+            MsgValue::Str(s) => serializer.serialize_str(s),
+            MsgValue::Bin(b) => serializer.serialize_bytes(b),
+            MsgValue::Array(items) => serializer.collect_seq(items),
+            MsgValue::Map(map) => serializer.collect_map(map),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MsgValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MsgVisitor)
+    }
+}
+
+struct MsgVisitor;
+
+impl<'de> Visitor<'de> for MsgVisitor {
+    type Value = MsgValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a MessagePack value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<MsgValue, E> {
+        Ok(MsgValue::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<MsgValue, E> {
+        Ok(MsgValue::Int(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<MsgValue, E> {
+        Ok(MsgValue::Int(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<MsgValue, E> {
+        Ok(MsgValue::Float(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<MsgValue, E> {
+        Ok(MsgValue::Str(v.to_owned()))
+    }
+
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<MsgValue, E> {
+        Ok(MsgValue::Bin(v.to_vec()))
+    }
+
+    fn visit_unit<E>(self) -> Result<MsgValue, E> {
+        Ok(MsgValue::Nil)
+    }
+
+    fn visit_none<E>(self) -> Result<MsgValue, E> {
+        Ok(MsgValue::Nil)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<MsgValue, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MsgValue, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(MsgValue::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MsgValue, A::Error> {
+        let mut entries = BTreeMap::new();
+        while let Some((key, value)) = map.next_entry::<MsgValue, MsgValue>()? {
+            let MsgValue::Str(key) = key else {
+                return Err(de::Error::custom(format!("map key {key:?} is not a str")));
+            };
+            if entries.insert(key.clone(), value).is_some() {
+                return Err(de::Error::custom(format!("map key {key:?} appears twice")));
+            }
+        }
+        Ok(MsgValue::Map(entries))
+    }
+}
+
+/// The exact pushes a `gpush.msgpack` connection receives: the keys of the
+/// JSON pushes, with `data` the payload as bin whatever it holds.
+pub mod msgpack {
+    use super::{MsgValue, code};
+
+    fn push(code: u64, topic: Option<&str>, data: &[u8]) -> MsgValue {
+        let mut push = MsgValue::map([("code", code.into()), ("data", MsgValue::bin(data))]);
+        if let Some(topic) = topic {
+            push.insert("topic", topic.into());
+        }
+        push
+    }
+
+    /// The push a subscriber of public topic `topic` receives for `data`.
+    pub fn public(topic: &str, data: &[u8]) -> MsgValue {
+        push(code::PUSH_PUBLIC, Some(topic), data)
+    }
+
+    /// The push a connection subscribed to private topic `topic` receives.
+    pub fn private(topic: &str, data: &[u8]) -> MsgValue {
+        push(code::PUSH_PRIVATE, Some(topic), data)
+    }
+
+    /// The push every connection of a user receives for a user-wide push.
+    pub fn user(data: &[u8]) -> MsgValue {
+        push(code::PUSH_PRIVATE, None, data)
+    }
+
+    /// The push every connection receives for an everyone push.
+    pub fn everyone(data: &[u8]) -> MsgValue {
+        push(code::PUSH_EVERYONE, None, data)
+    }
 }

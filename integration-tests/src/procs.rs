@@ -664,27 +664,36 @@ impl Etcd {
     }
 
     /// The member currently leading the cluster, as an index into the
-    /// members.
+    /// members. Retries (a member may be restarting or an election under
+    /// way) for up to [`START_TIMEOUT`].
     pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.try_leader().await {
+                Ok(name) => {
+                    return self
+                        .members
+                        .iter()
+                        .position(|m| m.name == name)
+                        .unwrap_or_else(|| panic!("etcd leader {name} is not one of ours"));
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("no etcd leader within {START_TIMEOUT:?}: {e}")
+                }
+                Err(_) => sleep(POLL * 4).await,
+            }
+        }
+    }
+
+    async fn try_leader(&self) -> anyhow::Result<String> {
         let mut client = self.client();
-        let status = timeout(crate::TIMEOUT, client.status())
-            .await
-            .expect("etcd status timed out")
-            .expect("etcd status");
-        let list = timeout(crate::TIMEOUT, client.member_list())
-            .await
-            .expect("etcd member list timed out")
-            .expect("etcd member list");
-        let name = list
-            .members()
+        let status = timeout(crate::TIMEOUT, client.status()).await??;
+        let list = timeout(crate::TIMEOUT, client.member_list()).await??;
+        list.members()
             .iter()
             .find(|m| m.id() == status.leader())
             .map(|m| m.name().to_owned())
-            .unwrap_or_else(|| panic!("etcd names no leader: {status:?}"));
-        self.members
-            .iter()
-            .position(|m| m.name == name)
-            .unwrap_or_else(|| panic!("etcd leader {name} is not one of ours"))
+            .with_context(|| format!("no member is the leader {}", status.leader()))
     }
 
     /// The client URL of every member, comma-separated: what edges and
@@ -711,6 +720,16 @@ impl Etcd {
             .unwrap_or_else(|_| panic!("etcd get {key:?} timed out"))
             .unwrap_or_else(|e| panic!("etcd get {key:?}: {e}"));
         response.kvs().first().map(|kv| kv.value().to_vec())
+    }
+
+    /// The lease `key` is attached to (0: none), if the key exists.
+    pub async fn lease_of(&self, key: &str) -> Option<i64> {
+        let mut client = self.client();
+        let response = timeout(crate::TIMEOUT, client.get(key, None))
+            .await
+            .unwrap_or_else(|_| panic!("etcd get {key:?} timed out"))
+            .unwrap_or_else(|e| panic!("etcd get {key:?}: {e}"));
+        response.kvs().first().map(|kv| kv.lease())
     }
 
     /// Every key under `prefix`.

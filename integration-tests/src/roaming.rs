@@ -38,6 +38,8 @@ pub struct Seen {
     pub failures: AtomicU64,
     /// The edge URL of the current (or last) connection.
     pub edge: Mutex<String>,
+    /// The reason of the last 1001 close.
+    pub close_reason: Mutex<String>,
 }
 
 impl Seen {
@@ -67,10 +69,10 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts `n` clients subscribed to `topic`. Client `i` first connects
-    /// to `first_urls[i % len]` (so the fleet starts spread over known
-    /// edges); every later connection asks `connect_url` (ingress's
-    /// `/v1/connect`) where to go.
+    /// Starts `n` clients subscribed to `topic`. Each connection asks
+    /// `connect_url` (ingress's `/v1/connect`) where to go, except that
+    /// client `i`'s first one goes to `first_urls[i % len]` when
+    /// `first_urls` is not empty.
     pub fn start(n: usize, first_urls: &[String], connect_url: &str, topic: &str) -> Self {
         let stop = CancellationToken::new();
         let http = reqwest::Client::builder()
@@ -83,7 +85,8 @@ impl Fleet {
             let seen = Arc::new(Seen::default());
             let roamer = Roamer {
                 seen: seen.clone(),
-                first_url: Some(first_urls[i % first_urls.len()].clone()),
+                first_url: (!first_urls.is_empty())
+                    .then(|| first_urls[i % first_urls.len()].clone()),
                 connect_url: connect_url.to_owned(),
                 topic: topic.to_owned(),
                 http: http.clone(),
@@ -284,6 +287,11 @@ impl Roamer {
                 }
                 Ok(Message::Close(Some(close))) if close.code == CloseCode::Away => {
                     self.seen.subscribed.store(false, Ordering::SeqCst);
+                    *self
+                        .seen
+                        .close_reason
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = close.reason.to_string();
                     // Finish the closing handshake, then go elsewhere.
                     let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
                     return Ended::GoingAway;

@@ -4,7 +4,8 @@
 //! known before the server runs), spawns `run` on the current tokio runtime
 //! and waits until the server answers. If `run` returns during start-up, the
 //! test panics with its error instead of timing out later. Dropping a handle
-//! cancels the server's shutdown token.
+//! cancels the server's shutdown token. An edge can be restarted on the
+//! same addresses ([`EdgeHandle::restart`]), as a redeployed edge would be.
 
 use gpush_edge::EdgeConfig;
 use gpush_ingress::IngressConfig;
@@ -24,6 +25,21 @@ async fn bind_local() -> (TcpListener, SocketAddr) {
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address of listener");
     (listener, addr)
+}
+
+/// Binds `addr` again after its server stopped, retrying until
+/// [`START_TIMEOUT`] in case the old socket is not quite gone.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("cannot bind {addr} again within {START_TIMEOUT:?}: {e}")
+            }
+            Err(_) => sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// A running server task: its shutdown token and its result.
@@ -159,6 +175,9 @@ pub struct EdgeHandle {
     push: Option<(SocketAddr, SocketAddr)>,
     node_id: Option<String>,
     shutdown_grace: Duration,
+    /// The config it runs with, its addresses filled in: what a restart
+    /// runs again.
+    config: EdgeConfig,
     server: ServerTask,
 }
 
@@ -174,19 +193,66 @@ impl EdgeHandle {
         if config.public_url.is_none() {
             config.public_url = Some(format!("ws://{ws}/ws"));
         }
-        let (push_listeners, push) = if config.standalone {
+        let push_listeners = if config.standalone {
             let (http_listener, http) = bind_local().await;
             let (grpc_listener, grpc) = bind_local().await;
             config.http_addr = Some(http);
             config.grpc_addr = Some(grpc);
-            let listeners = gpush_ingress::Listeners {
+            Some(gpush_ingress::Listeners {
                 http: http_listener,
                 grpc: grpc_listener,
-            };
-            (Some(listeners), Some((http, grpc)))
+            })
         } else {
-            (None, None)
+            None
         };
+        Self::run(config, ws_listener, push_listeners).await
+    }
+
+    /// Stops the edge (as [`Self::shutdown`]: its clients get close 1001)
+    /// and starts a new one with the same config on the same addresses, so
+    /// clients can come back to the URLs they know. Panics when the old
+    /// edge does not stop cleanly or the addresses cannot be bound again.
+    pub async fn restart(self) -> Self {
+        Self::start_again(self.stop().await).await
+    }
+
+    /// Stops the edge like [`Self::shutdown`], panicking unless it stops
+    /// cleanly, and gives back the config it ran with (its addresses filled
+    /// in) for [`Self::start_again`].
+    pub async fn stop(self) -> EdgeConfig {
+        let config = self.config.clone();
+        let what = self.server.what.clone();
+        if let Err(e) = self.shutdown().await {
+            panic!("{what} did not stop cleanly: {e:#}");
+        }
+        config
+    }
+
+    /// Starts an edge on exactly the addresses `config` names (as
+    /// [`Self::stop`] gives them back), waiting until they can be bound.
+    pub async fn start_again(config: EdgeConfig) -> Self {
+        let ws_listener = rebind(config.ws_addr).await;
+        let push_listeners = match (config.standalone, config.http_addr, config.grpc_addr) {
+            (true, Some(http), Some(grpc)) => Some(gpush_ingress::Listeners {
+                http: rebind(http).await,
+                grpc: rebind(grpc).await,
+            }),
+            _ => None,
+        };
+        Self::run(config, ws_listener, push_listeners).await
+    }
+
+    /// Runs the edge on bound listeners whose addresses `config` names, and
+    /// waits until it answers.
+    async fn run(
+        config: EdgeConfig,
+        ws_listener: TcpListener,
+        push_listeners: Option<gpush_ingress::Listeners>,
+    ) -> Self {
+        let ws = config.ws_addr;
+        let push = push_listeners
+            .as_ref()
+            .and(config.http_addr.zip(config.grpc_addr));
         let node_id = config.node_id.clone();
         let shutdown_grace = config.shutdown_grace;
         let shutdown = CancellationToken::new();
@@ -202,7 +268,7 @@ impl EdgeHandle {
         let mut server = ServerTask::spawn(
             what,
             shutdown.clone(),
-            gpush_edge::run(listeners, config, shutdown.child_token()),
+            gpush_edge::run(listeners, config.clone(), shutdown.child_token()),
         );
         let url = format!("ws://{ws}/ws");
         server.wait_ready(|| ws_handshake_ok(&url)).await;
@@ -211,8 +277,15 @@ impl EdgeHandle {
             push,
             node_id,
             shutdown_grace,
+            config,
             server,
         }
+    }
+
+    /// `http://127.0.0.1:<port>/`: the demo page (and, under it,
+    /// `/gpush.js`).
+    pub fn page_url(&self) -> String {
+        format!("http://{}/", self.ws)
     }
 
     /// `ws://127.0.0.1:<port>/ws`.

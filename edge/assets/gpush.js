@@ -1,0 +1,634 @@
+/*
+ * gpush.js: the browser client of gpush, served by every edge at /gpush.js.
+ * Plain JavaScript (ES2017), no dependencies, no build step.
+ *
+ *   const c = new GPush({url: "ws://localhost:9992/ws"});   // or {discover: "http://ingress:10068"}
+ *   c.on("state", (state) => console.log(state));
+ *   c.subscribe("news", (data, push) => console.log(data));
+ *   c.login(token).then(() => c.subscribePrivate("orders", (data) => console.log(data)));
+ *
+ * The client keeps the subscriptions and the login it was asked for, and
+ * gives them back to every new connection: after a reconnect it logs in
+ * again, then subscribes again (public topics at once, private ones after
+ * the login succeeded). Reconnects wait with jittered exponential backoff;
+ * a close with 1001 (the edge is draining) reconnects at once, through
+ * discovery when configured, so another edge is chosen. A text "ping" every
+ * `pingInterval` must be answered within `pongTimeout` or the connection is
+ * replaced.
+ *
+ * Requests return promises that resolve with the edge's reply, reject with
+ * an Error carrying `.reply` when the edge refuses (30001-30005), and reject
+ * when the client is closed. Requests made while disconnected are sent once
+ * connected. When a connection is lost before a reply came, the request is
+ * given again to the next connection (subscriptions, login) or settled
+ * with `null` (unsubscribe, logout: the new connection does not have what
+ * was dropped).
+ *
+ * Push handlers get `(data, push)`: `data` is the payload (the JSON value,
+ * a string, or a Uint8Array when the edge sent it as base64) and `push` the
+ * whole frame ({code, topic?, data, encoding?}).
+ */
+(function (root) {
+  "use strict";
+
+  /** Request, push and reply codes of the client protocol (README). */
+  const CODE = Object.freeze({
+    SUBSCRIBE: 1,
+    UNSUBSCRIBE: 2,
+    LOGIN: 3,
+    LOGOUT: 4,
+    SUBSCRIBE_PRIVATE: 5,
+    UNSUBSCRIBE_PRIVATE: 6,
+    PUSH_PUBLIC: 10001,
+    PUSH_PRIVATE: 10002,
+    PUSH_EVERYONE: 10003,
+    CONNECTED: 20000,
+    SUBSCRIBED: 20001,
+    UNSUBSCRIBED: 20002,
+    LOGGED_IN: 20003,
+    LOGGED_OUT: 20004,
+    BAD_REQUEST: 30001,
+    NOT_LOGGED_IN: 30002,
+    AUTH_FAILED: 30003,
+    INVALID_TOPIC: 30004,
+    LIMIT_REACHED: 30005,
+  });
+
+  /** Close code of an edge that shuts down: go to another edge. */
+  const GOING_AWAY = 1001;
+  /** Close code this client uses when it gives up on a silent connection. */
+  const KEEPALIVE_CLOSE = 4000;
+
+  const DEFAULTS = Object.freeze({
+    url: null, // ws:// or wss:// URL of an edge
+    discover: null, // http(s) base URL of ingress: GET /v1/connect picks the edge
+    reconnectInitial: 500, // ms, first backoff step
+    reconnectMax: 10000, // ms, backoff cap
+    drainJitter: 500, // ms, most a 1001 reconnect waits
+    connectTimeout: 10000, // ms for discovery plus the WebSocket handshake
+    pingInterval: 20000, // ms between text pings
+    pongTimeout: 10000, // ms to hear anything back after a ping
+    autoConnect: true,
+    WebSocket: null, // WebSocket implementation (default: the browser's)
+    fetch: null, // fetch implementation (default: the browser's)
+  });
+
+  function refusal(reply, request) {
+    const text = reply.detail ? reply.message + ": " + reply.detail : reply.message;
+    const error = new Error("gpush: " + reply.code + " " + text);
+    error.reply = reply;
+    error.request = request;
+    return error;
+  }
+
+  function base64Bytes(text) {
+    const binary = root.atob(text);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes;
+  }
+
+  function pushData(push) {
+    if (push.encoding === "base64" && typeof push.data === "string") {
+      try {
+        return base64Bytes(push.data);
+      } catch (e) {
+        return push.data;
+      }
+    }
+    return push.data;
+  }
+
+  /** A desired subscription or login: what to restore and who waits for it. */
+  function item(handler) {
+    return {handler: handler, waiters: []};
+  }
+
+  class GPush {
+    /**
+     * @param {object} options `url` (edge WebSocket URL) and/or `discover`
+     *   (ingress base URL); see DEFAULTS for the timing options.
+     */
+    constructor(options) {
+      const opts = Object.assign({}, DEFAULTS, options || {});
+      if (!opts.url && !opts.discover) {
+        throw new Error("gpush: give `url` (an edge's ws:// URL) or `discover` (ingress's http:// URL)");
+      }
+      this.options = opts;
+      this._WebSocket = opts.WebSocket || root.WebSocket;
+      this._fetch = opts.fetch || (root.fetch ? root.fetch.bind(root) : null);
+      /** "idle", "connecting", "open", "waiting" (backoff), "closed". */
+      this.state = "idle";
+      /** URL of the current (or last) edge. */
+      this.url = null;
+      /** Node id of the current edge, when it came from discovery. */
+      this.nodeId = null;
+      /** The logged-in uid, or null. */
+      this.uid = null;
+      /** Number of connections opened so far. */
+      this.connects = 0;
+
+      this._listeners = new Map();
+      this._public = new Map(); // topic -> item
+      this._private = new Map(); // topic -> item
+      this._user = new Set(); // handlers of user-wide pushes
+      this._everyone = new Set(); // handlers of everyone pushes
+      this._token = null; // login to restore, or null
+      this._login = null; // its item
+      this._loggedIn = false;
+      this._pending = new Map(); // request id -> {code, topic, item, waiters}
+      this._nextId = 0;
+      this._ws = null;
+      this._gen = 0; // bumps on every connect attempt, so stale callbacks do nothing
+      this._attempt = 0;
+      this._avoid = null; // URL of an edge that told us to go away
+      this._timers = {retry: null, connect: null, ping: null, pong: null};
+      this._lastHeard = 0;
+      this._closed = false;
+      if (opts.autoConnect) this.connect();
+    }
+
+    // ---- events ---------------------------------------------------------
+
+    /**
+     * Listens to "state" (state, info), "open" ({url, nodeId}), "close"
+     * ({code, reason}), "push" (push, data), "reply" (reply) or "error"
+     * (Error). Returns a function that removes the listener.
+     */
+    on(event, fn) {
+      if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+      this._listeners.get(event).add(fn);
+      return () => this.off(event, fn);
+    }
+
+    /** Removes a listener added with on(). */
+    off(event, fn) {
+      const set = this._listeners.get(event);
+      if (set) set.delete(fn);
+    }
+
+    _emit(event, ...args) {
+      const set = this._listeners.get(event);
+      if (!set) return;
+      for (const fn of Array.from(set)) {
+        try {
+          fn(...args);
+        } catch (e) {
+          if (event !== "error") this._emit("error", e);
+        }
+      }
+    }
+
+    _setState(state, info) {
+      this.state = state;
+      this._emit("state", state, info || {});
+    }
+
+    // ---- public API -----------------------------------------------------
+
+    /** Subscribes to public `topic`; `handler(data, push)` gets its pushes. */
+    subscribe(topic, handler) {
+      return this._want(this._public, topic, handler, CODE.SUBSCRIBE, true);
+    }
+
+    /** Unsubscribes from public `topic`. */
+    unsubscribe(topic) {
+      return this._drop(this._public, topic, CODE.UNSUBSCRIBE);
+    }
+
+    /**
+     * Logs in with `token` (kept, and sent again after every reconnect).
+     * On success every private subscription is (re)sent; a refused token is
+     * forgotten, and the client is then logged out.
+     */
+    login(token) {
+      this._token = token;
+      const next = item(null);
+      if (this._login) next.waiters = this._login.waiters.splice(0);
+      this._login = next;
+      this._loggedIn = false;
+      return this._ask(next, () => this._sendLogin());
+    }
+
+    /** Logs out and drops every private subscription. */
+    logout() {
+      this._token = null;
+      this._loggedIn = false;
+      this.uid = null;
+      this._rejectItem(this._login, "logged out");
+      this._login = null;
+      for (const it of this._private.values()) this._rejectItem(it, "logged out");
+      this._private.clear();
+      return this._fire(CODE.LOGOUT);
+    }
+
+    /**
+     * Subscribes to the logged-in user's private `topic`. Needs login()
+     * first; kept across reconnects and sent again after every login.
+     */
+    subscribePrivate(topic, handler) {
+      if (this._token === null) {
+        return Promise.reject(new Error("gpush: subscribePrivate needs login() first"));
+      }
+      return this._want(this._private, topic, handler, CODE.SUBSCRIBE_PRIVATE, this._loggedIn);
+    }
+
+    /** Unsubscribes from private `topic`. */
+    unsubscribePrivate(topic) {
+      return this._drop(this._private, topic, CODE.UNSUBSCRIBE_PRIVATE);
+    }
+
+    /** The public topics the client keeps subscribed. */
+    topics() {
+      return Array.from(this._public.keys());
+    }
+
+    /** The private topics the client keeps subscribed (while logged in). */
+    privateTopics() {
+      return Array.from(this._private.keys());
+    }
+
+    /** `handler(data, push)` gets pushes to every connection of the user. */
+    onUser(handler) {
+      this._user.add(handler);
+      return () => this._user.delete(handler);
+    }
+
+    /** `handler(data, push)` gets pushes to everyone. */
+    onEveryone(handler) {
+      this._everyone.add(handler);
+      return () => this._everyone.delete(handler);
+    }
+
+    /** Connects (again) now; done by the constructor unless autoConnect is false. */
+    connect() {
+      this._closed = false;
+      this._clearTimer("retry");
+      if (this._ws || this.state === "connecting") return;
+      this._open();
+    }
+
+    /** Closes for good: no reconnect; waiting requests are rejected. */
+    close() {
+      this._closed = true;
+      this._gen++;
+      for (const name of Object.keys(this._timers)) this._clearTimer(name);
+      const ws = this._ws;
+      this._ws = null;
+      if (ws) {
+        this._detach(ws);
+        try {
+          ws.close(1000, "client closed");
+        } catch (e) {
+          // Already closing.
+        }
+      }
+      for (const entry of this._pending.values()) {
+        for (const w of entry.waiters) w.reject(new Error("gpush: client closed"));
+      }
+      this._pending.clear();
+      const items = [this._login].concat(Array.from(this._public.values()), Array.from(this._private.values()));
+      for (const it of items) this._rejectItem(it, "client closed");
+      this._loggedIn = false;
+      this.uid = null;
+      this._setState("closed");
+    }
+
+    // ---- requests -------------------------------------------------------
+
+    _isOpen() {
+      return !!this._ws && this._ws.readyState === 1 && this.state === "open";
+    }
+
+    /** Records `topic` in `map` and sends `code` now if `ready`. */
+    _want(map, topic, handler, code, ready) {
+      if (typeof topic !== "string" || topic === "") {
+        return Promise.reject(new Error("gpush: topic must be a non-empty string"));
+      }
+      const previous = map.get(topic);
+      const next = item(handler);
+      if (previous) next.waiters = previous.waiters.splice(0);
+      map.set(topic, next);
+      return this._ask(next, () => {
+        if (ready) this._flush(next, code, topic);
+      });
+    }
+
+    _drop(map, topic, code) {
+      const it = map.get(topic);
+      map.delete(topic);
+      this._rejectItem(it, "unsubscribed");
+      return this._fire(code, topic);
+    }
+
+    /** A promise settled by the next reply to `it`'s request; `send` may send it now. */
+    _ask(it, send) {
+      return new Promise((resolve, reject) => {
+        it.waiters.push({resolve: resolve, reject: reject});
+        if (this._isOpen()) send();
+      });
+    }
+
+    /** A request with no state to restore (unsubscribe, logout). */
+    _fire(code, topic) {
+      if (!this._isOpen()) return Promise.resolve(null);
+      return new Promise((resolve, reject) => {
+        this._send(code, topic, undefined, null, [{resolve: resolve, reject: reject}]);
+      });
+    }
+
+    /** Sends `it`'s request, handing its waiters to that request. */
+    _flush(it, code, topic, data) {
+      this._send(code, topic, data, it, it.waiters.splice(0));
+    }
+
+    _sendLogin() {
+      if (this._login) this._flush(this._login, CODE.LOGIN, undefined, this._token);
+    }
+
+    _send(code, topic, data, it, waiters) {
+      const id = ++this._nextId;
+      const request = {code: code, id: id};
+      if (topic !== undefined) request.topic = topic;
+      if (data !== undefined) request.data = data;
+      this._pending.set(id, {code: code, topic: topic, item: it, waiters: waiters, request: request});
+      try {
+        this._ws.send(JSON.stringify(request));
+      } catch (e) {
+        // The socket is going; onclose hands the request to the next one.
+      }
+    }
+
+    _rejectItem(it, why) {
+      if (!it) return;
+      for (const w of it.waiters.splice(0)) w.reject(new Error("gpush: " + why));
+    }
+
+    /** Whether `it` is still what the client wants (not replaced or dropped). */
+    _current(entry) {
+      const it = entry.item;
+      if (!it) return false;
+      if (entry.code === CODE.LOGIN) return it === this._login;
+      if (entry.code === CODE.SUBSCRIBE) return this._public.get(entry.topic) === it;
+      return this._private.get(entry.topic) === it;
+    }
+
+    _onReply(reply) {
+      this._emit("reply", reply);
+      const entry = this._pending.get(reply.id);
+      if (entry === undefined) return;
+      this._pending.delete(reply.id);
+      const ok = reply.code >= 20000 && reply.code < 30000;
+      if (entry.code === CODE.LOGIN && entry.item === this._login) {
+        if (ok) {
+          this._loggedIn = true;
+          this.uid = reply.uid === undefined ? null : reply.uid;
+          for (const [topic, it] of this._private) this._flush(it, CODE.SUBSCRIBE_PRIVATE, topic);
+        } else {
+          // A refused token is forgotten; log out so that the edge agrees.
+          this._token = null;
+          this._login = null;
+          this._loggedIn = false;
+          this.uid = null;
+          for (const it of this._private.values()) this._rejectItem(it, "login refused");
+          this._send(CODE.LOGOUT, undefined, undefined, null, []);
+        }
+      }
+      if (ok) {
+        for (const w of entry.waiters) w.resolve(reply);
+      } else {
+        const error = refusal(reply, entry.request);
+        if (entry.waiters.length === 0) this._emit("error", error);
+        for (const w of entry.waiters) w.reject(error);
+      }
+    }
+
+    // ---- pushes ---------------------------------------------------------
+
+    _onPush(push) {
+      const data = pushData(push);
+      this._emit("push", push, data);
+      let handlers = [];
+      if (push.code === CODE.PUSH_PUBLIC) {
+        const it = this._public.get(push.topic);
+        if (it && it.handler) handlers = [it.handler];
+      } else if (push.code === CODE.PUSH_PRIVATE && push.topic !== undefined) {
+        const it = this._private.get(push.topic);
+        if (it && it.handler) handlers = [it.handler];
+      } else if (push.code === CODE.PUSH_PRIVATE) {
+        handlers = Array.from(this._user);
+      } else if (push.code === CODE.PUSH_EVERYONE) {
+        handlers = Array.from(this._everyone);
+      }
+      for (const handler of handlers) {
+        try {
+          handler(data, push);
+        } catch (e) {
+          this._emit("error", e);
+        }
+      }
+    }
+
+    // ---- connection -----------------------------------------------------
+
+    _clearTimer(name) {
+      const t = this._timers[name];
+      if (t !== null) {
+        clearTimeout(t);
+        clearInterval(t);
+        this._timers[name] = null;
+      }
+    }
+
+    async _pickUrl() {
+      const opts = this.options;
+      if (!opts.discover) return {url: opts.url, nodeId: null};
+      try {
+        return await this._discover();
+      } catch (e) {
+        if (!opts.url) throw e;
+        this._emit("error", e);
+        return {url: opts.url, nodeId: null};
+      }
+    }
+
+    /** Asks ingress for the least loaded edge, avoiding one that is draining. */
+    async _discover() {
+      if (!this._fetch) throw new Error("gpush: discovery needs fetch()");
+      const base = this.options.discover.replace(/\/+$/, "");
+      const get = async (path) => {
+        const response = await this._fetch(base + path, {cache: "no-store"});
+        if (!response.ok) throw new Error("gpush: GET " + base + path + " answered " + response.status);
+        return response.json();
+      };
+      const best = await get("/v1/connect");
+      if (!this._avoid || best.url !== this._avoid) return {url: best.url, nodeId: best.node_id || null};
+      const list = await get("/v1/edges");
+      const other = (list.edges || []).find((e) => e.url !== this._avoid);
+      return other ? {url: other.url, nodeId: other.node_id || null} : {url: best.url, nodeId: best.node_id || null};
+    }
+
+    async _open() {
+      const gen = ++this._gen;
+      this._clearTimer("retry");
+      this._clearTimer("connect");
+      this._setState("connecting", {attempt: this._attempt});
+      this._timers.connect = setTimeout(() => {
+        if (gen !== this._gen) return;
+        const ws = this._ws;
+        if (ws) this._lost(ws, {code: 4008, reason: "connect timeout", wasClean: false});
+        else this._retry(gen, new Error("gpush: discovery timed out"));
+      }, this.options.connectTimeout);
+      let target;
+      try {
+        target = await this._pickUrl();
+      } catch (e) {
+        this._retry(gen, e);
+        return;
+      }
+      if (gen !== this._gen || this._closed) return;
+      let ws;
+      try {
+        ws = new this._WebSocket(target.url);
+      } catch (e) {
+        this._retry(gen, e);
+        return;
+      }
+      this._ws = ws;
+      this.url = target.url;
+      this.nodeId = target.nodeId;
+      ws.onopen = () => this._opened(ws);
+      ws.onmessage = (event) => this._onMessage(ws, event);
+      ws.onclose = (event) => this._lost(ws, event);
+      ws.onerror = () => {}; // onclose follows with the code
+    }
+
+    _opened(ws) {
+      if (ws !== this._ws) return;
+      this._clearTimer("connect");
+      this._attempt = 0;
+      this._avoid = null;
+      this._loggedIn = false;
+      this.uid = null;
+      this.connects++;
+      this._lastHeard = Date.now();
+      this._setState("open", {url: this.url, nodeId: this.nodeId});
+      this._emit("open", {url: this.url, nodeId: this.nodeId});
+      // Restore: login first (private subscriptions follow its reply), then
+      // every public subscription.
+      if (this._token !== null) this._sendLogin();
+      for (const [topic, it] of this._public) this._flush(it, CODE.SUBSCRIBE, topic);
+      this._startKeepalive(ws);
+    }
+
+    _onMessage(ws, event) {
+      if (ws !== this._ws) return;
+      this._lastHeard = Date.now();
+      if (typeof event.data !== "string") return; // JSON pushes are text
+      if (event.data === "pong") return;
+      let msg;
+      try {
+        msg = JSON.parse(event.data);
+      } catch (e) {
+        this._emit("error", new Error("gpush: not JSON: " + event.data.slice(0, 100)));
+        return;
+      }
+      if (msg === null || typeof msg !== "object") return;
+      if (msg.code >= 10001 && msg.code <= 10003) this._onPush(msg);
+      else this._onReply(msg);
+    }
+
+    _startKeepalive(ws) {
+      this._clearTimer("ping");
+      this._clearTimer("pong");
+      this._timers.ping = setInterval(() => {
+        if (ws !== this._ws || ws.readyState !== 1) return;
+        const sentAt = Date.now();
+        try {
+          ws.send("ping");
+        } catch (e) {
+          return;
+        }
+        this._clearTimer("pong");
+        this._timers.pong = setTimeout(() => {
+          if (ws === this._ws && this._lastHeard < sentAt) {
+            this._lost(ws, {code: KEEPALIVE_CLOSE, reason: "keepalive timeout", wasClean: false});
+          }
+        }, this.options.pongTimeout);
+      }, this.options.pingInterval);
+    }
+
+    _detach(ws) {
+      ws.onopen = null;
+      ws.onmessage = null;
+      ws.onclose = null;
+      ws.onerror = null;
+    }
+
+    /** The connection `ws` is gone (closed by the edge, the network or us). */
+    _lost(ws, event) {
+      if (ws !== this._ws) return;
+      this._ws = null;
+      this._detach(ws);
+      if (ws.readyState === 0 || ws.readyState === 1) {
+        try {
+          ws.close(KEEPALIVE_CLOSE, String(event.reason || "").slice(0, 100));
+        } catch (e) {
+          // Ignore: it is going anyway.
+        }
+      }
+      this._clearTimer("connect");
+      this._clearTimer("ping");
+      this._clearTimer("pong");
+      this._loggedIn = false;
+      this.uid = null;
+      // Unanswered requests: what is still wanted goes to the next
+      // connection with its waiters; the rest is settled with null.
+      for (const entry of this._pending.values()) {
+        if (this._current(entry)) entry.item.waiters.unshift(...entry.waiters);
+        else for (const w of entry.waiters) w.resolve(null);
+      }
+      this._pending.clear();
+      const info = {code: event.code, reason: event.reason || ""};
+      this._emit("close", info);
+      if (this._closed) return;
+      if (event.code === GOING_AWAY) {
+        // Draining edge: go at once (a little jitter spreads the herd),
+        // through discovery, to another edge.
+        this._avoid = this.url;
+        this._attempt = 0;
+        this._schedule(Math.random() * this.options.drainJitter, info);
+      } else {
+        this._retry(this._gen, null, info);
+      }
+    }
+
+    /** Waits the next backoff step, then connects again. */
+    _retry(gen, error, info) {
+      if (gen !== this._gen || this._closed) return;
+      this._clearTimer("connect");
+      if (error) this._emit("error", error);
+      const o = this.options;
+      const step = Math.min(o.reconnectMax, o.reconnectInitial * Math.pow(2, this._attempt));
+      this._attempt = Math.min(this._attempt + 1, 30);
+      // "Equal jitter": half fixed, half random.
+      this._schedule(step / 2 + Math.random() * (step / 2), info);
+    }
+
+    _schedule(delay, info) {
+      this._gen++;
+      this._clearTimer("retry");
+      this._setState("waiting", Object.assign({delay: Math.round(delay), attempt: this._attempt}, info || {}));
+      this._timers.retry = setTimeout(() => {
+        this._timers.retry = null;
+        if (!this._closed) this._open();
+      }, delay);
+    }
+  }
+
+  GPush.CODE = CODE;
+  GPush.DEFAULTS = DEFAULTS;
+
+  root.GPush = GPush;
+  if (typeof module === "object" && module && module.exports) module.exports = GPush;
+})(typeof self !== "undefined" ? self : this);

@@ -1,0 +1,478 @@
+//! The browser client (`/gpush.js`) and the demo page (`/`) in real headless
+//! Chromium: the page connects, subscribes, receives pushes made over HTTP
+//! (from its own form, through CORS, and from the test), logs in and
+//! receives a private push, and keeps all of that across an edge restart
+//! (same port: backoff, re-login, re-subscribe) and across a drain (close
+//! 1001: discovery through ingress picks the other edge).
+//!
+//! Chromium (Debian `chromium`) runs as a child process with a DevTools
+//! port; Debian's `chromedriver` attaches to it, and the test drives it
+//! over WebDriver with fantoccini. Both processes are killed on drop (the
+//! browser is started by the test, not by chromedriver, so that killing it
+//! cannot leave an orphaned browser behind). A missing browser fails the
+//! test with the apt-get command that installs it; `.ci/run` installs it.
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use gpush_integration_tests::procs::{LoggedChild, find_program, free_port, scratch_dir};
+use gpush_integration_tests::{Cluster, Deployment, EdgeHandle, Standalone, TIMEOUT, auth};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use tokio::time::{Instant, sleep, timeout};
+
+/// How long the page gets for something that should happen: generous,
+/// since a reconnect waits out a backoff step first.
+const WAIT: Duration = Duration::from_secs(20);
+/// How long Chromium and chromedriver get to start.
+const START: Duration = Duration::from_secs(30);
+/// Poll interval of every wait on the page.
+const POLL: Duration = Duration::from_millis(50);
+const INSTALL: &str = "apt-get install -y chromium chromium-driver";
+
+/// Headless Chromium with chromedriver attached, and a WebDriver session.
+struct Browser {
+    client: Client,
+    chromedriver: LoggedChild,
+    chromium: LoggedChild,
+    /// Logs and the browser profile, removed on drop unless the test failed.
+    dir: PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let chromium_bin = find_program("chromium", INSTALL);
+        let chromedriver_bin = find_program("chromedriver", INSTALL);
+        let dir = scratch_dir("browser");
+        let profile = dir.join("profile");
+
+        let mut command = Command::new(chromium_bin);
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-port=0",
+            "--remote-debugging-address=127.0.0.1",
+        ]);
+        command.arg(format!("--user-data-dir={}", profile.display()));
+        command.arg("about:blank");
+        let mut chromium = LoggedChild::spawn("chromium", command, dir.join("chromium.log"));
+        let devtools = devtools_addr(&mut chromium, &profile).await;
+
+        let port = free_port();
+        let mut command = Command::new(chromedriver_bin);
+        command.arg(format!("--port={port}"));
+        let mut chromedriver =
+            LoggedChild::spawn("chromedriver", command, dir.join("chromedriver.log"));
+        chromedriver
+            .wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await;
+
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({ "debuggerAddress": devtools.to_string() }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let session = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await;
+        let client = match session {
+            Ok(client) => client,
+            Err(e) => panic!(
+                "no WebDriver session: {e}\nchromedriver log:\n{}\nchromium log:\n{}",
+                chromedriver.log_tail(),
+                chromium.log_tail()
+            ),
+        };
+        Self {
+            client,
+            chromedriver,
+            chromium,
+            dir,
+        }
+    }
+
+    async fn open(&self, url: &str) {
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    }
+
+    /// Replaces the text of input `id` with `text`.
+    async fn fill(&self, id: &str, text: &str) {
+        let input = self
+            .client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no #{id}: {e}"));
+        input
+            .clear()
+            .await
+            .unwrap_or_else(|e| panic!("clear #{id}: {e}"));
+        input
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("type into #{id}: {e}"));
+    }
+
+    async fn click(&self, id: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("no #{id}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page.
+    async fn eval(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client
+            .execute(script, args)
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Polls `script` until it returns something truthy, for at most
+    /// [`WAIT`]; panics with `what` and the page's log otherwise.
+    async fn wait_for(&self, what: &str, script: &str, args: Vec<Value>) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let value = self.eval(script, args.clone()).await;
+            let truthy = match &value {
+                Value::Null | Value::Bool(false) => false,
+                Value::String(s) => !s.is_empty(),
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                _ => true,
+            };
+            if truthy {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "page: {what} did not happen within {WAIT:?}; page log:\n{}",
+                    self.page_log().await
+                );
+            }
+            sleep(POLL).await;
+        }
+    }
+
+    async fn page_log(&self) -> String {
+        let log = self
+            .client
+            .execute(
+                "return Array.from(document.querySelectorAll('#log li'), li => li.textContent).join('\\n');",
+                vec![],
+            )
+            .await;
+        match log {
+            Ok(Value::String(text)) => text,
+            other => format!("(no log: {other:?})"),
+        }
+    }
+
+    /// Waits for the client's connection to be open.
+    async fn wait_open(&self) {
+        self.wait_for(
+            "connection open",
+            "return window.gpush && window.gpush.state === 'open';",
+            vec![],
+        )
+        .await;
+    }
+
+    /// Waits until the page has logged `at_least` replies `code` for `topic`.
+    async fn wait_replies(&self, code: u32, topic: &str, at_least: u64) {
+        self.wait_for(
+            &format!("{at_least} replies {code} for {topic:?}"),
+            "return document.querySelectorAll(\
+                 `#log li.reply[data-code=\"${arguments[0]}\"][data-topic=\"${arguments[1]}\"]`\
+             ).length >= arguments[2];",
+            vec![json!(code), json!(topic), json!(at_least)],
+        )
+        .await;
+    }
+
+    /// Waits for a logged push whose text contains `needle`.
+    async fn wait_push(&self, needle: &str) {
+        self.wait_for(
+            &format!("a push containing {needle:?}"),
+            "return Array.from(document.querySelectorAll('#log li.push'))\
+                 .some(li => li.textContent.includes(arguments[0]));",
+            vec![json!(needle)],
+        )
+        .await;
+    }
+
+    /// Subscribes to public `topic` with the page's form and waits for the
+    /// edge's 20001 reply.
+    async fn subscribe(&self, topic: &str) {
+        self.fill("topic", topic).await;
+        self.click("subscribe").await;
+        self.wait_replies(20001, topic, 1).await;
+    }
+
+    /// Sends a push with the page's form and waits for the push API's 200.
+    async fn push_from_page(&self, uid: &str, topic: &str, message: &str) {
+        let before = self
+            .eval(
+                "return Number(document.getElementById('push-result').dataset.count || 0);",
+                vec![],
+            )
+            .await;
+        self.fill("push-uid", uid).await;
+        self.fill("push-topic", topic).await;
+        self.fill("push-message", message).await;
+        self.click("push-send").await;
+        let result = self
+            .wait_for(
+                "the push form's answer",
+                "const r = document.getElementById('push-result');\
+                 return Number(r.dataset.count || 0) > arguments[0] ? r.textContent : null;",
+                vec![before],
+            )
+            .await;
+        let result = result.as_str().unwrap_or_default().to_owned();
+        assert!(
+            result.contains(" 200 ok"),
+            "the page's push was refused: {result}"
+        );
+    }
+
+    async fn close(self) {
+        let _ = timeout(TIMEOUT, self.client.clone().close()).await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The browser first: it writes to its profile until it is gone.
+        self.chromium.kill();
+        self.chromedriver.kill();
+        if std::thread::panicking() {
+            eprintln!("browser logs kept in {}", self.dir.display());
+            return;
+        }
+        // Its helper processes can outlive the main one by a moment and
+        // write to the profile meanwhile: try again for up to a second.
+        for _ in 0..20 {
+            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The DevTools address Chromium announces in `<profile>/DevToolsActivePort`
+/// (first line: the port it bound for `--remote-debugging-port=0`).
+async fn devtools_addr(chromium: &mut LoggedChild, profile: &std::path::Path) -> SocketAddr {
+    let file = profile.join("DevToolsActivePort");
+    let deadline = Instant::now() + START;
+    loop {
+        chromium.assert_running();
+        let port = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<u16>().ok());
+        if let Some(port) = port {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            chromium.wait_for_port(addr).await;
+            return addr;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "chromium wrote no {} within {START:?}; log:\n{}",
+                file.display(),
+                chromium.log_tail()
+            );
+        }
+        sleep(POLL).await;
+    }
+}
+
+/// `/gpush.js` and `/` are served with their types and caching headers,
+/// and the page knows the standalone push API's port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_are_served_with_types() {
+    let d = Standalone::start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let base = d.edge.page_url();
+    for (path, content_type, cache) in [
+        (
+            "gpush.js",
+            "text/javascript; charset=utf-8",
+            "public, max-age=300",
+        ),
+        ("", "text/html; charset=utf-8", "no-cache"),
+    ] {
+        let response = timeout(TIMEOUT, http.get(format!("{base}{path}")).send())
+            .await
+            .expect("answer in time")
+            .expect("GET");
+        assert_eq!(response.status(), 200, "/{path}");
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], content_type, "/{path}");
+        assert_eq!(headers["cache-control"], cache, "/{path}");
+        let body = response.text().await.expect("body");
+        if path.is_empty() {
+            let port = d.api().http_base().rsplit(':').next().unwrap_or_default();
+            let meta = format!(r#"<meta name="gpush-push-port" content="{port}">"#);
+            assert!(body.contains(&meta), "the page lacks {meta}");
+        } else {
+            assert!(body.contains("class GPush"), "not the client");
+        }
+    }
+}
+
+/// A standalone edge: the page subscribes, receives pushes from its own
+/// form and from the test, logs in with a JWT and receives a private push;
+/// then the edge stops (close 1001), stays down until the page's first
+/// reconnect is refused, and starts again on the same port: the page comes
+/// back, logged in and subscribed again, and receives what is pushed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_survives_an_edge_restart() {
+    let started = Instant::now();
+    let mut d = Standalone::start(|_| {}).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+
+    browser.subscribe("news").await;
+    browser
+        .push_from_page("", "news", r#"{"from":"page","n":1}"#)
+        .await;
+    browser
+        .wait_push(r#"push 10001 news: {"from":"page","n":1}"#)
+        .await;
+    d.push_http("", "news", br#"{"from":"test","n":1}"#).await;
+    browser
+        .wait_push(r#"push 10001 news: {"from":"test","n":1}"#)
+        .await;
+
+    browser.fill("token", &auth::hs256("alice")).await;
+    browser.click("login").await;
+    browser
+        .wait_for(
+            "login as alice",
+            "return document.getElementById('uid').textContent === 'alice';",
+            vec![],
+        )
+        .await;
+    browser.fill("private-topic", "inbox").await;
+    browser.click("subscribe-private").await;
+    browser.wait_replies(20001, "inbox", 1).await;
+    d.push_http("alice", "inbox", b"private one").await;
+    browser.wait_push("push 10002 inbox: private one").await;
+    // Someone else's private push is not delivered.
+    d.push_http("bob", "inbox", b"not for alice").await;
+
+    // Stop the edge and keep it down until the page has failed to
+    // reconnect at least once, so the backoff path runs too.
+    let config = d.edge.stop().await;
+    browser
+        .wait_for(
+            "a refused reconnect",
+            "return document.getElementById('log').textContent.includes('(close 1006)');",
+            vec![],
+        )
+        .await;
+    d.edge = EdgeHandle::start_again(config).await;
+    browser
+        .wait_for(
+            "a second connection",
+            "return window.gpush.connects >= 2 && window.gpush.state === 'open';",
+            vec![],
+        )
+        .await;
+    browser.wait_replies(20001, "news", 2).await;
+    browser.wait_replies(20001, "inbox", 2).await;
+    assert_eq!(
+        browser
+            .eval("return window.gpush.uid;", vec![])
+            .await
+            .as_str(),
+        Some("alice")
+    );
+
+    d.push_http("", "news", br#"{"from":"test","n":2}"#).await;
+    browser
+        .wait_push(r#"push 10001 news: {"from":"test","n":2}"#)
+        .await;
+    d.push_http("alice", "inbox", b"private two").await;
+    browser.wait_push("push 10002 inbox: private two").await;
+    browser
+        .push_from_page("", "news", r#"{"from":"page","n":2}"#)
+        .await;
+    browser
+        .wait_push(r#"push 10001 news: {"from":"page","n":2}"#)
+        .await;
+    let log = browser.page_log().await;
+    assert!(!log.contains("not for alice"), "misdelivered:\n{log}");
+    browser.close().await;
+    eprintln!("browser restart test took {:?}", started.elapsed());
+}
+
+/// A cluster: the page finds its edge through ingress (`?discover=`),
+/// pushes through ingress (CORS `*`), and when its edge drains (close
+/// 1001) it goes to the other edge at once and subscribes again there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_moves_to_another_edge_on_drain() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start_with(
+        2,
+        |ingress| ingress.push.cors_allowed_origins = vec!["*".to_owned()],
+        |_| {},
+    )
+    .await;
+    let ingress = cluster.ingress.http_base();
+    let browser = Browser::start().await;
+    let page = format!("{}?discover={ingress}", cluster.edges[0].page_url());
+    browser.open(&page).await;
+    browser.wait_open().await;
+    let first = browser.eval("return window.gpush.nodeId;", vec![]).await;
+    let first = first.as_str().expect("a node id from discovery").to_owned();
+    browser.subscribe("news").await;
+    browser
+        .push_from_page("", "news", r#"{"via":"ingress","n":1}"#)
+        .await;
+    browser
+        .wait_push(r#"push 10001 news: {"via":"ingress","n":1}"#)
+        .await;
+
+    let draining = cluster
+        .edges
+        .iter()
+        .position(|e| e.node_id() == Some(first.as_str()))
+        .unwrap_or_else(|| panic!("discovery gave an unknown edge {first:?}"));
+    let edge = cluster.edges.remove(draining);
+    edge.shutdown().await.expect("the edge drains cleanly");
+
+    let second = browser
+        .wait_for(
+            "a connection to the other edge",
+            "const c = window.gpush;\
+             return c.state === 'open' && c.nodeId !== arguments[0] ? c.nodeId : null;",
+            vec![json!(first)],
+        )
+        .await;
+    assert_eq!(second.as_str(), cluster.edges[0].node_id());
+    browser.wait_replies(20001, "news", 2).await;
+    cluster
+        .push_http("", "news", br#"{"via":"ingress","n":2}"#)
+        .await;
+    browser
+        .wait_push(r#"push 10001 news: {"via":"ingress","n":2}"#)
+        .await;
+    browser.close().await;
+    eprintln!("browser drain test took {:?}", started.elapsed());
+}
