@@ -40,9 +40,9 @@ pub enum Bus {
     Queued(LocalQueue),
 }
 
-/// How often the NATS client pings its server. Two unanswered pings (a
-/// hung server, a silent partition) make it drop the connection and fail
-/// over to another server of the cluster.
+/// How often the NATS client pings its server. A third ping sent while
+/// two are unanswered (a hung server, a silent partition: 10-15 s) makes it
+/// drop the connection and fail over to another server of the cluster.
 pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Default bound of the standalone push queue, in publish calls.
