@@ -1,6 +1,7 @@
-//! Whole deployments: a [`Cluster`] (NATS + etcd + ingress + edges) or a
-//! [`Standalone`] edge, behind the [`Deployment`] trait so the same delivery
-//! scenarios run against both.
+//! Whole deployments: a [`Cluster`] (NATS + etcd + ingress + edges), a
+//! [`Standalone`] edge, or an [`External`] deployment that is already
+//! running somewhere (addresses from environment variables), behind the
+//! [`Deployment`] trait so the same delivery scenarios run against each.
 
 use crate::api::{PushApi, PushMsg, Via};
 use crate::client::{RAW_PROTOCOL, WsClient};
@@ -202,6 +203,74 @@ impl Deployment for Standalone {
 
     fn ws_url(&self, _i: usize) -> String {
         self.edge.ws_url()
+    }
+
+    fn api(&self) -> &PushApi {
+        &self.api
+    }
+}
+
+/// Environment variable: comma-separated WebSocket URLs of the edges of a
+/// running deployment. When set, [`External::from_env`] targets it.
+pub const ENV_WS_URLS: &str = "GPUSH_IT_WS_URLS";
+/// Environment variable: base URL of the running deployment's HTTP push
+/// API, e.g. `http://127.0.0.1:10068`.
+pub const ENV_PUSH_HTTP: &str = "GPUSH_IT_PUSH_HTTP";
+/// Environment variable: URL of the running deployment's gRPC push API,
+/// e.g. `http://127.0.0.1:10067`.
+pub const ENV_PUSH_GRPC: &str = "GPUSH_IT_PUSH_GRPC";
+
+/// A deployment someone else started (`deploy/compose-test.sh` brings up
+/// the compose stack and points the tests at it). Its edges must accept
+/// HS256 tokens signed with [`crate::auth::JWT_SECRET`] and run the
+/// default limits.
+pub struct External {
+    ws_urls: Vec<String>,
+    api: PushApi,
+}
+
+impl External {
+    /// The deployment the environment names ([`ENV_WS_URLS`],
+    /// [`ENV_PUSH_HTTP`], [`ENV_PUSH_GRPC`]), or None when
+    /// [`ENV_WS_URLS`] is unset. Panics when it is set but the others are
+    /// missing: a half-configured target is a mistake, not a reason to test
+    /// something else.
+    pub fn from_env() -> Option<Self> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Self::from_env`], reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let ws = var(ENV_WS_URLS)?;
+        let required = |name: &str| {
+            var(name).unwrap_or_else(|| panic!("{ENV_WS_URLS} is set, so {name} must be too"))
+        };
+        let (http, grpc) = (required(ENV_PUSH_HTTP), required(ENV_PUSH_GRPC));
+        let ws_urls: Vec<String> = ws
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert!(!ws_urls.is_empty(), "{ENV_WS_URLS} names no edge: {ws:?}");
+        Some(Self {
+            ws_urls,
+            api: PushApi::new(&http, &grpc),
+        })
+    }
+}
+
+impl Deployment for External {
+    fn name(&self) -> &'static str {
+        "external"
+    }
+
+    fn edge_count(&self) -> usize {
+        self.ws_urls.len()
+    }
+
+    fn ws_url(&self, i: usize) -> String {
+        self.ws_urls[i % self.ws_urls.len()].clone()
     }
 
     fn api(&self) -> &PushApi {

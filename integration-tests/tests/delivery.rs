@@ -4,6 +4,7 @@
 //! (in-process bus), where "edge 1" is the same edge as "edge 0".
 
 use gpush_integration_tests::client::{RawFrame, expect_all_quiet};
+use gpush_integration_tests::deploy::{self, External};
 use gpush_integration_tests::frames::{self, code};
 use gpush_integration_tests::{
     Cluster, Deployment, PushMsg, QUIET, Standalone, TIMEOUT, Via, WsClient, auth,
@@ -11,7 +12,11 @@ use gpush_integration_tests::{
 use serde_json::{Value, json};
 
 /// Runs `scenario` against a two-edge cluster and a standalone edge, as
-/// two tests `<scenario>::cluster` and `<scenario>::standalone`.
+/// two tests `<scenario>::cluster` and `<scenario>::standalone`. When
+/// `GPUSH_IT_WS_URLS` names a running deployment (see [`External`] and
+/// `deploy/compose-test.sh`), the `cluster` tests run against it instead
+/// of starting processes; run them one at a time (`--test-threads=1`), as
+/// they share its edges.
 macro_rules! on_both {
     ($scenario:ident) => {
         mod $scenario {
@@ -19,7 +24,10 @@ macro_rules! on_both {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cluster() {
-                super::$scenario(&Cluster::start(2, |_| {}).await).await;
+                match External::from_env() {
+                    Some(external) => super::$scenario(&external).await,
+                    None => super::$scenario(&Cluster::start(2, |_| {}).await).await,
+                }
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,6 +36,33 @@ macro_rules! on_both {
             }
         }
     };
+}
+
+/// The external-deployment path itself, pointed at a cluster this test
+/// starts: the addresses come in through the same variables a user sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_deployment_named_by_variables_gets_the_same_scenarios() {
+    let cluster = Cluster::start(2, |_| {}).await;
+    let ws_urls = format!("{},{}", cluster.ws_url(0), cluster.ws_url(1));
+    let vars = [
+        (deploy::ENV_WS_URLS, ws_urls),
+        (deploy::ENV_PUSH_HTTP, cluster.api().http_base().to_owned()),
+        (deploy::ENV_PUSH_GRPC, cluster.api().grpc_url().to_owned()),
+    ];
+    let var = |name: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let external = External::from_vars(var).expect("variables set");
+    assert_eq!(external.edge_count(), 2);
+    routing(&external).await;
+    batches_arrive_in_order(&external).await;
+    assert!(External::from_vars(|_| None).is_none());
+    let half = std::panic::catch_unwind(|| {
+        External::from_vars(|name| (name == deploy::ENV_WS_URLS).then(|| "ws://x/ws".to_owned()))
+    });
+    assert!(half.is_err(), "a half-configured target must fail loudly");
 }
 
 on_both!(routing);

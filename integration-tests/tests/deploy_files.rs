@@ -1254,3 +1254,140 @@ fn caught_makefile_drift() {
     let bad = broken(&makefile, "\t.ci/run\n", "\t.ci/run\n\techo done\n");
     assert_caught(check_makefile(&bad), "not a one-liner");
 }
+
+// ---------------------------------------------------------------------------
+// deploy/compose-test.sh: the compose stack as a test target.
+
+/// The value `script` exports for `name`.
+fn exported(script: &str, name: &str) -> Option<String> {
+    script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("export {name}=")))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
+/// Host port -> the binary (`command[0]`) of the compose service that
+/// publishes it.
+fn compose_published(compose: &str) -> BTreeMap<u16, String> {
+    let mut published = BTreeMap::new();
+    let Ok(docs) = yaml_docs(compose) else {
+        return published;
+    };
+    let services = docs
+        .first()
+        .and_then(|d| d.get("services"))
+        .and_then(Value::as_mapping);
+    for service in services.into_iter().flat_map(|s| s.values()) {
+        let binary = service
+            .get("command")
+            .map(yaml_strings)
+            .and_then(|c| c.first().cloned())
+            .unwrap_or_default();
+        for port in service.get("ports").map(yaml_strings).unwrap_or_default() {
+            if let Some(host) = port.split(':').next().and_then(|p| p.parse().ok()) {
+                published.insert(host, binary.clone());
+            }
+        }
+    }
+    published
+}
+
+fn check_compose_test(script: &str, compose: &str) -> Vec<String> {
+    use gpush_integration_tests::deploy::{ENV_PUSH_GRPC, ENV_PUSH_HTTP, ENV_WS_URLS};
+    let mut problems = Vec::new();
+    match std::process::Command::new("bash")
+        .arg("-n")
+        .arg("-c")
+        .arg(script)
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => problems.push(format!(
+            "bash -n: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => problems.push(format!("cannot run bash: {e}")),
+    }
+    if !script.contains("docker compose -f deploy/docker-compose.yml") {
+        problems.push("does not bring up deploy/docker-compose.yml".to_owned());
+    }
+    if !script.contains("trap ") || !script.contains(" down") {
+        problems.push("does not tear the stack down on exit (trap ... down)".to_owned());
+    }
+    if !script.contains("--test-threads=1") {
+        problems.push("runs the shared-stack scenarios in parallel".to_owned());
+    }
+    if exported(script, "GPUSH_JWT_SECRET").as_deref()
+        != Some(gpush_integration_tests::auth::JWT_SECRET)
+    {
+        problems.push("GPUSH_JWT_SECRET is not the tests' JWT secret".to_owned());
+    }
+    if !compose.contains("${GPUSH_JWT_SECRET") {
+        problems.push("the compose edges do not take GPUSH_JWT_SECRET from the caller".to_owned());
+    }
+    let published = compose_published(compose);
+    let mut targets = Vec::new(); // (variable, url, binary)
+    match exported(script, ENV_WS_URLS) {
+        Some(urls) => targets.extend(
+            urls.split(',')
+                .map(|url| (ENV_WS_URLS, url.to_owned(), "gpush-edge")),
+        ),
+        None => problems.push(format!("{ENV_WS_URLS} not exported")),
+    }
+    for name in [ENV_PUSH_HTTP, ENV_PUSH_GRPC] {
+        match exported(script, name) {
+            Some(url) => targets.push((name, url, "gpush-ingress")),
+            None => problems.push(format!("{name} not exported")),
+        }
+    }
+    for (what, url, binary) in targets {
+        let http = url.replacen("ws://", "http://", 1);
+        let http = if http.trim_start_matches("http://").contains('/') {
+            http
+        } else {
+            format!("{http}/")
+        };
+        let Some((port, path)) = http_target(&http) else {
+            problems.push(format!("{what} {url}: not a URL"));
+            continue;
+        };
+        if published.get(&port).map(String::as_str) != Some(binary) {
+            problems.push(format!(
+                "{what} {url}: port {port} is not published by a {binary} service"
+            ));
+        }
+        if what == ENV_WS_URLS && path != "/ws" {
+            problems.push(format!("{what} {url}: path is not /ws"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn compose_test_script_targets_the_compose_stack() {
+    assert_clean(
+        "compose-test.sh",
+        check_compose_test(
+            &read("deploy/compose-test.sh"),
+            &read("deploy/docker-compose.yml"),
+        ),
+    );
+}
+
+#[test]
+fn caught_compose_test_drift() {
+    let script = read("deploy/compose-test.sh");
+    let compose = read("deploy/docker-compose.yml");
+    let bad = broken(&script, "ws://127.0.0.1:9993/ws", "ws://127.0.0.1:9994/ws");
+    assert_caught(check_compose_test(&bad, &compose), "port 9994");
+    let bad = broken(&script, "http://127.0.0.1:10068", "http://127.0.0.1:9992");
+    assert_caught(check_compose_test(&bad, &compose), "gpush-ingress");
+    let bad = broken(&script, " --test-threads=1", "");
+    assert_caught(check_compose_test(&bad, &compose), "parallel");
+    let bad = broken(&script, "gpush-integration-test-secret", "other");
+    assert_caught(check_compose_test(&bad, &compose), "JWT");
+    let bad = broken(&script, "trap '", "# '");
+    assert_caught(check_compose_test(&bad, &compose), "tear");
+    let bad = broken(&script, "cd \"$(dirname \"$0\")/..\"", "if then");
+    assert_caught(check_compose_test(&bad, &compose), "bash -n");
+}
