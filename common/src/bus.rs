@@ -11,6 +11,7 @@ use crate::envelope;
 use crate::push::Push;
 use crate::subject::Subjects;
 use async_nats::connection::State;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,19 +57,20 @@ pub struct LocalQueue {
 }
 
 impl LocalQueue {
-    /// Starts the dispatcher task feeding `delivery`. A publish waits for
-    /// room in the queue (`capacity` calls) for at most `timeout`. Must be
-    /// called inside a Tokio runtime; the task ends when every clone is
-    /// dropped.
+    /// Starts the dispatcher task feeding `delivery`, in the caller's
+    /// tracing span. A publish waits for room in the queue (`capacity`
+    /// calls) for at most `timeout`. Must be called inside a Tokio runtime;
+    /// the task ends when every clone is dropped.
     pub fn start(delivery: Arc<dyn LocalDelivery>, capacity: usize, timeout: Duration) -> Self {
         let (tx, mut rx) = mpsc::channel::<Vec<Push>>(capacity.max(1));
-        tokio::spawn(async move {
+        let dispatch = async move {
             while let Some(pushes) = rx.recv().await {
                 for push in &pushes {
                     delivery.deliver(push);
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(dispatch));
         Self { tx, timeout }
     }
 }
@@ -84,54 +86,73 @@ struct NatsInner {
     subjects: Subjects,
     timeout: Duration,
     flusher: Flusher,
+    /// The client's counters; `connects` tells reconnects apart.
+    stats: Arc<async_nats::Statistics>,
 }
 
-/// Coalesces acknowledgements: a publisher takes a ticket after its
-/// messages are queued, and one task confirms on behalf of every ticket
-/// issued before its round began. A round flushes the client and then
-/// makes a round trip through the server (see [`round_trip`]), so a ticket
-/// is confirmed only once the NATS server has processed the messages, not
-/// merely once they left our socket. Concurrent requests share a round
-/// (one socket write and one round trip) instead of paying one each.
+/// Most confirmation probes in flight at once. Each covers every publish
+/// made before it was sent, so a few keep the pipe full (throughput is not
+/// bound by the round-trip time) without a probe per request.
+const MAX_PROBES_IN_FLIGHT: usize = 4;
+/// Failed ticket ranges remembered for waiters that have not looked yet.
+/// A waiter older than this many failures has long passed its own timeout.
+const FAILED_RANGES: usize = 16;
+
+/// Confirms publishes, coalesced: a publisher takes a ticket after its
+/// messages are queued, and one task sends a probe through the server that
+/// covers every ticket issued before it (see [`Confirmer`]). A ticket is
+/// confirmed only once the NATS server has processed its messages, not
+/// merely once they left our socket. Concurrent requests share a probe
+/// instead of paying a round trip each.
 #[derive(Clone)]
 struct Flusher {
     issued: Arc<AtomicU64>,
     kick: mpsc::Sender<()>,
-    state: watch::Receiver<Flushed>,
+    state: watch::Receiver<Settled>,
 }
 
-/// Tickets up to `ok` were confirmed; tickets up to `failed` were not.
-#[derive(Debug, Clone, Copy, Default)]
-struct Flushed {
+/// What the confirming task has settled: tickets up to `ok` are
+/// confirmed, except those in a `failed` range (first, last), which were
+/// not.
+#[derive(Debug, Clone, Default)]
+struct Settled {
     ok: u64,
-    failed: u64,
+    failed: VecDeque<(u64, u64)>,
+}
+
+impl Settled {
+    /// Some(true) when `ticket` is confirmed, Some(false) when it failed,
+    /// None while it is open.
+    fn outcome(&self, ticket: u64) -> Option<bool> {
+        if self
+            .failed
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&ticket))
+        {
+            return Some(false);
+        }
+        (self.ok >= ticket).then_some(true)
+    }
 }
 
 impl Flusher {
-    /// Starts the confirming task; a round that takes longer than
+    /// Starts the confirming task; a probe that does not come back within
     /// `timeout` fails its tickets.
     fn start(client: async_nats::Client, timeout: Duration) -> Self {
         let issued = Arc::new(AtomicU64::new(0));
-        let (kick, mut kicks) = mpsc::channel(1);
-        let (done, state) = watch::channel(Flushed::default());
-        let task_issued = issued.clone();
+        let (kick, kicks) = mpsc::channel(1);
+        let (settled, state) = watch::channel(Settled::default());
+        let confirmer = Confirmer {
+            issued: issued.clone(),
+            settled,
+            timeout,
+            client,
+            in_flight: VecDeque::new(),
+            covered: 0,
+            probe: 0,
+        };
         // Ends when every NatsBus clone (every kick sender) is gone.
-        tokio::spawn(async move {
-            let mut echo = Echo::new(client).await;
-            while kicks.recv().await.is_some() {
-                let target = task_issued.load(Ordering::SeqCst);
-                let confirmed = tokio::time::timeout(timeout, echo.round_trip())
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                done.send_modify(|state| {
-                    if confirmed {
-                        state.ok = state.ok.max(target);
-                    } else {
-                        state.failed = state.failed.max(target);
-                    }
-                });
-            }
-        });
+        tokio::spawn(confirmer.run(kicks));
         Self {
             issued,
             kick,
@@ -139,17 +160,19 @@ impl Flusher {
         }
     }
 
-    /// Waits until everything published before this call is flushed.
+    /// Waits until everything published before this call is confirmed by
+    /// the server, or known not to be.
     async fn flushed(&self) -> Result<(), BusError> {
         let ticket = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        // Full means a flush is already due; it will see our ticket.
+        // Full means a kick is already due; it will see our ticket.
         let _ = self.kick.try_send(());
         let mut state = self.state.clone();
-        let outcome = state
-            .wait_for(|s| s.ok >= ticket || s.failed >= ticket)
+        let confirmed = state
+            .wait_for(|s| s.outcome(ticket).is_some())
             .await
-            .map_err(|_| BusError::Publish("flusher stopped".into()))?;
-        if outcome.ok >= ticket {
+            .map_err(|_| BusError::Publish("flusher stopped".into()))?
+            .outcome(ticket);
+        if confirmed == Some(true) {
             Ok(())
         } else {
             Err(BusError::Publish("the server did not confirm".into()))
@@ -157,52 +180,134 @@ impl Flusher {
     }
 }
 
-/// Round trips through the NATS server on a private inbox subject.
-struct Echo {
+/// A probe on its way: its number, the last ticket it covers, and when it
+/// is given up.
+struct Probe {
+    number: u64,
+    covers: u64,
+    deadline: tokio::time::Instant,
+}
+
+/// The confirming task. A probe is a tiny message to a private inbox this
+/// client subscribes to; a NATS server handles each connection's messages
+/// in order, so the echo proves it has processed every earlier one sent on
+/// the same connection (publishers check that no reconnect came between,
+/// see [`NatsBus::publish_all`]). Probes are pipelined (up to
+/// [`MAX_PROBES_IN_FLIGHT`]). A probe that times out fails every ticket
+/// still open.
+struct Confirmer {
     client: async_nats::Client,
-    inbox: async_nats::Subject,
-    /// None when the subscription could not be made (the client is
-    /// closed): every round trip then fails.
-    echoes: Option<async_nats::Subscriber>,
+    issued: Arc<AtomicU64>,
+    settled: watch::Sender<Settled>,
+    timeout: Duration,
+    in_flight: VecDeque<Probe>,
+    /// The last ticket a probe was sent for (or that was settled).
+    covered: u64,
     probe: u64,
 }
 
-impl Echo {
-    async fn new(client: async_nats::Client) -> Self {
-        let inbox = async_nats::Subject::from(client.new_inbox());
-        let echoes = client
-            .subscribe(inbox.clone())
-            .await
-            .inspect_err(|e| tracing::error!(error = %e, "bus acknowledgement subscription failed"))
-            .ok();
-        Self {
-            client,
-            inbox,
-            echoes,
-            probe: 0,
+impl Confirmer {
+    async fn run(mut self, mut kicks: mpsc::Receiver<()>) {
+        let inbox = async_nats::Subject::from(self.client.new_inbox());
+        let mut echoes = match self.client.subscribe(inbox.clone()).await {
+            Ok(echoes) => echoes,
+            Err(e) => {
+                // Only when the client is closed; every ticket then fails.
+                tracing::error!(error = %e, "bus acknowledgement subscription failed");
+                while kicks.recv().await.is_some() {
+                    let last = self.issued.load(Ordering::SeqCst);
+                    self.fail_through(last);
+                }
+                return;
+            }
+        };
+        loop {
+            let deadline = self.in_flight.front().map(|p| p.deadline);
+            tokio::select! {
+                kick = kicks.recv(), if self.in_flight.len() < MAX_PROBES_IN_FLIGHT => {
+                    if kick.is_none() {
+                        return;
+                    }
+                    self.send_probe(&inbox).await;
+                }
+                Some(echo) = futures_util::StreamExt::next(&mut echoes) => {
+                    if let Ok(number) = <[u8; 8]>::try_from(&echo.payload[..]) {
+                        self.echoed(u64::from_be_bytes(number));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if deadline.is_some() =>
+                {
+                    tracing::warn!("bus did not confirm within {:?}", self.timeout);
+                    let last = self.issued.load(Ordering::SeqCst);
+                    self.fail_through(last);
+                }
+            }
         }
     }
 
-    /// Sends a probe behind everything already queued and waits until the
-    /// server sends it back. A NATS server handles each connection's
-    /// messages in order, so the echo proves it has every earlier one.
-    /// Late echoes of abandoned rounds are skipped.
-    async fn round_trip(&mut self) -> Result<(), BusError> {
-        let failed = |e: &dyn std::fmt::Display| BusError::Publish(e.to_string());
-        let echoes = self.echoes.as_mut().ok_or(BusError::NotConnected)?;
-        self.probe += 1;
-        let probe = self.probe.to_be_bytes();
-        self.client
-            .publish(self.inbox.clone(), bytes::Bytes::copy_from_slice(&probe))
-            .await
-            .map_err(|e| failed(&e))?;
-        self.client.flush().await.map_err(|e| failed(&e))?;
-        while let Some(echo) = futures_util::StreamExt::next(echoes).await {
-            if echo.payload[..] == probe {
-                return Ok(());
-            }
+    /// Sends a probe covering every ticket issued so far.
+    async fn send_probe(&mut self, inbox: &async_nats::Subject) {
+        let last = self.issued.load(Ordering::SeqCst);
+        if last <= self.covered {
+            return;
         }
-        Err(BusError::NotConnected)
+        self.probe += 1;
+        let number = self.probe.to_be_bytes();
+        let sent = async {
+            self.client
+                .publish(inbox.clone(), bytes::Bytes::copy_from_slice(&number))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.client.flush().await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(())) => {
+                self.covered = last;
+                self.in_flight.push_back(Probe {
+                    number: self.probe,
+                    covers: last,
+                    deadline: tokio::time::Instant::now() + self.timeout,
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "bus probe failed");
+                self.fail_through(last);
+            }
+            Err(_) => self.fail_through(last),
+        }
+    }
+
+    /// Probe `number` came back: every probe up to it is confirmed. Late
+    /// echoes of probes already given up find nothing.
+    fn echoed(&mut self, number: u64) {
+        let mut ok = None;
+        while self.in_flight.front().is_some_and(|p| p.number <= number) {
+            ok = self.in_flight.pop_front().map(|p| p.covers);
+        }
+        if let Some(ok) = ok {
+            self.settled.send_modify(|s| s.ok = s.ok.max(ok));
+        }
+    }
+
+    /// Fails every open ticket up to `last`, and forgets the probes in
+    /// flight.
+    fn fail_through(&mut self, last: u64) {
+        self.in_flight.clear();
+        self.settled.send_modify(|s| {
+            let first = s.ok + 1;
+            let first = s
+                .failed
+                .back()
+                .map_or(first, |&(_, end)| first.max(end + 1));
+            if first <= last {
+                if s.failed.len() == FAILED_RANGES {
+                    s.failed.pop_front();
+                }
+                s.failed.push_back((first, last));
+            }
+        });
+        self.covered = self.covered.max(last);
     }
 }
 
@@ -222,12 +327,13 @@ pub enum BusError {
 
 impl NatsBus {
     /// Wraps a connected client. `timeout` bounds each [`Bus::publish`]
-    /// (and each acknowledgement round trip).
+    /// (and each confirmation probe).
     /// Must be called inside a Tokio runtime (it starts the flusher task).
     pub fn new(client: async_nats::Client, subjects: Subjects, timeout: Duration) -> Self {
         Self {
             inner: Arc::new(NatsInner {
                 flusher: Flusher::start(client.clone(), timeout),
+                stats: client.statistics(),
                 client,
                 subjects,
                 timeout,
@@ -240,7 +346,13 @@ impl NatsBus {
         &self.inner.client
     }
 
+    /// Publishes and waits for the server's confirmation. A reconnect
+    /// between the first publish and the confirmation fails the call: the
+    /// messages may have gone to the old connection and been lost there,
+    /// while the probe came back over the new one.
     async fn publish_all(&self, pushes: &[Push]) -> Result<(), BusError> {
+        let connects = &self.inner.stats.connects;
+        let epoch = connects.load(Ordering::SeqCst);
         for push in pushes {
             let subject = self.inner.subjects.for_route(push.route());
             self.inner
@@ -249,7 +361,13 @@ impl NatsBus {
                 .await
                 .map_err(|e| BusError::Publish(e.to_string()))?;
         }
-        self.inner.flusher.flushed().await
+        self.inner.flusher.flushed().await?;
+        if connects.load(Ordering::SeqCst) != epoch {
+            return Err(BusError::Publish(
+                "the bus reconnected before confirming".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -341,6 +459,21 @@ mod tests {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(push.topic.clone());
         }
+    }
+
+    #[test]
+    fn failed_ranges_win_over_a_later_confirmation() {
+        let mut settled = Settled::default();
+        assert_eq!(settled.outcome(1), None);
+        settled.ok = 4;
+        settled.failed.push_back((5, 7));
+        // A later probe (sent after the failure) confirms 8..=9.
+        settled.ok = 9;
+        assert_eq!(settled.outcome(4), Some(true));
+        assert_eq!(settled.outcome(5), Some(false));
+        assert_eq!(settled.outcome(7), Some(false));
+        assert_eq!(settled.outcome(9), Some(true));
+        assert_eq!(settled.outcome(10), None);
     }
 
     fn push(topic: &str) -> Push {

@@ -15,11 +15,14 @@
 //! - [`config`], [`telemetry`], [`shutdown`]: loading TOML config, tracing
 //!   set-up, and the signal that starts a graceful shutdown.
 //! - [`net`]: binding a listener with an error that names it.
+//! - [`metrics`]: the registry behind `GET /metrics`, its Prometheus text
+//!   rendering, and the NATS connection's figures.
 
 pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod envelope;
+pub mod metrics;
 pub mod net;
 pub mod push;
 pub mod registry;

@@ -209,4 +209,150 @@ mod tests {
             assert!(Subjects::new(bad).is_err(), "{bad:?}");
         }
     }
+
+    /// Property tests of the name → subject mapping over arbitrary Unicode
+    /// names. Names are non-empty: an empty uid or topic selects another
+    /// route (see [`Route`]), it is never escaped into a subject.
+    mod properties {
+        use super::*;
+        use percent_encoding::percent_decode_str;
+        use proptest::prelude::*;
+
+        /// Characters that stress the escape (separators, wildcards, white
+        /// space, control characters, `%` and what may follow it, and the
+        /// unescaped set), mixed with any Unicode scalar value.
+        fn tricky_char() -> impl Strategy<Value = char> {
+            prop_oneof![
+                2 => any::<char>(),
+                3 => prop::sample::select(vec![
+                    '.', '*', '>', '%', ' ', '\t', '\n', '\r', '\0', '\u{7f}', '\u{85}',
+                    '\u{a0}', '\u{2028}', '\u{3000}', '\u{feff}', '2', '5', 'E', 'e', 'A',
+                    'a', '-', '_', '+', 'ä', '漢', '🦀',
+                ]),
+            ]
+        }
+
+        /// A non-empty name of arbitrary characters.
+        fn name() -> impl Strategy<Value = String> {
+            prop::collection::vec(tricky_char(), 1..24).prop_map(String::from_iter)
+        }
+
+        /// A short name over a tiny alphabet, so that two of them often
+        /// differ by one escape-like detail (`a.b` / `a%2Eb` / `a%2eb`).
+        fn near_name() -> impl Strategy<Value = String> {
+            let alphabet = vec!['.', '%', '2', 'E', 'e', '*', '>', ' ', 'a'];
+            prop::collection::vec(prop::sample::select(alphabet), 1..7).prop_map(String::from_iter)
+        }
+
+        fn any_name() -> impl Strategy<Value = String> {
+            prop_oneof![name(), near_name()]
+        }
+
+        fn subjects() -> impl Strategy<Value = Subjects> {
+            prop::sample::select(vec!["gpush", "tenant-1.gpush", "a_b.c-d.e"])
+                .prop_map(|prefix| Subjects::new(prefix).expect("literal prefix"))
+        }
+
+        /// Whether NATS delivers a message on `subject` to a subscription
+        /// on `pattern`: `*` matches one token, `>` one or more.
+        fn nats_matches(pattern: &str, subject: &str) -> bool {
+            let mut pattern = pattern.split('.');
+            let mut subject = subject.split('.');
+            loop {
+                match (pattern.next(), subject.next()) {
+                    (Some(">"), Some(_)) => return true,
+                    (Some("*"), Some(_)) => {}
+                    (Some(p), Some(s)) if p == s => {}
+                    (None, None) => return true,
+                    _ => return false,
+                }
+            }
+        }
+
+        /// `subject` is `tokens` non-empty tokens of ASCII letters, digits,
+        /// `-`, `_` and `%`: no wildcard, white space, control character or
+        /// extra separator.
+        fn assert_literal(s: &Subjects, subject: &str, tokens: usize) -> Result<(), TestCaseError> {
+            let parts: Vec<&str> = subject.split('.').collect();
+            let expected = s.prefix.split('.').count() + tokens;
+            prop_assert_eq!(parts.len(), expected, "{}", subject);
+            for token in parts {
+                prop_assert!(!token.is_empty(), "{}", subject);
+                prop_assert!(
+                    token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_%".contains(&b)),
+                    "{}",
+                    subject
+                );
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn escape_round_trips(name in any_name()) {
+                let escaped = escape(&name);
+                let decoded = percent_decode_str(&escaped).decode_utf8().ok();
+                prop_assert_eq!(decoded.as_deref(), Some(name.as_str()));
+            }
+
+            #[test]
+            fn distinct_topics_get_distinct_literal_subjects(
+                s in subjects(),
+                a in any_name(),
+                b in any_name(),
+            ) {
+                let (sa, sb) = (s.topic(&a), s.topic(&b));
+                assert_literal(&s, &sa, 2)?;
+                prop_assert_eq!(sa == sb, a == b, "{:?} {:?} -> {}", a, b, sa);
+                // An edge subscribes to a topic's subject as it is: that
+                // subscription receives this topic and no other.
+                prop_assert_eq!(nats_matches(&sa, &sb), a == b, "{} vs {}", sa, sb);
+            }
+
+            #[test]
+            fn distinct_uids_get_distinct_literal_subjects(
+                s in subjects(),
+                a in any_name(),
+                b in any_name(),
+            ) {
+                let (sa, sb) = (s.user(&a), s.user(&b));
+                assert_literal(&s, &sa, 3)?;
+                prop_assert_eq!(sa == sb, a == b, "{:?} {:?} -> {}", a, b, sa);
+                // The bucket subscription an edge holds for `b` receives `a`
+                // exactly when both share the bucket (the edge then picks
+                // the user out of the envelope).
+                let bucket_b = s.user_bucket(user_bucket(&b));
+                prop_assert_eq!(
+                    nats_matches(&bucket_b, &sa),
+                    user_bucket(&a) == user_bucket(&b),
+                    "{} vs {}", bucket_b, sa
+                );
+            }
+
+            #[test]
+            fn topics_never_reach_users_or_everyone(
+                s in subjects(),
+                topic in any_name(),
+                uid in any_name(),
+            ) {
+                let (topic, user, everyone) = (s.topic(&topic), s.user(&uid), s.everyone());
+                assert_literal(&s, &everyone, 1)?;
+                prop_assert_ne!(&topic, &user);
+                prop_assert_ne!(&topic, &everyone);
+                let subscriptions = [
+                    topic.clone(),
+                    user.clone(),
+                    everyone.clone(),
+                    s.user_bucket(user_bucket(&uid)),
+                ];
+                for subscription in &subscriptions[1..] {
+                    prop_assert!(!nats_matches(subscription, &topic), "{} got {}", subscription, topic);
+                }
+                prop_assert!(!nats_matches(&topic, &user), "{} got {}", topic, user);
+                prop_assert!(!nats_matches(&topic, &everyone), "{} got {}", topic, everyone);
+            }
+        }
+    }
 }

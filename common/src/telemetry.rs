@@ -27,6 +27,12 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global tracing subscriber. The filter comes from `RUST_LOG`
 /// (default `info`).
+///
+/// JSON lines carry the fields of the spans an event happened in: `span`
+/// (the innermost, e.g. `{"name":"conn","conn":7,"node":"edge-1"}`) and
+/// `spans` (all of them, outermost first). The edge runs inside an `edge`
+/// span with its `node` id and, when debug logging is on for
+/// `gpush_edge::conn`, each connection inside a `conn` span.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -34,6 +40,10 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
     };
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Bound of the manager's request queue.
 const REQUEST_QUEUE: usize = 4096;
@@ -95,7 +96,7 @@ pub async fn start(
     };
     let everyone = manager.subjects.everyone();
     manager.subscribe(everyone).await;
-    let task = tokio::spawn(manager.run(rx, shutdown));
+    let task = tokio::spawn(manager.run(rx, shutdown).in_current_span());
     (Interest { tx: Some(tx) }, task)
 }
 
@@ -166,7 +167,7 @@ impl Manager {
         match self.client.subscribe(subject.clone()).await {
             Ok(subscriber) => {
                 let hub = self.hub.clone();
-                let reader = tokio::spawn(read(subscriber, hub));
+                let reader = tokio::spawn(read(subscriber, hub).in_current_span());
                 self.active.insert(subject, reader);
             }
             // Only fails when the client is closed; the edge is stopping.

@@ -4,6 +4,7 @@ use crate::auth::Authenticator;
 use crate::bus::Interest;
 use crate::config::EdgeConfig;
 use crate::hub::Hub;
+use crate::metrics::EdgeMetrics;
 use crate::outbox::{CloseRequest, QueueLimits};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -19,6 +20,8 @@ pub const SHUTDOWN_CLOSE: CloseRequest = CloseRequest {
 /// What connection tasks and handlers share.
 #[derive(Debug)]
 pub struct Shared {
+    /// This edge's id (in etcd, in logs).
+    pub node_id: String,
     /// The edge's config.
     pub config: EdgeConfig,
     /// Queue bounds, from the config.
@@ -38,6 +41,8 @@ pub struct Shared {
     /// Notified every `write_interval`: connections with queued frames
     /// write them then. One shared tick instead of a timer per connection.
     pub flush_tick: Notify,
+    /// What `GET /metrics` shows.
+    pub metrics: EdgeMetrics,
 }
 
 impl Shared {

@@ -6,10 +6,13 @@
 //! subscribers. Locks are held only inside these small synchronous methods,
 //! never across an `.await`, and a push to one topic locks only that topic's
 //! shard. Each push is framed once per wire format; every connection gets
-//! the same bytes.
+//! the same bytes. Each index shard counts its entries under its own lock,
+//! so the gauges of `GET /metrics` add no work to these paths.
 
+use crate::metrics::{LatencyProbe, WriteStats};
 use crate::outbox::{CloseRequest, Outbox, Pushed, QueueLimits};
 use crate::protocol::{PushFrames, WireFormat};
+use gpush_common::metrics::{PUSH_KINDS, push_kind};
 use gpush_common::subject::{USER_BUCKETS, user_bucket};
 use gpush_common::{LocalDelivery, Push, Route};
 use std::collections::HashMap;
@@ -49,15 +52,50 @@ pub struct Swept {
     pub idle: usize,
 }
 
-/// Counters of what the hub did.
-#[derive(Debug, Default)]
+/// Counters of what the hub and its connections did, read by
+/// `GET /metrics` (see [`crate::metrics`]).
+#[derive(Debug)]
 pub struct Stats {
-    /// Pushes handed to [`Hub::deliver`].
-    pub pushes: AtomicU64,
-    /// Frames queued to connections.
+    /// Pushes handed to [`Hub::deliver`], by [`push_kind`].
+    pushes: [AtomicU64; PUSH_KINDS.len()],
+    /// Push frames queued to connections.
     pub frames: AtomicU64,
     /// Connections closed because their queue overflowed.
     pub slow_consumers: AtomicU64,
+    /// What connections wrote, counted per flush in one stripe per shard.
+    pub writes: WriteStats,
+    /// Push-to-write latency, sampled.
+    pub latency: LatencyProbe,
+}
+
+impl Stats {
+    fn new(stripes: usize) -> Self {
+        Self {
+            pushes: Default::default(),
+            frames: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            writes: WriteStats::new(stripes),
+            latency: LatencyProbe::default(),
+        }
+    }
+
+    /// Pushes received so far, by route kind, in [`PUSH_KINDS`] order.
+    pub fn pushes_received(&self) -> [u64; PUSH_KINDS.len()] {
+        std::array::from_fn(|kind| self.pushes[kind].load(Ordering::Relaxed))
+    }
+}
+
+/// How many entries the hub's indexes hold.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Distinct public topics with a local subscriber.
+    pub topics: usize,
+    /// (connection, public topic) subscriptions.
+    pub public_subscriptions: usize,
+    /// Distinct logged-in users.
+    pub users: usize,
+    /// (connection, private topic) subscriptions.
+    pub private_subscriptions: usize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,10 +106,19 @@ type Subscribers = Vec<Arc<Conn>>;
 /// One lock's worth of a map.
 type Shard<K, V> = Mutex<HashMap<K, V>>;
 
+/// One shard of an [`Index`].
+#[derive(Debug, Default)]
+struct IndexShard {
+    map: HashMap<Box<str>, Subscribers>,
+    /// Connections in `map`, all keys together: kept here, under the lock
+    /// that is taken anyway, so counting costs nothing extra.
+    entries: usize,
+}
+
 /// A sharded map from a name to the connections that want it.
 #[derive(Debug)]
 struct Index {
-    shards: Box<[Shard<Box<str>, Subscribers>]>,
+    shards: Box<[Mutex<IndexShard>]>,
     hasher: RandomState,
 }
 
@@ -83,23 +130,26 @@ impl Index {
         }
     }
 
-    fn shard(&self, key: &str) -> &Shard<Box<str>, Subscribers> {
+    fn shard(&self, key: &str) -> &Mutex<IndexShard> {
         let hash = self.hasher.hash_one(key) as usize;
         &self.shards[hash % self.shards.len()]
     }
 
     /// Adds `conn` under `key`; true when `key` had no subscriber before.
     fn add(&self, key: &str, conn: &Arc<Conn>) -> bool {
-        let mut shard = lock(self.shard(key));
-        match shard.get_mut(key) {
+        let mut guard = lock(self.shard(key));
+        let shard = &mut *guard;
+        match shard.map.get_mut(key) {
             Some(subscribers) => {
                 if !subscribers.iter().any(|c| c.id == conn.id) {
                     subscribers.push(conn.clone());
+                    shard.entries += 1;
                 }
                 false
             }
             None => {
-                shard.insert(key.into(), vec![conn.clone()]);
+                shard.map.insert(key.into(), vec![conn.clone()]);
+                shard.entries += 1;
                 true
             }
         }
@@ -108,15 +158,17 @@ impl Index {
     /// Removes connection `id` from `key`; true when that left `key`
     /// without subscribers.
     fn remove(&self, key: &str, id: u64) -> bool {
-        let mut shard = lock(self.shard(key));
-        let Some(subscribers) = shard.get_mut(key) else {
+        let mut guard = lock(self.shard(key));
+        let shard = &mut *guard;
+        let Some(subscribers) = shard.map.get_mut(key) else {
             return false;
         };
         if let Some(at) = subscribers.iter().position(|c| c.id == id) {
             subscribers.swap_remove(at);
+            shard.entries -= 1;
         }
         if subscribers.is_empty() {
-            shard.remove(key);
+            shard.map.remove(key);
             true
         } else {
             false
@@ -124,13 +176,22 @@ impl Index {
     }
 
     fn contains(&self, key: &str) -> bool {
-        lock(self.shard(key)).contains_key(key)
+        lock(self.shard(key)).map.contains_key(key)
     }
 
     fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<Conn>)) {
-        if let Some(subscribers) = lock(self.shard(key)).get(key) {
+        if let Some(subscribers) = lock(self.shard(key)).map.get(key) {
             subscribers.iter().for_each(&mut f);
         }
+    }
+
+    /// (distinct keys, connections under all keys), each shard locked in
+    /// turn.
+    fn counts(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(keys, entries), shard| {
+            let shard = lock(shard);
+            (keys + shard.map.len(), entries + shard.entries)
+        })
     }
 }
 
@@ -175,7 +236,7 @@ impl Hub {
             epoch: Instant::now(),
             count: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
-            stats: Stats::default(),
+            stats: Stats::new(shards),
         }
     }
 
@@ -209,6 +270,20 @@ impl Hub {
     /// Live connections.
     pub fn connections(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Topics, users and subscriptions now. Locks every index shard in
+    /// turn, briefly: for scrapes, not for hot paths.
+    pub fn counts(&self) -> Counts {
+        let (topics, public_subscriptions) = self.topics.counts();
+        let (users, _) = self.users.counts();
+        let (_, private_subscriptions) = self.private.counts();
+        Counts {
+            topics,
+            public_subscriptions,
+            users,
+            private_subscriptions,
+        }
     }
 
     /// Subscribes `conn` to public `topic`; true if it is the topic's first
@@ -306,19 +381,26 @@ impl Hub {
 
     /// Queues `push` to every local connection its route selects.
     pub fn deliver(&self, push: &Push) {
-        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        let route = push.route();
+        self.stats.pushes[push_kind(route)].fetch_add(1, Ordering::Relaxed);
         let frames = PushFrames::new(push);
         let mut queued = 0u64;
         let mut slow = 0u64;
-        let mut send = |conn: &Arc<Conn>| match conn
-            .outbox
-            .push(frames.get(conn.format).clone(), self.limits)
-        {
-            Pushed::Queued => queued += 1,
-            Pushed::Overflowed => slow += 1,
-            Pushed::Closing => {}
+        let mut first = true;
+        let mut send = |conn: &Arc<Conn>| {
+            let frame = frames.get(conn.format);
+            if first {
+                // Before queueing, so no flush can write it unnoticed.
+                first = false;
+                self.stats.latency.arm(frame, push.sent_at_us);
+            }
+            match conn.outbox.push(frame.clone(), self.limits) {
+                Pushed::Queued => queued += 1,
+                Pushed::Overflowed => slow += 1,
+                Pushed::Closing => {}
+            }
         };
-        match push.route() {
+        match route {
             Route::Everyone => {
                 for shard in &self.conns {
                     lock(shard).values().for_each(&mut send);
@@ -457,6 +539,49 @@ mod tests {
         assert_eq!(quiet.outbox.take(&mut frames), Some(IDLE_CLOSE));
         assert_eq!(frames.len(), 2, "two pings before the close");
         assert_eq!(chatty.outbox.take(&mut frames), None);
+    }
+
+    #[test]
+    fn counts_follow_subscriptions_and_pushes() {
+        let hub = Hub::new(3, LIMITS);
+        let [a, b] = [(); 2].map(|_| hub.connect(WireFormat::Json));
+        hub.subscribe("t1", &a);
+        hub.subscribe("t1", &a);
+        hub.subscribe("t1", &b);
+        hub.subscribe("t2", &b);
+        hub.login("u", &a);
+        hub.login("u", &b);
+        hub.subscribe_private("u", "p", &a);
+        let expected = Counts {
+            topics: 2,
+            public_subscriptions: 3,
+            users: 1,
+            private_subscriptions: 1,
+        };
+        assert_eq!(hub.counts(), expected);
+        hub.unsubscribe("t1", a.id);
+        hub.unsubscribe("t1", a.id);
+        hub.unsubscribe("t2", b.id);
+        hub.unsubscribe_private("u", "p", a.id);
+        let expected = Counts {
+            topics: 1,
+            public_subscriptions: 1,
+            users: 1,
+            private_subscriptions: 0,
+        };
+        assert_eq!(hub.counts(), expected);
+
+        for (uid, topic) in [("", ""), ("", "t1"), ("", "t1"), ("u", ""), ("u", "p")] {
+            hub.deliver(&Push::new(uid, topic, Bytes::new()));
+        }
+        assert_eq!(hub.stats.pushes_received(), [1, 2, 2]);
+        // everyone: a, b; t1: b twice; u: a, b; u/p: nobody.
+        assert_eq!(hub.stats.frames.load(Ordering::Relaxed), 6);
+        let armed = hub.stats.latency.armed();
+        assert_ne!(armed, 0, "the first push is being timed");
+        let mut frames = VecDeque::new();
+        a.outbox.take(&mut frames);
+        assert_eq!(frames[0].as_ptr() as usize, armed, "with a's first frame");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`bus`]: NATS subscriptions that follow local interest.
 //! - [`auth`]: login by JWT or webhook.
 //! - [`registration`]: the edge's etcd record and lease.
+//! - [`metrics`]: what the edge counts (per shard and per flush on hot
+//!   paths) and how `GET /metrics` reads it.
 //! - [`config`]: every setting with its default.
 //!
 //! A push arrives from NATS in [`bus`] (or straight from the push API in
@@ -25,6 +27,7 @@ pub mod config;
 pub mod conn;
 pub mod edge;
 pub mod hub;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registration;
@@ -37,6 +40,7 @@ use crate::auth::Authenticator;
 use crate::bus::Interest;
 use crate::edge::{SHUTDOWN_CLOSE, Shared};
 use crate::hub::Hub;
+use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
 use crate::registration::Registration;
 use gpush_common::bus::{DEFAULT_LOCAL_QUEUE, LocalQueue};
@@ -51,6 +55,7 @@ use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The bound sockets of an edge.
 #[derive(Debug)]
@@ -113,6 +118,10 @@ async fn timers(shared: Arc<Shared>, stop: CancellationToken) {
 /// Runs an edge until `shutdown` is cancelled, then drains it: deregister,
 /// stop accepting, close every client with 1001, wait for them within the
 /// grace period.
+///
+/// Everything runs inside an `edge` span whose `node` field is the node
+/// id, so every log line of the edge names it (connections add a `conn`
+/// span when debug logging is on; see [`conn::spawn`]).
 pub async fn run(
     listeners: Listeners,
     config: EdgeConfig,
@@ -120,6 +129,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
+    let span = tracing::info_span!("edge", node = %node_id);
+    run_node(listeners, config, node_id, shutdown)
+        .instrument(span)
+        .await
+}
+
+/// [`run`], inside the edge's span. Tasks spawned here carry the span on.
+async fn run_node(
+    listeners: Listeners,
+    config: EdgeConfig,
+    node_id: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let ws_addr = listeners.ws.local_addr()?;
     let url = config
         .public_url
@@ -152,9 +174,20 @@ pub async fn run(
         ttl: config.lease_ttl,
         started_at: now_us() / 1_000_000,
     };
+    let metrics = EdgeMetrics::new(hub.clone(), nats.clone());
     let deregister = CancellationToken::new();
-    let registered = (!config.standalone && !config.etcd_endpoints.is_empty())
-        .then(|| tokio::spawn(registration.clone().run(hub.clone(), deregister.clone())));
+    let registered = (!config.standalone && !config.etcd_endpoints.is_empty()).then(|| {
+        tokio::spawn(
+            registration
+                .clone()
+                .run(
+                    hub.clone(),
+                    metrics.registration.clone(),
+                    deregister.clone(),
+                )
+                .in_current_span(),
+        )
+    });
 
     let push_api = match listeners.push {
         Some(push) if config.standalone => {
@@ -167,19 +200,17 @@ pub async fn run(
                 DEFAULT_LOCAL_QUEUE,
                 config.publish_timeout,
             ));
-            Some(tokio::spawn(gpush_ingress::serve(
-                push,
-                bus,
-                push_config,
-                edges,
-                background.clone(),
-            )))
+            Some(tokio::spawn(
+                gpush_ingress::serve(push, bus, push_config, edges, background.clone())
+                    .in_current_span(),
+            ))
         }
         _ => None,
     };
 
     let grace = config.shutdown_grace;
     let shared = Arc::new(Shared {
+        node_id: node_id.clone(),
         config,
         limits,
         hub: hub.clone(),
@@ -189,18 +220,22 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         flush_tick: Notify::new(),
+        metrics,
     });
     // Not a child of `shutdown`: draining needs the flush tick.
     let clocks = CancellationToken::new();
-    tokio::spawn(timers(shared.clone(), clocks.clone()));
+    tokio::spawn(timers(shared.clone(), clocks.clone()).in_current_span());
     let stop_accepting = CancellationToken::new();
-    let accept = tokio::spawn(server::accept(
-        listeners.ws,
-        server::router(shared.clone()),
-        shared.clone(),
-        stop_accepting.clone(),
-    ));
-    tracing::info!(%node_id, %ws_addr, standalone = shared.config.standalone, "edge running");
+    let accept = tokio::spawn(
+        server::accept(
+            listeners.ws,
+            server::router(shared.clone()),
+            shared.clone(),
+            stop_accepting.clone(),
+        )
+        .in_current_span(),
+    );
+    tracing::info!(%ws_addr, standalone = shared.config.standalone, "edge running");
 
     shutdown.cancelled().await;
     tracing::info!(connections = hub.connections(), "draining");

@@ -9,6 +9,7 @@
 //! else happens, so discovery stops sending clients here first.
 
 use crate::hub::Hub;
+use crate::metrics::RegistrationMetrics;
 use gpush_common::backoff::Backoff;
 use gpush_common::push::now_us;
 use gpush_common::registry::{EdgeRecord, connect_etcd, edge_key};
@@ -57,12 +58,16 @@ impl Registration {
     }
 
     /// Registers and stays registered until `stop`, then deregisters.
-    pub async fn run(self, hub: Arc<Hub>, stop: CancellationToken) {
+    /// Counts registrations, lease renewals and failures in `metrics`.
+    pub async fn run(self, hub: Arc<Hub>, metrics: RegistrationMetrics, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
-            match self.session(&hub, &stop, &mut backoff).await {
+            match self.session(&hub, &metrics, &stop, &mut backoff).await {
                 Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, "etcd registration lost; retrying"),
+                Err(e) => {
+                    metrics.failures.inc();
+                    tracing::warn!(error = %e, "etcd registration lost; retrying");
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -91,6 +96,7 @@ impl Registration {
     async fn session(
         &self,
         hub: &Hub,
+        metrics: &RegistrationMetrics,
         stop: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
@@ -104,7 +110,8 @@ impl Registration {
             .id();
         let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
         let mut written = self.put(&mut client, hub, lease).await?;
-        tracing::info!(node_id = %self.node_id, lease, "registered in etcd");
+        metrics.registrations.inc();
+        tracing::info!(lease, "registered in etcd");
         backoff.reset();
         let mut keepalive = tokio::time::interval(self.ttl / 3);
         let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
@@ -125,7 +132,9 @@ impl Registration {
                 }
                 _ = keepalive.tick() => keeper.keep_alive().await?,
                 ack = acks.message() => match ack? {
-                    Some(ack) if ack.ttl() > 0 => {}
+                    Some(ack) if ack.ttl() > 0 => {
+                        metrics.lease_renewals.inc();
+                    }
                     _ => return Err(SessionError::LeaseLost),
                 },
                 _ = refresh.tick() => {

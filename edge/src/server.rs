@@ -1,6 +1,7 @@
 //! The edge's HTTP side: the accept loop, the WebSocket upgrade at `/ws`,
-//! the health endpoints, and the browser client (`/gpush.js`) with its demo
-//! page (`/`), both compiled into the binary from `edge/assets/`.
+//! the health endpoints, `GET /metrics`, and the browser client
+//! (`/gpush.js`) with its demo page (`/`), both compiled into the binary
+//! from `edge/assets/`.
 //!
 //! We run hyper ourselves rather than `axum::serve` so that an upgraded
 //! connection can be turned back into its `TcpStream`: the connection task
@@ -8,6 +9,7 @@
 
 use crate::conn;
 use crate::edge::Shared;
+use crate::metrics::Handshake;
 use crate::protocol::WireFormat;
 use axum::Router;
 use axum::body::Body;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Time a client has to send its HTTP request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +73,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -96,7 +100,7 @@ pub async fn accept(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let stop = stop.clone();
-        shared.tracker.spawn(async move {
+        let connection = async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -112,7 +116,8 @@ pub async fn accept(
                     let _ = connection.await;
                 }
             }
-        });
+        };
+        shared.tracker.spawn(connection.in_current_span());
     }
 }
 
@@ -127,6 +132,18 @@ fn asset(body: Bytes, content_type: &'static str, cache: &'static str) -> Respon
         body,
     )
         .into_response()
+}
+
+/// `GET /metrics`: the edge's metrics in the Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.metrics.render() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, gpush_common::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
@@ -180,12 +197,14 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
+        shared.metrics.handshake(Handshake::BadRequest);
         return bad_upgrade(
             StatusCode::BAD_REQUEST,
             "expected a WebSocket upgrade (Connection: upgrade, Upgrade: websocket)",
         );
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
+        shared.metrics.handshake(Handshake::BadVersion);
         let mut response = bad_upgrade(
             StatusCode::UPGRADE_REQUIRED,
             "unsupported Sec-WebSocket-Version (13 required)",
@@ -197,9 +216,11 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         return response;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        shared.metrics.handshake(Handshake::BadRequest);
         return bad_upgrade(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     if shared.shutdown.is_cancelled() {
+        shared.metrics.handshake(Handshake::ShuttingDown);
         return bad_upgrade(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -207,18 +228,21 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
     let on_upgrade = hyper::upgrade::on(&mut request);
 
     let task_shared = shared.clone();
-    shared.tracker.spawn(async move {
+    let take_over = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
+                task_shared.metrics.handshake(Handshake::Failed);
                 tracing::debug!(error = %e, "upgrade failed");
                 return;
             }
         };
         let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            task_shared.metrics.handshake(Handshake::Failed);
             tracing::error!("upgraded connection is not a TCP stream");
             return;
         };
+        task_shared.metrics.handshake(Handshake::Ok);
         let format = protocol.map(|(_, format)| format).unwrap_or_default();
         let conn = task_shared.hub.connect(format);
         // Copy early bytes out: the slice would keep hyper's whole read
@@ -228,10 +252,9 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         // A task of its own, so the long-lived task holds exactly the
         // connection's state and nothing of the upgrade.
         let stream = parts.io.into_inner();
-        task_shared
-            .tracker
-            .spawn(conn::serve(stream, early, conn, task_shared.clone()));
-    });
+        conn::spawn(stream, early, conn, task_shared);
+    };
+    shared.tracker.spawn(take_over.in_current_span());
 
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

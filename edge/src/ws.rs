@@ -152,7 +152,13 @@ impl FrameReader {
             self.partial.extend_from_slice(input);
             let buf = std::mem::take(&mut self.partial);
             let used = self.parse(&buf, max_message, out)?;
-            if used < buf.len() {
+            if used == 0 {
+                // Still the same incomplete frame: keep the buffer as it
+                // is. Copying it here would make a frame that trickles in
+                // a byte at a time cost quadratic time.
+                self.partial = buf;
+            } else if used < buf.len() {
+                // Copy only the tail, releasing the frames before it.
                 self.partial = BytesMut::from(&buf[used..]);
             }
         }

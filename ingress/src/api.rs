@@ -8,13 +8,20 @@
 //! [`Bus::publish`], so pushes on one route arrive in the order they were
 //! sent. Delivery is at-most-once: a push published while an edge is
 //! briefly disconnected from the bus is lost for that edge's clients.
+//!
+//! [`PushApi`] also owns the registry behind the API's `GET /metrics`: what
+//! it publishes and refuses ([`IngressMetrics`]) and, on NATS, the bus
+//! connection's figures.
 
 use crate::config::PushApiConfig;
 use crate::error::{ApiError, Field};
+use crate::metrics::{IngressMetrics, Transport};
 use bytes::Bytes;
 use gpush_common::push::validate_optional_name;
 use gpush_common::{Bus, Push};
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Upper bound of a request body (HTTP) or message (gRPC), in bytes,
 /// whatever `max_batch` × `max_payload` would allow. A batch must fit in it.
@@ -29,14 +36,39 @@ pub struct PushApi {
 struct Inner {
     bus: Bus,
     config: PushApiConfig,
+    metrics: IngressMetrics,
+    registry: Registry,
 }
 
 impl PushApi {
-    /// An API publishing to `bus` under the limits of `config`.
+    /// An API publishing to `bus` under the limits of `config`, with a
+    /// registry of its own for `GET /metrics`.
     pub fn new(bus: Bus, config: PushApiConfig) -> Self {
-        Self {
-            inner: Arc::new(Inner { bus, config }),
+        let mut registry = gpush_common::metrics::new_registry();
+        let metrics = IngressMetrics::register(&mut registry);
+        if let Bus::Nats(nats) = &bus {
+            gpush_common::metrics::register_bus(&mut registry, nats.client().clone());
         }
+        Self {
+            inner: Arc::new(Inner {
+                bus,
+                config,
+                metrics,
+                registry,
+            }),
+        }
+    }
+
+    /// Every metric of this API in the Prometheus text format.
+    pub fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+        gpush_common::metrics::render(&self.inner.registry)
+    }
+
+    /// Counts a call refused with `error` and gives the error back, for
+    /// `map_err`.
+    pub fn refused(&self, api: Transport, error: ApiError) -> ApiError {
+        self.inner.metrics.refused(api, &error);
+        error
     }
 
     /// The limits in force.
@@ -112,10 +144,15 @@ impl PushApi {
         Ok(Push::new(uid, topic, data))
     }
 
-    /// Publishes already validated pushes, in order. Returns how many were
-    /// accepted.
-    pub async fn publish(&self, pushes: &[Push]) -> Result<usize, ApiError> {
-        self.inner.bus.publish(pushes).await?;
+    /// Publishes already validated pushes that came through `api`, in
+    /// order, and counts the call. Returns how many were accepted.
+    pub async fn publish(&self, api: Transport, pushes: &[Push]) -> Result<usize, ApiError> {
+        let started = Instant::now();
+        let published = self.inner.bus.publish(pushes).await;
+        self.inner
+            .metrics
+            .published(api, pushes, started.elapsed(), published.is_ok());
+        published?;
         Ok(pushes.len())
     }
 

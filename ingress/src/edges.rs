@@ -49,6 +49,52 @@ pub struct EdgeList {
     pub stale: bool,
 }
 
+/// Connections per edge and in total, for `GET /v1/stats`: as the edges
+/// last wrote them in etcd (at most a second old while etcd is up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterStats {
+    /// Every live edge, least loaded first.
+    pub edges: Vec<EdgeStats>,
+    /// Connections on all of them.
+    pub total_connections: u64,
+    /// How many edges are live.
+    pub edge_count: usize,
+    /// As in [`EdgeList::stale`].
+    pub stale: bool,
+}
+
+/// One edge in [`ClusterStats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeStats {
+    /// Its node id.
+    pub node_id: String,
+    /// The WebSocket URL its clients use.
+    pub url: String,
+    /// Its open connections.
+    pub connections: u64,
+}
+
+impl EdgeList {
+    /// Per-edge connections and their totals.
+    pub fn stats(self) -> ClusterStats {
+        let edges: Vec<EdgeStats> = self
+            .edges
+            .into_iter()
+            .map(|record| EdgeStats {
+                node_id: record.node_id,
+                url: record.url,
+                connections: record.connections,
+            })
+            .collect();
+        ClusterStats {
+            total_connections: edges.iter().map(|e| e.connections).sum(),
+            edge_count: edges.len(),
+            edges,
+            stale: self.stale,
+        }
+    }
+}
+
 /// The edge `GET /v1/connect` hands out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pick {
@@ -351,6 +397,26 @@ mod tests {
         assert!(!list.stale);
         assert_eq!(list.edges[0].node_id, "y");
         assert!(Edges::Disabled.list().is_none());
+    }
+
+    #[test]
+    fn stats_total_the_connections() {
+        let list = EdgeList {
+            edges: sorted(vec![record("b", 5), record("a", 2)]),
+            stale: true,
+        };
+        let stats = list.stats();
+        assert_eq!(stats.total_connections, 7);
+        assert_eq!(stats.edge_count, 2);
+        assert!(stats.stale);
+        assert_eq!(
+            stats.edges[0],
+            EdgeStats {
+                node_id: "a".into(),
+                url: "ws://a/ws".into(),
+                connections: 2
+            }
+        );
     }
 
     #[test]

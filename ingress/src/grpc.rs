@@ -14,6 +14,7 @@
 
 use crate::api::PushApi;
 use crate::error::ApiError;
+use crate::metrics::Transport;
 use gpush_common::Push;
 use gpush_proto::order::proxy_server::{Proxy, ProxyServer};
 use gpush_proto::v1::push_server::{Push as PushService, PushServer};
@@ -52,7 +53,30 @@ impl Handler {
     ) -> Result<usize, ApiError> {
         self.authorize(metadata)?;
         let push = self.api.check(None, uid, topic, data)?;
-        self.api.publish(std::slice::from_ref(&push)).await
+        self.api
+            .publish(Transport::Grpc, std::slice::from_ref(&push))
+            .await
+    }
+
+    async fn push_many(
+        &self,
+        metadata: &MetadataMap,
+        batch: v1::PushBatchRequest,
+    ) -> Result<usize, ApiError> {
+        self.authorize(metadata)?;
+        self.api.check_batch_len(batch.messages.len())?;
+        let pushes = batch
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| self.api.check(Some(i), m.uid, m.topic, m.data))
+            .collect::<Result<Vec<Push>, _>>()?;
+        self.api.publish(Transport::Grpc, &pushes).await
+    }
+
+    /// Counts a refused call; the gRPC status for it.
+    fn refused(&self, error: ApiError) -> Status {
+        self.api.refused(Transport::Grpc, error).into()
     }
 }
 
@@ -63,7 +87,10 @@ impl PushService for Handler {
         request: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushReply>, Status> {
         let (metadata, _, m) = request.into_parts();
-        let accepted = self.push_one(&metadata, m.uid, m.topic, m.data).await?;
+        let accepted = self
+            .push_one(&metadata, m.uid, m.topic, m.data)
+            .await
+            .map_err(|e| self.refused(e))?;
         Ok(Response::new(reply(accepted)))
     }
 
@@ -72,15 +99,10 @@ impl PushService for Handler {
         request: Request<v1::PushBatchRequest>,
     ) -> Result<Response<v1::PushReply>, Status> {
         let (metadata, _, batch) = request.into_parts();
-        self.authorize(&metadata)?;
-        self.api.check_batch_len(batch.messages.len())?;
-        let pushes = batch
-            .messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| self.api.check(Some(i), m.uid, m.topic, m.data))
-            .collect::<Result<Vec<Push>, _>>()?;
-        let accepted = self.api.publish(&pushes).await?;
+        let accepted = self
+            .push_many(&metadata, batch)
+            .await
+            .map_err(|e| self.refused(e))?;
         Ok(Response::new(reply(accepted)))
     }
 }
@@ -92,7 +114,9 @@ impl Proxy for Handler {
         request: Request<order::Data>,
     ) -> Result<Response<order::Empty>, Status> {
         let (metadata, _, m) = request.into_parts();
-        self.push_one(&metadata, m.uid, m.topic, m.data).await?;
+        self.push_one(&metadata, m.uid, m.topic, m.data)
+            .await
+            .map_err(|e| self.refused(e))?;
         Ok(Response::new(order::Empty {}))
     }
 }

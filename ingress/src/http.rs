@@ -8,6 +8,8 @@
 //! | `GET /readyz` | 200 `{"status":"ok"}` when the bus is connected, else 503 |
 //! | `GET /v1/edges` | `{"edges":[record...],"stale":bool}`, least loaded first |
 //! | `GET /v1/connect` | `{"url","node_id","stale"}` of the least loaded edge |
+//! | `GET /v1/stats` | `{"edges":[{"node_id","url","connections"}...],"total_connections","edge_count","stale"}` |
+//! | `GET /metrics` | the push API's metrics, Prometheus text format |
 //!
 //! `uid` and `topic` default to `""`; `data` is required and is base64
 //! (standard alphabet; padding optional; the URL-safe alphabet is accepted
@@ -22,8 +24,9 @@
 //! empty no CORS header is sent and browsers refuse cross-origin calls.
 
 use crate::api::PushApi;
-use crate::edges::Edges;
+use crate::edges::{ClusterStats, Edges};
 use crate::error::{ApiError, Field};
+use crate::metrics::Transport;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -71,6 +74,8 @@ pub fn router(api: PushApi, edges: Edges) -> Router {
         .route("/v1/pushBatch", post(push_batch))
         .route("/v1/edges", get(list_edges))
         .route("/v1/connect", get(connect))
+        .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
@@ -151,7 +156,11 @@ impl FromRequestParts<AppState> for Authorized {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        state.api.authorize(header).map(|()| Authorized)
+        state
+            .api
+            .authorize(header)
+            .map(|()| Authorized)
+            .map_err(|e| state.api.refused(Transport::Http, e))
     }
 }
 
@@ -190,11 +199,21 @@ async fn push_data(
     _: Authorized,
     body: Result<Json<Message>, JsonRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let Json(m) = body.map_err(|r| json_error(&state.api, r))?;
-    let data = decode(Field::new(None, "data"), &m.data)?;
-    let push = state.api.check(None, m.uid, m.topic, data)?;
-    let accepted = state.api.publish(std::slice::from_ref(&push)).await?;
+    let accepted = push_one(&state.api, body)
+        .await
+        .map_err(|e| state.api.refused(Transport::Http, e))?;
     Ok(Accepted::new(accepted))
+}
+
+async fn push_one(
+    api: &PushApi,
+    body: Result<Json<Message>, JsonRejection>,
+) -> Result<usize, ApiError> {
+    let Json(m) = body.map_err(|r| json_error(api, r))?;
+    let data = decode(Field::new(None, "data"), &m.data)?;
+    let push = api.check(None, m.uid, m.topic, data)?;
+    api.publish(Transport::Http, std::slice::from_ref(&push))
+        .await
 }
 
 async fn push_batch(
@@ -202,19 +221,28 @@ async fn push_batch(
     _: Authorized,
     body: Result<Json<Batch>, JsonRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let Json(batch) = body.map_err(|r| json_error(&state.api, r))?;
-    state.api.check_batch_len(batch.messages.len())?;
+    let accepted = push_many(&state.api, body)
+        .await
+        .map_err(|e| state.api.refused(Transport::Http, e))?;
+    Ok(Accepted::new(accepted))
+}
+
+async fn push_many(
+    api: &PushApi,
+    body: Result<Json<Batch>, JsonRejection>,
+) -> Result<usize, ApiError> {
+    let Json(batch) = body.map_err(|r| json_error(api, r))?;
+    api.check_batch_len(batch.messages.len())?;
     let pushes = batch
         .messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
             let data = decode(Field::new(Some(i), "data"), &m.data)?;
-            state.api.check(Some(i), m.uid, m.topic, data)
+            api.check(Some(i), m.uid, m.topic, data)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let accepted = state.api.publish(&pushes).await?;
-    Ok(Accepted::new(accepted))
+    api.publish(Transport::Http, &pushes).await
 }
 
 #[derive(Debug, Serialize)]
@@ -240,6 +268,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn list_edges(State(state): State<AppState>) -> Result<Response, ApiError> {
     let list = state.edges.list().ok_or(ApiError::EdgesNotConfigured)?;
     Ok(Json(list).into_response())
+}
+
+/// `GET /v1/stats`: connections per edge and in total, from etcd.
+async fn stats(State(state): State<AppState>) -> Result<Json<ClusterStats>, ApiError> {
+    let list = state.edges.list().ok_or(ApiError::EdgesNotConfigured)?;
+    Ok(Json(list.stats()))
+}
+
+/// `GET /metrics`: the push API's metrics in the Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.api.render_metrics() {
+        Ok(text) => ([(CONTENT_TYPE, gpush_common::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -706,5 +748,75 @@ mod tests {
             json,
             json!({"url": "ws://127.0.0.1:9992/ws", "node_id": "solo", "stale": false})
         );
+    }
+
+    #[tokio::test]
+    async fn stats_endpoint() {
+        let (app, _) = server(config(), Edges::Disabled);
+        let (status, json) = call(&app, get("/v1/stats")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json["code"], "etcd_not_configured");
+        let local = Edges::Local(Arc::new(|| EdgeRecord {
+            node_id: "solo".into(),
+            url: "ws://127.0.0.1:9992/ws".into(),
+            connections: 3,
+            started_at: 1,
+            updated_at: 2,
+        }));
+        let (app, _) = server(config(), local);
+        let (status, json) = call(&app, get("/v1/stats")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            json,
+            json!({
+                "edges": [{"node_id": "solo", "url": "ws://127.0.0.1:9992/ws", "connections": 3}],
+                "total_connections": 3,
+                "edge_count": 1,
+                "stale": false,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_count_pushes_and_refusals() {
+        let (app, _) = server(config(), Edges::Disabled);
+        post_json(&app, "/v1/pushData", json!({"topic": "t", "data": ""})).await;
+        post_json(
+            &app,
+            "/v1/pushBatch",
+            json!({"messages": [{"data": ""}, {"uid": "u", "data": ""}]}),
+        )
+        .await;
+        post_json(&app, "/v1/pushData", json!({"topic": "a\nb", "data": ""})).await;
+        call(&app, post("/v1/pushBatch", "{not json")).await;
+        let response = app.clone().oneshot(get("/metrics")).await.expect("call");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            gpush_common::metrics::CONTENT_TYPE
+        );
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let text = String::from_utf8(body.to_vec()).expect("utf-8");
+        for line in [
+            r#"gpush_ingress_pushes_total{kind="topic",api="http"} 1"#,
+            r#"gpush_ingress_pushes_total{kind="everyone",api="http"} 1"#,
+            r#"gpush_ingress_pushes_total{kind="user",api="http"} 1"#,
+            r#"gpush_ingress_pushes_total{kind="user",api="grpc"} 0"#,
+            r#"gpush_ingress_push_errors_total{api="http",reason="invalid_topic"} 1"#,
+            r#"gpush_ingress_push_errors_total{api="http",reason="bad_json"} 1"#,
+            "gpush_ingress_publish_batch_messages_count 2",
+            "gpush_ingress_publish_batch_messages_sum 3.0",
+            "gpush_ingress_publish_seconds_count 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in:\n{text}"
+            );
+        }
     }
 }

@@ -12,9 +12,11 @@
 //!   publishing. Both transports go through it.
 //! - [`error`]: [`ApiError`], and how it becomes an HTTP status + JSON body
 //!   or a gRPC status.
-//! - [`http`]: the axum routes (push, health, readiness, edge listing).
+//! - [`http`]: the axum routes (push, health, readiness, edge listing,
+//!   stats, metrics).
 //! - [`grpc`]: the tonic services, health and reflection.
 //! - [`edges`]: the live edge list, watched in etcd.
+//! - [`metrics`]: what the push API counts, for `GET /metrics`.
 
 pub mod api;
 pub mod cli;
@@ -23,10 +25,11 @@ pub mod edges;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 
 pub use api::PushApi;
 pub use config::{IngressConfig, PushApiConfig};
-pub use edges::{EdgeList, Edges, EtcdEdges, Pick};
+pub use edges::{ClusterStats, EdgeList, EdgeStats, Edges, EtcdEdges, Pick};
 pub use error::ApiError;
 
 use anyhow::Context;

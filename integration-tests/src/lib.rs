@@ -23,6 +23,9 @@
 //!   that never answers pings (to test the idle timeout).
 //! - [`frames`]: protocol codes and the exact JSON of each kind of push.
 //! - [`auth`]: JWT minting with test keys and a mock auth webhook.
+//! - [`fuzzing`]: the fuzz harnesses of the client frame and request
+//!   parsers, the bus envelope and the push API bodies, shared by the
+//!   cargo-fuzz targets in `fuzz/` and the corpus replay test.
 //! - [`bench`]: the `gpush-bench` benchmark program (load clients, baseline
 //!   server, scenarios, report).
 
@@ -32,6 +35,7 @@ pub mod bench;
 pub mod client;
 pub mod deploy;
 pub mod frames;
+pub mod fuzzing;
 pub mod procs;
 pub mod roaming;
 pub mod servers;

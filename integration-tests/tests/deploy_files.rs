@@ -696,6 +696,32 @@ fn check_k8s(ws: &Workspace, text: &str, expected: Binary) -> Vec<String> {
             }
         }
 
+        // Prometheus finds the pods by annotation: it must scrape a port
+        // and a path the binary serves.
+        let annotations = pod
+            .and_then(|t| t.get("metadata"))
+            .and_then(|m| m.get("annotations"));
+        let annotation = |key: &str| annotations.and_then(|a| a.get(key)).and_then(yaml_str);
+        match (
+            annotation("prometheus.io/scrape").as_deref(),
+            annotation("prometheus.io/port"),
+            annotation("prometheus.io/path"),
+        ) {
+            (Some("true"), Some(port), Some(path)) => {
+                if !named_ports.contains_key(&port) {
+                    problems.push(format!("prometheus.io/port {port} is not a container port"));
+                }
+                if !ws.routes(expected).contains(&path) {
+                    problems.push(format!(
+                        "prometheus.io/path {path} is not a route of {expected:?}"
+                    ));
+                }
+            }
+            other => problems.push(format!(
+                "pod template lacks prometheus.io scrape/port/path annotations: {other:?}"
+            )),
+        }
+
         // Each Service selects this Deployment and targets its ports.
         for service in &services {
             let spec = service.get("spec");
@@ -1208,6 +1234,24 @@ fn caught_k8s_drift() {
     assert_caught(check_k8s(&ws, &bad, Binary::Edge), "port 9991");
     let bad = broken(&edge, "targetPort: ws", "targetPort: websocket");
     assert_caught(check_k8s(&ws, &bad, Binary::Edge), "targetPort websocket");
+    let bad = broken(
+        &edge,
+        "prometheus.io/path: /metrics",
+        "prometheus.io/path: /stats",
+    );
+    assert_caught(
+        check_k8s(&ws, &bad, Binary::Edge),
+        "prometheus.io/path /stats",
+    );
+    let bad = broken(
+        &edge,
+        "prometheus.io/port: \"9992\"",
+        "prometheus.io/port: \"9090\"",
+    );
+    assert_caught(
+        check_k8s(&ws, &bad, Binary::Edge),
+        "prometheus.io/port 9090",
+    );
     let ingress = read("deploy/k8s/ingress.yaml");
     let bad = broken(&ingress, "port: http\n", "port: grpc\n");
     assert_caught(check_k8s(&ws, &bad, Binary::Ingress), "probe port 10067");
