@@ -15,8 +15,12 @@
 //! - [`config`], [`telemetry`], [`shutdown`]: loading TOML config, tracing
 //!   set-up, and the signal that starts a graceful shutdown.
 //! - [`net`]: binding a listener with an error that names it.
+//! - [`rate`]: the token bucket behind the per-connection request limit
+//!   (edge) and the push rate limit (ingress).
 //! - [`metrics`]: the registry behind `GET /metrics`, its Prometheus text
 //!   rendering, and the NATS connection's figures.
+//! - [`tls`]: rustls server configs from PEM files (certificate, key,
+//!   client CA bundle), and their config checks.
 
 pub mod backoff;
 pub mod bus;
@@ -25,10 +29,12 @@ pub mod envelope;
 pub mod metrics;
 pub mod net;
 pub mod push;
+pub mod rate;
 pub mod registry;
 pub mod shutdown;
 pub mod subject;
 pub mod telemetry;
+pub mod tls;
 
 pub use bus::{Bus, BusError, LocalDelivery};
 pub use push::{NameError, Push, Route};

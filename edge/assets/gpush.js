@@ -17,7 +17,7 @@
  * replaced.
  *
  * Requests return promises that resolve with the edge's reply, reject with
- * an Error carrying `.reply` when the edge refuses (30001-30005), and reject
+ * an Error carrying `.reply` when the edge refuses (30001-30006), and reject
  * when the client is closed. Requests made while disconnected are sent once
  * connected. When a connection is lost before a reply came, the request is
  * given again to the next connection (subscriptions, login) or settled
@@ -52,6 +52,7 @@
     AUTH_FAILED: 30003,
     INVALID_TOPIC: 30004,
     LIMIT_REACHED: 30005,
+    RATE_LIMITED: 30006,
   });
 
   /** Close code of an edge that shuts down: go to another edge. */

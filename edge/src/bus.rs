@@ -9,14 +9,17 @@
 //! leave-then-join can never end unsubscribed: before unsubscribing it asks
 //! the hub whether anyone still needs the subject.
 //!
-//! A subscribe is acknowledged only after NATS has the SUB (the client
-//! flushes it), so a client that got "subscribed" receives every push
-//! published after that. Each subject has one reader task, which keeps the
+//! A subscribe is acknowledged only after the NATS server has the SUB (a
+//! round trip through it, see [`ServerEcho`]), so a client that got
+//! "subscribed" receives every push published after that through the same
+//! server. (In a NATS cluster, the other nodes learn of it over their
+//! routes a moment later.) Each subject has one reader task, which keeps the
 //! publish order of that subject. In standalone mode there is no NATS:
 //! pushes reach the hub directly and every method here is a no-op.
 
 use crate::hub::Hub;
 use futures_util::StreamExt;
+use gpush_common::bus::ServerEcho;
 use gpush_common::{Subjects, envelope};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,11 +91,16 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> (Interest, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+    let echo = ServerEcho::new(client.clone())
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "bus echo subscription failed"))
+        .ok();
     let mut manager = Manager {
         client,
         subjects,
         hub,
         active: HashMap::new(),
+        echo,
     };
     let everyone = manager.subjects.everyone();
     manager.subscribe(everyone).await;
@@ -102,6 +110,9 @@ pub async fn start(
 
 struct Manager {
     client: async_nats::Client,
+    /// Confirms new subscriptions with a round trip through the server;
+    /// None only when the client is closed (then a flush is all we do).
+    echo: Option<ServerEcho>,
     subjects: Subjects,
     hub: Arc<Hub>,
     /// Subject -> the task reading it.
@@ -141,11 +152,13 @@ impl Manager {
                 }
             }
             if subscribed
-                && tokio::time::timeout(SUBSCRIBE_WAIT, self.client.flush())
+                && tokio::time::timeout(SUBSCRIBE_WAIT, self.confirm())
                     .await
                     .is_err()
             {
-                tracing::warn!("bus flush timed out; subscriptions activate on reconnect");
+                tracing::warn!(
+                    "bus did not confirm subscriptions in time; they activate on reconnect"
+                );
             }
             for ack in acks.drain(..) {
                 let _ = ack.send(());
@@ -153,6 +166,21 @@ impl Manager {
         }
         for (_, reader) in self.active.drain() {
             reader.abort();
+        }
+    }
+
+    /// Returns once the server has every subscription sent so far.
+    async fn confirm(&mut self) {
+        let confirmed = match &mut self.echo {
+            Some(echo) => echo.round_trip().await,
+            None => self
+                .client
+                .flush()
+                .await
+                .map_err(|e| gpush_common::BusError::Publish(e.to_string())),
+        };
+        if let Err(e) = confirmed {
+            tracing::warn!(error = %e, "bus subscription not confirmed");
         }
     }
 

@@ -20,6 +20,12 @@ pub struct Cli {
     /// WebSocket listen address [default: 0.0.0.0:9992].
     #[arg(long, env = "GPUSH_WS_ADDR")]
     pub ws_addr: Option<SocketAddr>,
+    /// PEM certificate chain for TLS (wss:// and HTTPS; standalone, the push API too); needs --tls-key.
+    #[arg(long, env = "GPUSH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GPUSH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// One process, no NATS or etcd: also serves the push API.
     #[arg(long, env = "GPUSH_STANDALONE")]
     pub standalone: bool,
@@ -48,7 +54,7 @@ pub struct Cli {
     /// Unique id of this edge [default: host name and a random suffix].
     #[arg(long, env = "GPUSH_NODE_ID")]
     pub node_id: Option<String>,
-    /// WebSocket URL published in etcd [default: ws://<ws-addr>/ws].
+    /// WebSocket URL published in etcd [default: ws://<ws-addr>/ws, wss:// with TLS].
     #[arg(long, env = "GPUSH_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// etcd lease TTL, e.g. `10s` [default: 10s].
@@ -60,6 +66,24 @@ pub struct Cli {
     /// Maximum subscriptions per connection [default: 128].
     #[arg(long, env = "GPUSH_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
+    /// Maximum WebSocket connections; over it upgrades get 503 [default: 100000].
+    #[arg(long, env = "GPUSH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time from TCP connect to a completed WebSocket upgrade [default: 10s].
+    #[arg(long, env = "GPUSH_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Connections in their handshake at once; more wait to be accepted [default: 1024].
+    #[arg(long, env = "GPUSH_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
+    /// Requests per second per connection, on average; 0 = unlimited [default: 100].
+    #[arg(long, env = "GPUSH_REQUEST_RATE")]
+    pub request_rate: Option<u32>,
+    /// Requests per connection at once; that many refused without a pause close it [default: 200].
+    #[arg(long, env = "GPUSH_REQUEST_BURST")]
+    pub request_burst: Option<u32>,
+    /// Web origins whose pages may connect (repeat or comma-separate) [default: any].
+    #[arg(long, env = "GPUSH_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Server WebSocket ping interval [default: 25s].
     #[arg(long, env = "GPUSH_PING_INTERVAL", value_parser = humantime::parse_duration)]
     pub ping_interval: Option<Duration>,
@@ -117,6 +141,8 @@ impl Cli {
             }
         }
         set(&mut config.ws_addr, &self.ws_addr);
+        set_opt(&mut config.tls_cert, &self.tls_cert);
+        set_opt(&mut config.tls_key, &self.tls_key);
         config.standalone |= self.standalone;
         set_opt(&mut config.http_addr, &self.http_addr);
         set_opt(&mut config.grpc_addr, &self.grpc_addr);
@@ -133,6 +159,12 @@ impl Cli {
         set(&mut config.lease_ttl, &self.lease_ttl);
         set(&mut config.shards, &self.shards);
         set(&mut config.max_subscriptions, &self.max_subscriptions);
+        set(&mut config.max_connections, &self.max_connections);
+        set(&mut config.handshake_timeout, &self.handshake_timeout);
+        set(&mut config.max_handshakes, &self.max_handshakes);
+        set(&mut config.request_rate, &self.request_rate);
+        set(&mut config.request_burst, &self.request_burst);
+        set_list(&mut config.allowed_origins, &self.allowed_origins);
         set(&mut config.ping_interval, &self.ping_interval);
         set(&mut config.idle_timeout, &self.idle_timeout);
         set(&mut config.write_interval, &self.write_interval);
@@ -177,6 +209,18 @@ mod tests {
             "s",
             "--cors-allowed-origins",
             "http://a.example,https://b.example",
+            "--max-connections",
+            "5000",
+            "--handshake-timeout",
+            "3s",
+            "--max-handshakes",
+            "64",
+            "--request-rate",
+            "7",
+            "--request-burst",
+            "9",
+            "--allowed-origins",
+            "https://app.example",
         ]);
         let config = cli.load().expect("valid");
         assert_eq!(config.node_id.as_deref(), Some("edge-9"));
@@ -184,6 +228,11 @@ mod tests {
         assert_eq!(config.max_subscriptions, 7);
         assert_eq!(config.nats_urls, ["nats://a:1", "nats://b:2"]);
         assert_eq!(config.write_interval, Duration::ZERO);
+        assert_eq!(config.max_connections, 5000);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(config.max_handshakes, 64);
+        assert_eq!((config.request_rate, config.request_burst), (7, 9));
+        assert_eq!(config.allowed_origins, ["https://app.example"]);
         assert_eq!(config.auth.jwt_secret.as_deref(), Some("s"));
         assert_eq!(config.auth.webhook_timeout, Duration::from_millis(300));
         assert_eq!(
@@ -210,10 +259,16 @@ mod tests {
             "1s",
             "--ping-interval",
             "2s",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
         ]);
         let message = cli.load().expect_err("invalid").to_string();
         assert!(message.contains("shards"), "{message}");
         assert!(message.contains("idle_timeout"), "{message}");
+        assert!(
+            message.contains("tls_cert is set but tls_key is not"),
+            "{message}"
+        );
 
         let dir = std::env::temp_dir().join(format!("gpush-edge-typo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

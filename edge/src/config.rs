@@ -2,6 +2,7 @@
 
 use gpush_common::config::{ConfigError, Problems};
 use gpush_common::push::DEFAULT_MAX_NAME_LEN;
+use gpush_common::rate::Rate;
 use gpush_common::subject::{DEFAULT_PREFIX, Subjects};
 use gpush_common::telemetry::LogFormat;
 use gpush_ingress::config::{
@@ -34,6 +35,22 @@ pub const DEFAULT_MAX_MESSAGE: usize = 4 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default timeout of one auth webhook call.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default maximum number of WebSocket connections one edge holds: about
+/// 170 MiB of idle connections (1.7 KiB each), and well within the file
+/// limit of `deploy/gpush-edge.service`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default time a client has from its TCP connect until its WebSocket
+/// upgrade is done (the HTTP request included).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default maximum number of connections in their handshake at once.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Default requests per second one connection may make, on average.
+pub const DEFAULT_REQUEST_RATE: u32 = 100;
+/// Default burst of requests one connection may make at once (and the
+/// number of refusals, without a pause that refills the bucket, after which
+/// it is closed): room for a client that logs in and subscribes
+/// `max_subscriptions` topics on reconnect.
+pub const DEFAULT_REQUEST_BURST: u32 = 200;
 
 /// Everything `gpush-edge` reads from its config.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +58,13 @@ pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct EdgeConfig {
     /// WebSocket listen address (clients connect to `ws://<addr>/ws`).
     pub ws_addr: SocketAddr,
+    /// PEM certificate chain (leaf first) for TLS on `ws_addr`. With
+    /// `tls_key`, clients connect to `wss://<addr>/ws` and `/`, `/gpush.js`,
+    /// `/healthz`, `/readyz` and `/metrics` are HTTPS; standalone, the push
+    /// API serves HTTPS and gRPC over TLS with the same certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
     /// Run alone: in-process bus, no NATS or etcd, and the push API served
     /// by this process on `http_addr` and `grpc_addr`.
     pub standalone: bool,
@@ -57,7 +81,7 @@ pub struct EdgeConfig {
     /// Unique id of this edge (default: hostname and a random suffix).
     pub node_id: Option<String>,
     /// WebSocket URL clients should use to reach this edge, published in
-    /// etcd (default `ws://<ws_addr>/ws`).
+    /// etcd (default `ws://<ws_addr>/ws`, `wss://` with TLS).
     pub public_url: Option<String>,
     /// TTL of the etcd lease; the record vanishes this long after a crash.
     #[serde(with = "humantime_serde")]
@@ -70,6 +94,30 @@ pub struct EdgeConfig {
     pub max_name_len: usize,
     /// Maximum size of one client message, in bytes.
     pub max_message: usize,
+    /// Maximum number of WebSocket connections (open plus being upgraded);
+    /// over it an upgrade is refused with 503 before it happens.
+    pub max_connections: usize,
+    /// Time a client has from its TCP connect until its WebSocket upgrade
+    /// is done; after it the socket is closed. Plain HTTP connections
+    /// (`/metrics`, `/healthz`) are closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Maximum number of accepted connections not yet upgraded. When that
+    /// many are in their handshake, the edge stops accepting until one
+    /// finishes; new connections wait in the listen backlog.
+    pub max_handshakes: usize,
+    /// Requests (text or binary messages) per second one connection may
+    /// make on average; 0 = unlimited. Over it: reply 30006.
+    pub request_rate: u32,
+    /// Requests one connection may make at once. A connection refused
+    /// `request_burst` times without pausing long enough to refill its
+    /// bucket (`request_burst / request_rate` seconds) is closed with 4002.
+    pub request_burst: u32,
+    /// Web origins (`scheme://host[:port]`) whose pages may open WebSocket
+    /// connections. Empty = any. Requests without an `Origin` header
+    /// (non-browser clients) are always allowed; a listed-out origin gets
+    /// 403.
+    pub allowed_origins: Vec<String>,
     /// Interval of server WebSocket pings.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -141,6 +189,8 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             ws_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_WS_PORT)),
+            tls_cert: None,
+            tls_key: None,
             standalone: false,
             http_addr: None,
             grpc_addr: None,
@@ -154,6 +204,12 @@ impl Default for EdgeConfig {
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_name_len: DEFAULT_MAX_NAME_LEN,
             max_message: DEFAULT_MAX_MESSAGE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            request_rate: DEFAULT_REQUEST_RATE,
+            request_burst: DEFAULT_REQUEST_BURST,
+            allowed_origins: Vec::new(),
             ping_interval: DEFAULT_PING_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_interval: DEFAULT_WRITE_INTERVAL,
@@ -169,6 +225,29 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// The per-connection request rate.
+    pub fn request_limit(&self) -> Rate {
+        Rate {
+            per_second: self.request_rate,
+            burst: self.request_burst,
+        }
+    }
+
+    /// Whether a WebSocket upgrade with this `Origin` header value (None:
+    /// no header) may proceed: always when `allowed_origins` is empty or
+    /// the header is missing, otherwise when it is listed (ASCII case
+    /// ignored, as browsers may differ in the case of the host).
+    pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
+        match origin {
+            None => true,
+            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(origin) => self
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin)),
+        }
+    }
+
     /// Checks every value and reports all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Problems::default();
@@ -185,6 +264,23 @@ impl EdgeConfig {
         });
         p.check(self.max_name_len == 0, || "max_name_len must be > 0".into());
         p.check(self.max_message < 64, || "max_message must be >= 64".into());
+        p.check(self.max_connections == 0, || {
+            "max_connections must be > 0".into()
+        });
+        p.check(self.handshake_timeout.is_zero(), || {
+            "handshake_timeout must be > 0".into()
+        });
+        p.check(self.max_handshakes == 0, || {
+            "max_handshakes must be > 0".into()
+        });
+        p.check(self.request_rate > 0 && self.request_burst == 0, || {
+            "request_burst must be > 0 (or request_rate 0 for no limit)".into()
+        });
+        for origin in &self.allowed_origins {
+            if let Some(why) = gpush_ingress::config::origin_problem(origin) {
+                p.push(format!("allowed_origins: {origin:?} {why}"));
+            }
+        }
         p.check(self.ping_interval.is_zero(), || {
             "ping_interval must be > 0".into()
         });
@@ -217,10 +313,21 @@ impl EdgeConfig {
                 || format!("auth.webhook_url {url:?} must be an http:// or https:// URL"),
             );
         }
+        gpush_common::tls::check_identity(
+            "",
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            &mut p,
+        );
         if self.standalone {
             self.push.validate(&mut p);
         }
         p.finish()
+    }
+
+    /// Whether the edge serves TLS (`tls_cert` and `tls_key` set).
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 
     /// Standalone push API HTTP address.
@@ -238,8 +345,8 @@ impl EdgeConfig {
     /// The standalone push API config: [`Self::push`] with the edge's own
     /// web origins added to `cors_allowed_origins`, so the demo page the
     /// edge serves at `/` may push. Those are the origins of the WebSocket
-    /// listener `ws_addr` (`localhost` and `127.0.0.1` too when it is
-    /// loopback or every interface) and of `public_url` (`ws` becomes
+    /// listener `ws_addr` (`https` with TLS; `localhost` and `127.0.0.1`
+    /// too when it is loopback or every interface) and of `public_url` (`ws` becomes
     /// `http`, `wss` becomes `https`).
     pub fn standalone_push_api(&self, ws_addr: SocketAddr, public_url: &str) -> PushApiConfig {
         let mut push = self.push.clone();
@@ -248,13 +355,14 @@ impl EdgeConfig {
             return push;
         }
         let port = ws_addr.port();
+        let scheme = if self.tls() { "https" } else { "http" };
         let mut own = Vec::new();
         if ws_addr.ip().is_unspecified() || ws_addr.ip().is_loopback() {
-            own.push(format!("http://localhost:{port}"));
-            own.push(format!("http://127.0.0.1:{port}"));
+            own.push(format!("{scheme}://localhost:{port}"));
+            own.push(format!("{scheme}://127.0.0.1:{port}"));
         }
         if !ws_addr.ip().is_unspecified() {
-            own.push(format!("http://{ws_addr}"));
+            own.push(format!("{scheme}://{ws_addr}"));
         }
         own.extend(web_origin(public_url));
         for origin in own {
@@ -316,6 +424,101 @@ mod tests {
         config.push.cors_allowed_origins = vec!["*".into()];
         let push = config.standalone_push_api(any, "ws://h:9992/ws");
         assert_eq!(push.cors_allowed_origins, ["*"]);
+    }
+
+    #[test]
+    fn origins_are_matched_exactly_when_listed() {
+        let mut config = EdgeConfig::default();
+        assert!(config.origin_allowed(Some(b"https://evil.example")));
+        config.allowed_origins = vec!["https://app.example".into(), "http://localhost:8080".into()];
+        config.validate().expect("valid");
+        assert!(config.origin_allowed(None));
+        assert!(config.origin_allowed(Some(b"https://app.example")));
+        assert!(config.origin_allowed(Some(b"HTTPS://APP.example")));
+        assert!(config.origin_allowed(Some(b"http://localhost:8080")));
+        for refused in [
+            &b"https://evil.example"[..],
+            b"http://app.example",
+            b"https://app.example:443",
+            b"https://app.example.evil.example",
+            b"http://localhost",
+            b"null",
+            b"",
+        ] {
+            assert!(
+                !config.origin_allowed(Some(refused)),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+        config.allowed_origins = vec!["app.example".into(), "*".into()];
+        let message = config.validate().expect_err("invalid").to_string();
+        assert!(message.contains("\"app.example\""), "{message}");
+        assert!(message.contains("\"*\""), "{message}");
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let config = EdgeConfig {
+            max_connections: 0,
+            handshake_timeout: Duration::ZERO,
+            max_handshakes: 0,
+            request_burst: 0,
+            ..EdgeConfig::default()
+        };
+        let message = config.validate().expect_err("invalid").to_string();
+        for key in [
+            "max_connections",
+            "handshake_timeout",
+            "max_handshakes",
+            "request_burst",
+        ] {
+            assert!(message.contains(key), "{key} not in {message}");
+        }
+        let unlimited = EdgeConfig {
+            request_rate: 0,
+            request_burst: 0,
+            ..EdgeConfig::default()
+        };
+        unlimited.validate().expect("request_rate 0 needs no burst");
+        assert!(!unlimited.request_limit().is_limited());
+    }
+
+    #[test]
+    fn tls_needs_a_cert_and_a_key_that_can_be_read() {
+        let config = EdgeConfig {
+            tls_cert: Some("/nonexistent/gpush-edge-cert.pem".into()),
+            ..EdgeConfig::default()
+        };
+        let message = config.validate().expect_err("no key").to_string();
+        assert!(
+            message.contains("tls_cert is set but tls_key is not"),
+            "{message}"
+        );
+        let config = EdgeConfig {
+            tls_key: Some("/nonexistent/gpush-edge-key.pem".into()),
+            ..config
+        };
+        assert!(config.tls());
+        let message = config.validate().expect_err("missing file").to_string();
+        assert!(
+            message.contains("/nonexistent/gpush-edge-cert.pem"),
+            "{message}"
+        );
+        let config = EdgeConfig {
+            standalone: true,
+            ..config
+        };
+        let any = SocketAddr::from(([0, 0, 0, 0], 9992));
+        let push = config.standalone_push_api(any, "wss://push.example/ws");
+        assert_eq!(
+            push.cors_allowed_origins,
+            [
+                "https://localhost:9992",
+                "https://127.0.0.1:9992",
+                "https://push.example"
+            ]
+        );
     }
 
     /// The documented example must parse and equal the defaults it claims.

@@ -1,6 +1,9 @@
 //! One WebSocket connection: its requests, its writes, its timers.
 //!
-//! The task owns the TCP socket. It reads only when the socket is readable,
+//! The task owns the socket: the TCP socket, or for a TLS connection one
+//! end of a Unix socket pair whose other end carries the plaintext to and
+//! from the TLS stream ([`crate::tls::TlsSocket`]); [`Socket`] is what it
+//! needs of either. It reads only when the socket is readable,
 //! into a stack buffer, so an idle connection holds no read buffer; only an
 //! incomplete frame is kept (see [`ws::FrameReader`]). Writes are batched:
 //! fan-out appends shared frames to the connection's [`Outbox`](crate::outbox::Outbox),
@@ -19,6 +22,7 @@ use crate::protocol::{self, BadRequest, Code, Command, Reply, Request, WireForma
 use crate::ws::{self, Incoming, ReadError};
 use bytes::{Buf, Bytes};
 use gpush_common::push::validate_name;
+use gpush_common::rate::TokenBucket;
 use gpush_common::subject::user_bucket;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -46,12 +50,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The task runs inside a `conn` span (fields `conn` and `node`) when
 /// debug logging is on for this module, which is when its events (all
 /// debug) are written. Otherwise it has no span: a span stored with each
-/// task (40 bytes, even disabled) takes the task (880 bytes of future in
+/// task (40 bytes, even disabled) takes the task (896 bytes of future in
 /// release, plus tokio's header and trailer) past mimalloc's 1 KiB size
 /// class, measured at +0.25 KiB RSS per idle connection (1.7 -> 2.0 KiB in
 /// `gpush-bench idle`), and an enabled span also holds a slot in the
 /// subscriber's registry for as long as the connection lives.
-pub fn spawn(stream: TcpStream, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
+pub fn spawn<S: Socket>(stream: S, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
     let span = tracing::debug_span!("conn", conn = conn.id, node = %shared.node_id);
     let tracker = shared.tracker.clone();
     let task = serve(stream, early, conn, shared);
@@ -63,7 +67,7 @@ pub fn spawn(stream: TcpStream, early: Bytes, conn: Arc<Conn>, shared: Arc<Share
 }
 
 /// Serves one upgraded connection until it closes; see [`spawn`].
-pub async fn serve(stream: TcpStream, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
+pub async fn serve<S: Socket>(stream: S, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
     tracing::debug!("connection opened");
     let mut session = Session::new(stream, conn, shared);
     let (close, reason) = match session.run(early).await {
@@ -81,6 +85,35 @@ pub async fn serve(stream: TcpStream, early: Bytes, conn: Arc<Conn>, shared: Arc
     Box::pin(session.finish(close)).await;
 }
 
+/// What a connection task needs of its socket: readiness, and reads and
+/// vectored writes that never block. The task is generic over it, so the
+/// plain TCP path compiles to exactly the calls on the `TcpStream`.
+pub trait Socket: Send + Sync + 'static {
+    /// Waits until the socket may be readable.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Waits until the socket may be writable.
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Reads what is there without waiting (`WouldBlock` when nothing).
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes what fits without waiting (`WouldBlock` when nothing).
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl Socket for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::writable(self)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
+    }
+}
+
 /// How [`Session::run`] ended.
 enum End {
     /// The peer went away without a close frame: nothing to send.
@@ -92,8 +125,8 @@ enum End {
 }
 
 /// Per-connection state. Kept small: it lives as long as the connection.
-struct Session {
-    stream: TcpStream,
+struct Session<S> {
+    stream: S,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
     reader: ws::FrameReader,
@@ -104,7 +137,18 @@ struct Session {
     private: Topics,
     /// Set once the server decided to close the connection.
     closing: Option<CloseRequest>,
+    /// Request rate limit, refilled from the hub's clock on each request.
+    bucket: TokenBucket,
+    /// Requests refused by the rate limit since the bucket was last full.
+    refused: u32,
 }
+
+/// The close for a connection refused `request_burst` times by the rate
+/// limit without pausing long enough for its bucket to refill.
+pub const RATE_LIMIT_CLOSE: CloseRequest = CloseRequest {
+    code: ws::CLOSE_TOO_MANY_REQUESTS,
+    reason: "too many requests",
+};
 
 /// A connection's subscriptions. There are few (at most
 /// `max_subscriptions`), so a vector costs less memory than a hash set and
@@ -144,8 +188,9 @@ enum ReadEnd {
     Close(Option<u16>),
 }
 
-impl Session {
-    fn new(stream: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) -> Self {
+impl<S: Socket> Session<S> {
+    fn new(stream: S, conn: Arc<Conn>, shared: Arc<Shared>) -> Self {
+        let bucket = TokenBucket::full(shared.config.request_limit(), shared.hub.now_ms());
         Self {
             stream,
             conn,
@@ -156,7 +201,32 @@ impl Session {
             uid: None,
             private: Topics::default(),
             closing: None,
+            bucket,
+            refused: 0,
         }
+    }
+
+    /// Takes a token for one request; false when the connection is over
+    /// its rate. Refusals are forgiven once the bucket is full again (the
+    /// client paused for `request_burst / request_rate`); a connection
+    /// refused `request_burst` times before that keeps sending over its
+    /// rate and is marked for closing with [`RATE_LIMIT_CLOSE`]. (Counting
+    /// refusals in a row instead would never close a flood, since every
+    /// refilled token breaks the row.)
+    fn admit_request(&mut self) -> bool {
+        let rate = self.shared.config.request_limit();
+        let now = self.shared.hub.now_ms();
+        if self.bucket.available(rate, now) >= rate.burst {
+            self.refused = 0;
+        }
+        if self.bucket.try_take(1, rate, now).is_ok() {
+            return true;
+        }
+        self.refused = self.refused.saturating_add(1);
+        if self.refused >= rate.burst {
+            self.closing = Some(RATE_LIMIT_CLOSE);
+        }
+        false
     }
 
     /// Runs until the connection must close; says who ended it and with
@@ -290,13 +360,35 @@ impl Session {
     /// MessagePack ones; the other kind is a bad request (30001) and the
     /// connection stays open. Text `ping` is answered with text `pong` in
     /// every format, so one keepalive works whatever the subprotocol.
+    ///
+    /// Every text or binary message (requests, bad requests, text pings)
+    /// takes a token of the connection's rate limit; without one it is
+    /// answered 30006 and not carried out. WebSocket control frames are
+    /// not counted.
     async fn handle(&mut self, incoming: Vec<Incoming>) -> Result<(), ReadEnd> {
         let format = self.conn.format;
         let mut replied = false;
-        for message in incoming {
+        for (n, message) in incoming.into_iter().enumerate() {
+            if self.closing.is_some() {
+                break;
+            }
+            if replied && n % WRITE_SLICES == 0 {
+                // A long pipelined batch: write its replies as they come,
+                // so they do not pile up in the outbox (a client that reads
+                // them is not a slow consumer).
+                let _ = self.flush();
+            }
+            let admitted = match message {
+                Incoming::Text(_) | Incoming::Binary(_) => self.admit_request(),
+                _ => true,
+            };
             let parsed = match message {
                 Incoming::Text(text) if text.trim_ascii().eq_ignore_ascii_case(b"ping") => {
-                    self.queue(ws::text(b"pong"));
+                    self.queue(if admitted {
+                        ws::text(b"pong")
+                    } else {
+                        rate_limited(None, format)
+                    });
                     replied = true;
                     continue;
                 }
@@ -323,6 +415,9 @@ impl Session {
                 Incoming::Close(code) => return Err(ReadEnd::Close(code)),
             };
             match parsed {
+                Ok(Request { id, .. }) | Err(BadRequest { id, .. }) if !admitted => {
+                    self.queue(rate_limited(id.as_ref(), format));
+                }
                 // Boxed: requests are rare and their futures (auth webhook,
                 // bus subscribe) are large; kept inline they would grow
                 // every idle connection.
@@ -621,6 +716,14 @@ impl Session {
     }
 }
 
+/// The 30006 reply to a request refused by the rate limit.
+fn rate_limited(id: Option<&Value>, format: WireFormat) -> Bytes {
+    Reply::new(Code::RateLimited)
+        .id(id)
+        .detail("too many requests: slow down")
+        .frame(format)
+}
+
 fn protocol_close(error: &ReadError) -> CloseRequest {
     CloseRequest {
         code: error.close_code(),
@@ -645,8 +748,8 @@ enum ReadFailure {
 
 /// Reads what the socket has into a stack buffer (not part of the
 /// connection's state) and parses it into `out`.
-fn read_available(
-    stream: &TcpStream,
+fn read_available<S: Socket>(
+    stream: &S,
     reader: &mut ws::FrameReader,
     max_message: usize,
     out: &mut Vec<Incoming>,

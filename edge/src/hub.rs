@@ -43,6 +43,27 @@ pub const IDLE_CLOSE: CloseRequest = CloseRequest {
     reason: "idle timeout",
 };
 
+/// Room for one connection being upgraded, from [`Hub::admit`]; released
+/// when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    hub: Arc<Hub>,
+}
+
+impl Admission {
+    /// Registers the connection, then releases the reservation (in that
+    /// order, so the connection is never uncounted).
+    pub fn connect(self, format: WireFormat) -> Arc<Conn> {
+        self.hub.connect(format)
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hub.upgrading.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What one keepalive sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
@@ -216,6 +237,8 @@ pub struct Hub {
     /// Origin of [`Hub::now_ms`].
     epoch: Instant,
     count: AtomicU64,
+    /// Upgrades admitted by [`Hub::admit`] and not yet connected.
+    upgrading: AtomicU64,
     next_id: AtomicU64,
     /// What the hub did.
     pub stats: Stats,
@@ -235,9 +258,24 @@ impl Hub {
             limits,
             epoch: Instant::now(),
             count: AtomicU64::new(0),
+            upgrading: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             stats: Stats::new(shards),
         }
+    }
+
+    /// Reserves room for one more connection unless the edge already
+    /// holds `max` (open ones plus upgrades admitted before). The
+    /// reservation counts until the connection is registered with
+    /// [`Admission::connect`] or the reservation is dropped, so concurrent
+    /// upgrades cannot together pass the limit.
+    pub fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
+        let upgrading = self.upgrading.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.connections().saturating_add(upgrading) > max as u64 {
+            self.upgrading.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission { hub: self.clone() })
     }
 
     /// Registers a new connection speaking `format`.
@@ -592,5 +630,26 @@ mod tests {
         hub.disconnect(a.id);
         hub.disconnect(a.id);
         assert_eq!(hub.connections(), 0);
+    }
+
+    #[test]
+    fn admission_counts_upgrades_in_flight() {
+        let hub = Arc::new(Hub::new(3, LIMITS));
+        let first = hub.admit(2).expect("room for two");
+        let second = hub.admit(2).expect("room for one more");
+        assert!(hub.admit(2).is_none(), "two upgrades in flight fill it");
+        let a = first.connect(WireFormat::Json);
+        assert_eq!(hub.connections(), 1);
+        assert!(hub.admit(2).is_none(), "one open, one upgrading");
+        drop(second);
+        let third = hub.admit(2).expect("a failed upgrade frees its place");
+        assert!(hub.admit(2).is_none());
+        third.connect(WireFormat::Json);
+        assert_eq!(hub.connections(), 2);
+        hub.disconnect(a.id);
+        assert!(
+            hub.admit(2).is_some(),
+            "a closed connection frees its place"
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! - [`server`]: accept loop, WebSocket upgrade at `/ws`, health endpoints.
 //! - [`conn`]: one connection's task: requests, batched writes, ping and
 //!   idle timers, where a slow client is cut.
+//! - [`tls`]: `wss://`: the TLS handshake, and the pump that hands an
+//!   upgraded TLS connection to the same connection task.
 //! - [`protocol`]: client requests, replies, and how a push is framed.
 //! - [`ws`]: WebSocket frame encoding and the incremental client frame
 //!   parser.
@@ -32,6 +34,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod registration;
 pub mod server;
+pub mod tls;
 pub mod ws;
 
 pub use config::EdgeConfig;
@@ -80,12 +83,14 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// The URL clients use when `public_url` is not configured.
-fn default_public_url(addr: SocketAddr) -> String {
+/// The URL clients use when `public_url` is not configured: `wss://` with
+/// TLS.
+fn default_public_url(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "wss" } else { "ws" };
     if addr.ip().is_unspecified() {
-        format!("ws://{}:{}/ws", hostname(), addr.port())
+        format!("{scheme}://{}:{}/ws", hostname(), addr.port())
     } else {
-        format!("ws://{addr}/ws")
+        format!("{scheme}://{addr}/ws")
     }
 }
 
@@ -146,7 +151,8 @@ async fn run_node(
     let url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| default_public_url(ws_addr));
+        .unwrap_or_else(|| default_public_url(ws_addr, config.tls()));
+    let tls = tls::acceptor(&config)?;
     let limits = QueueLimits {
         frames: config.queue_frames,
         bytes: config.queue_bytes,
@@ -200,8 +206,16 @@ async fn run_node(
                 DEFAULT_LOCAL_QUEUE,
                 config.publish_timeout,
             ));
+            // The standalone push API serves TLS with the edge's certificate,
+            // so a demo page loaded over HTTPS may call it; no client
+            // certificates (that is ingress's `grpc_client_ca`).
+            let push_tls = gpush_ingress::PushTls::load(
+                config.tls_cert.as_deref(),
+                config.tls_key.as_deref(),
+                None,
+            )?;
             Some(tokio::spawn(
-                gpush_ingress::serve(push, bus, push_config, edges, background.clone())
+                gpush_ingress::serve(push, push_tls, bus, push_config, edges, background.clone())
                     .in_current_span(),
             ))
         }
@@ -231,11 +245,17 @@ async fn run_node(
             listeners.ws,
             server::router(shared.clone()),
             shared.clone(),
+            tls,
             stop_accepting.clone(),
         )
         .in_current_span(),
     );
-    tracing::info!(%ws_addr, standalone = shared.config.standalone, "edge running");
+    tracing::info!(
+        %ws_addr,
+        tls = shared.config.tls(),
+        standalone = shared.config.standalone,
+        "edge running"
+    );
 
     shutdown.cancelled().await;
     tracing::info!(connections = hub.connections(), "draining");

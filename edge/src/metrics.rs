@@ -219,16 +219,22 @@ pub enum Handshake {
     ShuttingDown,
     /// Answered 101, but the connection could not be taken over.
     Failed,
+    /// The edge holds `max_connections`: 503.
+    Full,
+    /// The `Origin` is not in `allowed_origins`: 403.
+    Forbidden,
 }
 
 impl Handshake {
     /// Every result, in label order.
-    pub const ALL: [Handshake; 5] = [
+    pub const ALL: [Handshake; 7] = [
         Handshake::Ok,
         Handshake::BadRequest,
         Handshake::BadVersion,
         Handshake::ShuttingDown,
         Handshake::Failed,
+        Handshake::Full,
+        Handshake::Forbidden,
     ];
 
     /// The label value.
@@ -239,6 +245,8 @@ impl Handshake {
             Handshake::BadVersion => "bad_version",
             Handshake::ShuttingDown => "shutting_down",
             Handshake::Failed => "failed",
+            Handshake::Full => "full",
+            Handshake::Forbidden => "forbidden_origin",
         }
     }
 }
@@ -260,17 +268,20 @@ pub enum Disconnect {
     ProtocolError,
     /// Closed with 1001: the edge is shutting down.
     Shutdown,
+    /// Closed with 4002: the client kept sending over its request rate.
+    RateLimited,
 }
 
 impl Disconnect {
     /// Every reason, in label order.
-    pub const ALL: [Disconnect; 6] = [
+    pub const ALL: [Disconnect; 7] = [
         Disconnect::ClientClose,
         Disconnect::ClientGone,
         Disconnect::SlowConsumer,
         Disconnect::Idle,
         Disconnect::ProtocolError,
         Disconnect::Shutdown,
+        Disconnect::RateLimited,
     ];
 
     /// The label value.
@@ -282,6 +293,7 @@ impl Disconnect {
             Disconnect::Idle => "idle",
             Disconnect::ProtocolError => "protocol_error",
             Disconnect::Shutdown => "shutdown",
+            Disconnect::RateLimited => "rate_limited",
         }
     }
 
@@ -291,6 +303,7 @@ impl Disconnect {
             crate::ws::CLOSE_SLOW_CONSUMER => Disconnect::SlowConsumer,
             crate::ws::CLOSE_IDLE_TIMEOUT => Disconnect::Idle,
             crate::ws::CLOSE_GOING_AWAY => Disconnect::Shutdown,
+            crate::ws::CLOSE_TOO_MANY_REQUESTS => Disconnect::RateLimited,
             _ => Disconnect::ProtocolError,
         }
     }

@@ -67,6 +67,9 @@ pub enum Code {
     InvalidTopic,
     /// 30005: a per-connection limit was reached.
     LimitReached,
+    /// 30006: the connection sends requests faster than `request_rate`;
+    /// the request was not carried out.
+    RateLimited,
 }
 
 impl Code {
@@ -83,6 +86,7 @@ impl Code {
             Code::AuthFailed => 30003,
             Code::InvalidTopic => 30004,
             Code::LimitReached => 30005,
+            Code::RateLimited => 30006,
         }
     }
 
@@ -99,6 +103,7 @@ impl Code {
             Code::AuthFailed => "authentication failed",
             Code::InvalidTopic => "invalid topic",
             Code::LimitReached => "limit reached",
+            Code::RateLimited => "rate limited",
         }
     }
 }

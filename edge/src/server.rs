@@ -6,6 +6,9 @@
 //! We run hyper ourselves rather than `axum::serve` so that an upgraded
 //! connection can be turned back into its `TcpStream`: the connection task
 //! then waits for readiness on the bare socket and owns its write path.
+//! With TLS configured, every connection's TLS handshake runs in its own
+//! task before HTTP, and an upgraded TLS connection reaches the connection
+//! task through [`tls`](crate::tls).
 
 use crate::conn;
 use crate::edge::Shared;
@@ -23,11 +26,17 @@ use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Time a client has to send its HTTP request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client connection before its upgrade: plain TCP or TLS over TCP. Only
+/// the HTTP exchange runs on it; the connection task gets the bare
+/// `TcpStream` back, or a [`TlsSocket`](crate::tls::TlsSocket).
+pub type ClientStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// The browser client, served at `/gpush.js`.
 pub const CLIENT_JS: &str = include_str!("../assets/gpush.js");
@@ -78,13 +87,32 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Accepts connections until `stop` is cancelled.
+///
+/// At most `max_handshakes` accepted connections may be in their handshake
+/// (not yet upgraded) at once: beyond that the loop stops accepting until
+/// one finishes, and new connections wait in the listen backlog. Each
+/// handshake, HTTP request included, must be done within
+/// `handshake_timeout`, or the socket is closed (plain HTTP connections
+/// too, keep-alive or not). A slowloris client therefore holds a slot for
+/// at most `handshake_timeout`, and upgraded connections never count.
+/// With `tls`, the TLS handshake is part of it (same deadline).
 pub async fn accept(
     listener: TcpListener,
     router: Router,
     shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    let handshakes = Arc::new(Semaphore::new(shared.config.max_handshakes));
+    let handshake_timeout = shared.config.handshake_timeout;
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            permit = handshakes.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -100,17 +128,34 @@ pub async fn accept(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let stop = stop.clone();
+        let tls = tls.clone();
         let connection = async move {
+            // Held until the connection is upgraded or closed.
+            let _permit = permit;
+            let deadline = tokio::time::Instant::now() + handshake_timeout;
+            let stream: ClientStream = match &tls {
+                None => Either::Left(stream),
+                Some(acceptor) => {
+                    match crate::tls::handshake(acceptor, stream, deadline, &stop).await {
+                        Some(stream) => Either::Right(stream),
+                        None => return,
+                    }
+                }
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(handshake_timeout);
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // Dropping the connection closes the socket.
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("handshake timed out");
+                }
                 _ = stop.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
@@ -159,9 +204,15 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn bad_upgrade(status: StatusCode, message: &str) -> Response {
+    refuse(status, "bad_upgrade", message)
+}
+
+/// An upgrade refused before it happened: `status` and a JSON body
+/// `{"code","message"}`.
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
-        axum::Json(serde_json::json!({"code": "bad_upgrade", "message": message})),
+        axum::Json(serde_json::json!({"code": code, "message": message})),
     )
         .into_response()
 }
@@ -219,10 +270,29 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
         shared.metrics.handshake(Handshake::BadRequest);
         return bad_upgrade(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
+    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+    if !shared.config.origin_allowed(origin) {
+        shared.metrics.handshake(Handshake::Forbidden);
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this web origin may not connect (allowed_origins)",
+        );
+    }
     if shared.shutdown.is_cancelled() {
         shared.metrics.handshake(Handshake::ShuttingDown);
         return bad_upgrade(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
     }
+    // Counted from here until the connection task registers it (or the
+    // upgrade fails), so concurrent upgrades cannot overshoot the limit.
+    let Some(admission) = shared.hub.admit(shared.config.max_connections) else {
+        shared.metrics.handshake(Handshake::Full);
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this edge holds max_connections connections; try another edge",
+        );
+    };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let protocol = choose_protocol(headers);
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -237,22 +307,35 @@ async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Res
                 return;
             }
         };
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<ClientStream>>() else {
             task_shared.metrics.handshake(Handshake::Failed);
-            tracing::error!("upgraded connection is not a TCP stream");
+            tracing::error!("upgraded connection is not a client stream");
             return;
+        };
+        let socket = match parts.io.into_inner() {
+            Either::Left(stream) => Either::Left(stream),
+            Either::Right(stream) => match crate::tls::pump(stream, &task_shared.tracker) {
+                Ok(socket) => Either::Right(socket),
+                Err(e) => {
+                    task_shared.metrics.handshake(Handshake::Failed);
+                    tracing::warn!(error = %e, "cannot create the socket pair of a TLS connection");
+                    return;
+                }
+            },
         };
         task_shared.metrics.handshake(Handshake::Ok);
         let format = protocol.map(|(_, format)| format).unwrap_or_default();
-        let conn = task_shared.hub.connect(format);
+        let conn = admission.connect(format);
         // Copy early bytes out: the slice would keep hyper's whole read
         // buffer alive for the life of the connection.
         let early = Bytes::copy_from_slice(&parts.read_buf);
         drop(parts.read_buf);
         // A task of its own, so the long-lived task holds exactly the
         // connection's state and nothing of the upgrade.
-        let stream = parts.io.into_inner();
-        conn::spawn(stream, early, conn, task_shared);
+        match socket {
+            Either::Left(stream) => conn::spawn(stream, early, conn, task_shared),
+            Either::Right(socket) => conn::spawn(socket, early, conn, task_shared),
+        }
     };
     shared.tracker.spawn(take_over.in_current_span());
 

@@ -22,6 +22,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_IDLE_TIMEOUT: u16 = 4000;
 /// Close code: the client read too slowly and its queue overflowed.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+/// Close code: the client kept sending requests over its rate limit
+/// (refused `request_burst` times without pausing for its bucket to refill).
+pub const CLOSE_TOO_MANY_REQUESTS: u16 = 4002;
 
 /// Encodes one unmasked server frame.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {

@@ -18,9 +18,10 @@ use crate::error::{ApiError, Field};
 use crate::metrics::{IngressMetrics, Transport};
 use bytes::Bytes;
 use gpush_common::push::validate_optional_name;
+use gpush_common::rate::TokenBucket;
 use gpush_common::{Bus, Push};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// Upper bound of a request body (HTTP) or message (gRPC), in bytes,
@@ -38,6 +39,10 @@ struct Inner {
     config: PushApiConfig,
     metrics: IngressMetrics,
     registry: Registry,
+    /// The push rate limit, shared by every call; its clock counts from
+    /// `epoch`.
+    bucket: Mutex<TokenBucket>,
+    epoch: Instant,
 }
 
 impl PushApi {
@@ -49,12 +54,16 @@ impl PushApi {
         if let Bus::Nats(nats) = &bus {
             gpush_common::metrics::register_bus(&mut registry, nats.client().clone());
         }
+        let epoch = Instant::now();
+        let bucket = Mutex::new(TokenBucket::full(config.push_limit(), 0));
         Self {
             inner: Arc::new(Inner {
                 bus,
                 config,
                 metrics,
                 registry,
+                bucket,
+                epoch,
             }),
         }
     }
@@ -146,7 +155,12 @@ impl PushApi {
 
     /// Publishes already validated pushes that came through `api`, in
     /// order, and counts the call. Returns how many were accepted.
+    ///
+    /// The call first takes one token per push from the push rate limit
+    /// (all or nothing); without them nothing is published and the call
+    /// fails with [`ApiError::RateLimited`].
     pub async fn publish(&self, api: Transport, pushes: &[Push]) -> Result<usize, ApiError> {
+        self.take_tokens(pushes.len())?;
         let started = Instant::now();
         let published = self.inner.bus.publish(pushes).await;
         self.inner
@@ -154,6 +168,31 @@ impl PushApi {
             .published(api, pushes, started.elapsed(), published.is_ok());
         published?;
         Ok(pushes.len())
+    }
+
+    /// Takes `n` tokens from the push rate limit, or says when to retry.
+    fn take_tokens(&self, n: usize) -> Result<(), ApiError> {
+        let rate = self.inner.config.push_limit();
+        if !rate.is_limited() {
+            return Ok(());
+        }
+        let now_ms = self.inner.epoch.elapsed().as_millis() as u64;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let taken = self
+            .inner
+            .bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_take(n, rate, now_ms);
+        taken.map_err(|wait| ApiError::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64,
+        })
+    }
+
+    /// Size limit of one gRPC request message: [`Self::request_limit`],
+    /// capped by `max_grpc_message`.
+    pub fn grpc_message_limit(&self) -> usize {
+        self.request_limit().min(self.inner.config.max_grpc_message)
     }
 
     /// Size limit of one request body or message: room for a full batch
@@ -244,6 +283,60 @@ mod tests {
             .check(None, "123456789".into(), "".into(), Bytes::new())
             .expect_err("uid too long");
         assert_eq!(e.code(), "invalid_uid");
+    }
+
+    fn one_push() -> Push {
+        Push::new("", "t", Bytes::from_static(b"1"))
+    }
+
+    #[tokio::test]
+    async fn push_rate_is_enforced_and_refills() {
+        let api = PushApi::new(
+            Bus::Local(Arc::new(Sink)),
+            PushApiConfig {
+                push_rate: 1_000,
+                push_burst: 3,
+                max_batch: 3,
+                ..PushApiConfig::default()
+            },
+        );
+        let batch = vec![one_push(); 3];
+        assert_eq!(api.publish(Transport::Http, &batch).await.ok(), Some(3));
+        let refused = api
+            .publish(Transport::Grpc, &batch)
+            .await
+            .expect_err("bucket empty");
+        assert_eq!(refused.code(), "rate_limited");
+        assert!(
+            matches!(
+                refused,
+                ApiError::RateLimited {
+                    retry_after_secs: 1
+                }
+            ),
+            "{refused:?}"
+        );
+        // 1,000 a second: three tokens are back within a few milliseconds.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(api.publish(Transport::Http, &batch).await.ok(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn no_push_rate_no_limit() {
+        let api = api(None);
+        for _ in 0..1_000 {
+            assert!(api.publish(Transport::Http, &[one_push()]).await.is_ok());
+        }
+    }
+
+    #[test]
+    fn grpc_limit_is_the_smaller() {
+        let mut config = PushApiConfig::default();
+        let api = PushApi::new(Bus::Local(Arc::new(Sink)), config.clone());
+        assert_eq!(api.grpc_message_limit(), MAX_REQUEST_BYTES);
+        config.max_grpc_message = 4096;
+        let api = PushApi::new(Bus::Local(Arc::new(Sink)), config);
+        assert_eq!(api.grpc_message_limit(), 4096);
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub struct Cli {
     /// gRPC push API address [default: 127.0.0.1:10067, or 0.0.0.0:10067 with an API key].
     #[arg(long, env = "GPUSH_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+    /// PEM certificate chain for TLS on both push APIs (HTTPS, gRPC over TLS); needs --tls-key.
+    #[arg(long, env = "GPUSH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GPUSH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs of gRPC client certificates: gRPC then requires one (mutual TLS).
+    #[arg(long, env = "GPUSH_GRPC_CLIENT_CA")]
+    pub grpc_client_ca: Option<PathBuf>,
     /// NATS server URLs (repeat or comma-separate) [default: nats://127.0.0.1:4222].
     #[arg(long = "nats-url", env = "GPUSH_NATS_URL", value_delimiter = ',')]
     pub nats_urls: Vec<String>,
@@ -45,9 +54,23 @@ pub struct Cli {
     /// Maximum number of messages in one batch call [default: 10000].
     #[arg(long, env = "GPUSH_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// Largest gRPC request message, in bytes [default: 67108864].
+    #[arg(long, env = "GPUSH_MAX_GRPC_MESSAGE")]
+    pub max_grpc_message: Option<usize>,
+    /// Push messages per second accepted in total; 0 = unlimited [default: 0].
+    #[arg(long, env = "GPUSH_PUSH_RATE")]
+    pub push_rate: Option<u32>,
+    /// Push messages accepted at once; at least max-batch [default: 10000].
+    #[arg(long, env = "GPUSH_PUSH_BURST")]
+    pub push_burst: Option<u32>,
     /// How long a publish may take before the call fails, e.g. `2s` [default: 2s].
     #[arg(long, env = "GPUSH_PUBLISH_TIMEOUT", value_parser = humantime::parse_duration)]
     pub publish_timeout: Option<Duration>,
+    /// When a push counts as published: server (confirmed by a round trip
+    /// through the NATS server) or flush (written to its connection)
+    /// [default: server].
+    #[arg(long, env = "GPUSH_PUBLISH_ACK")]
+    pub publish_ack: Option<gpush_common::bus::Ack>,
     /// Log format: human or json [default: human].
     #[arg(long, env = "GPUSH_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -74,6 +97,15 @@ impl Cli {
         if self.grpc_addr.is_some() {
             config.grpc_addr = self.grpc_addr;
         }
+        if self.tls_cert.is_some() {
+            config.tls_cert.clone_from(&self.tls_cert);
+        }
+        if self.tls_key.is_some() {
+            config.tls_key.clone_from(&self.tls_key);
+        }
+        if self.grpc_client_ca.is_some() {
+            config.grpc_client_ca.clone_from(&self.grpc_client_ca);
+        }
         if !self.nats_urls.is_empty() {
             config.nats_urls.clone_from(&self.nats_urls);
         }
@@ -98,8 +130,20 @@ impl Cli {
         if let Some(max) = self.max_batch {
             config.push.max_batch = max;
         }
+        if let Some(max) = self.max_grpc_message {
+            config.push.max_grpc_message = max;
+        }
+        if let Some(rate) = self.push_rate {
+            config.push.push_rate = rate;
+        }
+        if let Some(burst) = self.push_burst {
+            config.push.push_burst = burst;
+        }
         if let Some(timeout) = self.publish_timeout {
             config.publish_timeout = timeout;
+        }
+        if let Some(ack) = self.publish_ack {
+            config.publish_ack = ack;
         }
         if let Some(format) = self.log_format {
             config.log_format = format;
@@ -146,6 +190,12 @@ mod tests {
             "0.0.0.0:1",
             "--cors-allowed-origins",
             "http://a.example,https://b.example:8443",
+            "--max-grpc-message",
+            "4096",
+            "--push-rate",
+            "1000",
+            "--push-burst",
+            "5",
         ]);
         let config = cli.load().expect("valid");
         assert_eq!(
@@ -154,6 +204,8 @@ mod tests {
         );
         assert_eq!(config.push.max_payload, 20);
         assert_eq!(config.push.max_batch, 5);
+        assert_eq!(config.push.max_grpc_message, 4096);
+        assert_eq!((config.push.push_rate, config.push.push_burst), (1000, 5));
         assert_eq!(config.subject_prefix, "file");
         assert_eq!(config.etcd_endpoints, ["http://e:2379"]);
         assert_eq!(config.publish_timeout, Duration::from_millis(150));
@@ -185,8 +237,15 @@ mod tests {
             "a.*",
             "--cors-allowed-origins",
             "example.com",
+            "--grpc-client-ca",
+            "/nonexistent/ca.pem",
         ]);
         let message = cli.load().expect_err("invalid").to_string();
+        assert!(
+            message.contains("grpc_client_ca needs tls_cert"),
+            "{message}"
+        );
+        assert!(message.contains("/nonexistent/ca.pem"), "{message}");
         assert!(message.contains("max_payload"), "{message}");
         assert!(message.contains("cors_allowed_origins"), "{message}");
         assert!(message.contains("a.*"), "{message}");

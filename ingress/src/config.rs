@@ -6,6 +6,7 @@ use gpush_common::subject::{DEFAULT_PREFIX, Subjects};
 use gpush_common::telemetry::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default HTTP push API port (as in the original gpush).
@@ -16,6 +17,14 @@ pub const DEFAULT_GRPC_PORT: u16 = 10067;
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 /// Default maximum number of messages in one batch call.
 pub const DEFAULT_MAX_BATCH: usize = 10_000;
+/// Default maximum size of one gRPC request message, in bytes: the cap of
+/// an HTTP push body too ([`crate::api::MAX_REQUEST_BYTES`]).
+pub const DEFAULT_MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
+/// Default push rate limit, in messages per second: 0 = unlimited. A rate
+/// suits one deployment and not another, so none is imposed.
+pub const DEFAULT_PUSH_RATE: u32 = 0;
+/// Default burst of the push rate limit, in messages: a full default batch.
+pub const DEFAULT_PUSH_BURST: u32 = DEFAULT_MAX_BATCH as u32;
 /// Default NATS server.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
@@ -40,6 +49,18 @@ pub struct PushApiConfig {
     /// API key). A standalone edge also allows its own origins, so its demo
     /// page works.
     pub cors_allowed_origins: Vec<String>,
+    /// Maximum size of one gRPC request message, in bytes; larger ones get
+    /// `OUT_OF_RANGE` (from tonic) before they are decoded. The limit applied is
+    /// the smaller of this and the size a full batch needs.
+    pub max_grpc_message: usize,
+    /// Messages per second the push API accepts, summed over every caller
+    /// and both transports; 0 = unlimited. Over it: HTTP 429 `rate_limited`
+    /// with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`; nothing of the call is
+    /// published.
+    pub push_rate: u32,
+    /// Messages the push API accepts at once after a quiet period; must
+    /// hold a full batch (`max_batch`) when `push_rate` is set.
+    pub push_burst: u32,
 }
 
 impl Default for PushApiConfig {
@@ -50,6 +71,9 @@ impl Default for PushApiConfig {
             max_batch: DEFAULT_MAX_BATCH,
             max_name_len: DEFAULT_MAX_NAME_LEN,
             cors_allowed_origins: Vec::new(),
+            max_grpc_message: DEFAULT_MAX_GRPC_MESSAGE,
+            push_rate: DEFAULT_PUSH_RATE,
+            push_burst: DEFAULT_PUSH_BURST,
         }
     }
 }
@@ -60,6 +84,19 @@ impl PushApiConfig {
         problems.check(self.max_payload == 0, || "max_payload must be > 0".into());
         problems.check(self.max_batch == 0, || "max_batch must be > 0".into());
         problems.check(self.max_name_len == 0, || "max_name_len must be > 0".into());
+        problems.check(self.max_grpc_message < 1024, || {
+            "max_grpc_message must be >= 1024".into()
+        });
+        problems.check(
+            self.push_rate > 0 && (self.push_burst as usize) < self.max_batch,
+            || {
+                format!(
+                    "push_burst ({}) must be >= max_batch ({}) when push_rate is set, \
+                     or a full batch could never be accepted",
+                    self.push_burst, self.max_batch
+                )
+            },
+        );
         problems.check(self.api_key.as_deref() == Some(""), || {
             "api_key must not be empty (leave it unset for no authentication)".into()
         });
@@ -72,6 +109,14 @@ impl PushApiConfig {
             if let Some(why) = origin_problem(origin) {
                 problems.push(format!("cors_allowed_origins: {origin:?} {why}"));
             }
+        }
+    }
+
+    /// The push rate limit.
+    pub fn push_limit(&self) -> gpush_common::rate::Rate {
+        gpush_common::rate::Rate {
+            per_second: self.push_rate,
+            burst: self.push_burst,
         }
     }
 
@@ -88,8 +133,9 @@ impl PushApiConfig {
 
 /// Why `origin` is not a web origin as browsers send it in the `Origin`
 /// header (`http://host` or `https://host:port`: no path, no trailing
-/// slash), or `None` when it is one.
-fn origin_problem(origin: &str) -> Option<&'static str> {
+/// slash), or `None` when it is one. The edge checks its
+/// `allowed_origins` with it too.
+pub fn origin_problem(origin: &str) -> Option<&'static str> {
     let Some((_, authority)) = origin
         .split_once("://")
         .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
@@ -118,6 +164,16 @@ pub struct IngressConfig {
     /// gRPC push API address. Default: `0.0.0.0:10067` with an API key,
     /// `127.0.0.1:10067` without.
     pub grpc_addr: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) for TLS on both push APIs: with
+    /// `tls_key`, HTTP is HTTPS and gRPC runs over TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs that sign the gRPC callers' client
+    /// certificates (mutual TLS). Set, a gRPC caller must present a
+    /// certificate chaining to one of them or the handshake fails; the
+    /// HTTP push API asks for none. Needs `tls_cert` and `tls_key`.
+    pub grpc_client_ca: Option<PathBuf>,
     /// NATS servers (each entry may be a comma-separated list).
     pub nats_urls: Vec<String>,
     /// Prefix of every NATS subject gpush uses; must match the edges'.
@@ -125,6 +181,10 @@ pub struct IngressConfig {
     /// How long a publish may take before the caller gets 503 / UNAVAILABLE.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// When a push counts as published, and so when the caller gets 200 /
+    /// OK: `server` (a NATS server confirmed it by a round trip) or
+    /// `flush` (written to the server's connection; faster).
+    pub publish_ack: gpush_common::bus::Ack,
     /// etcd endpoints, for `GET /v1/edges`. Empty: no edge listing.
     pub etcd_endpoints: Vec<String>,
     /// Push API limits and API key.
@@ -138,9 +198,13 @@ impl Default for IngressConfig {
         Self {
             http_addr: None,
             grpc_addr: None,
+            tls_cert: None,
+            tls_key: None,
+            grpc_client_ca: None,
             nats_urls: vec![DEFAULT_NATS_URL.to_owned()],
             subject_prefix: DEFAULT_PREFIX.to_owned(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
+            publish_ack: gpush_common::bus::Ack::default(),
             etcd_endpoints: Vec::new(),
             push: PushApiConfig::default(),
             log_format: LogFormat::Human,
@@ -161,6 +225,19 @@ impl IngressConfig {
         problems.check(self.publish_timeout.is_zero(), || {
             "publish_timeout must be > 0".into()
         });
+        gpush_common::tls::check_identity(
+            "",
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            &mut problems,
+        );
+        if let Some(ca) = &self.grpc_client_ca {
+            problems.check(self.tls_cert.is_none(), || {
+                "grpc_client_ca needs tls_cert and tls_key: client certificates are a TLS feature"
+                    .into()
+            });
+            gpush_common::tls::check_client_ca("grpc_client_ca", ca, &mut problems);
+        }
         self.push.validate(&mut problems);
         problems.finish()
     }
@@ -216,6 +293,56 @@ mod example_tests {
         ] {
             assert!(message.contains(needle), "{needle:?} not in {message}");
         }
+    }
+
+    #[test]
+    fn push_limits_are_checked() {
+        let config = PushApiConfig {
+            max_grpc_message: 10,
+            push_rate: 100,
+            push_burst: 10,
+            ..PushApiConfig::default()
+        };
+        let mut problems = Problems::default();
+        config.validate(&mut problems);
+        let message = problems.finish().expect_err("invalid").to_string();
+        assert!(message.contains("max_grpc_message"), "{message}");
+        assert!(message.contains("push_burst (10)"), "{message}");
+        let unlimited = PushApiConfig {
+            push_burst: 0,
+            ..PushApiConfig::default()
+        };
+        let mut problems = Problems::default();
+        unlimited.validate(&mut problems);
+        assert!(problems.finish().is_ok());
+        assert!(!unlimited.push_limit().is_limited());
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let config = IngressConfig {
+            tls_key: Some("/nonexistent/gpush-ingress-key.pem".into()),
+            grpc_client_ca: Some("/nonexistent/gpush-clients-ca.pem".into()),
+            ..IngressConfig::default()
+        };
+        let message = config.validate().expect_err("invalid").to_string();
+        for needle in [
+            "tls_key is set but tls_cert is not",
+            "grpc_client_ca needs tls_cert",
+            "grpc_client_ca: cannot read certificates from /nonexistent/gpush-clients-ca.pem",
+        ] {
+            assert!(message.contains(needle), "{needle:?} not in {message}");
+        }
+        let config = IngressConfig {
+            tls_cert: Some("/nonexistent/gpush-ingress-cert.pem".into()),
+            ..config
+        };
+        let message = config.validate().expect_err("invalid").to_string();
+        assert!(
+            message.contains("cannot read certificates from /nonexistent/gpush-ingress-cert.pem"),
+            "{message}"
+        );
+        assert!(!message.contains("needs tls_cert"), "{message}");
     }
 
     /// The documented example must parse and equal the defaults it claims.

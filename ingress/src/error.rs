@@ -10,12 +10,14 @@
 //! | `bad_json`, `bad_base64`, `invalid_topic`, `invalid_uid`, `payload_too_large`, `batch_too_large`, `empty_batch` | 400 | `INVALID_ARGUMENT` |
 //! | `body_too_large` (HTTP body over the request limit) | 413 | `OUT_OF_RANGE` (from tonic, message over the same limit) |
 //! | `unauthorized` | 401 | `UNAUTHENTICATED` |
+//! | `rate_limited` (over `push_rate`; `Retry-After` says when to retry) | 429 | `RESOURCE_EXHAUSTED` |
 //! | `bus_unavailable` | 503 | `UNAVAILABLE` |
 //! | `etcd_not_configured`, `no_edges` (edge listing) | 503 | - |
 //! | `not_found` (no such route) | 404 | - |
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gpush_common::{BusError, NameError};
 use serde::Serialize;
@@ -108,6 +110,13 @@ pub enum ApiError {
     /// An API key is configured and the call did not carry it.
     #[error("missing or wrong API key: send `authorization: Bearer <key>`")]
     Unauthorized,
+    /// The push rate limit (`push_rate`) has no room for the call's
+    /// messages; nothing was published.
+    #[error("push rate limit reached: retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the call would fit, rounded up (`Retry-After`).
+        retry_after_secs: u64,
+    },
     /// The bus did not take the pushes; nothing or only part was published.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -135,6 +144,7 @@ impl ApiError {
             ApiError::BatchTooLarge { .. } => "batch_too_large",
             ApiError::EmptyBatch => "empty_batch",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Bus(_) => "bus_unavailable",
             ApiError::EdgesNotConfigured => "etcd_not_configured",
             ApiError::NoEdges => "no_edges",
@@ -154,6 +164,7 @@ impl ApiError {
             | ApiError::EmptyBatch => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Bus(_) | ApiError::EdgesNotConfigured | ApiError::NoEdges => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -186,7 +197,13 @@ impl IntoResponse for ApiError {
             code: self.code(),
             message: self.to_string(),
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
     }
 }
 
@@ -200,7 +217,9 @@ impl From<ApiError> for Status {
                 Status::unavailable(message)
             }
             ApiError::NotFound => Status::not_found(message),
-            ApiError::BodyTooLarge { .. } => Status::resource_exhausted(message),
+            ApiError::BodyTooLarge { .. } | ApiError::RateLimited { .. } => {
+                Status::resource_exhausted(message)
+            }
             ApiError::BadJson(_)
             | ApiError::BadBase64 { .. }
             | ApiError::InvalidTopic { .. }
@@ -238,6 +257,25 @@ mod tests {
         assert_eq!(
             code(ApiError::Bus(BusError::NotConnected)),
             tonic::Code::Unavailable
+        );
+        assert_eq!(
+            code(ApiError::RateLimited {
+                retry_after_secs: 1
+            }),
+            tonic::Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_retry_after() {
+        let response = ApiError::RateLimited {
+            retry_after_secs: 3,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers().get(RETRY_AFTER),
+            Some(&HeaderValue::from_static("3"))
         );
     }
 }

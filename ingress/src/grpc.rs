@@ -5,20 +5,28 @@
 //! - `grpc.health.v1.Health`: the push services are `SERVING` while the bus
 //!   is connected (as `/readyz`), the server itself (`""`) always;
 //! - server reflection (v1 and v1alpha), so `grpcurl -plaintext host:10067
-//!   list` works without the proto files.
+//!   list` works without the proto files;
+//! - over TLS with `tls_cert` / `tls_key`, and then with `grpc_client_ca`
+//!   only for callers with a client certificate signed by one of its CAs
+//!   ([`crate::tls`]).
 //!
 //! Validation and ordering are those of [`PushApi`]; errors map to
-//! `INVALID_ARGUMENT` (bad input), `UNAUTHENTICATED` (API key) and
-//! `UNAVAILABLE` (bus). The API key is read from the `authorization`
+//! `INVALID_ARGUMENT` (bad input), `UNAUTHENTICATED` (API key),
+//! `RESOURCE_EXHAUSTED` (push rate limit), `OUT_OF_RANGE` (a message over
+//! `max_grpc_message`, refused by tonic before decoding) and `UNAVAILABLE`
+//! (bus). The API key is read from the `authorization`
 //! metadata as `Bearer <key>`.
 
 use crate::api::PushApi;
 use crate::error::ApiError;
 use crate::metrics::Transport;
+use crate::tls::TlsListener;
 use gpush_common::Push;
+use gpush_common::tls::ServerConfig;
 use gpush_proto::order::proxy_server::{Proxy, ProxyServer};
 use gpush_proto::v1::push_server::{Push as PushService, PushServer};
 use gpush_proto::{order, v1};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -127,13 +135,15 @@ fn reply(accepted: usize) -> v1::PushReply {
     }
 }
 
-/// Serves the gRPC push API on `listener` until `shutdown`.
+/// Serves the gRPC push API on `listener` until `shutdown`, over TLS with
+/// `tls` when given (see [`crate::tls`]).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     api: PushApi,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limit = api.request_limit();
+    let limit = api.grpc_message_limit();
     let handler = Handler { api: api.clone() };
     let push = PushServer::new(handler.clone()).max_decoding_message_size(limit);
     let proxy = ProxyServer::new(handler).max_decoding_message_size(limit);
@@ -149,15 +159,23 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let router = Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(push)
-        .add_service(proxy)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .add_service(proxy);
+    let stop = shutdown.cancelled_owned();
+    match tls {
+        Some(config) => {
+            let incoming = TlsListener::new(listener, config)?.into_stream();
+            router.serve_with_incoming_shutdown(incoming, stop).await?;
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, stop).await?;
+        }
+    }
     Ok(())
 }
 

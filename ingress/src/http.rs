@@ -640,6 +640,7 @@ mod tests {
             client,
             gpush_common::Subjects::default(),
             std::time::Duration::from_millis(100),
+            gpush_common::bus::Ack::default(),
         ));
         let app = router(PushApi::new(bus, config()), Edges::Disabled);
         assert_eq!(

@@ -17,6 +17,8 @@
 //! - [`grpc`]: the tonic services, health and reflection.
 //! - [`edges`]: the live edge list, watched in etcd.
 //! - [`metrics`]: what the push API counts, for `GET /metrics`.
+//! - [`tls`]: HTTPS and gRPC over TLS (optionally mutual): a listener that
+//!   hands out connections once their handshake is done.
 
 pub mod api;
 pub mod cli;
@@ -26,11 +28,13 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod tls;
 
 pub use api::PushApi;
 pub use config::{IngressConfig, PushApiConfig};
 pub use edges::{ClusterStats, EdgeList, EdgeStats, Edges, EtcdEdges, Pick};
 pub use error::ApiError;
+pub use tls::PushTls;
 
 use anyhow::Context;
 use gpush_common::bus::{Bus, NatsBus, connect_nats};
@@ -68,10 +72,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let subjects = Subjects::new(&config.subject_prefix)?;
+    let tls = PushTls::load(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        config.grpc_client_ca.as_deref(),
+    )?;
     let client = connect_nats(&config.nats_urls, "gpush-ingress")
         .await
         .context("cannot set up the NATS connection")?;
-    let bus = Bus::Nats(NatsBus::new(client, subjects, config.publish_timeout));
+    let bus = Bus::Nats(NatsBus::new(
+        client,
+        subjects,
+        config.publish_timeout,
+        config.publish_ack,
+    ));
     // Stops the etcd watcher when this function returns, whatever the reason.
     let watcher = shutdown.child_token();
     let _stop_watcher = watcher.clone().drop_guard();
@@ -80,17 +94,19 @@ pub async fn run(
     } else {
         Edges::Etcd(EtcdEdges::start(config.etcd_endpoints.clone(), watcher))
     };
-    serve(listeners, bus, config.push, edges, shutdown).await
+    serve(listeners, tls, bus, config.push, edges, shutdown).await
 }
 
 /// Serves the push API (HTTP + gRPC) on `listeners` publishing to `bus`,
-/// until `shutdown`. Used by [`run`] and by `gpush-edge --standalone`
-/// (which passes `Bus::Local` and [`Edges::Local`]).
+/// until `shutdown`, over TLS where `tls` says so. Used by [`run`] and by
+/// `gpush-edge --standalone` (which passes `Bus::Local` and
+/// [`Edges::Local`], and the edge's certificate when it has one).
 ///
 /// Logs a warning when no API key is configured. Returns when both servers
 /// have stopped, or with the first one's error.
 pub async fn serve(
     listeners: Listeners,
+    tls: PushTls,
     bus: gpush_common::Bus,
     push: PushApiConfig,
     edges: Edges,
@@ -105,7 +121,13 @@ pub async fn serve(
             "no api_key: push API unauthenticated; bound to loopback unless an address is given"
         );
     }
-    tracing::info!(%http_addr, %grpc_addr, "push API listening");
+    tracing::info!(
+        %http_addr,
+        %grpc_addr,
+        https = tls.http.is_some(),
+        grpc_tls = tls.grpc.is_some(),
+        "push API listening"
+    );
 
     // Cancelled when this function returns, so that when one server fails
     // the other and the helper tasks stop too.
@@ -114,13 +136,26 @@ pub async fn serve(
     let api = PushApi::new(bus, push);
     let router = http::router(api.clone(), edges);
     let http = async {
-        axum::serve(listeners.http, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("HTTP push API failed")
+        let stop = shutdown.clone().cancelled_owned();
+        let served = match tls.http {
+            Some(config) => match tls::TlsListener::new(listeners.http, config) {
+                Ok(listener) => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                axum::serve(listeners.http, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        served.context("HTTP push API failed")
     };
     let grpc = async {
-        grpc::serve(listeners.grpc, api, shutdown.clone())
+        grpc::serve(listeners.grpc, tls.grpc, api, shutdown.clone())
             .await
             .context("gRPC push API failed")
     };

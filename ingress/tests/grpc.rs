@@ -88,6 +88,7 @@ async fn start_local(api_key: Option<&str>) -> (Server, Arc<Recorder>) {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(gpush_ingress::serve(
         listeners,
+        gpush_ingress::PushTls::default(),
         Bus::Local(recorder.clone()),
         push,
         Edges::Disabled,

@@ -8,7 +8,7 @@ use gpush_proto::v1::push_client::PushClient;
 use gpush_proto::v1::{PushBatchRequest, PushRequest};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// One message for the push API. Which connections receive it follows from
 /// which of `uid` and `topic` are empty (see the routing rules).
@@ -129,6 +129,14 @@ impl HttpReply {
     }
 }
 
+/// A gRPC endpoint for `grpc_url` with the test timeouts.
+fn endpoint(grpc_url: &str) -> Endpoint {
+    Endpoint::from_shared(grpc_url.to_owned())
+        .unwrap_or_else(|e| panic!("bad gRPC URL {grpc_url:?}: {e}"))
+        .connect_timeout(crate::TIMEOUT)
+        .timeout(crate::TIMEOUT * 2)
+}
+
 /// Client of one push API (ingress, or a standalone edge).
 #[derive(Debug, Clone)]
 pub struct PushApi {
@@ -144,15 +152,49 @@ impl PushApi {
     /// gRPC API at `grpc_url`. Connections are made on first use; must be
     /// called inside a tokio runtime.
     pub fn new(http_base: &str, grpc_url: &str) -> Self {
+        Self::with(
+            http_base,
+            grpc_url,
+            reqwest::Client::builder(),
+            endpoint(grpc_url),
+        )
+    }
+
+    /// Like [`Self::new`], for a push API served over TLS (`https://`
+    /// URLs) with a certificate signed by the CA in `ca_pem`: the only CA
+    /// both clients trust. `identity` (certificate and key, PEM) is the
+    /// gRPC client's certificate, for mutual TLS.
+    pub fn new_tls(
+        http_base: &str,
+        grpc_url: &str,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Self {
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("test CA certificate");
         let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let endpoint = endpoint(grpc_url)
+            .tls_config(tls)
+            .expect("gRPC client TLS config");
+        Self::with(http_base, grpc_url, http, endpoint)
+    }
+
+    fn with(
+        http_base: &str,
+        grpc_url: &str,
+        http: reqwest::ClientBuilder,
+        endpoint: Endpoint,
+    ) -> Self {
+        let http = http
             .timeout(crate::TIMEOUT * 2)
             .build()
             .expect("build HTTP client");
-        let channel = Endpoint::from_shared(grpc_url.to_owned())
-            .unwrap_or_else(|e| panic!("bad gRPC URL {grpc_url:?}: {e}"))
-            .connect_timeout(crate::TIMEOUT)
-            .timeout(crate::TIMEOUT * 2)
-            .connect_lazy();
+        let channel = endpoint.connect_lazy();
         Self {
             http_base: http_base.to_owned(),
             grpc_url: grpc_url.to_owned(),

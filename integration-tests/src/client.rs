@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
@@ -24,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// The subprotocol that makes the edge send bare payloads.
 pub const RAW_PROTOCOL: &str = "gpush.raw";
@@ -74,17 +75,24 @@ impl WsClient {
     /// Connects to `url` (e.g. `ws://127.0.0.1:1234/ws`) and checks that the
     /// first frame is `{"code":20000,...}`.
     pub async fn connect(url: &str) -> Self {
-        Self::open(url, None).await
+        Self::open(url, None, None).await
+    }
+
+    /// Connects to a `wss://` `url` with TLS settings of its own (e.g. a
+    /// root store holding a test CA), and checks the greeting as
+    /// [`Self::connect`] does.
+    pub async fn connect_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::open(url, None, Some(Connector::Rustls(tls))).await
     }
 
     /// Connects asking for subprotocol `protocol` (e.g. [`RAW_PROTOCOL`]),
     /// checks that the edge selected it and that the first frame is still
     /// `{"code":20000,...}` (as a MessagePack map for [`MSGPACK_PROTOCOL`]).
     pub async fn connect_with_protocol(url: &str, protocol: &str) -> Self {
-        Self::open(url, Some(protocol)).await
+        Self::open(url, Some(protocol), None).await
     }
 
-    async fn open(url: &str, protocol: Option<&str>) -> Self {
+    async fn open(url: &str, protocol: Option<&str>, tls: Option<Connector>) -> Self {
         let mut request = url
             .into_client_request()
             .unwrap_or_else(|e| panic!("bad WebSocket URL {url:?}: {e}"));
@@ -94,11 +102,11 @@ impl WsClient {
                 .headers_mut()
                 .insert("sec-websocket-protocol", value);
         }
-        let (ws, response) =
-            tokio::time::timeout(crate::TIMEOUT, tokio_tungstenite::connect_async(request))
-                .await
-                .unwrap_or_else(|_| panic!("WebSocket handshake with {url} timed out"))
-                .unwrap_or_else(|e| panic!("WebSocket handshake with {url} failed: {e}"));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, tls);
+        let (ws, response) = tokio::time::timeout(crate::TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| panic!("WebSocket handshake with {url} timed out"))
+            .unwrap_or_else(|e| panic!("WebSocket handshake with {url} failed: {e}"));
         if let Some(protocol) = protocol {
             let selected = response
                 .headers()

@@ -52,6 +52,8 @@ pub mod code {
     pub const INVALID_TOPIC: u64 = 30004;
     /// Limit reached (subscriptions per connection).
     pub const LIMIT_REACHED: u64 = 30005;
+    /// Rate limited (requests per connection).
+    pub const RATE_LIMITED: u64 = 30006;
 }
 
 /// WebSocket close codes the edge uses.
@@ -62,6 +64,14 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// The connection's outgoing queue overflowed (slow consumer).
     pub const SLOW_CONSUMER: u16 = 4001;
+    /// The client kept sending over its request rate.
+    pub const TOO_MANY_REQUESTS: u16 = 4002;
+    /// A message larger than `max_message`.
+    pub const TOO_BIG: u16 = 1009;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A WebSocket protocol violation.
+    pub const PROTOCOL_ERROR: u16 = 1002;
 }
 
 /// Whether `frame` is a push (code 10001..=10003).

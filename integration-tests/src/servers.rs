@@ -6,6 +6,11 @@
 //! test panics with its error instead of timing out later. Dropping a handle
 //! cancels the server's shutdown token. An edge can be restarted on the
 //! same addresses ([`EdgeHandle::restart`]), as a redeployed edge would be.
+//!
+//! A server configured with `tls_cert` / `tls_key` is probed over TLS
+//! without checking its certificate (the probe only asks whether it
+//! answers; tests check the certificate with their own clients), and its
+//! URLs are `https://` and `wss://`.
 
 use gpush_edge::EdgeConfig;
 use gpush_ingress::IngressConfig;
@@ -123,6 +128,8 @@ fn describe(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> Strin
 pub struct IngressHandle {
     http: SocketAddr,
     grpc: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     server: ServerTask,
 }
 
@@ -136,6 +143,7 @@ impl IngressHandle {
         let (grpc_listener, grpc) = bind_local().await;
         config.http_addr = Some(http);
         config.grpc_addr = Some(grpc);
+        let tls = config.tls_cert.is_some();
         let shutdown = CancellationToken::new();
         let listeners = gpush_ingress::Listeners {
             http: http_listener,
@@ -146,20 +154,26 @@ impl IngressHandle {
             shutdown.clone(),
             gpush_ingress::run(listeners, config, shutdown.child_token()),
         );
-        let client = reqwest::Client::new();
-        let healthz = format!("http://{http}/healthz");
+        let scheme = if tls { "https" } else { "http" };
+        let client = probe_client();
+        let healthz = format!("{scheme}://{http}/healthz");
         server.wait_ready(|| http_ok(&client, &healthz)).await;
-        Self { http, grpc, server }
+        Self {
+            http,
+            grpc,
+            scheme,
+            server,
+        }
     }
 
-    /// `http://127.0.0.1:<port>` of the HTTP push API.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS) of the HTTP push API.
     pub fn http_base(&self) -> String {
-        format!("http://{}", self.http)
+        format!("{}://{}", self.scheme, self.http)
     }
 
-    /// `http://127.0.0.1:<port>` of the gRPC push API.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS) of the gRPC push API.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("{}://{}", self.scheme, self.grpc)
     }
 
     /// Cancels ingress and waits for `run` to return its result.
@@ -185,13 +199,15 @@ impl EdgeHandle {
     /// Binds the WebSocket listener (and, when `config.standalone`, the HTTP
     /// and gRPC push API listeners) on 127.0.0.1:0, sets the matching
     /// addresses in `config`, runs the edge and waits until a WebSocket
-    /// handshake on `/ws` succeeds. `public_url` defaults to [`Self::ws_url`].
+    /// handshake on `/ws` succeeds (with TLS: until `/healthz` answers).
+    /// `public_url` defaults to [`Self::ws_url`].
     pub async fn start(mut config: EdgeConfig) -> Self {
         crate::init_tracing();
         let (ws_listener, ws) = bind_local().await;
         config.ws_addr = ws;
         if config.public_url.is_none() {
-            config.public_url = Some(format!("ws://{ws}/ws"));
+            let scheme = if config.tls() { "wss" } else { "ws" };
+            config.public_url = Some(format!("{scheme}://{ws}/ws"));
         }
         let push_listeners = if config.standalone {
             let (http_listener, http) = bind_local().await;
@@ -270,8 +286,14 @@ impl EdgeHandle {
             shutdown.clone(),
             gpush_edge::run(listeners, config.clone(), shutdown.child_token()),
         );
-        let url = format!("ws://{ws}/ws");
-        server.wait_ready(|| ws_handshake_ok(&url)).await;
+        if config.tls() {
+            let client = probe_client();
+            let healthz = format!("https://{ws}/healthz");
+            server.wait_ready(|| http_ok(&client, &healthz)).await;
+        } else {
+            let url = format!("ws://{ws}/ws");
+            server.wait_ready(|| ws_handshake_ok(&url)).await;
+        }
         Self {
             ws,
             push,
@@ -282,15 +304,21 @@ impl EdgeHandle {
         }
     }
 
-    /// `http://127.0.0.1:<port>/`: the demo page (and, under it,
-    /// `/gpush.js`).
+    /// `http://127.0.0.1:<port>/` (`https://` with TLS): the demo page
+    /// (and, under it, `/gpush.js`).
     pub fn page_url(&self) -> String {
-        format!("http://{}/", self.ws)
+        format!("{}://{}/", self.http_scheme(), self.ws)
     }
 
-    /// `ws://127.0.0.1:<port>/ws`.
+    /// `ws://127.0.0.1:<port>/ws` (`wss://` with TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.ws)
+        let scheme = if self.config.tls() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.ws)
+    }
+
+    /// `http`, or `https` when the edge serves TLS.
+    fn http_scheme(&self) -> &'static str {
+        if self.config.tls() { "https" } else { "http" }
     }
 
     /// The WebSocket listener's address.
@@ -303,18 +331,18 @@ impl EdgeHandle {
         self.node_id.as_deref()
     }
 
-    /// `http://127.0.0.1:<port>` of the standalone HTTP push API. Panics for
-    /// a clustered edge.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS) of the standalone
+    /// HTTP push API. Panics for a clustered edge.
     pub fn http_base(&self) -> String {
         let (http, _) = self.push.expect("http_base: this edge is not standalone");
-        format!("http://{http}")
+        format!("{}://{http}", self.http_scheme())
     }
 
-    /// `http://127.0.0.1:<port>` of the standalone gRPC push API. Panics for
-    /// a clustered edge.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS) of the standalone
+    /// gRPC push API. Panics for a clustered edge.
     pub fn grpc_url(&self) -> String {
         let (_, grpc) = self.push.expect("grpc_url: this edge is not standalone");
-        format!("http://{grpc}")
+        format!("{}://{grpc}", self.http_scheme())
     }
 
     /// Cancels the edge (as SIGTERM would) and waits for `run` to return,
@@ -323,6 +351,15 @@ impl EdgeHandle {
         let within = self.shutdown_grace + Duration::from_secs(5);
         self.server.shutdown(within).await
     }
+}
+
+/// The client of the readiness probes. It accepts any server certificate:
+/// it asks whether a server answers, not who it is.
+fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("probe HTTP client")
 }
 
 async fn http_ok(client: &reqwest::Client, url: &str) -> bool {

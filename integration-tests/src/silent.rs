@@ -40,6 +40,49 @@ impl WireFrame {
     }
 }
 
+/// A masked client frame with `opcode` (one of the `OP_*` constants, or
+/// any other value for malformed frames), the FIN bit as given, and
+/// `payload` masked with a fixed non-zero key.
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![if fin { 0x80 } else { 0 } | (opcode & 0x0F)];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+/// Sends `request` (raw bytes, anything) to `addr` and returns what comes
+/// back until the server closes the connection or `within` passes.
+pub async fn exchange(addr: &str, request: &[u8], within: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    let mut stream = timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    // The server may answer and close before reading everything.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) = timeout_at(deadline, stream.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    answer
+}
+
 /// How a [`SilentClient`]'s connection ended.
 #[derive(Debug)]
 pub struct Ending {
@@ -132,6 +175,31 @@ impl SilentClient {
             .write_all(&frame)
             .await
             .unwrap_or_else(|e| panic!("SilentClient send: {e}"));
+    }
+
+    /// Sends bytes as they are: hand-made frames, broken ones included.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .await
+            .unwrap_or_else(|e| panic!("SilentClient send: {e}"));
+    }
+
+    /// The next frame the server sends, or `None` when the stream ends
+    /// first. Panics if nothing comes within `within`.
+    pub async fn next_frame(&mut self, within: Duration) -> Option<WireFrame> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(frame) = self.parse() {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("silent client: no frame within {within:?}"),
+            }
+        }
     }
 
     /// The next complete frame in the buffer, if any.

@@ -6,6 +6,7 @@
 //! not ready and ingress refuses pushes with 503 / UNAVAILABLE within its
 //! publish timeout, then recovers by itself.
 
+use gpush_common::bus::Ack;
 use gpush_common::subject::user_bucket;
 use gpush_edge::EdgeConfig;
 use gpush_ingress::IngressConfig;
@@ -283,6 +284,15 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_bus_down_means_not_ready_and_503_then_recovery() {
+    whole_bus_down(Ack::Server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_bus_down_with_flush_acks_too() {
+    whole_bus_down(Ack::Flush).await;
+}
+
+async fn whole_bus_down(publish_ack: Ack) {
     gpush_integration_tests::init_tracing();
     let mut nodes = NatsServer::cluster(3).await;
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
@@ -291,6 +301,7 @@ async fn whole_bus_down_means_not_ready_and_503_then_recovery() {
         nats_urls: urls.clone(),
         etcd_endpoints: Vec::new(),
         publish_timeout,
+        publish_ack,
         ..IngressConfig::default()
     })
     .await;

@@ -1,10 +1,11 @@
 //! The client protocol: reply codes, ids, every kind of bad request, topic
-//! validation, login rules and the subscription limit. The protocol is the
+//! validation, login rules, the subscription limit, and the limits of the
+//! upgrade (origins, connections, handshakes) and of the request rate. The protocol is the
 //! edge's alone, so these run against a standalone edge.
 
 use gpush_integration_tests::client::expect_all_quiet;
 use gpush_integration_tests::frames::{self, code};
-use gpush_integration_tests::{Deployment, QUIET, Standalone, TIMEOUT, WsClient, auth};
+use gpush_integration_tests::{Deployment, QUIET, Standalone, TIMEOUT, WsClient, auth, silent};
 use serde_json::{Value, json};
 
 /// After whatever happened on `client`, a fresh subscribe works and a push
@@ -290,4 +291,207 @@ async fn login_as_another_user_logs_out_first() {
     d.push_grpc("u6", "p", b"{\"n\":6}").await;
     c.expect_push(&frames::private("p", b"{\"n\":6}")).await;
     expect_all_quiet([&mut c, &mut witness]).await;
+}
+
+/// The HTTP request of a WebSocket upgrade of `/ws` on `host`, with
+/// `extra` header lines (each ending in `\r\n`).
+fn upgrade_request(host: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The status line and body of the edge's answer to `request`.
+async fn answer(d: &Standalone, request: &[u8]) -> String {
+    let addr = d.edge.ws_addr().to_string();
+    let bytes = silent::exchange(&addr, request, std::time::Duration::from_millis(500)).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_get_30006_and_persistent_abuse_4002() {
+    let d = Standalone::start(|c| {
+        c.request_rate = 1;
+        c.request_burst = 5;
+    })
+    .await;
+    let mut bystander = d.connect(0, "bystander").await;
+    bystander.must_subscribe("news").await;
+    let mut c = d.connect(0, "eager").await;
+    for i in 0..5 {
+        c.must_subscribe(&format!("t{i}")).await;
+    }
+    let reply = c
+        .request_value(json!({"code": code::SUBSCRIBE, "topic": "t5", "id": "over"}))
+        .await;
+    assert_eq!(reply["code"], code::RATE_LIMITED, "{reply}");
+    assert_eq!(reply["id"], "over", "{reply}");
+    // One a second: a token is back after a second (the bucket is not
+    // full, so the one refusal still counts).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    c.must_subscribe("t5").await;
+    // The refused subscribe did nothing; the accepted ones deliver.
+    d.push_http("", "t5", b"{\"n\":5}").await;
+    c.expect_push(&frames::public("t5", b"{\"n\":5}")).await;
+
+    // A flood: refused four more times, then closed with 4002.
+    for _ in 0..50 {
+        c.send_json(&json!({"code": code::UNSUBSCRIBE, "topic": "t0"}))
+            .await;
+    }
+    let (frames_seen, close_frame) = c.read_until_close(TIMEOUT).await;
+    assert_eq!(
+        gpush_integration_tests::client::close_code(&close_frame),
+        Some(frames::close::TOO_MANY_REQUESTS),
+        "{close_frame:?}"
+    );
+    let refused = frames_seen
+        .iter()
+        .filter(|f| {
+            matches!(f, gpush_integration_tests::client::RawFrame::Text(t)
+                if serde_json::from_str::<Value>(t).is_ok_and(|v| v["code"] == code::RATE_LIMITED))
+        })
+        .count();
+    assert!(
+        (4..=5).contains(&refused),
+        "30006 replies before 4002: {refused}"
+    );
+
+    // The others are untouched.
+    d.push_http("", "news", b"{\"still\":1}").await;
+    bystander
+        .expect_push(&frames::public("news", b"{\"still\":1}"))
+        .await;
+    assert_still_usable(&d, &mut bystander, "after-flood").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_outside_the_allow_list_get_403() {
+    let d = Standalone::start(|c| {
+        c.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let host = d.edge.ws_addr().to_string();
+    let refused = answer(
+        &d,
+        &upgrade_request(&host, "Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("origin_not_allowed"), "{refused}");
+    let allowed = answer(
+        &d,
+        &upgrade_request(&host, "Origin: https://app.example\r\n"),
+    )
+    .await;
+    assert!(allowed.starts_with("HTTP/1.1 101"), "{allowed}");
+    // No Origin header: not a browser, allowed.
+    let mut c = d.connect(0, "no origin").await;
+    assert_still_usable(&d, &mut c, "no-origin").await;
+}
+
+/// Waits until the edge's `gpush_edge_connections` gauge is `n`.
+async fn wait_connections(d: &Standalone, n: u64) {
+    let url = format!("http://{}/metrics", d.edge.ws_addr());
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let text = reqwest::get(&url)
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        let now = text
+            .lines()
+            .find_map(|l| l.strip_prefix("gpush_edge_connections "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if now == Some(n as f64) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections stay at {now:?}, expected {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_over_max_connections_get_503_and_the_others_stay() {
+    let d = Standalone::start(|c| c.max_connections = 3).await;
+    let host = d.edge.ws_addr().to_string();
+    // The start-up probe's connection may still be closing.
+    wait_connections(&d, 0).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = d.connect(0, &format!("c{i}")).await;
+        c.must_subscribe("full").await;
+        clients.push(c);
+    }
+    let refused = answer(&d, &upgrade_request(&host, "")).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("too_many_connections"), "{refused}");
+    d.push_http("", "full", b"{\"n\":1}").await;
+    for c in &mut clients {
+        c.expect_push(&frames::public("full", b"{\"n\":1}")).await;
+    }
+    // A closed connection frees its place.
+    clients.pop().expect("three").close().await;
+    wait_connections(&d, 2).await;
+    let mut again = d.connect(0, "again").await;
+    assert_still_usable(&d, &mut again, "again").await;
+    for c in &mut clients {
+        assert_still_usable(&d, c, "after-503").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_must_finish_within_the_timeout_and_are_capped() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let timeout = std::time::Duration::from_millis(600);
+    let d = Standalone::start(|c| {
+        c.handshake_timeout = timeout;
+        c.max_handshakes = 4;
+    })
+    .await;
+    let mut upgraded = d.connect(0, "upgraded").await;
+    upgraded.must_subscribe("hs").await;
+    let addr = d.edge.ws_addr();
+    // Four half-finished requests take every handshake slot.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        slow.push(s);
+    }
+    // A fifth client waits: its upgrade is not even read while they hold on.
+    let url = d.ws_url(0);
+    let waiting = tokio::spawn(async move { WsClient::connect(&url).await });
+    tokio::time::sleep(timeout / 3).await;
+    assert!(
+        !waiting.is_finished(),
+        "upgraded while every slot was taken"
+    );
+    // The slow ones are cut after the timeout, and the waiting one gets in.
+    for mut s in slow {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(TIMEOUT, s.read(&mut buf))
+            .await
+            .expect("a slow handshake was not closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let mut late = tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .expect("the waiting client never got in")
+        .expect("client task");
+    assert_still_usable(&d, &mut late, "late").await;
+    // An upgraded connection is not a handshake: it outlives the timeout.
+    d.push_http("", "hs", b"{\"n\":1}").await;
+    upgraded
+        .expect_push(&frames::public("hs", b"{\"n\":1}"))
+        .await;
 }

@@ -1,6 +1,8 @@
 //! The push API's error answers: 400 naming the bad field (and the matching
-//! gRPC status), 401 without the configured API key, 503 while the bus is
-//! down, and recovery when it comes back.
+//! gRPC status), 401 without the configured API key, 429 /
+//! `RESOURCE_EXHAUSTED` over the push rate, gRPC messages over
+//! `max_grpc_message`, 503 while the bus is down, and recovery when it
+//! comes back.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -353,4 +355,67 @@ async fn grpc_health_and_reflection_are_served() {
 /// A request stream of one message.
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::once(std::future::ready(item))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_push_rate_gets_429_with_retry_after_and_resource_exhausted() {
+    let (_nats, _ingress, api) = ingress(|c| {
+        c.push.push_rate = 1;
+        c.push.push_burst = 10;
+        c.push.max_batch = 10;
+    })
+    .await;
+    let batch: Vec<PushMsg> = (0..10)
+        .map(|i| PushMsg::public("rate", format!("{{\"n\":{i}}}")))
+        .collect();
+    let body = PushApi::push_batch_body(&batch);
+    let first = api.post("/v1/pushBatch", body.clone(), None).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // Ten more need ten seconds of refill at one a second.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/pushBatch", api.http_base()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST /v1/pushBatch");
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header in seconds");
+    assert!((8..=10).contains(&retry_after), "Retry-After {retry_after}");
+    let refused: Value = response.json().await.expect("JSON body");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let messages = (0..10)
+        .map(|i| request("", "rate", format!("{{\"g\":{i}}}").into_bytes()))
+        .collect();
+    let status = api
+        .grpc()
+        .push_batch(PushBatchRequest { messages })
+        .await
+        .expect_err("over the rate");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // The process is fine: a single push fits again after a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    api.push_http("", "rate", b"{}").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_over_max_grpc_message_are_refused() {
+    let (_nats, _ingress, api) = ingress(|c| c.push.max_grpc_message = 2048).await;
+    let status = api
+        .grpc()
+        .push_data(request("", "big", vec![b'x'; 4096]))
+        .await
+        .expect_err("over max_grpc_message");
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{status:?}"
+    );
+    // Smaller messages still go through, on gRPC and over HTTP.
+    api.push_grpc("", "big", &[b'x'; 1024]).await;
+    api.push_http("", "big", &[b'x'; 4096]).await;
 }

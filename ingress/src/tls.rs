@@ -1,0 +1,146 @@
+//! TLS for the push API: HTTPS on the HTTP listener, TLS on the gRPC
+//! listener, and there optionally client certificates (mutual TLS).
+//!
+//! Both servers take their connections from a [`TlsListener`]: one task
+//! accepts TCP connections and runs each TLS handshake in a task of its
+//! own (bounded by [`HANDSHAKE_TIMEOUT`]), so a client that stalls its
+//! handshake holds up nobody. Completed connections are handed to axum (as
+//! an [`axum::serve::Listener`]) or to tonic (as a stream,
+//! [`TlsListener::into_stream`]).
+
+use futures_util::Stream;
+use gpush_common::tls::{
+    ALPN_H2, ALPN_HTTP1, HANDSHAKE_TIMEOUT, ServerConfig, TlsError, server_config,
+};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Connections whose handshake is done but that the server has not taken
+/// yet. Handshakes that finish while it is full wait for room.
+const READY_QUEUE: usize = 64;
+
+/// TLS settings of the push API's two listeners. The default serves both
+/// in plain text.
+#[derive(Debug, Clone, Default)]
+pub struct PushTls {
+    /// HTTPS on the HTTP listener (ALPN `http/1.1`).
+    pub http: Option<Arc<ServerConfig>>,
+    /// TLS on the gRPC listener (ALPN `h2`), with client certificate
+    /// verification when a client CA bundle was given.
+    pub grpc: Option<Arc<ServerConfig>>,
+}
+
+impl PushTls {
+    /// TLS with the certificate chain in `cert` and its key in `key` on both
+    /// listeners; with `grpc_client_ca`, gRPC callers must present a
+    /// certificate signed by one of its CAs. `None` for `cert` or `key`:
+    /// plain text (config validation makes sure both or neither are set).
+    pub fn load(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        grpc_client_ca: Option<&Path>,
+    ) -> Result<Self, TlsError> {
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Ok(Self::default());
+        };
+        Ok(Self {
+            http: Some(server_config(cert, key, None, &[ALPN_HTTP1])?),
+            grpc: Some(server_config(cert, key, grpc_client_ca, &[ALPN_H2])?),
+        })
+    }
+}
+
+/// A TCP listener that hands out connections once their TLS handshake is
+/// done. Dropping it stops accepting.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener`, shaking hands with `config`.
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (ready, rx) = mpsc::channel(READY_QUEUE);
+        tokio::spawn(accept(listener, TlsAcceptor::from(config), ready));
+        Ok(Self {
+            ready: rx,
+            local_addr,
+        })
+    }
+
+    /// The next connection whose handshake succeeded.
+    pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+        self.ready.recv().await
+    }
+
+    /// The connections as a stream, for tonic's `serve_with_incoming`.
+    pub fn into_stream(self) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send {
+        futures_util::stream::unfold(self, |mut listener| async move {
+            let (stream, _) = listener.next().await?;
+            Some((Ok(stream), listener))
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.next().await {
+            Some(accepted) => accepted,
+            // The accept task only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local_addr)
+    }
+}
+
+/// Accepts until the [`TlsListener`] is dropped; each handshake runs in a
+/// task of its own.
+async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = ready.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = ready.send((stream, peer)).await;
+                }
+                // Client errors (plain HTTP on the TLS port, an untrusted or
+                // missing client certificate): not the server's problem.
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
