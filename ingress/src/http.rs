@@ -723,6 +723,17 @@ mod tests {
         assert_eq!(allowed(&response).as_deref(), Some("*"));
     }
 
+    /// A standalone edge with three connections.
+    fn solo_edge() -> Edges {
+        Edges::Local(Arc::new(|| EdgeRecord {
+            node_id: "solo".into(),
+            url: "ws://127.0.0.1:9992/ws".into(),
+            connections: 3,
+            started_at: 1,
+            updated_at: 2,
+        }))
+    }
+
     #[tokio::test]
     async fn edges_endpoints() {
         let (app, _) = server(config(), Edges::Disabled);
@@ -731,14 +742,7 @@ mod tests {
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(json["code"], "etcd_not_configured");
         }
-        let local = Edges::Local(Arc::new(|| EdgeRecord {
-            node_id: "solo".into(),
-            url: "ws://127.0.0.1:9992/ws".into(),
-            connections: 3,
-            started_at: 1,
-            updated_at: 2,
-        }));
-        let (app, _) = server(config(), local);
+        let (app, _) = server(config(), solo_edge());
         let (status, json) = call(&app, get("/v1/edges")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(json["stale"], false);
@@ -757,14 +761,7 @@ mod tests {
         let (status, json) = call(&app, get("/v1/stats")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(json["code"], "etcd_not_configured");
-        let local = Edges::Local(Arc::new(|| EdgeRecord {
-            node_id: "solo".into(),
-            url: "ws://127.0.0.1:9992/ws".into(),
-            connections: 3,
-            started_at: 1,
-            updated_at: 2,
-        }));
-        let (app, _) = server(config(), local);
+        let (app, _) = server(config(), solo_edge());
         let (status, json) = call(&app, get("/v1/stats")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
