@@ -342,8 +342,13 @@ impl Confirmer {
                 .back()
                 .map_or(first, |&(_, end)| first.max(end + 1));
             if first <= last {
-                if s.failed.len() == FAILED_RANGES {
-                    s.failed.pop_front();
+                if s.failed.len() == FAILED_RANGES
+                    && let (Some((oldest, _)), Some((_, next))) =
+                        (s.failed.pop_front(), s.failed.pop_front())
+                {
+                    // Over-failing is the safe direction: merge, never
+                    // forget (tickets between them fail too).
+                    s.failed.push_front((oldest, next));
                 }
                 s.failed.push_back((first, last));
             }

@@ -73,7 +73,12 @@ impl TokenBucket {
         }
         let missing = u64::from(n - self.tokens);
         let needed_ms = (missing * 1000).div_ceil(u64::from(rate.per_second));
-        let waited_ms = u64::from(now.wrapping_sub(self.refilled_ms));
+        let waited = now.wrapping_sub(self.refilled_ms);
+        let waited_ms = if waited > u32::MAX / 2 {
+            0
+        } else {
+            u64::from(waited)
+        };
         Err(Duration::from_millis(
             needed_ms.saturating_sub(waited_ms).max(1),
         ))
@@ -88,7 +93,13 @@ impl TokenBucket {
             self.refilled_ms = now;
             return;
         }
-        let elapsed = u64::from(now.wrapping_sub(self.refilled_ms));
+        let elapsed = now.wrapping_sub(self.refilled_ms);
+        if elapsed > u32::MAX / 2 {
+            // `now` is behind the last refill (a caller's stale clock
+            // reading), not 25 days ahead: nothing to add.
+            return;
+        }
+        let elapsed = u64::from(elapsed);
         let per_second = u64::from(rate.per_second);
         let added = elapsed * per_second / 1000;
         if added == 0 {
@@ -115,6 +126,17 @@ mod tests {
         per_second: 10,
         burst: 5,
     };
+
+    #[test]
+    fn a_clock_behind_the_last_refill_adds_nothing() {
+        let mut bucket = TokenBucket::full(TEN_PER_SECOND, 1_000);
+        for _ in 0..5 {
+            assert!(bucket.try_take(1, TEN_PER_SECOND, 1_000).is_ok());
+        }
+        // Empty at t = 1000 ms; a reading of 999 ms must not refill.
+        assert!(bucket.try_take(1, TEN_PER_SECOND, 999).is_err());
+        assert!(bucket.try_take(1, TEN_PER_SECOND, 1_100).is_ok());
+    }
 
     #[test]
     fn burst_then_refill_at_the_rate() {

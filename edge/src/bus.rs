@@ -151,7 +151,11 @@ impl Manager {
                     }
                 }
             }
+            // While NATS is away there is nothing to confirm with: the
+            // client sends its subscriptions on reconnect. Waiting out the
+            // timeout for every batch would only back up the queue.
             if subscribed
+                && self.client.connection_state() == async_nats::connection::State::Connected
                 && tokio::time::timeout(SUBSCRIBE_WAIT, self.confirm())
                     .await
                     .is_err()

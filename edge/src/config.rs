@@ -270,6 +270,15 @@ impl EdgeConfig {
         p.check(self.handshake_timeout.is_zero(), || {
             "handshake_timeout must be > 0".into()
         });
+        p.check(
+            self.max_handshakes > tokio::sync::Semaphore::MAX_PERMITS,
+            || {
+                format!(
+                    "max_handshakes must be <= {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                )
+            },
+        );
         p.check(self.max_handshakes == 0, || {
             "max_handshakes must be > 0".into()
         });

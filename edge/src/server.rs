@@ -158,7 +158,9 @@ pub async fn accept(
                 }
                 _ = stop.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    // A response a client stops reading must not hold up
+                    // the drain past the handshake deadline.
+                    let _ = tokio::time::timeout_at(deadline, connection).await;
                 }
             }
         };

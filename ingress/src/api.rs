@@ -176,14 +176,17 @@ impl PushApi {
         if !rate.is_limited() {
             return Ok(());
         }
-        let now_ms = self.inner.epoch.elapsed().as_millis() as u64;
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        let taken = self
+        let mut bucket = self
             .inner
             .bucket
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .try_take(n, rate, now_ms);
+            .unwrap_or_else(PoisonError::into_inner);
+        // Read the clock under the lock: a time read before another
+        // caller's refill would look like a jump of 49 days.
+        let now_ms = self.inner.epoch.elapsed().as_millis() as u64;
+        let taken = bucket.try_take(n, rate, now_ms);
+        drop(bucket);
         taken.map_err(|wait| ApiError::RateLimited {
             retry_after_secs: wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64,
         })

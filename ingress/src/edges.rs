@@ -152,6 +152,21 @@ struct Known {
     /// edge rewrites its count at most once a second; without this, every
     /// client of a reconnect storm would be sent to the same edge.
     handed_out: AtomicU64,
+    /// When `handed_out` started counting ([`clock_ms`]).
+    counting_since: AtomicU64,
+}
+
+/// How long hand-outs count without a new record from the edge. An edge
+/// rewrites its record within a second of its count changing, so clients
+/// sent there longer ago than this went elsewhere or never came.
+const HANDOUT_MEMORY_MS: u64 = 5_000;
+
+/// Milliseconds on a process-wide monotonic clock.
+fn clock_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Known {
@@ -159,12 +174,21 @@ impl Known {
         Self {
             record,
             handed_out: AtomicU64::new(0),
+            counting_since: AtomicU64::new(clock_ms()),
         }
     }
 
-    /// Connections now, as far as this ingress can tell.
-    fn load(&self) -> u64 {
-        self.record.connections + self.handed_out.load(Ordering::Relaxed)
+    /// Connections now, as far as this ingress can tell; forgets
+    /// hand-outs older than [`HANDOUT_MEMORY_MS`].
+    fn load(&self, now_ms: u64) -> u64 {
+        let since = self.counting_since.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(since) > HANDOUT_MEMORY_MS {
+            self.handed_out.store(0, Ordering::Relaxed);
+            self.counting_since.store(now_ms, Ordering::Relaxed);
+        }
+        self.record
+            .connections
+            .saturating_add(self.handed_out.load(Ordering::Relaxed))
     }
 }
 
@@ -219,6 +243,7 @@ impl EtcdEdges {
     /// ingress sent there since its record was last written, and counts
     /// this client. Ties go to the lowest node id.
     pub fn pick(&self) -> Pick {
+        let now_ms = clock_ms();
         let edges = self
             .shared
             .edges
@@ -226,7 +251,7 @@ impl EtcdEdges {
             .unwrap_or_else(PoisonError::into_inner);
         let edge = edges
             .values()
-            .min_by(|a, b| (a.load(), &a.record.node_id).cmp(&(b.load(), &b.record.node_id)))
+            .min_by_key(|known| (known.load(now_ms), &known.record.node_id))
             .map(|known| {
                 known.handed_out.fetch_add(1, Ordering::Relaxed);
                 known.record.clone()
@@ -417,6 +442,15 @@ mod tests {
                 connections: 2
             }
         );
+    }
+
+    #[test]
+    fn hand_outs_are_forgotten_when_no_record_follows() {
+        let known = Known::new(record("a", 10));
+        let start = known.counting_since.load(Ordering::Relaxed);
+        known.handed_out.store(7, Ordering::Relaxed);
+        assert_eq!(known.load(start + HANDOUT_MEMORY_MS), 17);
+        assert_eq!(known.load(start + HANDOUT_MEMORY_MS + 1), 10);
     }
 
     #[test]
