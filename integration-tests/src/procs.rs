@@ -216,6 +216,14 @@ impl Drop for LoggedChild {
     }
 }
 
+/// A copy of `command`'s program and arguments (std's `Command` is not
+/// `Clone`).
+fn clone_command(command: &Command) -> Command {
+    let mut copy = Command::new(command.get_program());
+    copy.args(command.get_args());
+    copy
+}
+
 /// The last `lines` lines of a log file.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -347,10 +355,17 @@ impl NatsServer {
                 .args(["--routes", &others.join(",")]);
         }
         let addr = self.addr();
-        self.server
-            .spawn("nats-server", command)
-            .wait_for_port(addr)
-            .await;
+        // A restart can race the old process's sockets out of the kernel
+        // (the server exits at once on a port it cannot bind): try again
+        // a few times before failing with the log.
+        for attempt in 1..=5 {
+            let proc = self.server.spawn("nats-server", clone_command(&command));
+            match proc.try_wait_for_port(addr).await {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => panic!("{e}"),
+                Err(_) => sleep(POLL * 8).await,
+            }
+        }
     }
 
     async fn monitor(&self, path: &str) -> serde_json::Value {
@@ -397,8 +412,31 @@ impl NatsServer {
 
     /// Freezes the server (SIGSTOP): its sockets stay open but nothing is
     /// read or answered, like a hung server or a silent network partition.
+    /// Returns once every thread of the process is stopped.
     pub fn freeze(&self) {
-        self.running().signal("STOP");
+        let proc = self.running();
+        proc.signal("STOP");
+        let tasks = format!("/proc/{}/task", proc.pid());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.filter_map(Result::ok).all(|task| {
+                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                        // The state follows the ")" that closes the name.
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + crate::TIMEOUT;
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server {} did not stop after SIGSTOP",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Resumes a frozen server (SIGCONT).
@@ -714,22 +752,32 @@ impl Etcd {
 
     /// The value of `key`, if present.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let mut client = self.client();
-        let response = timeout(crate::TIMEOUT, client.get(key, None))
-            .await
-            .unwrap_or_else(|_| panic!("etcd get {key:?} timed out"))
-            .unwrap_or_else(|e| panic!("etcd get {key:?}: {e}"));
-        response.kvs().first().map(|kv| kv.value().to_vec())
+        self.get_kv(key).await.map(|(value, _)| value)
+    }
+
+    /// The value and lease of `key`. Retries for up to [`crate::TIMEOUT`]:
+    /// with a member down, the client may first pick its endpoint.
+    async fn get_kv(&self, key: &str) -> Option<(Vec<u8>, i64)> {
+        let deadline = Instant::now() + crate::TIMEOUT;
+        loop {
+            let mut client = self.client();
+            match timeout(crate::TIMEOUT, client.get(key, None)).await {
+                Ok(Ok(response)) => {
+                    return response
+                        .kvs()
+                        .first()
+                        .map(|kv| (kv.value().to_vec(), kv.lease()));
+                }
+                Ok(Err(e)) if Instant::now() >= deadline => panic!("etcd get {key:?}: {e}"),
+                Err(_) => panic!("etcd get {key:?} timed out"),
+                Ok(Err(_)) => sleep(POLL * 4).await,
+            }
+        }
     }
 
     /// The lease `key` is attached to (0: none), if the key exists.
     pub async fn lease_of(&self, key: &str) -> Option<i64> {
-        let mut client = self.client();
-        let response = timeout(crate::TIMEOUT, client.get(key, None))
-            .await
-            .unwrap_or_else(|_| panic!("etcd get {key:?} timed out"))
-            .unwrap_or_else(|e| panic!("etcd get {key:?}: {e}"));
-        response.kvs().first().map(|kv| kv.lease())
+        self.get_kv(key).await.map(|(_, lease)| lease)
     }
 
     /// Every key under `prefix`.

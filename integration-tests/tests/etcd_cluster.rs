@@ -116,6 +116,14 @@ async fn edges_and_ingress_ride_out_member_loss_and_a_full_outage() {
     // All of etcd goes away. Ingress keeps its last view, marked stale,
     // still ordered by load and still handing out edges; edges keep
     // serving and pushes keep flowing.
+    // An edge whose keep-alive went to the dead leader registers again
+    // (new lease) within its backoff; wait for both records first.
+    for node_id in ["edge-0", "edge-1"] {
+        setup
+            .etcd
+            .wait_edge_record(node_id, RECOVERY, "a record", |_| true)
+            .await;
+    }
     let leases = [setup.lease("edge-0").await, setup.lease("edge-1").await];
     setup.etcd.stop();
     let stale = api
