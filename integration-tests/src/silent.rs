@@ -155,26 +155,8 @@ impl SilentClient {
 
     /// Sends one masked text frame (e.g. a subscribe request).
     pub async fn send_text(&mut self, text: &str) {
-        let payload = text.as_bytes();
-        let mut frame = vec![0x80 | OP_TEXT];
-        match payload.len() {
-            len @ 0..=125 => frame.push(0x80 | len as u8),
-            len @ 126..=0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        // An all-zero masking key leaves the payload as it is.
-        frame.extend_from_slice(&[0, 0, 0, 0]);
-        frame.extend_from_slice(payload);
-        self.stream
-            .write_all(&frame)
-            .await
-            .unwrap_or_else(|e| panic!("SilentClient send: {e}"));
+        self.send_raw(&client_frame(OP_TEXT, true, text.as_bytes()))
+            .await;
     }
 
     /// Sends bytes as they are: hand-made frames, broken ones included.
