@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 compose=(docker compose -f deploy/docker-compose.yml -p gpush-compose-test)
 # The tests log in with tokens signed by this secret (integration-tests/src/auth.rs).
-export GPUSH_JWT_SECRET=gpush-integration-test-secret
+export GPUSH_JWT_SECRET=gpush-integration-test-secret-0123456789
 trap '"${compose[@]}" down --volumes --remove-orphans' EXIT
 "${compose[@]}" up --build --detach --wait
 

@@ -18,8 +18,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
-/// Clock skew tolerated when checking `exp`.
+/// Clock skew tolerated when checking `exp` and `nbf`.
 const JWT_LEEWAY: Duration = Duration::from_secs(5);
+
+/// The largest webhook answer read: a uid fits many times over. A longer
+/// answer refuses the login without being read to its end.
+pub const MAX_WEBHOOK_ANSWER: usize = 16 * 1024;
 
 /// Why a login was refused. The text goes to the client as `detail`.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +43,13 @@ pub enum AuthError {
     /// The webhook refused the token.
     #[error("token refused by auth service")]
     WebhookRefused,
-    /// The webhook answered something that is not a uid.
+    /// The webhook answered something that is not a uid, or more than
+    /// [`MAX_WEBHOOK_ANSWER`] bytes.
     #[error("auth service answered an unexpected response")]
     WebhookGarbage,
+    /// `auth.webhook_max_concurrent` webhook calls are already in flight.
+    #[error("auth service busy: too many logins in progress, retry later")]
+    WebhookBusy,
     /// The uid is not a valid name.
     #[error("uid {0}")]
     BadUid(gpush_common::NameError),
@@ -71,10 +79,17 @@ struct Claims {
     sub: String,
 }
 
+/// The auth webhook: where it is and how many calls may be in flight.
+struct Webhook {
+    client: reqwest::Client,
+    url: String,
+    calls: tokio::sync::Semaphore,
+}
+
 /// Verifies login tokens.
 pub struct Authenticator {
     jwt: Option<(DecodingKey, Validation)>,
-    webhook: Option<(reqwest::Client, String)>,
+    webhook: Option<Webhook>,
     insecure_token_is_uid: bool,
     max_name_len: usize,
 }
@@ -83,7 +98,7 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("jwt", &self.jwt.is_some())
-            .field("webhook", &self.webhook.as_ref().map(|(_, url)| url))
+            .field("webhook", &self.webhook.as_ref().map(|w| &w.url))
             .field("insecure_token_is_uid", &self.insecure_token_is_uid)
             .finish()
     }
@@ -113,15 +128,31 @@ impl Authenticator {
         };
         let webhook = match &config.webhook_url {
             Some(url) => {
+                // No redirects: a redirect would re-send the user's token to
+                // wherever the webhook points, and let that host choose the
+                // uid. No proxy from the environment either: the webhook is
+                // reached directly, as configured.
                 let client = reqwest::Client::builder()
                     .timeout(config.webhook_timeout)
                     .connect_timeout(config.webhook_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
                     .build()
                     .map_err(|e| AuthSetupError::Client(e.to_string()))?;
-                Some((client, url.clone()))
+                Some(Webhook {
+                    client,
+                    url: url.clone(),
+                    calls: tokio::sync::Semaphore::new(config.webhook_max_concurrent),
+                })
             }
             None => None,
         };
+        if config.insecure_token_is_uid {
+            tracing::warn!(
+                "auth.insecure_token_is_uid is on: any client can log in as any uid \
+                 by sending it as its token; for development only"
+            );
+        }
         Ok(Self {
             jwt,
             webhook,
@@ -142,14 +173,14 @@ impl Authenticator {
             };
         }
         if result.is_err()
-            && let Some((client, url)) = &self.webhook
+            && let Some(webhook) = &self.webhook
         {
-            result = webhook(client, url, token).await;
+            result = webhook.login(token).await;
         }
-        if result.is_err()
-            && self.insecure_token_is_uid
+        if self.insecure_token_is_uid
             && let Some(token) = token.as_str()
         {
+            // Only ever alone: the config refuses it beside JWT or a webhook.
             result = Ok(token.to_owned());
         }
         let uid = result?;
@@ -161,15 +192,21 @@ impl Authenticator {
 fn validation(algorithm: Algorithm, config: &AuthConfig) -> Validation {
     let mut validation = Validation::new(algorithm);
     validation.leeway = JWT_LEEWAY.as_secs();
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.validate_nbf = true;
+    // jsonwebtoken checks `aud` and `iss` only when the token has them:
+    // a configured claim must also be required.
+    let mut required = vec!["exp", "sub"];
     if let Some(audience) = &config.jwt_audience {
         validation.set_audience(&[audience]);
+        required.push("aud");
     } else {
         validation.validate_aud = false;
     }
     if let Some(issuer) = &config.jwt_issuer {
         validation.set_issuer(&[issuer]);
+        required.push("iss");
     }
+    validation.set_required_spec_claims(&required);
     validation
 }
 
@@ -191,32 +228,51 @@ struct OriginalUser {
     uid: String,
 }
 
-async fn webhook(client: &reqwest::Client, url: &str, token: &Value) -> Result<String, AuthError> {
-    let response = client
-        .post(url)
-        .json(&serde_json::json!({ "token": token }))
-        .send()
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "auth webhook unreachable");
+impl Webhook {
+    /// One webhook call, if a slot is free: the uid it vouches for.
+    async fn login(&self, token: &Value) -> Result<String, AuthError> {
+        let Ok(_slot) = self.calls.try_acquire() else {
+            return Err(AuthError::WebhookBusy);
+        };
+        let mut response = self
+            .client
+            .post(&self.url)
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "auth webhook unreachable");
+                AuthError::WebhookUnavailable
+            })?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(AuthError::WebhookUnavailable);
+        }
+        if !status.is_success() {
+            return Err(AuthError::WebhookRefused);
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_WEBHOOK_ANSWER as u64)
+        {
+            return Err(AuthError::WebhookGarbage);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            tracing::warn!(error = %e, "auth webhook body unreadable");
             AuthError::WebhookUnavailable
-        })?;
-    let status = response.status();
-    if status.is_server_error() {
-        return Err(AuthError::WebhookUnavailable);
-    }
-    if !status.is_success() {
-        return Err(AuthError::WebhookRefused);
-    }
-    let body = response.bytes().await.map_err(|e| {
-        tracing::warn!(error = %e, "auth webhook body unreadable");
-        AuthError::WebhookUnavailable
-    })?;
-    match serde_json::from_slice::<WebhookAnswer>(&body) {
-        Ok(WebhookAnswer::Plain { uid }) => Ok(uid),
-        Ok(WebhookAnswer::Original { code: 0, data }) => Ok(data.user_info.uid),
-        Ok(WebhookAnswer::Original { .. }) => Err(AuthError::WebhookRefused),
-        Err(_) => Err(AuthError::WebhookGarbage),
+        })? {
+            if body.len() + chunk.len() > MAX_WEBHOOK_ANSWER {
+                return Err(AuthError::WebhookGarbage);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        match serde_json::from_slice::<WebhookAnswer>(&body) {
+            Ok(WebhookAnswer::Plain { uid }) => Ok(uid),
+            Ok(WebhookAnswer::Original { code: 0, data }) => Ok(data.user_info.uid),
+            Ok(WebhookAnswer::Original { .. }) => Err(AuthError::WebhookRefused),
+            Err(_) => Err(AuthError::WebhookGarbage),
+        }
     }
 }
 
@@ -225,6 +281,8 @@ mod tests {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
+
+    const SECRET: &str = "a-unit-test-secret-of-32-bytes!!";
 
     fn now() -> u64 {
         gpush_common::push::now_us() / 1_000_000
@@ -242,7 +300,7 @@ mod tests {
 
     fn with_secret() -> Authenticator {
         let config = AuthConfig {
-            jwt_secret: Some("s3cret".into()),
+            jwt_secret: Some(SECRET.into()),
             ..AuthConfig::default()
         };
         Authenticator::new(&config, 64).expect("auth")
@@ -251,9 +309,9 @@ mod tests {
     #[tokio::test]
     async fn hs256_good_expired_and_wrong_key() {
         let auth = with_secret();
-        let ok = auth.login(&hs256("s3cret", "alice", now() + 60)).await;
+        let ok = auth.login(&hs256(SECRET, "alice", now() + 60)).await;
         assert_eq!(ok.expect("valid"), "alice");
-        let expired = auth.login(&hs256("s3cret", "alice", now() - 60)).await;
+        let expired = auth.login(&hs256(SECRET, "alice", now() - 60)).await;
         assert!(matches!(expired, Err(AuthError::Jwt(_))), "{expired:?}");
         let wrong = auth.login(&hs256("other", "alice", now() + 60)).await;
         assert!(matches!(wrong, Err(AuthError::Jwt(_))), "{wrong:?}");
@@ -264,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn uid_from_token_must_be_a_valid_name() {
         let auth = with_secret();
-        let bad = auth.login(&hs256("s3cret", "a\nb", now() + 60)).await;
+        let bad = auth.login(&hs256(SECRET, "a\nb", now() + 60)).await;
         assert!(matches!(bad, Err(AuthError::BadUid(_))), "{bad:?}");
     }
 

@@ -33,6 +33,13 @@ pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_MESSAGE: usize = 4 * 1024;
 /// Default time given to clients to go on SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Upper bound of `auth.webhook_max_concurrent` (a semaphore's permits).
+pub const MAX_WEBHOOK_CONCURRENT: usize = 65_536;
+/// Shortest accepted `auth.jwt_secret`: 32 bytes, HS256's hash length
+/// (RFC 7518 3.2 requires a key at least that long).
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+/// Default number of auth webhook calls in flight at once per edge.
+pub const DEFAULT_WEBHOOK_MAX_CONCURRENT: usize = 64;
 /// Default timeout of one auth webhook call.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default maximum number of WebSocket connections one edge holds: about
@@ -167,7 +174,12 @@ pub struct AuthConfig {
     /// Timeout of one webhook call.
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
-    /// Development only: the token itself is the uid. Never in production.
+    /// Webhook calls in flight at once on this edge; a login beyond it is
+    /// refused at once (30003, "auth service busy") instead of queueing
+    /// behind a slow webhook.
+    pub webhook_max_concurrent: usize,
+    /// Development only: the token itself is the uid. Never in production;
+    /// refused beside JWT or a webhook, and warned about at start-up.
     pub insecure_token_is_uid: bool,
 }
 
@@ -180,6 +192,7 @@ impl Default for AuthConfig {
             jwt_issuer: None,
             webhook_url: None,
             webhook_timeout: DEFAULT_WEBHOOK_TIMEOUT,
+            webhook_max_concurrent: DEFAULT_WEBHOOK_MAX_CONCURRENT,
             insecure_token_is_uid: false,
         }
     }
@@ -316,6 +329,34 @@ impl EdgeConfig {
         p.check(self.auth.webhook_timeout.is_zero(), || {
             "auth.webhook_timeout must be > 0".into()
         });
+        p.check(
+            self.auth.insecure_token_is_uid
+                && (self.auth.jwt_secret.is_some()
+                    || self.auth.jwt_public_key.is_some()
+                    || self.auth.webhook_url.is_some()),
+            || {
+                "auth.insecure_token_is_uid cannot be combined with auth.jwt_secret, \
+                 auth.jwt_public_key or auth.webhook_url (it would log in any token \
+                 they refuse)"
+                    .into()
+            },
+        );
+        p.check(
+            !(1..=MAX_WEBHOOK_CONCURRENT).contains(&self.auth.webhook_max_concurrent),
+            || format!("auth.webhook_max_concurrent must be 1..={MAX_WEBHOOK_CONCURRENT}"),
+        );
+        p.check(
+            self.auth
+                .jwt_secret
+                .as_ref()
+                .is_some_and(|s| !s.is_empty() && s.len() < MIN_JWT_SECRET_LEN),
+            || {
+                format!(
+                    "auth.jwt_secret must be at least {MIN_JWT_SECRET_LEN} bytes \
+                     (an HS256 secret shorter than the hash is guessable offline)"
+                )
+            },
+        );
         if let Some(url) = &self.auth.webhook_url {
             p.check(
                 !(url.starts_with("http://") || url.starts_with("https://")),

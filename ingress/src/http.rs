@@ -108,8 +108,11 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// One message as sent over HTTP.
+/// One message as sent over HTTP. An unknown key is refused (400 naming
+/// it): read as absent, a misspelled `topic` or `uid` would turn a push to
+/// one topic or user into a push to everyone.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Message {
     #[serde(default)]
     uid: String,
@@ -120,6 +123,7 @@ struct Message {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Batch {
     messages: Vec<Message>,
 }

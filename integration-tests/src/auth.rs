@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 /// HS256 secret every test deployment accepts by default
 /// (`auth.jwt_secret`).
-pub const JWT_SECRET: &str = "gpush-integration-test-secret";
+pub const JWT_SECRET: &str = "gpush-integration-test-secret-0123456789";
 
 /// RS256 signing key (PKCS#1 PEM).
 pub const RSA_PRIVATE: &str = "rsa-private.pem";
