@@ -175,8 +175,10 @@ impl ApiError {
     /// Logs the error at a level that matches whose fault it is: only a
     /// failing bus is worth an operator's attention.
     fn log(&self) {
-        if matches!(self, ApiError::Bus(_)) {
-            tracing::warn!(code = self.code(), "push API: {self}");
+        if let ApiError::Bus(e) = self {
+            // The client sees the kind only; the operator gets the cause too.
+            let cause = std::error::Error::source(e).map(ToString::to_string);
+            tracing::warn!(code = self.code(), cause, "push API: {self}");
         } else {
             tracing::debug!(code = self.code(), "push API: {self}");
         }
