@@ -46,6 +46,9 @@ pub enum Bus {
 /// drop the connection and fail over to another server of the cluster.
 pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The NATS server both binaries use when none is configured.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 /// When a publish to NATS counts as done (ingress `publish_ack`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,6 +63,15 @@ pub enum Ack {
     /// the connection still gets pushes "accepted" until the socket buffers
     /// fill.
     Flush,
+}
+
+impl std::fmt::Display for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ack::Server => "server",
+            Ack::Flush => "flush",
+        })
+    }
 }
 
 impl std::str::FromStr for Ack {

@@ -1,5 +1,7 @@
 //! Loading a TOML config file, reporting every bad value at once, and
-//! reading list-valued settings.
+//! reading list-valued settings; [`flags`]: the flags both binaries share.
+
+pub mod flags;
 
 use serde::de::DeserializeOwned;
 use std::path::Path;
