@@ -50,7 +50,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "GPUSH_PUBLIC_URL",
-        shown_default = "ws://<ws-addr>/ws, wss:// with TLS"
+        shown_default = "ws://<ws_addr>/ws (wss:// with TLS)"
     )]
     pub public_url: Option<String>,
     /// etcd lease TTL, e.g. `10s`.
