@@ -32,7 +32,7 @@ pub mod tls;
 
 pub use api::PushApi;
 pub use config::{IngressConfig, PushApiConfig};
-pub use edges::{ClusterStats, EdgeList, EdgeStats, Edges, EtcdEdges, Pick};
+pub use edges::{ClusterStats, EdgeDirectory, EdgeList, EdgeStats, Edges, EtcdEdges, Pick};
 pub use error::ApiError;
 pub use tls::PushTls;
 
@@ -92,15 +92,15 @@ pub async fn run(
     let edges = if config.etcd_endpoints.is_empty() {
         Edges::Disabled
     } else {
-        Edges::Etcd(EtcdEdges::start(config.etcd_endpoints.clone(), watcher))
+        Edges::from_directory(EtcdEdges::start(config.etcd_endpoints.clone(), watcher))
     };
     serve(listeners, tls, bus, config.push, edges, shutdown).await
 }
 
 /// Serves the push API (HTTP + gRPC) on `listeners` publishing to `bus`,
 /// until `shutdown`, over TLS where `tls` says so. Used by [`run`] and by
-/// `gpush-edge --standalone` (which passes `Bus::Local` and
-/// [`Edges::Local`], and the edge's certificate when it has one).
+/// `gpush-edge --standalone` (which passes `Bus::Queued`, its own
+/// [`EdgeDirectory`], and the edge's certificate when it has one).
 ///
 /// Logs a warning when no API key is configured. Returns when both servers
 /// have stopped, or with the first one's error.
