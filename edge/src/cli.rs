@@ -88,12 +88,8 @@ pub struct Cli {
     #[arg(long, env = "GPUSH_REQUEST_BURST", shown_default = defaults().request_burst)]
     pub request_burst: Option<u32>,
     /// Web origins whose pages may connect (repeat or comma-separate).
-    #[arg(
-        long,
-        env = "GPUSH_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        shown_default = "any"
-    )]
+    #[arg(long, env = "GPUSH_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(shown_default = "any")]
     pub allowed_origins: Vec<String>,
     /// Server WebSocket ping interval.
     #[arg(

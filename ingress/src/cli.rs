@@ -87,12 +87,8 @@ pub struct PushApiFlags {
     /// Web origins allowed to call the HTTP push API from a browser (CORS),
     /// e.g. `https://app.example.com`; `*` for any (repeat or
     /// comma-separate). A standalone edge also allows its own.
-    #[arg(
-        long,
-        env = "GPUSH_CORS_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        shown_default = "none"
-    )]
+    #[arg(long, env = "GPUSH_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(shown_default = "none")]
     pub cors_allowed_origins: Vec<String>,
 }
 
