@@ -3,7 +3,8 @@
 //! tests keep equal to the code's defaults, spell them), every flag is a
 //! flag of that binary (read from clap's own `Command`), every key and
 //! flag of a binary has a row, and every default it states is the one the
-//! binary shows in `--help` and the deploy file holds.
+//! binary shows in `--help` and the deploy file holds; and every flag's
+//! env var is the one the README's rule names.
 
 use clap::CommandFactory as _;
 use gpush_common::config::flags::shown_default_of;
@@ -192,6 +193,32 @@ fn readme_configuration_table_matches_the_code() {
         "README configuration table drifted:\n  {}",
         problems.join("\n  ")
     );
+}
+
+/// The README's rule for env vars: `GPUSH_` + the flag name in capitals.
+#[test]
+fn env_vars_follow_the_readme_rule() {
+    let readme = read("README.md");
+    assert!(readme.contains("`GPUSH_` + the flag name in capitals"));
+    for command in [
+        gpush_edge::cli::Cli::command(),
+        gpush_ingress::cli::Cli::command(),
+    ] {
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let expected = format!("GPUSH_{}", long.to_uppercase().replace('-', "_"));
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(
+                env,
+                Some(expected.as_str()),
+                "--{long} of {}",
+                command.get_name()
+            );
+        }
+    }
 }
 
 #[test]
