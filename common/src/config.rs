@@ -12,17 +12,17 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
-        /// The file.
+        /// The `--config` path as given.
         path: String,
-        /// Why.
+        /// What the file system said.
         source: std::io::Error,
     },
     /// The file is not valid TOML for this config.
     #[error("config file {path}: {source}")]
     Parse {
-        /// The file.
+        /// The `--config` path as given.
         path: String,
-        /// Why.
+        /// The TOML error, with the line and the key.
         source: toml::de::Error,
     },
     /// Values that parse but make no sense, every one of them.
