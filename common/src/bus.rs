@@ -46,6 +46,9 @@ pub enum Bus {
 /// drop the connection and fail over to another server of the cluster.
 pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The NATS server both binaries use when none is configured.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 /// When a publish to NATS counts as done (ingress `publish_ack`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,6 +63,15 @@ pub enum Ack {
     /// the connection still gets pushes "accepted" until the socket buffers
     /// fill.
     Flush,
+}
+
+impl std::fmt::Display for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ack::Server => "server",
+            Ack::Flush => "flush",
+        })
+    }
 }
 
 impl std::str::FromStr for Ack {
@@ -200,12 +212,12 @@ impl Flusher {
         let confirmed = state
             .wait_for(|s| s.outcome(ticket).is_some())
             .await
-            .map_err(|_| BusError::Publish("flusher stopped".into()))?
+            .map_err(|_| BusError::Unconfirmed("the confirmation task stopped"))?
             .outcome(ticket);
         if confirmed == Some(true) {
             Ok(())
         } else {
-            Err(BusError::Publish("the server did not confirm".into()))
+            Err(BusError::Unconfirmed("the server did not confirm"))
         }
     }
 }
@@ -376,7 +388,7 @@ impl ServerEcho {
         let echoes = client
             .subscribe(inbox.clone())
             .await
-            .map_err(|e| BusError::Publish(e.to_string()))?;
+            .map_err(BusError::Subscribe)?;
         Ok(Self {
             client,
             inbox,
@@ -393,11 +405,8 @@ impl ServerEcho {
         self.client
             .publish(self.inbox.clone(), bytes::Bytes::copy_from_slice(&number))
             .await
-            .map_err(|e| BusError::Publish(e.to_string()))?;
-        self.client
-            .flush()
-            .await
-            .map_err(|e| BusError::Publish(e.to_string()))?;
+            .map_err(BusError::Publish)?;
+        self.client.flush().await.map_err(BusError::Flush)?;
         while let Some(echo) = futures_util::StreamExt::next(&mut self.echoes).await {
             if echo.payload[..] == number {
                 return Ok(());
@@ -407,7 +416,8 @@ impl ServerEcho {
     }
 }
 
-/// Why a publish failed.
+/// Why a bus operation failed: one variant per operation, with the NATS
+/// client's error kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// Not connected to NATS at the moment; nothing was published.
@@ -416,9 +426,22 @@ pub enum BusError {
     /// NATS did not take the messages within the publish timeout.
     #[error("bus did not accept the message within {0:?}")]
     Timeout(Duration),
-    /// The NATS client refused the messages.
-    #[error("bus publish failed: {0}")]
-    Publish(String),
+    /// The NATS connection could not be set up (bad URL or options).
+    #[error("bus connect failed")]
+    Connect(#[source] async_nats::ConnectError),
+    /// A subscription could not be made.
+    #[error("bus subscribe failed")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    /// The NATS client refused a message.
+    #[error("bus publish failed")]
+    Publish(#[source] async_nats::PublishError),
+    /// Buffered messages could not be written to the server.
+    #[error("bus flush failed")]
+    Flush(#[source] async_nats::client::FlushError),
+    /// The messages were sent but the server's confirmation did not come
+    /// back; they may or may not have been delivered.
+    #[error("bus publish not confirmed: {0}")]
+    Unconfirmed(&'static str),
 }
 
 impl NatsBus {
@@ -460,12 +483,12 @@ impl NatsBus {
                 .client
                 .publish(subject, envelope::encode(push))
                 .await
-                .map_err(|e| BusError::Publish(e.to_string()))?;
+                .map_err(BusError::Publish)?;
         }
         self.inner.flusher.flushed().await?;
         if connects.load(Ordering::SeqCst) != epoch {
-            return Err(BusError::Publish(
-                "the bus reconnected before confirming".into(),
+            return Err(BusError::Unconfirmed(
+                "the bus reconnected before confirming",
             ));
         }
         Ok(())
@@ -535,7 +558,7 @@ pub async fn connect_nats(urls: &[String], name: &str) -> Result<async_nats::Cli
         })
         .connect(addrs)
         .await
-        .map_err(|e| BusError::Publish(e.to_string()))
+        .map_err(BusError::Connect)
 }
 
 #[cfg(test)]

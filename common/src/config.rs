@@ -1,5 +1,7 @@
 //! Loading a TOML config file, reporting every bad value at once, and
-//! reading list-valued settings.
+//! reading list-valued settings; [`flags`]: the flags both binaries share.
+
+pub mod flags;
 
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -10,17 +12,17 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
-        /// The file.
+        /// The `--config` path as given.
         path: String,
-        /// Why.
+        /// What the file system said.
         source: std::io::Error,
     },
     /// The file is not valid TOML for this config.
     #[error("config file {path}: {source}")]
     Parse {
-        /// The file.
+        /// The `--config` path as given.
         path: String,
-        /// Why.
+        /// The TOML error, with the line and the key.
         source: toml::de::Error,
     },
     /// Values that parse but make no sense, every one of them.

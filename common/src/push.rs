@@ -33,7 +33,7 @@ pub enum Route<'a> {
     /// uid = U: connections logged in as U; with `topic` = Some(T) only
     /// those subscribed to private topic T, with None all of them.
     User {
-        /// The user.
+        /// Their login uid.
         uid: &'a str,
         /// The private topic, or None for every connection of the user.
         topic: Option<&'a str>,
@@ -86,7 +86,7 @@ pub enum NameError {
     TooLong {
         /// Length of the refused name, in bytes.
         len: usize,
-        /// The maximum.
+        /// `max_name_len` of the config that refused it.
         max: usize,
     },
     /// The name contains a control character (such as NUL or newline).

@@ -25,6 +25,15 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Human => "human",
+            Self::Json => "json",
+        })
+    }
+}
+
 /// Installs the global tracing subscriber. The filter comes from `RUST_LOG`
 /// (default `info`).
 ///

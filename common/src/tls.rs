@@ -37,21 +37,21 @@ pub enum TlsError {
     /// A certificate file could not be read or is not PEM.
     #[error("cannot read certificates from {path}: {source}")]
     Certs {
-        /// The file.
+        /// The certificate file.
         path: PathBuf,
-        /// Why.
+        /// What the PEM reader said.
         source: pem::Error,
     },
     /// A certificate file holds no `CERTIFICATE` section.
     #[error("no PEM certificate in {path}")]
     NoCerts {
-        /// The file.
+        /// The certificate file.
         path: PathBuf,
     },
     /// A key file could not be read, is not PEM or holds no private key.
     #[error("cannot read a private key from {path}: {source}")]
     Key {
-        /// The file.
+        /// The key file.
         path: PathBuf,
         /// Why (`no items found`: no PKCS#8, PKCS#1 or SEC1 key in it).
         source: pem::Error,
@@ -71,9 +71,9 @@ pub enum TlsError {
     /// a usable trust anchor.
     #[error("client CA bundle {path}: {reason}")]
     ClientCa {
-        /// The file.
+        /// The CA bundle file.
         path: PathBuf,
-        /// Why.
+        /// What rustls said of the bundle.
         reason: String,
     },
 }

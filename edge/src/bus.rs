@@ -181,10 +181,10 @@ impl Manager {
                 .client
                 .flush()
                 .await
-                .map_err(|e| gpush_common::BusError::Publish(e.to_string())),
+                .map_err(gpush_common::BusError::Flush),
         };
         if let Err(e) = confirmed {
-            tracing::warn!(error = %e, "bus subscription not confirmed");
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "bus subscription not confirmed");
         }
     }
 

@@ -4,8 +4,12 @@
 
 use crate::config::EdgeConfig;
 use clap::Parser;
+use gpush_common::config::flags::{
+    LogFlags, NatsFlags, ShowDefault as _, TlsFlags, duration, override_list, override_option,
+    override_value,
+};
 use gpush_common::config::{ConfigError, load_file};
-use gpush_common::telemetry::LogFormat;
+use gpush_ingress::cli::PushApiFlags;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,84 +21,107 @@ pub struct Cli {
     /// TOML config file; flags and env vars override its values.
     #[arg(long, env = "GPUSH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// WebSocket listen address [default: 0.0.0.0:9992].
-    #[arg(long, env = "GPUSH_WS_ADDR")]
+    /// WebSocket listen address.
+    #[arg(long, env = "GPUSH_WS_ADDR", shown_default = defaults().ws_addr)]
     pub ws_addr: Option<SocketAddr>,
-    /// PEM certificate chain for TLS (wss:// and HTTPS; standalone, the push API too); needs --tls-key.
-    #[arg(long, env = "GPUSH_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "GPUSH_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    /// TLS on the WebSocket listener (standalone: the push API too).
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// One process, no NATS or etcd: also serves the push API.
     #[arg(long, env = "GPUSH_STANDALONE")]
     pub standalone: bool,
-    /// Standalone push API HTTP address [default: 127.0.0.1:10068, or 0.0.0.0:10068 with an API key].
-    #[arg(long, env = "GPUSH_HTTP_ADDR")]
-    pub http_addr: Option<SocketAddr>,
-    /// Standalone push API gRPC address [default: 127.0.0.1:10067, or 0.0.0.0:10067 with an API key].
-    #[arg(long, env = "GPUSH_GRPC_ADDR")]
-    pub grpc_addr: Option<SocketAddr>,
-    /// Standalone push API key, required as `Authorization: Bearer <key>`.
-    #[arg(long, env = "GPUSH_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Web origins allowed to call the standalone HTTP push API from a browser
-    /// (CORS), besides the edge's own; `*` for any (repeat or comma-separate).
-    #[arg(long, env = "GPUSH_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub cors_allowed_origins: Vec<String>,
-    /// NATS server URLs (repeat or comma-separate) [default: nats://127.0.0.1:4222].
-    #[arg(long = "nats-url", env = "GPUSH_NATS_URL", value_delimiter = ',')]
-    pub nats_urls: Vec<String>,
-    /// Prefix of the NATS subjects; must match ingress's [default: gpush].
-    #[arg(long, env = "GPUSH_SUBJECT_PREFIX")]
-    pub subject_prefix: Option<String>,
+    /// The standalone push API's addresses, key and CORS origins.
+    #[command(flatten)]
+    pub push_api: PushApiFlags,
+    /// Where pushes come from.
+    #[command(flatten)]
+    pub nats: NatsFlags,
     /// etcd endpoints to register in (repeat or comma-separate).
     #[arg(long, env = "GPUSH_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
-    /// Unique id of this edge [default: host name and a random suffix].
-    #[arg(long, env = "GPUSH_NODE_ID")]
+    /// Unique id of this edge.
+    #[arg(
+        long,
+        env = "GPUSH_NODE_ID",
+        shown_default = "host name and a random suffix"
+    )]
     pub node_id: Option<String>,
-    /// WebSocket URL published in etcd [default: ws://<ws-addr>/ws, wss:// with TLS].
-    #[arg(long, env = "GPUSH_PUBLIC_URL")]
+    /// WebSocket URL published in etcd.
+    #[arg(
+        long,
+        env = "GPUSH_PUBLIC_URL",
+        shown_default = "ws://<ws_addr>/ws (wss:// with TLS)"
+    )]
     pub public_url: Option<String>,
-    /// etcd lease TTL, e.g. `10s` [default: 10s].
-    #[arg(long, env = "GPUSH_LEASE_TTL", value_parser = humantime::parse_duration)]
+    /// etcd lease TTL, e.g. `10s`.
+    #[arg(
+        long,
+        env = "GPUSH_LEASE_TTL",
+        value_parser = humantime::parse_duration,
+        shown_default = duration(defaults().lease_ttl)
+    )]
     pub lease_ttl: Option<Duration>,
-    /// Registry shards [default: 64].
-    #[arg(long, env = "GPUSH_SHARDS")]
+    /// Registry shards.
+    #[arg(long, env = "GPUSH_SHARDS", shown_default = defaults().shards)]
     pub shards: Option<usize>,
-    /// Maximum subscriptions per connection [default: 128].
-    #[arg(long, env = "GPUSH_MAX_SUBSCRIPTIONS")]
+    /// Maximum subscriptions per connection.
+    #[arg(long, env = "GPUSH_MAX_SUBSCRIPTIONS", shown_default = defaults().max_subscriptions)]
     pub max_subscriptions: Option<usize>,
-    /// Maximum WebSocket connections; over it upgrades get 503 [default: 100000].
-    #[arg(long, env = "GPUSH_MAX_CONNECTIONS")]
+    /// Maximum WebSocket connections; over it upgrades get 503.
+    #[arg(long, env = "GPUSH_MAX_CONNECTIONS", shown_default = defaults().max_connections)]
     pub max_connections: Option<usize>,
-    /// Time from TCP connect to a completed WebSocket upgrade [default: 10s].
-    #[arg(long, env = "GPUSH_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    /// Time from TCP connect to a completed WebSocket upgrade.
+    #[arg(
+        long,
+        env = "GPUSH_HANDSHAKE_TIMEOUT",
+        value_parser = humantime::parse_duration,
+        shown_default = duration(defaults().handshake_timeout)
+    )]
     pub handshake_timeout: Option<Duration>,
-    /// Connections in their handshake at once; more wait to be accepted [default: 1024].
-    #[arg(long, env = "GPUSH_MAX_HANDSHAKES")]
+    /// Connections in their handshake at once; more wait to be accepted.
+    #[arg(long, env = "GPUSH_MAX_HANDSHAKES", shown_default = defaults().max_handshakes)]
     pub max_handshakes: Option<usize>,
-    /// Requests per second per connection, on average; 0 = unlimited [default: 100].
-    #[arg(long, env = "GPUSH_REQUEST_RATE")]
+    /// Requests per second per connection, on average; 0 = unlimited.
+    #[arg(long, env = "GPUSH_REQUEST_RATE", shown_default = defaults().request_rate)]
     pub request_rate: Option<u32>,
-    /// Requests per connection at once; that many refused without a pause close it [default: 200].
-    #[arg(long, env = "GPUSH_REQUEST_BURST")]
+    /// Requests per connection at once; that many refused without a pause close it.
+    #[arg(long, env = "GPUSH_REQUEST_BURST", shown_default = defaults().request_burst)]
     pub request_burst: Option<u32>,
-    /// Web origins whose pages may connect (repeat or comma-separate) [default: any].
+    /// Web origins whose pages may connect (repeat or comma-separate).
     #[arg(long, env = "GPUSH_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(shown_default = "any")]
     pub allowed_origins: Vec<String>,
-    /// Server WebSocket ping interval [default: 25s].
-    #[arg(long, env = "GPUSH_PING_INTERVAL", value_parser = humantime::parse_duration)]
+    /// Server WebSocket ping interval.
+    #[arg(
+        long,
+        env = "GPUSH_PING_INTERVAL",
+        value_parser = humantime::parse_duration,
+        shown_default = duration(defaults().ping_interval)
+    )]
     pub ping_interval: Option<Duration>,
-    /// Close connections silent for this long [default: 60s].
-    #[arg(long, env = "GPUSH_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    /// Close connections silent for this long.
+    #[arg(
+        long,
+        env = "GPUSH_IDLE_TIMEOUT",
+        value_parser = humantime::parse_duration,
+        shown_default = duration(defaults().idle_timeout)
+    )]
     pub idle_timeout: Option<Duration>,
-    /// Write batching interval; 0 writes at once [default: 5ms].
-    #[arg(long, env = "GPUSH_WRITE_INTERVAL", value_parser = humantime::parse_duration)]
+    /// Write batching interval; 0 writes at once.
+    #[arg(
+        long,
+        env = "GPUSH_WRITE_INTERVAL",
+        value_parser = humantime::parse_duration,
+        shown_default = duration(defaults().write_interval)
+    )]
     pub write_interval: Option<Duration>,
-    /// Time clients get to leave on SIGTERM [default: 10s].
-    #[arg(long, env = "GPUSH_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    /// Time clients get to leave on SIGTERM.
+    #[arg(
+        long,
+        env = "GPUSH_SHUTDOWN_GRACE",
+        value_parser = humantime::parse_duration,
+        shown_default = duration(defaults().shutdown_grace)
+    )]
     pub shutdown_grace: Option<Duration>,
     /// HS256 secret for JWT logins.
     #[arg(long, env = "GPUSH_JWT_SECRET", hide_env_values = true)]
@@ -105,9 +132,13 @@ pub struct Cli {
     /// Auth webhook URL: POSTed `{"token": ...}`, answers `{"uid": ...}`.
     #[arg(long, env = "GPUSH_AUTH_WEBHOOK")]
     pub auth_webhook: Option<String>,
-    /// Log format: human or json [default: human].
-    #[arg(long, env = "GPUSH_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+fn defaults() -> EdgeConfig {
+    EdgeConfig::default()
 }
 
 impl Cli {
@@ -125,54 +156,35 @@ impl Cli {
 
     /// Overwrites the values of `config` that were given as flags or env vars.
     pub fn apply_overrides(&self, config: &mut EdgeConfig) {
-        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
-            if let Some(value) = value {
-                *target = value.clone();
-            }
-        }
-        fn set_opt<T: Clone>(target: &mut Option<T>, value: &Option<T>) {
-            if value.is_some() {
-                target.clone_from(value);
-            }
-        }
-        fn set_list(target: &mut Vec<String>, value: &[String]) {
-            if !value.is_empty() {
-                *target = value.to_vec();
-            }
-        }
-        set(&mut config.ws_addr, &self.ws_addr);
-        set_opt(&mut config.tls_cert, &self.tls_cert);
-        set_opt(&mut config.tls_key, &self.tls_key);
-        config.standalone |= self.standalone;
-        set_opt(&mut config.http_addr, &self.http_addr);
-        set_opt(&mut config.grpc_addr, &self.grpc_addr);
-        set_opt(&mut config.push.api_key, &self.api_key);
-        set_list(
-            &mut config.push.cors_allowed_origins,
-            &self.cors_allowed_origins,
-        );
-        set_list(&mut config.nats_urls, &self.nats_urls);
-        set(&mut config.subject_prefix, &self.subject_prefix);
-        set_list(&mut config.etcd_endpoints, &self.etcd_endpoints);
-        set_opt(&mut config.node_id, &self.node_id);
-        set_opt(&mut config.public_url, &self.public_url);
-        set(&mut config.lease_ttl, &self.lease_ttl);
-        set(&mut config.shards, &self.shards);
-        set(&mut config.max_subscriptions, &self.max_subscriptions);
-        set(&mut config.max_connections, &self.max_connections);
-        set(&mut config.handshake_timeout, &self.handshake_timeout);
-        set(&mut config.max_handshakes, &self.max_handshakes);
-        set(&mut config.request_rate, &self.request_rate);
-        set(&mut config.request_burst, &self.request_burst);
-        set_list(&mut config.allowed_origins, &self.allowed_origins);
-        set(&mut config.ping_interval, &self.ping_interval);
-        set(&mut config.idle_timeout, &self.idle_timeout);
-        set(&mut config.write_interval, &self.write_interval);
-        set(&mut config.shutdown_grace, &self.shutdown_grace);
-        set_opt(&mut config.auth.jwt_secret, &self.jwt_secret);
-        set_opt(&mut config.auth.jwt_public_key, &self.jwt_public_key);
-        set_opt(&mut config.auth.webhook_url, &self.auth_webhook);
-        set(&mut config.log_format, &self.log_format);
+        let c = config;
+        override_value(&mut c.ws_addr, &self.ws_addr);
+        override_option(&mut c.tls_cert, &self.tls.tls_cert);
+        override_option(&mut c.tls_key, &self.tls.tls_key);
+        c.standalone |= self.standalone;
+        self.push_api
+            .apply(&mut c.http_addr, &mut c.grpc_addr, &mut c.push);
+        override_list(&mut c.nats_urls, &self.nats.nats_urls);
+        override_value(&mut c.subject_prefix, &self.nats.subject_prefix);
+        override_list(&mut c.etcd_endpoints, &self.etcd_endpoints);
+        override_option(&mut c.node_id, &self.node_id);
+        override_option(&mut c.public_url, &self.public_url);
+        override_value(&mut c.lease_ttl, &self.lease_ttl);
+        override_value(&mut c.shards, &self.shards);
+        override_value(&mut c.max_subscriptions, &self.max_subscriptions);
+        override_value(&mut c.max_connections, &self.max_connections);
+        override_value(&mut c.handshake_timeout, &self.handshake_timeout);
+        override_value(&mut c.max_handshakes, &self.max_handshakes);
+        override_value(&mut c.request_rate, &self.request_rate);
+        override_value(&mut c.request_burst, &self.request_burst);
+        override_list(&mut c.allowed_origins, &self.allowed_origins);
+        override_value(&mut c.ping_interval, &self.ping_interval);
+        override_value(&mut c.idle_timeout, &self.idle_timeout);
+        override_value(&mut c.write_interval, &self.write_interval);
+        override_value(&mut c.shutdown_grace, &self.shutdown_grace);
+        override_option(&mut c.auth.jwt_secret, &self.jwt_secret);
+        override_option(&mut c.auth.jwt_public_key, &self.jwt_public_key);
+        override_option(&mut c.auth.webhook_url, &self.auth_webhook);
+        override_value(&mut c.log_format, &self.log.log_format);
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`metrics`]: what the edge counts (per shard and per flush on hot
 //!   paths) and how `GET /metrics` reads it.
 //! - [`config`]: every setting with its default.
+//! - `standalone`: the push API embedded in the edge (`--standalone`).
 //!
 //! A push arrives from NATS in [`bus`] (or straight from the push API in
 //! standalone mode), is framed once in [`protocol`], queued to each
@@ -34,6 +35,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod registration;
 pub mod server;
+mod standalone;
 pub mod tls;
 pub mod ws;
 
@@ -46,9 +48,8 @@ use crate::hub::Hub;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
 use crate::registration::Registration;
-use gpush_common::bus::{DEFAULT_LOCAL_QUEUE, LocalQueue};
+use gpush_common::Subjects;
 use gpush_common::push::now_us;
-use gpush_common::{Bus, Subjects};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,29 +197,14 @@ async fn run_node(
     });
 
     let push_api = match listeners.push {
-        Some(push) if config.standalone => {
-            let push_config = config.standalone_push_api(ws_addr, &registration.url);
-            let record_hub = hub.clone();
-            let edges =
-                gpush_ingress::Edges::Local(Arc::new(move || registration.record(&record_hub)));
-            let bus = Bus::Queued(LocalQueue::start(
-                hub.clone(),
-                DEFAULT_LOCAL_QUEUE,
-                config.publish_timeout,
-            ));
-            // The standalone push API serves TLS with the edge's certificate,
-            // so a demo page loaded over HTTPS may call it; no client
-            // certificates (that is ingress's `grpc_client_ca`).
-            let push_tls = gpush_ingress::PushTls::load(
-                config.tls_cert.as_deref(),
-                config.tls_key.as_deref(),
-                None,
-            )?;
-            Some(tokio::spawn(
-                gpush_ingress::serve(push, push_tls, bus, push_config, edges, background.clone())
-                    .in_current_span(),
-            ))
-        }
+        Some(push) if config.standalone => Some(standalone::serve_push_api(
+            push,
+            &config,
+            ws_addr,
+            registration,
+            hub.clone(),
+            background.clone(),
+        )?),
         _ => None,
     };
 

@@ -2,10 +2,13 @@
 //! equivalent. Precedence: flag or env var, then the `--config` file, then
 //! the defaults in [`config`](crate::config).
 
-use crate::config::IngressConfig;
+use crate::config::{DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, IngressConfig, PushApiConfig};
 use clap::Parser;
+use gpush_common::config::flags::{
+    LogFlags, NatsFlags, ShowDefault as _, TlsFlags, duration, override_list, override_option,
+    override_value,
+};
 use gpush_common::config::{ConfigError, load_file};
-use gpush_common::telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,63 +20,105 @@ pub struct Cli {
     /// TOML config file; flags and env vars override its values.
     #[arg(long, env = "GPUSH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// HTTP push API address [default: 127.0.0.1:10068, or 0.0.0.0:10068 with an API key].
-    #[arg(long, env = "GPUSH_HTTP_ADDR")]
-    pub http_addr: Option<SocketAddr>,
-    /// gRPC push API address [default: 127.0.0.1:10067, or 0.0.0.0:10067 with an API key].
-    #[arg(long, env = "GPUSH_GRPC_ADDR")]
-    pub grpc_addr: Option<SocketAddr>,
-    /// PEM certificate chain for TLS on both push APIs (HTTPS, gRPC over TLS); needs --tls-key.
-    #[arg(long, env = "GPUSH_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "GPUSH_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    /// The push API's addresses, key and CORS origins.
+    #[command(flatten)]
+    pub push_api: PushApiFlags,
+    /// TLS on both push APIs.
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// PEM bundle of the CAs of gRPC client certificates: gRPC then requires one (mutual TLS).
     #[arg(long, env = "GPUSH_GRPC_CLIENT_CA")]
     pub grpc_client_ca: Option<PathBuf>,
-    /// NATS server URLs (repeat or comma-separate) [default: nats://127.0.0.1:4222].
-    #[arg(long = "nats-url", env = "GPUSH_NATS_URL", value_delimiter = ',')]
-    pub nats_urls: Vec<String>,
+    /// Where pushes are published.
+    #[command(flatten)]
+    pub nats: NatsFlags,
     /// etcd endpoints for `GET /v1/edges` (repeat or comma-separate).
     #[arg(long, env = "GPUSH_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
+    /// Maximum payload of one push, in bytes.
+    #[arg(long, env = "GPUSH_MAX_PAYLOAD", shown_default = push_defaults().max_payload)]
+    pub max_payload: Option<usize>,
+    /// Maximum number of messages in one batch call.
+    #[arg(long, env = "GPUSH_MAX_BATCH", shown_default = push_defaults().max_batch)]
+    pub max_batch: Option<usize>,
+    /// Largest gRPC request message, in bytes.
+    #[arg(long, env = "GPUSH_MAX_GRPC_MESSAGE", shown_default = push_defaults().max_grpc_message)]
+    pub max_grpc_message: Option<usize>,
+    /// Push messages per second accepted in total; 0 = unlimited.
+    #[arg(long, env = "GPUSH_PUSH_RATE", shown_default = push_defaults().push_rate)]
+    pub push_rate: Option<u32>,
+    /// Push messages accepted at once; at least max-batch.
+    #[arg(long, env = "GPUSH_PUSH_BURST", shown_default = push_defaults().push_burst)]
+    pub push_burst: Option<u32>,
+    /// How long a publish may take before the call fails, e.g. `2s`.
+    #[arg(
+        long,
+        env = "GPUSH_PUBLISH_TIMEOUT",
+        value_parser = humantime::parse_duration,
+        shown_default = duration(IngressConfig::default().publish_timeout)
+    )]
+    pub publish_timeout: Option<Duration>,
+    /// When a push counts as published: server (confirmed by a round trip
+    /// through the NATS server) or flush (written to its connection).
+    #[arg(long, env = "GPUSH_PUBLISH_ACK", shown_default = IngressConfig::default().publish_ack)]
+    pub publish_ack: Option<gpush_common::bus::Ack>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+fn push_defaults() -> PushApiConfig {
+    PushApiConfig::default()
+}
+
+/// The push API's flags, the same on `gpush-ingress` and
+/// `gpush-edge --standalone`.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct PushApiFlags {
+    /// HTTP push API address (edge: standalone only).
+    #[arg(long, env = "GPUSH_HTTP_ADDR", shown_default = default_addr_text(DEFAULT_HTTP_PORT))]
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC push API address (edge: standalone only).
+    #[arg(long, env = "GPUSH_GRPC_ADDR", shown_default = default_addr_text(DEFAULT_GRPC_PORT))]
+    pub grpc_addr: Option<SocketAddr>,
     /// API key required as `Authorization: Bearer <key>` on push calls.
     #[arg(long, env = "GPUSH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Prefix of the NATS subjects; must match the edges' [default: gpush].
-    #[arg(long, env = "GPUSH_SUBJECT_PREFIX")]
-    pub subject_prefix: Option<String>,
     /// Web origins allowed to call the HTTP push API from a browser (CORS),
-    /// e.g. `https://app.example.com`; `*` for any (repeat or comma-separate) [default: none].
+    /// e.g. `https://app.example.com`; `*` for any (repeat or
+    /// comma-separate). A standalone edge also allows its own.
     #[arg(long, env = "GPUSH_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(shown_default = "none")]
     pub cors_allowed_origins: Vec<String>,
-    /// Maximum payload of one push, in bytes [default: 65536].
-    #[arg(long, env = "GPUSH_MAX_PAYLOAD")]
-    pub max_payload: Option<usize>,
-    /// Maximum number of messages in one batch call [default: 10000].
-    #[arg(long, env = "GPUSH_MAX_BATCH")]
-    pub max_batch: Option<usize>,
-    /// Largest gRPC request message, in bytes [default: 67108864].
-    #[arg(long, env = "GPUSH_MAX_GRPC_MESSAGE")]
-    pub max_grpc_message: Option<usize>,
-    /// Push messages per second accepted in total; 0 = unlimited [default: 0].
-    #[arg(long, env = "GPUSH_PUSH_RATE")]
-    pub push_rate: Option<u32>,
-    /// Push messages accepted at once; at least max-batch [default: 10000].
-    #[arg(long, env = "GPUSH_PUSH_BURST")]
-    pub push_burst: Option<u32>,
-    /// How long a publish may take before the call fails, e.g. `2s` [default: 2s].
-    #[arg(long, env = "GPUSH_PUBLISH_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub publish_timeout: Option<Duration>,
-    /// When a push counts as published: server (confirmed by a round trip
-    /// through the NATS server) or flush (written to its connection)
-    /// [default: server].
-    #[arg(long, env = "GPUSH_PUBLISH_ACK")]
-    pub publish_ack: Option<gpush_common::bus::Ack>,
-    /// Log format: human or json [default: human].
-    #[arg(long, env = "GPUSH_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+}
+
+/// The default of an address flag: loopback without an API key, every
+/// interface with one.
+fn default_addr_text(port: u16) -> String {
+    let keyed = PushApiConfig {
+        api_key: Some(String::new()),
+        ..PushApiConfig::default()
+    };
+    format!(
+        "{}, or {} with an API key",
+        PushApiConfig::default().default_addr(port),
+        keyed.default_addr(port)
+    )
+}
+
+impl PushApiFlags {
+    /// Overwrites the push API settings that were given as flags or env vars.
+    pub fn apply(
+        &self,
+        http_addr: &mut Option<SocketAddr>,
+        grpc_addr: &mut Option<SocketAddr>,
+        push: &mut PushApiConfig,
+    ) {
+        override_option(http_addr, &self.http_addr);
+        override_option(grpc_addr, &self.grpc_addr);
+        override_option(&mut push.api_key, &self.api_key);
+        override_list(&mut push.cors_allowed_origins, &self.cors_allowed_origins);
+    }
 }
 
 impl Cli {
@@ -91,69 +136,30 @@ impl Cli {
 
     /// Overwrites the values of `config` that were given as flags or env vars.
     pub fn apply_overrides(&self, config: &mut IngressConfig) {
-        if self.http_addr.is_some() {
-            config.http_addr = self.http_addr;
-        }
-        if self.grpc_addr.is_some() {
-            config.grpc_addr = self.grpc_addr;
-        }
-        if self.tls_cert.is_some() {
-            config.tls_cert.clone_from(&self.tls_cert);
-        }
-        if self.tls_key.is_some() {
-            config.tls_key.clone_from(&self.tls_key);
-        }
-        if self.grpc_client_ca.is_some() {
-            config.grpc_client_ca.clone_from(&self.grpc_client_ca);
-        }
-        if !self.nats_urls.is_empty() {
-            config.nats_urls.clone_from(&self.nats_urls);
-        }
-        if !self.etcd_endpoints.is_empty() {
-            config.etcd_endpoints.clone_from(&self.etcd_endpoints);
-        }
-        if self.api_key.is_some() {
-            config.push.api_key.clone_from(&self.api_key);
-        }
-        if !self.cors_allowed_origins.is_empty() {
-            config
-                .push
-                .cors_allowed_origins
-                .clone_from(&self.cors_allowed_origins);
-        }
-        if let Some(prefix) = &self.subject_prefix {
-            config.subject_prefix.clone_from(prefix);
-        }
-        if let Some(max) = self.max_payload {
-            config.push.max_payload = max;
-        }
-        if let Some(max) = self.max_batch {
-            config.push.max_batch = max;
-        }
-        if let Some(max) = self.max_grpc_message {
-            config.push.max_grpc_message = max;
-        }
-        if let Some(rate) = self.push_rate {
-            config.push.push_rate = rate;
-        }
-        if let Some(burst) = self.push_burst {
-            config.push.push_burst = burst;
-        }
-        if let Some(timeout) = self.publish_timeout {
-            config.publish_timeout = timeout;
-        }
-        if let Some(ack) = self.publish_ack {
-            config.publish_ack = ack;
-        }
-        if let Some(format) = self.log_format {
-            config.log_format = format;
-        }
+        let c = config;
+        self.push_api
+            .apply(&mut c.http_addr, &mut c.grpc_addr, &mut c.push);
+        override_option(&mut c.tls_cert, &self.tls.tls_cert);
+        override_option(&mut c.tls_key, &self.tls.tls_key);
+        override_option(&mut c.grpc_client_ca, &self.grpc_client_ca);
+        override_list(&mut c.nats_urls, &self.nats.nats_urls);
+        override_value(&mut c.subject_prefix, &self.nats.subject_prefix);
+        override_list(&mut c.etcd_endpoints, &self.etcd_endpoints);
+        override_value(&mut c.push.max_payload, &self.max_payload);
+        override_value(&mut c.push.max_batch, &self.max_batch);
+        override_value(&mut c.push.max_grpc_message, &self.max_grpc_message);
+        override_value(&mut c.push.push_rate, &self.push_rate);
+        override_value(&mut c.push.push_burst, &self.push_burst);
+        override_value(&mut c.publish_timeout, &self.publish_timeout);
+        override_value(&mut c.publish_ack, &self.publish_ack);
+        override_value(&mut c.log_format, &self.log.log_format);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpush_common::telemetry::LogFormat;
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("gpush-ingress").chain(args.iter().copied()))

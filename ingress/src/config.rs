@@ -25,8 +25,7 @@ pub const DEFAULT_MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 pub const DEFAULT_PUSH_RATE: u32 = 0;
 /// Default burst of the push rate limit, in messages: a full default batch.
 pub const DEFAULT_PUSH_BURST: u32 = DEFAULT_MAX_BATCH as u32;
-/// Default NATS server.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub use gpush_common::bus::DEFAULT_NATS_URL;
 
 /// Limits and access control of the push API (HTTP and gRPC). Shared by
 /// `gpush-ingress` and `gpush-edge --standalone`.

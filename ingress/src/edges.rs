@@ -17,24 +17,30 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use tokio_util::sync::CancellationToken;
 
+/// The edges the push API describes on `GET /v1/edges`, `/v1/connect` and
+/// `/v1/stats`. Ingress implements it with the etcd watch ([`EtcdEdges`]);
+/// a standalone edge, which embeds the push API, with its own record.
+pub trait EdgeDirectory: Send + Sync + 'static {
+    /// The live edges, least loaded first.
+    fn list(&self) -> EdgeList;
+    /// The edge a new client should use (None inside when there is none).
+    fn pick(&self) -> Pick;
+}
+
 /// Where the edge list comes from.
 #[derive(Clone)]
 pub enum Edges {
     /// No etcd configured: the edge endpoints answer 503.
     Disabled,
-    /// Watched from etcd.
-    Etcd(EtcdEdges),
-    /// The single edge of this process (standalone mode), described fresh
-    /// on each call.
-    Local(Arc<dyn Fn() -> EdgeRecord + Send + Sync>),
+    /// Read from a directory: etcd's, or a standalone edge's own record.
+    Directory(Arc<dyn EdgeDirectory>),
 }
 
 impl fmt::Debug for Edges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Edges::Disabled => f.write_str("Disabled"),
-            Edges::Etcd(edges) => f.debug_tuple("Etcd").field(edges).finish(),
-            Edges::Local(_) => f.write_str("Local"),
+            Edges::Directory(_) => f.write_str("Directory"),
         }
     }
 }
@@ -105,16 +111,17 @@ pub struct Pick {
 }
 
 impl Edges {
+    /// Reads `directory`.
+    pub fn from_directory(directory: impl EdgeDirectory) -> Self {
+        Edges::Directory(Arc::new(directory))
+    }
+
     /// The least loaded live edge for a new client, or None when edge
     /// listing is disabled. See [`EtcdEdges::pick`].
     pub fn pick(&self) -> Option<Pick> {
         match self {
             Edges::Disabled => None,
-            Edges::Etcd(edges) => Some(edges.pick()),
-            Edges::Local(describe) => Some(Pick {
-                edge: Some(describe()),
-                stale: false,
-            }),
+            Edges::Directory(directory) => Some(directory.pick()),
         }
     }
 
@@ -122,12 +129,18 @@ impl Edges {
     pub fn list(&self) -> Option<EdgeList> {
         match self {
             Edges::Disabled => None,
-            Edges::Etcd(edges) => Some(edges.list()),
-            Edges::Local(describe) => Some(EdgeList {
-                edges: vec![describe()],
-                stale: false,
-            }),
+            Edges::Directory(directory) => Some(directory.list()),
         }
+    }
+}
+
+impl EdgeDirectory for EtcdEdges {
+    fn list(&self) -> EdgeList {
+        EtcdEdges::list(self)
+    }
+
+    fn pick(&self) -> Pick {
+        EtcdEdges::pick(self)
     }
 }
 
@@ -418,7 +431,7 @@ mod tests {
         put(&mut edges.write(), &record("x", 2));
         put(&mut edges.write(), &record("y", 1));
         edges.shared.stale.store(false, Ordering::Relaxed);
-        let list = Edges::Etcd(edges).list().expect("enabled");
+        let list = Edges::from_directory(edges).list().expect("enabled");
         assert!(!list.stale);
         assert_eq!(list.edges[0].node_id, "y");
         assert!(Edges::Disabled.list().is_none());

@@ -65,31 +65,19 @@ pub enum ApiError {
     /// `data` is not valid base64.
     #[error("{field}: invalid base64: {reason}")]
     BadBase64 {
-        /// The field.
         field: Field,
         /// What the decoder said.
         reason: String,
     },
     /// The topic is not a valid name.
     #[error("{field}: {error}")]
-    InvalidTopic {
-        /// The field.
-        field: Field,
-        /// Why.
-        error: NameError,
-    },
+    InvalidTopic { field: Field, error: NameError },
     /// The uid is not a valid name.
     #[error("{field}: {error}")]
-    InvalidUid {
-        /// The field.
-        field: Field,
-        /// Why.
-        error: NameError,
-    },
+    InvalidUid { field: Field, error: NameError },
     /// The payload is over `max_payload`.
     #[error("{field}: payload is {len} bytes, the maximum is {max}")]
     PayloadTooLarge {
-        /// The field.
         field: Field,
         /// Decoded payload length.
         len: usize,
@@ -175,8 +163,10 @@ impl ApiError {
     /// Logs the error at a level that matches whose fault it is: only a
     /// failing bus is worth an operator's attention.
     fn log(&self) {
-        if matches!(self, ApiError::Bus(_)) {
-            tracing::warn!(code = self.code(), "push API: {self}");
+        if let ApiError::Bus(e) = self {
+            // The client sees the kind only; the operator gets the cause too.
+            let cause = std::error::Error::source(e).map(ToString::to_string);
+            tracing::warn!(code = self.code(), cause, "push API: {self}");
         } else {
             tracing::debug!(code = self.code(), "push API: {self}");
         }

@@ -727,15 +727,38 @@ mod tests {
         assert_eq!(allowed(&response).as_deref(), Some("*"));
     }
 
-    /// A standalone edge with three connections.
-    fn solo_edge() -> Edges {
-        Edges::Local(Arc::new(|| EdgeRecord {
+    /// A single edge with three connections, as a standalone edge
+    /// describes itself.
+    struct Solo;
+
+    impl crate::edges::EdgeDirectory for Solo {
+        fn list(&self) -> crate::edges::EdgeList {
+            crate::edges::EdgeList {
+                edges: vec![solo_record()],
+                stale: false,
+            }
+        }
+
+        fn pick(&self) -> crate::edges::Pick {
+            crate::edges::Pick {
+                edge: Some(solo_record()),
+                stale: false,
+            }
+        }
+    }
+
+    fn solo_record() -> EdgeRecord {
+        EdgeRecord {
             node_id: "solo".into(),
             url: "ws://127.0.0.1:9992/ws".into(),
             connections: 3,
             started_at: 1,
             updated_at: 2,
-        }))
+        }
+    }
+
+    fn solo_edge() -> Edges {
+        Edges::from_directory(Solo)
     }
 
     #[tokio::test]

@@ -5,35 +5,38 @@
 //! validates them and publishes them on the bus, in request order.
 //! Delivery is at-most-once.
 //!
+//! Other crates use [`cli`], [`config`], [`http::router`], [`run`] and
+//! [`serve`] (`gpush-edge --standalone` embeds the push API through
+//! [`serve`] and an [`EdgeDirectory`]); the rest is private.
+//!
 //! # Layout
 //! - [`config`]: the config file keys and their defaults; [`cli`]: flags
 //!   and `GPUSH_*` environment overrides on top of it.
-//! - [`api`]: the transport-independent push API: API key, validation,
+//! - `api`: the transport-independent push API: API key, validation,
 //!   publishing. Both transports go through it.
-//! - [`error`]: [`ApiError`], and how it becomes an HTTP status + JSON body
+//! - `error`: `ApiError`, and how it becomes an HTTP status + JSON body
 //!   or a gRPC status.
 //! - [`http`]: the axum routes (push, health, readiness, edge listing,
 //!   stats, metrics).
-//! - [`grpc`]: the tonic services, health and reflection.
-//! - [`edges`]: the live edge list, watched in etcd.
-//! - [`metrics`]: what the push API counts, for `GET /metrics`.
-//! - [`tls`]: HTTPS and gRPC over TLS (optionally mutual): a listener that
+//! - `grpc`: the tonic services, health and reflection.
+//! - `edges`: the live edge list, watched in etcd, behind [`EdgeDirectory`].
+//! - `metrics`: what the push API counts, for `GET /metrics`.
+//! - `tls`: HTTPS and gRPC over TLS (optionally mutual): a listener that
 //!   hands out connections once their handshake is done.
 
-pub mod api;
+mod api;
 pub mod cli;
 pub mod config;
-pub mod edges;
-pub mod error;
-pub mod grpc;
+mod edges;
+mod error;
+mod grpc;
 pub mod http;
-pub mod metrics;
-pub mod tls;
+mod metrics;
+mod tls;
 
 pub use api::PushApi;
 pub use config::{IngressConfig, PushApiConfig};
-pub use edges::{ClusterStats, EdgeList, EdgeStats, Edges, EtcdEdges, Pick};
-pub use error::ApiError;
+pub use edges::{ClusterStats, EdgeDirectory, EdgeList, EdgeStats, Edges, EtcdEdges, Pick};
 pub use tls::PushTls;
 
 use anyhow::Context;
@@ -92,15 +95,15 @@ pub async fn run(
     let edges = if config.etcd_endpoints.is_empty() {
         Edges::Disabled
     } else {
-        Edges::Etcd(EtcdEdges::start(config.etcd_endpoints.clone(), watcher))
+        Edges::from_directory(EtcdEdges::start(config.etcd_endpoints.clone(), watcher))
     };
     serve(listeners, tls, bus, config.push, edges, shutdown).await
 }
 
 /// Serves the push API (HTTP + gRPC) on `listeners` publishing to `bus`,
 /// until `shutdown`, over TLS where `tls` says so. Used by [`run`] and by
-/// `gpush-edge --standalone` (which passes `Bus::Local` and
-/// [`Edges::Local`], and the edge's certificate when it has one).
+/// `gpush-edge --standalone` (which passes `Bus::Queued`, its own
+/// [`EdgeDirectory`], and the edge's certificate when it has one).
 ///
 /// Logs a warning when no API key is configured. Returns when both servers
 /// have stopped, or with the first one's error.

@@ -8,6 +8,7 @@
 //! Each check is a function returning the problems it found; the `caught_*`
 //! tests feed it a broken copy of the real file to show that it can fail.
 
+use clap::CommandFactory as _;
 use gpush_edge::config::{DEFAULT_SHUTDOWN_GRACE, DEFAULT_WS_PORT};
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,8 +78,8 @@ impl Workspace {
         let edge_toml = read("edge/Cargo.toml");
         let ingress_toml = read("ingress/Cargo.toml");
         let ws = Workspace {
-            edge_env: cli_env_names(&read("edge/src/cli.rs")),
-            ingress_env: cli_env_names(&read("ingress/src/cli.rs")),
+            edge_env: cli_env_names(&gpush_edge::cli::Cli::command()),
+            ingress_env: cli_env_names(&gpush_ingress::cli::Cli::command()),
             edge_routes: route_paths(&read("edge/src/server.rs")),
             ingress_routes: route_paths(&read("ingress/src/http.rs")),
             edge_bins: bin_names(&edge_toml),
@@ -86,7 +87,7 @@ impl Workspace {
             edge_package: package_name(&edge_toml),
             ingress_package: package_name(&ingress_toml),
         };
-        // Guard the text scraping itself: an empty result would make every
+        // Guard the sources read: an empty result would make every
         // check below vacuous.
         assert!(ws.edge_env.contains("GPUSH_WS_ADDR"), "{:?}", ws.edge_env);
         assert!(ws.ingress_env.contains("GPUSH_HTTP_ADDR"));
@@ -131,12 +132,13 @@ impl Workspace {
     }
 }
 
-/// Every `env = "GPUSH_..."` in a clap `Cli` source file.
-fn cli_env_names(src: &str) -> BTreeSet<String> {
-    src.split("env = \"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
-        .filter(|name| name.starts_with("GPUSH_"))
+/// The env var of every flag of a binary, from clap's own metadata (the
+/// same `Command` that parses the binary's arguments).
+fn cli_env_names(command: &clap::Command) -> BTreeSet<String> {
+    command
+        .get_arguments()
+        .filter_map(clap::Arg::get_env)
+        .filter_map(|name| name.to_str())
         .map(str::to_owned)
         .collect()
 }
