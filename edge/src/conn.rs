@@ -14,10 +14,10 @@
 //! silent.
 
 use crate::bus::Key;
+use crate::close::Close;
 use crate::edge::Shared;
 use crate::hub::Conn;
-use crate::metrics::Disconnect;
-use crate::outbox::{CloseRequest, Pushed};
+use crate::outbox::Pushed;
 use crate::protocol::{self, BadRequest, Code, Command, Reply, Request, WireFormat};
 use crate::ws::{self, Incoming, ReadError};
 use bytes::{Buf, Bytes};
@@ -70,15 +70,12 @@ pub fn spawn<S: Socket>(stream: S, early: Bytes, conn: Arc<Conn>, shared: Arc<Sh
 pub async fn serve<S: Socket>(stream: S, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
     tracing::debug!("connection opened");
     let mut session = Session::new(stream, conn, shared);
-    let (close, reason) = match session.run(early).await {
-        End::Gone => (None, Disconnect::ClientGone),
-        End::PeerClosed(answer) => (Some(answer), Disconnect::ClientClose),
-        End::Close(close) => (Some(close), Disconnect::of_close_code(close.code)),
-    };
+    let close = session.run(early).await;
+    let reason = close.disconnect();
     session.shared.metrics.disconnect(reason);
     tracing::debug!(
         reason = reason.as_str(),
-        code = close.map(|c| c.code),
+        code = close.sends_frame().then(|| close.code()),
         "connection closed"
     );
     // Boxed for the same reason: closing happens once.
@@ -114,16 +111,6 @@ impl Socket for TcpStream {
     }
 }
 
-/// How [`Session::run`] ended.
-enum End {
-    /// The peer went away without a close frame: nothing to send.
-    Gone,
-    /// The peer sent a close frame; this is the answer.
-    PeerClosed(CloseRequest),
-    /// The edge closes the connection with this.
-    Close(CloseRequest),
-}
-
 /// Per-connection state. Kept small: it lives as long as the connection.
 struct Session<S> {
     stream: S,
@@ -136,19 +123,12 @@ struct Session<S> {
     uid: Option<Box<str>>,
     private: Topics,
     /// Set once the server decided to close the connection.
-    closing: Option<CloseRequest>,
+    closing: Option<Close>,
     /// Request rate limit, refilled from the hub's clock on each request.
     bucket: TokenBucket,
     /// Requests refused by the rate limit since the bucket was last full.
     refused: u32,
 }
-
-/// The close for a connection refused `request_burst` times by the rate
-/// limit without pausing long enough for its bucket to refill.
-pub const RATE_LIMIT_CLOSE: CloseRequest = CloseRequest {
-    code: ws::CLOSE_TOO_MANY_REQUESTS,
-    reason: "too many requests",
-};
 
 /// A connection's subscriptions. There are few (at most
 /// `max_subscriptions`), so a vector costs less memory than a hash set and
@@ -210,7 +190,7 @@ impl<S: Socket> Session<S> {
     /// its rate. Refusals are forgiven once the bucket is full again (the
     /// client paused for `request_burst / request_rate`); a connection
     /// refused `request_burst` times before that keeps sending over its
-    /// rate and is marked for closing with [`RATE_LIMIT_CLOSE`]. (Counting
+    /// rate and is marked for closing with [`Close::RateLimited`]. (Counting
     /// refusals in a row instead would never close a flood, since every
     /// refilled token breaks the row.)
     fn admit_request(&mut self) -> bool {
@@ -224,17 +204,17 @@ impl<S: Socket> Session<S> {
         }
         self.refused = self.refused.saturating_add(1);
         if self.refused >= rate.burst {
-            self.closing = Some(RATE_LIMIT_CLOSE);
+            self.closing = Some(Close::RateLimited);
         }
         false
     }
 
     /// Runs until the connection must close; says who ended it and with
     /// which close frame.
-    async fn run(&mut self, early: Bytes) -> End {
+    async fn run(&mut self, early: Bytes) -> Close {
         self.queue(Reply::new(Code::Connected).frame(self.conn.format));
         if self.shared.shutdown.is_cancelled() {
-            return End::Close(crate::edge::SHUTDOWN_CLOSE);
+            return Close::Shutdown;
         }
         if !early.is_empty() {
             let mut incoming = Vec::new();
@@ -242,7 +222,7 @@ impl<S: Socket> Session<S> {
                 .reader
                 .feed(&early, self.shared.config.max_message, &mut incoming)
             {
-                return End::Close(protocol_close(&e));
+                return Close::from(&e);
             }
             if let Err(end) = self.handle(incoming).await {
                 return self.peer_closed(end);
@@ -254,7 +234,7 @@ impl<S: Socket> Session<S> {
         let mut flush_armed = false;
         loop {
             if let Some(request) = self.closing {
-                return End::Close(request);
+                return request;
             }
             // Frames not yet written: the socket is full; new frames wait in
             // the outbox (bounded) until it drains.
@@ -262,18 +242,18 @@ impl<S: Socket> Session<S> {
             tokio::select! {
                 ready = self.stream.readable() => {
                     if ready.is_err() {
-                        return End::Gone;
+                        return Close::ClientGone;
                     }
                     match self.read().await {
                         Ok(()) => {}
                         Err(Ok(end)) => return self.peer_closed(end),
-                        Err(Err(request)) => return End::Close(request),
+                        Err(Err(request)) => return request,
                     }
                 }
                 ready = self.stream.writable(), if blocked => {
                     // Behind: once drained, take what queued meanwhile at once.
                     if ready.is_err() || self.write_pending().is_err() || self.flush().is_err() {
-                        return End::Gone;
+                        return Close::ClientGone;
                     }
                 }
                 () = self.conn.outbox.ready(), if !flush_armed => {
@@ -284,7 +264,7 @@ impl<S: Socket> Session<S> {
                         // Picked up when the socket drains.
                     } else if write_interval.is_zero() {
                         if self.flush().is_err() {
-                            return End::Gone;
+                            return Close::ClientGone;
                         }
                     } else {
                         // Written at the edge's next flush tick, with
@@ -295,7 +275,7 @@ impl<S: Socket> Session<S> {
                 () = self.shared.flush_tick.notified(), if flush_armed => {
                     flush_armed = false;
                     if !blocked && self.flush().is_err() {
-                        return End::Gone;
+                        return Close::ClientGone;
                     }
                 }
             }
@@ -315,23 +295,16 @@ impl<S: Socket> Session<S> {
     }
 
     /// The peer sent a close frame (answered) or went away (nothing to say).
-    fn peer_closed(&self, end: ReadEnd) -> End {
+    fn peer_closed(&self, end: ReadEnd) -> Close {
         match end {
-            ReadEnd::Eof => End::Gone,
-            // Echo the client's code, as RFC 6455 suggests, when it may be
-            // sent on the wire.
-            ReadEnd::Close(code) => End::PeerClosed(CloseRequest {
-                code: code
-                    .filter(|c| (1000..5000).contains(c) && ![1005, 1006, 1015].contains(c))
-                    .unwrap_or(1000),
-                reason: "",
-            }),
+            ReadEnd::Eof => Close::ClientGone,
+            ReadEnd::Close(code) => Close::answering(code),
         }
     }
 
     /// Reads what is available and handles it. `Err(Ok(_))`: the peer ended
     /// the connection; `Err(Err(_))`: we must close it.
-    async fn read(&mut self) -> Result<(), Result<ReadEnd, CloseRequest>> {
+    async fn read(&mut self) -> Result<(), Result<ReadEnd, Close>> {
         let mut incoming = Vec::new();
         match read_available(
             &self.stream,
@@ -348,7 +321,7 @@ impl<S: Socket> Session<S> {
             Err(ReadFailure::Io) => return Err(Ok(ReadEnd::Eof)),
             Err(ReadFailure::Protocol(e)) => {
                 tracing::debug!(error = %e, "closing on protocol error");
-                return Err(Err(protocol_close(&e)));
+                return Err(Err(Close::from(&e)));
             }
         }
         self.handle(incoming).await.map_err(Ok)
@@ -677,14 +650,17 @@ impl<S: Socket> Session<S> {
 
     /// Sends the close frame (after what is queued), waits briefly for the
     /// client's, and leaves every index.
-    async fn finish(mut self, close: Option<CloseRequest>) {
+    async fn finish(mut self, close: Close) {
         self.leave().await;
-        let Some(close) = close else { return };
+        if !close.sends_frame() {
+            return;
+        }
         let deadline = Instant::now() + CLOSE_TIMEOUT;
-        if close.code != ws::CLOSE_SLOW_CONSUMER {
+        if close != Close::SlowConsumer {
             self.conn.outbox.take(&mut self.pending);
         }
-        self.pending.push_back(ws::close(close.code, close.reason));
+        self.pending
+            .push_back(ws::close(close.code(), close.reason()));
         if self.write_all(deadline).await.is_err() {
             return;
         }
@@ -722,17 +698,6 @@ fn rate_limited(id: Option<&Value>, format: WireFormat) -> Bytes {
         .id(id)
         .detail("too many requests: slow down")
         .frame(format)
-}
-
-fn protocol_close(error: &ReadError) -> CloseRequest {
-    CloseRequest {
-        code: error.close_code(),
-        reason: match error {
-            ReadError::Protocol(what) => what,
-            ReadError::TooBig { .. } => "message too big",
-            ReadError::InvalidUtf8 => "invalid UTF-8",
-        },
-    }
 }
 
 enum ReadOutcome {

@@ -5,17 +5,11 @@ use crate::bus::Interest;
 use crate::config::EdgeConfig;
 use crate::hub::Hub;
 use crate::metrics::EdgeMetrics;
-use crate::outbox::{CloseRequest, QueueLimits};
+use crate::outbox::QueueLimits;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// The close sent to every client on shutdown: reconnect elsewhere.
-pub const SHUTDOWN_CLOSE: CloseRequest = CloseRequest {
-    code: crate::ws::CLOSE_GOING_AWAY,
-    reason: "server shutting down, reconnect to another edge",
-};
 
 /// What connection tasks and handlers share.
 #[derive(Debug)]

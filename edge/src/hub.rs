@@ -9,8 +9,9 @@
 //! the same bytes. Each index shard counts its entries under its own lock,
 //! so the gauges of `GET /metrics` add no work to these paths.
 
+use crate::close::Close;
 use crate::metrics::{LatencyProbe, WriteStats};
-use crate::outbox::{CloseRequest, Outbox, Pushed, QueueLimits};
+use crate::outbox::{Outbox, Pushed, QueueLimits};
 use crate::protocol::{PushFrames, WireFormat};
 use gpush_common::metrics::{PUSH_KINDS, push_kind};
 use gpush_common::subject::{USER_BUCKETS, user_bucket};
@@ -36,12 +37,6 @@ pub struct Conn {
     /// When the server last pinged it, in [`Hub::now_ms`] time.
     last_ping: AtomicU64,
 }
-
-/// The close for a connection silent for longer than `idle_timeout`.
-pub const IDLE_CLOSE: CloseRequest = CloseRequest {
-    code: crate::ws::CLOSE_IDLE_TIMEOUT,
-    reason: "idle timeout",
-};
 
 /// Room for one connection being upgraded, from [`Hub::admit`]; released
 /// when dropped.
@@ -393,7 +388,7 @@ impl Hub {
         for shard in &self.conns {
             for conn in lock(shard).values() {
                 if now.saturating_sub(conn.last_heard.load(Ordering::Relaxed)) >= idle_ms {
-                    conn.outbox.close(IDLE_CLOSE);
+                    conn.outbox.close(Close::Idle);
                     swept.idle += 1;
                 } else if now.saturating_sub(conn.last_ping.load(Ordering::Relaxed)) >= ping_ms {
                     conn.last_ping.store(now, Ordering::Relaxed);
@@ -409,7 +404,7 @@ impl Hub {
     }
 
     /// Asks every connection to close.
-    pub fn close_all(&self, request: CloseRequest) {
+    pub fn close_all(&self, request: Close) {
         for shard in &self.conns {
             for conn in lock(shard).values() {
                 conn.outbox.close(request);
@@ -549,7 +544,7 @@ mod tests {
         assert_eq!(hub.stats.slow_consumers.load(Ordering::Relaxed), 1);
         let mut frames = VecDeque::new();
         let close = slow.outbox.take(&mut frames).expect("slow is closing");
-        assert_eq!(close.code, crate::ws::CLOSE_SLOW_CONSUMER);
+        assert_eq!(close, Close::SlowConsumer);
         assert_eq!(fast.outbox.take(&mut frames), None);
     }
 
@@ -574,7 +569,7 @@ mod tests {
             }
         }
         let mut frames = VecDeque::new();
-        assert_eq!(quiet.outbox.take(&mut frames), Some(IDLE_CLOSE));
+        assert_eq!(quiet.outbox.take(&mut frames), Some(Close::Idle));
         assert_eq!(frames.len(), 2, "two pings before the close");
         assert_eq!(chatty.outbox.take(&mut frames), None);
     }

@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod close;
 pub mod config;
 pub mod conn;
 pub mod edge;
@@ -41,7 +42,8 @@ pub use config::EdgeConfig;
 
 use crate::auth::Authenticator;
 use crate::bus::Interest;
-use crate::edge::{SHUTDOWN_CLOSE, Shared};
+use crate::close::Close;
+use crate::edge::Shared;
 use crate::hub::Hub;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
@@ -265,7 +267,7 @@ async fn run_node(
     }
     stop_accepting.cancel();
     let _ = accept.await;
-    hub.close_all(SHUTDOWN_CLOSE);
+    hub.close_all(Close::Shutdown);
     shared.tracker.close();
     if tokio::time::timeout(grace, shared.tracker.wait())
         .await

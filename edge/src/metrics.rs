@@ -14,6 +14,7 @@
 //! - rare events (handshakes, disconnects, etcd registration) are plain
 //!   counters in [`EdgeMetrics`].
 
+use crate::close::Disconnect;
 use crate::hub::Hub;
 use bytes::Bytes;
 use gpush_common::metrics::{Labels, PUSH_KINDS, encode_counter, encode_gauge};
@@ -247,64 +248,6 @@ impl Handshake {
             Handshake::Failed => "failed",
             Handshake::Full => "full",
             Handshake::Forbidden => "forbidden_origin",
-        }
-    }
-}
-
-/// Why a connection ended: the `reason` label of
-/// `gpush_edge_disconnects_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disconnect {
-    /// The client sent a close frame.
-    ClientClose,
-    /// The TCP connection ended or failed without a close frame.
-    ClientGone,
-    /// Closed with 4001: the outgoing queue overflowed.
-    SlowConsumer,
-    /// Closed with 4000: nothing heard for `idle_timeout`.
-    Idle,
-    /// Closed with 1002, 1007 or 1009: the client broke the WebSocket
-    /// protocol.
-    ProtocolError,
-    /// Closed with 1001: the edge is shutting down.
-    Shutdown,
-    /// Closed with 4002: the client kept sending over its request rate.
-    RateLimited,
-}
-
-impl Disconnect {
-    /// Every reason, in label order.
-    pub const ALL: [Disconnect; 7] = [
-        Disconnect::ClientClose,
-        Disconnect::ClientGone,
-        Disconnect::SlowConsumer,
-        Disconnect::Idle,
-        Disconnect::ProtocolError,
-        Disconnect::Shutdown,
-        Disconnect::RateLimited,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Disconnect::ClientClose => "client_close",
-            Disconnect::ClientGone => "client_gone",
-            Disconnect::SlowConsumer => "slow_consumer",
-            Disconnect::Idle => "idle",
-            Disconnect::ProtocolError => "protocol_error",
-            Disconnect::Shutdown => "shutdown",
-            Disconnect::RateLimited => "rate_limited",
-        }
-    }
-
-    /// The reason of a close the edge decided on, by its code.
-    pub fn of_close_code(code: u16) -> Self {
-        match code {
-            crate::ws::CLOSE_SLOW_CONSUMER => Disconnect::SlowConsumer,
-            crate::ws::CLOSE_IDLE_TIMEOUT => Disconnect::Idle,
-            crate::ws::CLOSE_GOING_AWAY => Disconnect::Shutdown,
-            crate::ws::CLOSE_TOO_MANY_REQUESTS => Disconnect::RateLimited,
-            _ => Disconnect::ProtocolError,
         }
     }
 }
@@ -572,23 +515,5 @@ mod tests {
         tokio::time::advance(PROBE_TIMEOUT).await;
         probe.arm(&next, 1);
         assert_eq!(probe.armed(), next.as_ptr() as usize);
-    }
-
-    #[test]
-    fn close_codes_name_their_reason() {
-        use crate::ws;
-        assert_eq!(
-            Disconnect::of_close_code(ws::CLOSE_SLOW_CONSUMER),
-            Disconnect::SlowConsumer
-        );
-        assert_eq!(
-            Disconnect::of_close_code(ws::CLOSE_IDLE_TIMEOUT),
-            Disconnect::Idle
-        );
-        assert_eq!(
-            Disconnect::of_close_code(ws::CLOSE_GOING_AWAY),
-            Disconnect::Shutdown
-        );
-        assert_eq!(Disconnect::of_close_code(1009), Disconnect::ProtocolError);
     }
 }

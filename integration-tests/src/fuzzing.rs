@@ -23,6 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use gpush_common::push::validate_optional_name;
 use gpush_common::{Bus, LocalDelivery, Push, Subjects, envelope};
+use gpush_edge::close::{self, Close};
 use gpush_edge::protocol::{self, Command, Request as ClientRequest};
 use gpush_edge::ws::{self, FrameReader, Incoming, ReadError};
 use gpush_ingress::{Edges, PushApiConfig};
@@ -156,12 +157,8 @@ pub fn ws_frames(data: &[u8]) {
     if let Err(error) = &whole.end {
         // Every error maps to a close code the connection sends.
         assert!(
-            [
-                ws::CLOSE_PROTOCOL_ERROR,
-                ws::CLOSE_INVALID_DATA,
-                ws::CLOSE_TOO_BIG
-            ]
-            .contains(&error.close_code()),
+            [close::PROTOCOL_ERROR, close::INVALID_DATA, close::TOO_BIG]
+                .contains(&Close::from(error).code()),
             "{error}"
         );
     }
