@@ -13,12 +13,12 @@
 //! ([`Hub::sweep`](crate::hub::Hub::sweep)) pings it and closes it when
 //! silent.
 
-use crate::bus::Key;
 use crate::close::Close;
-use crate::edge::Shared;
-use crate::hub::Conn;
+use crate::hub::ConnHandle;
+use crate::interest::Key;
 use crate::outbox::Pushed;
 use crate::protocol::{self, BadRequest, Code, Command, Reply, Request, WireFormat};
+use crate::state::EdgeState;
 use crate::ws::{self, Incoming, ReadError};
 use bytes::{Buf, Bytes};
 use gpush_common::push::validate_name;
@@ -55,7 +55,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// class, measured at +0.25 KiB RSS per idle connection (1.7 -> 2.0 KiB in
 /// `gpush-bench idle`), and an enabled span also holds a slot in the
 /// subscriber's registry for as long as the connection lives.
-pub fn spawn<S: Socket>(stream: S, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
+pub fn spawn<S: Socket>(stream: S, early: Bytes, conn: Arc<ConnHandle>, shared: Arc<EdgeState>) {
     let span = tracing::debug_span!("conn", conn = conn.id, node = %shared.node_id);
     let tracker = shared.tracker.clone();
     let task = serve(stream, early, conn, shared);
@@ -67,7 +67,12 @@ pub fn spawn<S: Socket>(stream: S, early: Bytes, conn: Arc<Conn>, shared: Arc<Sh
 }
 
 /// Serves one upgraded connection until it closes; see [`spawn`].
-pub async fn serve<S: Socket>(stream: S, early: Bytes, conn: Arc<Conn>, shared: Arc<Shared>) {
+pub async fn serve<S: Socket>(
+    stream: S,
+    early: Bytes,
+    conn: Arc<ConnHandle>,
+    shared: Arc<EdgeState>,
+) {
     tracing::debug!("connection opened");
     let mut session = Session::new(stream, conn, shared);
     let close = session.run(early).await;
@@ -114,8 +119,8 @@ impl Socket for TcpStream {
 /// Per-connection state. Kept small: it lives as long as the connection.
 struct Session<S> {
     stream: S,
-    conn: Arc<Conn>,
-    shared: Arc<Shared>,
+    conn: Arc<ConnHandle>,
+    shared: Arc<EdgeState>,
     reader: ws::FrameReader,
     /// Frames taken from the outbox, not yet fully written.
     pending: VecDeque<Bytes>,
@@ -169,7 +174,7 @@ enum ReadEnd {
 }
 
 impl<S: Socket> Session<S> {
-    fn new(stream: S, conn: Arc<Conn>, shared: Arc<Shared>) -> Self {
+    fn new(stream: S, conn: Arc<ConnHandle>, shared: Arc<EdgeState>) -> Self {
         let bucket = TokenBucket::full(shared.config.request_limit(), shared.hub.now_ms());
         Self {
             stream,
@@ -769,13 +774,13 @@ mod tests {
             bytes: 1 << 20,
         };
         let hub = Arc::new(crate::hub::Hub::new(4, limits));
-        let shared = Arc::new(crate::edge::Shared {
+        let shared = Arc::new(crate::state::EdgeState {
             node_id: "test".into(),
             auth: crate::auth::Authenticator::new(&config.auth, 64).expect("auth"),
             config,
             limits,
             hub: hub.clone(),
-            interest: crate::bus::Interest::local(),
+            interest: crate::interest::Interest::local(),
             nats: None,
             shutdown: Default::default(),
             tracker: Default::default(),

@@ -23,31 +23,31 @@
 //! connection by [`hub`], and written by [`conn`].
 
 pub mod auth;
-pub mod bus;
 pub mod cli;
 pub mod close;
 pub mod config;
 pub mod conn;
-pub mod edge;
 pub mod hub;
+pub mod interest;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registration;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod ws;
 
 pub use config::EdgeConfig;
 
 use crate::auth::Authenticator;
-use crate::bus::Interest;
 use crate::close::Close;
-use crate::edge::Shared;
 use crate::hub::Hub;
+use crate::interest::Interest;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
 use crate::registration::Registration;
+use crate::state::EdgeState;
 use gpush_common::bus::{DEFAULT_LOCAL_QUEUE, LocalQueue};
 use gpush_common::push::now_us;
 use gpush_common::{Bus, Subjects};
@@ -99,7 +99,7 @@ fn default_public_url(addr: SocketAddr, tls: bool) -> String {
 /// The edge's two clocks: the flush tick every `write_interval` (if not
 /// zero) and the keepalive sweep, often enough to keep `ping_interval` and
 /// `idle_timeout` within a fifth of their length (10 ms to 1 s).
-async fn timers(shared: Arc<Shared>, stop: CancellationToken) {
+async fn timers(shared: Arc<EdgeState>, stop: CancellationToken) {
     let config = &shared.config;
     let sweep_every = (config.ping_interval.min(config.idle_timeout) / 5)
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -171,7 +171,7 @@ async fn run_node(
                 .await?;
         let subjects = Subjects::new(&config.subject_prefix)?;
         let (interest, _) =
-            bus::start(client.clone(), subjects, hub.clone(), background.clone()).await;
+            interest::start(client.clone(), subjects, hub.clone(), background.clone()).await;
         (interest, Some(client))
     };
 
@@ -225,7 +225,7 @@ async fn run_node(
     };
 
     let grace = config.shutdown_grace;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(EdgeState {
         node_id: node_id.clone(),
         config,
         limits,

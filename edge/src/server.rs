@@ -11,9 +11,9 @@
 //! task through [`tls`](crate::tls).
 
 use crate::conn;
-use crate::edge::Shared;
 use crate::metrics::Handshake;
 use crate::protocol::WireFormat;
+use crate::state::EdgeState;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -52,7 +52,7 @@ pub const CLIENT_JS_CACHE: &str = "public, max-age=300";
 pub const DEMO_PAGE_CACHE: &str = "no-cache";
 
 /// The edge's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<EdgeState>) -> Router {
     let push_port = shared
         .config
         .standalone
@@ -99,7 +99,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 pub async fn accept(
     listener: TcpListener,
     router: Router,
-    shared: Arc<Shared>,
+    shared: Arc<EdgeState>,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
@@ -182,7 +182,7 @@ fn asset(body: Bytes, content_type: &'static str, cache: &'static str) -> Respon
 }
 
 /// `GET /metrics`: the edge's metrics in the Prometheus text format.
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<EdgeState>>) -> Response {
     match shared.metrics.render() {
         Ok(text) => (
             [(header::CONTENT_TYPE, gpush_common::metrics::CONTENT_TYPE)],
@@ -193,7 +193,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+async fn ready(State(shared): State<Arc<EdgeState>>) -> Response {
     if shared.is_ready() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
@@ -245,7 +245,7 @@ fn choose_protocol(headers: &HeaderMap) -> Option<(&'static str, WireFormat)> {
 
 /// Validates a WebSocket upgrade, answers 101, and hands the socket to a
 /// connection task.
-async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+async fn upgrade(State(shared): State<Arc<EdgeState>>, mut request: Request) -> Response {
     let headers = request.headers();
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")

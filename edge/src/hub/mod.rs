@@ -1,4 +1,4 @@
-//! The sharded registry of connections and the fan-out of pushes.
+//! The sharded index of connections and the fan-out of pushes.
 //!
 //! Four indexes, each a vector of independently locked shards chosen by
 //! hash: every connection (for everyone pushes and shutdown), public topic
@@ -10,22 +10,28 @@
 //! so the gauges of `GET /metrics` add no work to these paths.
 
 use crate::close::Close;
-use crate::metrics::{LatencyProbe, WriteStats};
 use crate::outbox::{Outbox, Pushed, QueueLimits};
 use crate::protocol::{PushFrames, WireFormat};
-use gpush_common::metrics::{PUSH_KINDS, push_kind};
+use gpush_common::metrics::push_kind;
 use gpush_common::subject::{USER_BUCKETS, user_bucket};
 use gpush_common::{LocalDelivery, Push, Route};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The part of a connection that fan-out and the keepalive sweep need.
+mod index;
+pub mod stats;
+
+use index::Index;
+pub use stats::Stats;
+
+/// The shared handle of one connection: the part that fan-out and the
+/// keepalive sweep reach through the hub's indexes, while the connection
+/// task (see [`crate::conn`]) owns the socket and the rest.
 #[derive(Debug)]
-pub struct Conn {
+pub struct ConnHandle {
     /// Unique id within this edge.
     pub id: u64,
     /// How pushes are framed for it.
@@ -48,7 +54,7 @@ pub struct Admission {
 impl Admission {
     /// Registers the connection, then releases the reservation (in that
     /// order, so the connection is never uncounted).
-    pub fn connect(self, format: WireFormat) -> Arc<Conn> {
+    pub fn connect(self, format: WireFormat) -> Arc<ConnHandle> {
         self.hub.connect(format)
     }
 }
@@ -68,39 +74,6 @@ pub struct Swept {
     pub idle: usize,
 }
 
-/// Counters of what the hub and its connections did, read by
-/// `GET /metrics` (see [`crate::metrics`]).
-#[derive(Debug)]
-pub struct Stats {
-    /// Pushes handed to [`Hub::deliver`], by [`push_kind`].
-    pushes: [AtomicU64; PUSH_KINDS.len()],
-    /// Push frames queued to connections.
-    pub frames: AtomicU64,
-    /// Connections closed because their queue overflowed.
-    pub slow_consumers: AtomicU64,
-    /// What connections wrote, counted per flush in one stripe per shard.
-    pub writes: WriteStats,
-    /// Push-to-write latency, sampled.
-    pub latency: LatencyProbe,
-}
-
-impl Stats {
-    fn new(stripes: usize) -> Self {
-        Self {
-            pushes: Default::default(),
-            frames: AtomicU64::new(0),
-            slow_consumers: AtomicU64::new(0),
-            writes: WriteStats::new(stripes),
-            latency: LatencyProbe::default(),
-        }
-    }
-
-    /// Pushes received so far, by route kind, in [`PUSH_KINDS`] order.
-    pub fn pushes_received(&self) -> [u64; PUSH_KINDS.len()] {
-        std::array::from_fn(|kind| self.pushes[kind].load(Ordering::Relaxed))
-    }
-}
-
 /// How many entries the hub's indexes hold.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -114,101 +87,11 @@ pub struct Counts {
     pub private_subscriptions: usize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-type Subscribers = Vec<Arc<Conn>>;
 /// One lock's worth of a map.
 type Shard<K, V> = Mutex<HashMap<K, V>>;
 
-/// One shard of an [`Index`].
-#[derive(Debug, Default)]
-struct IndexShard {
-    map: HashMap<Box<str>, Subscribers>,
-    /// Connections in `map`, all keys together: kept here, under the lock
-    /// that is taken anyway, so counting costs nothing extra.
-    entries: usize,
-}
-
-/// A sharded map from a name to the connections that want it.
-#[derive(Debug)]
-struct Index {
-    shards: Box<[Mutex<IndexShard>]>,
-    hasher: RandomState,
-}
-
-impl Index {
-    fn new(shards: usize) -> Self {
-        Self {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-        }
-    }
-
-    fn shard(&self, key: &str) -> &Mutex<IndexShard> {
-        let hash = self.hasher.hash_one(key) as usize;
-        &self.shards[hash % self.shards.len()]
-    }
-
-    /// Adds `conn` under `key`; true when `key` had no subscriber before.
-    fn add(&self, key: &str, conn: &Arc<Conn>) -> bool {
-        let mut guard = lock(self.shard(key));
-        let shard = &mut *guard;
-        match shard.map.get_mut(key) {
-            Some(subscribers) => {
-                if !subscribers.iter().any(|c| c.id == conn.id) {
-                    subscribers.push(conn.clone());
-                    shard.entries += 1;
-                }
-                false
-            }
-            None => {
-                shard.map.insert(key.into(), vec![conn.clone()]);
-                shard.entries += 1;
-                true
-            }
-        }
-    }
-
-    /// Removes connection `id` from `key`; true when that left `key`
-    /// without subscribers.
-    fn remove(&self, key: &str, id: u64) -> bool {
-        let mut guard = lock(self.shard(key));
-        let shard = &mut *guard;
-        let Some(subscribers) = shard.map.get_mut(key) else {
-            return false;
-        };
-        if let Some(at) = subscribers.iter().position(|c| c.id == id) {
-            subscribers.swap_remove(at);
-            shard.entries -= 1;
-        }
-        if subscribers.is_empty() {
-            shard.map.remove(key);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn contains(&self, key: &str) -> bool {
-        lock(self.shard(key)).map.contains_key(key)
-    }
-
-    fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<Conn>)) {
-        if let Some(subscribers) = lock(self.shard(key)).map.get(key) {
-            subscribers.iter().for_each(&mut f);
-        }
-    }
-
-    /// (distinct keys, connections under all keys), each shard locked in
-    /// turn.
-    fn counts(&self) -> (usize, usize) {
-        self.shards.iter().fold((0, 0), |(keys, entries), shard| {
-            let shard = lock(shard);
-            (keys + shard.map.len(), entries + shard.entries)
-        })
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Key of the private index: names cannot contain control characters, so
@@ -220,7 +103,7 @@ fn private_key(uid: &str, topic: &str) -> String {
 /// Every connection of this edge, indexed for fan-out.
 #[derive(Debug)]
 pub struct Hub {
-    conns: Box<[Shard<u64, Arc<Conn>>]>,
+    conns: Box<[Shard<u64, Arc<ConnHandle>>]>,
     topics: Index,
     users: Index,
     private: Index,
@@ -274,10 +157,10 @@ impl Hub {
     }
 
     /// Registers a new connection speaking `format`.
-    pub fn connect(&self, format: WireFormat) -> Arc<Conn> {
+    pub fn connect(&self, format: WireFormat) -> Arc<ConnHandle> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        let conn = Arc::new(Conn {
+        let conn = Arc::new(ConnHandle {
             id,
             format,
             outbox: Outbox::default(),
@@ -321,7 +204,7 @@ impl Hub {
 
     /// Subscribes `conn` to public `topic`; true if it is the topic's first
     /// local subscriber.
-    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
+    pub fn subscribe(&self, topic: &str, conn: &Arc<ConnHandle>) -> bool {
         self.topics.add(topic, conn)
     }
 
@@ -333,7 +216,7 @@ impl Hub {
 
     /// Records `conn` as logged in as `uid`; true if it is the user's first
     /// local connection.
-    pub fn login(&self, uid: &str, conn: &Arc<Conn>) -> bool {
+    pub fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
         let first = self.users.add(uid, conn);
         if first {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
@@ -356,7 +239,7 @@ impl Hub {
     }
 
     /// Subscribes `conn`, logged in as `uid`, to private `topic`.
-    pub fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<Conn>) {
+    pub fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<ConnHandle>) {
         self.private.add(&private_key(uid, topic), conn);
     }
 
@@ -371,7 +254,7 @@ impl Hub {
     }
 
     /// Milliseconds since the hub was created: the clock of
-    /// [`Conn::last_heard`]. An atomic integer is all a connection needs to
+    /// [`ConnHandle::last_heard`]. An atomic integer is all a connection needs to
     /// carry for keepalive; one sweep per edge does the timing.
     pub fn now_ms(&self) -> u64 {
         Instant::now().duration_since(self.epoch).as_millis() as u64
@@ -420,7 +303,7 @@ impl Hub {
         let mut queued = 0u64;
         let mut slow = 0u64;
         let mut first = true;
-        let mut send = |conn: &Arc<Conn>| {
+        let mut send = |conn: &Arc<ConnHandle>| {
             let frame = frames.get(conn.format);
             if first {
                 // Before queueing, so no flush can write it unnoticed.
@@ -471,7 +354,7 @@ mod tests {
         bytes: 1 << 20,
     };
 
-    fn drain(conn: &Conn) -> usize {
+    fn drain(conn: &ConnHandle) -> usize {
         let mut frames = VecDeque::new();
         conn.outbox.take(&mut frames);
         frames.len()

@@ -1,9 +1,9 @@
 //! State shared by every connection of an edge.
 
 use crate::auth::Authenticator;
-use crate::bus::Interest;
 use crate::config::EdgeConfig;
 use crate::hub::Hub;
+use crate::interest::Interest;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
 use std::sync::Arc;
@@ -11,9 +11,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// What connection tasks and handlers share.
+/// What connection tasks and HTTP handlers share: one per edge.
 #[derive(Debug)]
-pub struct Shared {
+pub struct EdgeState {
     /// This edge's id (in etcd, in logs).
     pub node_id: String,
     /// The edge's config.
@@ -39,7 +39,7 @@ pub struct Shared {
     pub metrics: EdgeMetrics,
 }
 
-impl Shared {
+impl EdgeState {
     /// Whether the edge can receive pushes: always in standalone mode,
     /// otherwise while connected to NATS.
     pub fn is_ready(&self) -> bool {
