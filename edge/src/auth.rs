@@ -23,7 +23,7 @@ const JWT_LEEWAY: Duration = Duration::from_secs(5);
 
 /// Why a login was refused. The text goes to the client as `detail`.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// No verification method is configured.
     #[error("no login method is configured on this server")]
     NotConfigured,
@@ -49,7 +49,7 @@ pub enum AuthError {
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthSetupError {
+pub(crate) enum AuthSetupError {
     /// The public key file could not be read.
     #[error("cannot read auth.jwt_public_key {path}: {source}")]
     ReadKey {
@@ -72,7 +72,7 @@ struct Claims {
 }
 
 /// Verifies login tokens.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     jwt: Option<(DecodingKey, Validation)>,
     webhook: Option<(reqwest::Client, String)>,
     insecure_token_is_uid: bool,
@@ -91,7 +91,7 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Builds the verifier from config; reads the public key file.
-    pub fn new(config: &AuthConfig, max_name_len: usize) -> Result<Self, AuthSetupError> {
+    pub(crate) fn new(config: &AuthConfig, max_name_len: usize) -> Result<Self, AuthSetupError> {
         let jwt = if let Some(secret) = &config.jwt_secret {
             Some((
                 DecodingKey::from_secret(secret.as_bytes()),
@@ -131,7 +131,7 @@ impl Authenticator {
     }
 
     /// The uid the token proves, or why not.
-    pub async fn login(&self, token: &Value) -> Result<String, AuthError> {
+    pub(crate) async fn login(&self, token: &Value) -> Result<String, AuthError> {
         let mut result = Err(AuthError::NotConfigured);
         if let Some((key, validation)) = &self.jwt {
             result = match token.as_str() {

@@ -1,41 +1,51 @@
 //! gpush edge: holds WebSocket connections and fans pushes out to them.
 //!
+//! A push arrives from NATS in `interest` (or straight from the push API in
+//! standalone mode), is framed once in [`protocol`], queued to each
+//! connection by `hub`, and written by `conn`.
+//!
 //! # Layout
-//! - [`server`]: accept loop, WebSocket upgrade at `/ws`, health endpoints.
-//! - [`conn`]: one connection's task: requests, batched writes, ping and
-//!   idle timers, where a slow client is cut.
-//! - [`tls`]: `wss://`: the TLS handshake, and the pump that hands an
+//! - `server`: accept loop, WebSocket upgrade at `/ws`, health endpoints,
+//!   `GET /metrics`.
+//! - `tls`: `wss://`: the TLS handshake, and the pump that hands an
 //!   upgraded TLS connection to the same connection task.
-//! - [`protocol`]: client requests, replies, and how a push is framed.
+//! - `conn`: one connection's task and run loop; `conn/io` socket reads and
+//!   batched vectored writes; `conn/commands` one file per request family
+//!   (where a subscription is recorded); `conn/rate_limit`; `conn/closing`
+//!   the close handshake.
+//! - [`protocol`]: client requests (`request`), replies (`reply`), and how a
+//!   push is framed (`push`).
 //! - [`ws`]: WebSocket frame encoding and the incremental client frame
 //!   parser.
-//! - [`hub`]: the sharded registry and the fan-out of a push.
-//! - [`outbox`]: a connection's bounded outgoing queue.
-//! - [`bus`]: NATS subscriptions that follow local interest.
-//! - [`auth`]: login by JWT or webhook.
-//! - [`registration`]: the edge's etcd record and lease.
-//! - [`metrics`]: what the edge counts (per shard and per flush on hot
-//!   paths) and how `GET /metrics` reads it.
-//! - [`config`]: every setting with its default.
-//!
-//! A push arrives from NATS in [`bus`] (or straight from the push API in
-//! standalone mode), is framed once in [`protocol`], queued to each
-//! connection by [`hub`], and written by [`conn`].
+//! - [`close`]: every way a connection ends, with its close code, reason
+//!   and metric label.
+//! - `hub`: the sharded connection index and the fan-out of a push;
+//!   `hub/stats` its hot-path counters.
+//! - `outbox`: a connection's bounded outgoing queue, where a slow client
+//!   is cut.
+//! - `interest`: NATS subscriptions that follow local interest.
+//! - `auth`: login by JWT or webhook.
+//! - `registration`: the edge's etcd record and lease.
+//! - `metrics`: `GET /metrics`: reads the hub's counters and counts rare
+//!   events.
+//! - `state`: what every connection and handler of an edge shares; the
+//!   flush tick and keepalive sweep are driven from here ([`run`]).
+//! - [`config`], [`cli`]: every setting with its default, and the flags.
 
-pub mod auth;
+mod auth;
 pub mod cli;
 pub mod close;
 pub mod config;
-pub mod conn;
-pub mod hub;
-pub mod interest;
-pub mod metrics;
-pub mod outbox;
+mod conn;
+mod hub;
+mod interest;
+mod metrics;
+mod outbox;
 pub mod protocol;
-pub mod registration;
-pub mod server;
-pub mod state;
-pub mod tls;
+mod registration;
+mod server;
+mod state;
+mod tls;
 pub mod ws;
 
 pub use config::EdgeConfig;
@@ -128,7 +138,7 @@ async fn timers(shared: Arc<EdgeState>, stop: CancellationToken) {
 ///
 /// Everything runs inside an `edge` span whose `node` field is the node
 /// id, so every log line of the edge names it (connections add a `conn`
-/// span when debug logging is on; see [`conn::spawn`]).
+/// span when debug logging is on; see `conn::spawn`).
 pub async fn run(
     listeners: Listeners,
     config: EdgeConfig,

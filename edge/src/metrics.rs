@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 /// How a WebSocket handshake on `/ws` ended: the `result` label of
 /// `gpush_edge_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     /// Upgraded; the connection is served.
     Ok,
     /// Not a WebSocket upgrade, or no `Sec-WebSocket-Key`: 400.
@@ -47,7 +47,7 @@ pub enum Handshake {
 
 impl Handshake {
     /// Every result, in label order.
-    pub const ALL: [Handshake; 7] = [
+    pub(crate) const ALL: [Handshake; 7] = [
         Handshake::Ok,
         Handshake::BadRequest,
         Handshake::BadVersion,
@@ -58,7 +58,7 @@ impl Handshake {
     ];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Handshake::Ok => "ok",
             Handshake::BadRequest => "bad_request",
@@ -73,23 +73,23 @@ impl Handshake {
 
 /// Counters of the etcd registration; cheap to clone (shared counts).
 #[derive(Debug, Clone, Default)]
-pub struct RegistrationMetrics {
+pub(crate) struct RegistrationMetrics {
     /// Records written under a new lease.
-    pub registrations: Counter,
+    pub(crate) registrations: Counter,
     /// Lease keep-alives etcd acknowledged.
-    pub lease_renewals: Counter,
+    pub(crate) lease_renewals: Counter,
     /// Registrations lost (etcd unreachable, lease expired) and retried.
-    pub failures: Counter,
+    pub(crate) failures: Counter,
 }
 
 /// The edge's metrics: its registry and the counters of rare events.
 #[derive(Debug)]
-pub struct EdgeMetrics {
+pub(crate) struct EdgeMetrics {
     registry: Registry,
     handshakes: [Counter; Handshake::ALL.len()],
     disconnects: [Counter; Disconnect::ALL.len()],
     /// Passed to the registration task.
-    pub registration: RegistrationMetrics,
+    pub(crate) registration: RegistrationMetrics,
 }
 
 /// The counters of `family` for `label` = each of `values`, created now so
@@ -105,7 +105,7 @@ fn series<const N: usize>(
 impl EdgeMetrics {
     /// Registers every edge metric: `hub`'s state and counts, the NATS
     /// client's figures (None in standalone mode) and the counters here.
-    pub fn new(hub: Arc<Hub>, nats: Option<async_nats::Client>) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, nats: Option<async_nats::Client>) -> Self {
         let mut registry = gpush_common::metrics::new_registry();
         let handshakes = Family::<Labels<1>, Counter>::default();
         registry.register(
@@ -159,17 +159,17 @@ impl EdgeMetrics {
     }
 
     /// Counts a handshake.
-    pub fn handshake(&self, result: Handshake) {
+    pub(crate) fn handshake(&self, result: Handshake) {
         self.handshakes[result as usize].inc();
     }
 
     /// Counts a connection that ended.
-    pub fn disconnect(&self, reason: Disconnect) {
+    pub(crate) fn disconnect(&self, reason: Disconnect) {
         self.disconnects[reason as usize].inc();
     }
 
     /// Every metric in the Prometheus text format.
-    pub fn render(&self) -> Result<String, fmt::Error> {
+    pub(crate) fn render(&self) -> Result<String, fmt::Error> {
         gpush_common::metrics::render(&self.registry)
     }
 }

@@ -15,16 +15,16 @@ use tokio::sync::Notify;
 
 /// Bounds of one outgoing queue.
 #[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
+pub(crate) struct QueueLimits {
     /// Maximum queued frames.
-    pub frames: usize,
+    pub(crate) frames: usize,
     /// Maximum queued bytes.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
 }
 
 /// Outcome of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// The frame is queued.
     Queued,
     /// The queue overflowed just now: the connection is being closed as a
@@ -43,7 +43,7 @@ struct State {
 
 /// A bounded queue of encoded frames with a wake-up for its writer.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
 }
@@ -54,7 +54,7 @@ impl Outbox {
     }
 
     /// Queues `frame` unless that would exceed `limits`.
-    pub fn push(&self, frame: Bytes, limits: QueueLimits) -> Pushed {
+    pub(crate) fn push(&self, frame: Bytes, limits: QueueLimits) -> Pushed {
         let mut state = self.lock();
         if state.close.is_some() {
             return Pushed::Closing;
@@ -79,7 +79,7 @@ impl Outbox {
 
     /// Asks the connection to close; the first request wins. Frames already
     /// queued are still written before the close frame.
-    pub fn close(&self, request: Close) {
+    pub(crate) fn close(&self, request: Close) {
         let mut state = self.lock();
         if state.close.is_none() {
             state.close = Some(request);
@@ -90,7 +90,7 @@ impl Outbox {
 
     /// Moves every queued frame to the end of `into`, and returns the close
     /// request, if any.
-    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<Close> {
+    pub(crate) fn take(&self, into: &mut VecDeque<Bytes>) -> Option<Close> {
         let mut state = self.lock();
         state.bytes = 0;
         if into.is_empty() {
@@ -102,13 +102,13 @@ impl Outbox {
     }
 
     /// The close request, if any, without taking frames.
-    pub fn closing(&self) -> Option<Close> {
+    pub(crate) fn closing(&self) -> Option<Close> {
         self.lock().close
     }
 
     /// Waits until frames were queued or a close was requested since the
     /// last wait. A wake-up that arrives while nobody waits is kept.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         self.ready.notified().await;
     }
 }

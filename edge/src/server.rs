@@ -36,23 +36,23 @@ use tracing::Instrument;
 /// A client connection before its upgrade: plain TCP or TLS over TCP. Only
 /// the HTTP exchange runs on it; the connection task gets the bare
 /// `TcpStream` back, or a [`TlsSocket`](crate::tls::TlsSocket).
-pub type ClientStream = Either<TcpStream, TlsStream<TcpStream>>;
+pub(crate) type ClientStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// The browser client, served at `/gpush.js`.
-pub const CLIENT_JS: &str = include_str!("../assets/gpush.js");
+pub(crate) const CLIENT_JS: &str = include_str!("../assets/gpush.js");
 /// The demo page, served at `/` with [`PUSH_PORT_PLACEHOLDER`] filled in.
-pub const DEMO_PAGE: &str = include_str!("../assets/index.html");
+pub(crate) const DEMO_PAGE: &str = include_str!("../assets/index.html");
 /// Where the demo page takes the standalone push API's HTTP port (empty on
 /// a clustered edge, whose push API is ingress).
-pub const PUSH_PORT_PLACEHOLDER: &str = "%GPUSH_PUSH_PORT%";
+pub(crate) const PUSH_PORT_PLACEHOLDER: &str = "%GPUSH_PUSH_PORT%";
 /// Browsers may reuse the client for a few minutes, so a new release
 /// reaches them soon after the edges are upgraded.
-pub const CLIENT_JS_CACHE: &str = "public, max-age=300";
+pub(crate) const CLIENT_JS_CACHE: &str = "public, max-age=300";
 /// Browsers revalidate the demo page every time.
-pub const DEMO_PAGE_CACHE: &str = "no-cache";
+pub(crate) const DEMO_PAGE_CACHE: &str = "no-cache";
 
 /// The edge's routes.
-pub fn router(shared: Arc<EdgeState>) -> Router {
+pub(crate) fn router(shared: Arc<EdgeState>) -> Router {
     let push_port = shared
         .config
         .standalone
@@ -96,7 +96,7 @@ pub fn router(shared: Arc<EdgeState>) -> Router {
 /// too, keep-alive or not). A slowloris client therefore holds a slot for
 /// at most `handshake_timeout`, and upgraded connections never count.
 /// With `tls`, the TLS handshake is part of it (same deadline).
-pub async fn accept(
+pub(crate) async fn accept(
     listener: TcpListener,
     router: Router,
     shared: Arc<EdgeState>,

@@ -13,36 +13,36 @@ use tokio_util::task::TaskTracker;
 
 /// What connection tasks and HTTP handlers share: one per edge.
 #[derive(Debug)]
-pub struct EdgeState {
+pub(crate) struct EdgeState {
     /// This edge's id (in etcd, in logs).
-    pub node_id: String,
+    pub(crate) node_id: String,
     /// The edge's config.
-    pub config: EdgeConfig,
+    pub(crate) config: EdgeConfig,
     /// Queue bounds, from the config.
-    pub limits: QueueLimits,
+    pub(crate) limits: QueueLimits,
     /// Every connection.
-    pub hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     /// Bus subscriptions that follow local interest.
-    pub interest: Interest,
+    pub(crate) interest: Interest,
     /// Login verification.
-    pub auth: Authenticator,
+    pub(crate) auth: Authenticator,
     /// The NATS client, None in standalone mode.
-    pub nats: Option<async_nats::Client>,
+    pub(crate) nats: Option<async_nats::Client>,
     /// Cancelled when the edge starts shutting down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Connection tasks, awaited (within the grace period) on shutdown.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Notified every `write_interval`: connections with queued frames
     /// write them then. One shared tick instead of a timer per connection.
-    pub flush_tick: Notify,
+    pub(crate) flush_tick: Notify,
     /// What `GET /metrics` shows.
-    pub metrics: EdgeMetrics,
+    pub(crate) metrics: EdgeMetrics,
 }
 
 impl EdgeState {
     /// Whether the edge can receive pushes: always in standalone mode,
     /// otherwise while connected to NATS.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.nats.as_ref().is_none_or(|client| {
             client.connection_state() == async_nats::connection::State::Connected
         })

@@ -22,7 +22,7 @@ pub(super) const WRITE_SLICES: usize = 64;
 /// What a connection task needs of its socket: readiness, and reads and
 /// vectored writes that never block. The task is generic over it, so the
 /// plain TCP path compiles to exactly the calls on the `TcpStream`.
-pub trait Socket: Send + Sync + 'static {
+pub(crate) trait Socket: Send + Sync + 'static {
     /// Waits until the socket may be readable.
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
     /// Waits until the socket may be writable.

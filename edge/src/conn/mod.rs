@@ -23,7 +23,7 @@ mod commands;
 mod io;
 mod rate_limit;
 
-pub use io::Socket;
+pub(crate) use io::Socket;
 
 use crate::close::Close;
 use crate::hub::ConnHandle;
@@ -54,7 +54,12 @@ use tracing::Instrument;
 /// class, measured at +0.25 KiB RSS per idle connection (1.7 -> 2.0 KiB in
 /// `gpush-bench idle`), and an enabled span also holds a slot in the
 /// subscriber's registry for as long as the connection lives.
-pub fn spawn<S: Socket>(stream: S, early: Bytes, conn: Arc<ConnHandle>, shared: Arc<EdgeState>) {
+pub(crate) fn spawn<S: Socket>(
+    stream: S,
+    early: Bytes,
+    conn: Arc<ConnHandle>,
+    shared: Arc<EdgeState>,
+) {
     let span = tracing::debug_span!("conn", conn = conn.id, node = %shared.node_id);
     let tracker = shared.tracker.clone();
     let task = serve(stream, early, conn, shared);
@@ -66,7 +71,7 @@ pub fn spawn<S: Socket>(stream: S, early: Bytes, conn: Arc<ConnHandle>, shared: 
 }
 
 /// Serves one upgraded connection until it closes; see [`spawn`].
-pub async fn serve<S: Socket>(
+pub(crate) async fn serve<S: Socket>(
     stream: S,
     early: Bytes,
     conn: Arc<ConnHandle>,

@@ -22,24 +22,24 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod index;
-pub mod stats;
+pub(crate) mod stats;
 
 use index::Index;
-pub use stats::Stats;
+pub(crate) use stats::Stats;
 
 /// The shared handle of one connection: the part that fan-out and the
 /// keepalive sweep reach through the hub's indexes, while the connection
 /// task (see [`crate::conn`]) owns the socket and the rest.
 #[derive(Debug)]
-pub struct ConnHandle {
+pub(crate) struct ConnHandle {
     /// Unique id within this edge.
-    pub id: u64,
+    pub(crate) id: u64,
     /// How pushes are framed for it.
-    pub format: WireFormat,
+    pub(crate) format: WireFormat,
     /// Its outgoing queue.
-    pub outbox: Outbox,
+    pub(crate) outbox: Outbox,
     /// When the client was last heard from, in [`Hub::now_ms`] time.
-    pub last_heard: AtomicU64,
+    pub(crate) last_heard: AtomicU64,
     /// When the server last pinged it, in [`Hub::now_ms`] time.
     last_ping: AtomicU64,
 }
@@ -47,14 +47,14 @@ pub struct ConnHandle {
 /// Room for one connection being upgraded, from [`Hub::admit`]; released
 /// when dropped.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     hub: Arc<Hub>,
 }
 
 impl Admission {
     /// Registers the connection, then releases the reservation (in that
     /// order, so the connection is never uncounted).
-    pub fn connect(self, format: WireFormat) -> Arc<ConnHandle> {
+    pub(crate) fn connect(self, format: WireFormat) -> Arc<ConnHandle> {
         self.hub.connect(format)
     }
 }
@@ -67,24 +67,24 @@ impl Drop for Admission {
 
 /// What one keepalive sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Swept {
+pub(crate) struct Swept {
     /// Connections sent a ping.
-    pub pinged: usize,
+    pub(crate) pinged: usize,
     /// Connections closed as idle.
-    pub idle: usize,
+    pub(crate) idle: usize,
 }
 
 /// How many entries the hub's indexes hold.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Distinct public topics with a local subscriber.
-    pub topics: usize,
+    pub(crate) topics: usize,
     /// (connection, public topic) subscriptions.
-    pub public_subscriptions: usize,
+    pub(crate) public_subscriptions: usize,
     /// Distinct logged-in users.
-    pub users: usize,
+    pub(crate) users: usize,
     /// (connection, private topic) subscriptions.
-    pub private_subscriptions: usize,
+    pub(crate) private_subscriptions: usize,
 }
 
 /// One lock's worth of a map.
@@ -102,7 +102,7 @@ fn private_key(uid: &str, topic: &str) -> String {
 
 /// Every connection of this edge, indexed for fan-out.
 #[derive(Debug)]
-pub struct Hub {
+pub(crate) struct Hub {
     conns: Box<[Shard<u64, Arc<ConnHandle>>]>,
     topics: Index,
     users: Index,
@@ -119,13 +119,13 @@ pub struct Hub {
     upgrading: AtomicU64,
     next_id: AtomicU64,
     /// What the hub did.
-    pub stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 impl Hub {
     /// An empty hub with `shards` locks per index; connection queues are
     /// bounded by `limits`.
-    pub fn new(shards: usize, limits: QueueLimits) -> Self {
+    pub(crate) fn new(shards: usize, limits: QueueLimits) -> Self {
         let shards = shards.max(1);
         Self {
             conns: (0..shards).map(|_| Mutex::default()).collect(),
@@ -147,7 +147,7 @@ impl Hub {
     /// reservation counts until the connection is registered with
     /// [`Admission::connect`] or the reservation is dropped, so concurrent
     /// upgrades cannot together pass the limit.
-    pub fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
+    pub(crate) fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
         let upgrading = self.upgrading.fetch_add(1, Ordering::AcqRel) + 1;
         if self.connections().saturating_add(upgrading) > max as u64 {
             self.upgrading.fetch_sub(1, Ordering::AcqRel);
@@ -157,7 +157,7 @@ impl Hub {
     }
 
     /// Registers a new connection speaking `format`.
-    pub fn connect(&self, format: WireFormat) -> Arc<ConnHandle> {
+    pub(crate) fn connect(&self, format: WireFormat) -> Arc<ConnHandle> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         let conn = Arc::new(ConnHandle {
@@ -174,7 +174,7 @@ impl Hub {
 
     /// Removes a connection from the everyone index. Its topic and user
     /// entries are removed by the connection itself (it knows them).
-    pub fn disconnect(&self, id: u64) {
+    pub(crate) fn disconnect(&self, id: u64) {
         if lock(&self.conns[id as usize % self.conns.len()])
             .remove(&id)
             .is_some()
@@ -184,13 +184,13 @@ impl Hub {
     }
 
     /// Live connections.
-    pub fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
     /// Topics, users and subscriptions now. Locks every index shard in
     /// turn, briefly: for scrapes, not for hot paths.
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         let (topics, public_subscriptions) = self.topics.counts();
         let (users, _) = self.users.counts();
         let (_, private_subscriptions) = self.private.counts();
@@ -204,19 +204,19 @@ impl Hub {
 
     /// Subscribes `conn` to public `topic`; true if it is the topic's first
     /// local subscriber.
-    pub fn subscribe(&self, topic: &str, conn: &Arc<ConnHandle>) -> bool {
+    pub(crate) fn subscribe(&self, topic: &str, conn: &Arc<ConnHandle>) -> bool {
         self.topics.add(topic, conn)
     }
 
     /// Unsubscribes connection `id` from public `topic`; true if no local
     /// subscriber is left.
-    pub fn unsubscribe(&self, topic: &str, id: u64) -> bool {
+    pub(crate) fn unsubscribe(&self, topic: &str, id: u64) -> bool {
         self.topics.remove(topic, id)
     }
 
     /// Records `conn` as logged in as `uid`; true if it is the user's first
     /// local connection.
-    pub fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
+    pub(crate) fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
         let first = self.users.add(uid, conn);
         if first {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
@@ -226,44 +226,44 @@ impl Hub {
 
     /// Forgets that connection `id` is logged in as `uid`; true if that
     /// left the uid's bucket without any local user.
-    pub fn logout(&self, uid: &str, id: u64) -> bool {
+    pub(crate) fn logout(&self, uid: &str, id: u64) -> bool {
         self.users.remove(uid, id)
             && self.user_buckets[usize::from(user_bucket(uid))].fetch_sub(1, Ordering::Relaxed) == 1
     }
 
     /// Whether any local connection is logged in as a user of `bucket`.
-    pub fn has_user_bucket(&self, bucket: u16) -> bool {
+    pub(crate) fn has_user_bucket(&self, bucket: u16) -> bool {
         self.user_buckets
             .get(usize::from(bucket))
             .is_some_and(|n| n.load(Ordering::Relaxed) > 0)
     }
 
     /// Subscribes `conn`, logged in as `uid`, to private `topic`.
-    pub fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<ConnHandle>) {
+    pub(crate) fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<ConnHandle>) {
         self.private.add(&private_key(uid, topic), conn);
     }
 
     /// Unsubscribes connection `id` from `uid`'s private `topic`.
-    pub fn unsubscribe_private(&self, uid: &str, topic: &str, id: u64) {
+    pub(crate) fn unsubscribe_private(&self, uid: &str, topic: &str, id: u64) {
         self.private.remove(&private_key(uid, topic), id);
     }
 
     /// Whether any local connection subscribes to public `topic`.
-    pub fn has_topic(&self, topic: &str) -> bool {
+    pub(crate) fn has_topic(&self, topic: &str) -> bool {
         self.topics.contains(topic)
     }
 
     /// Milliseconds since the hub was created: the clock of
     /// [`ConnHandle::last_heard`]. An atomic integer is all a connection needs to
     /// carry for keepalive; one sweep per edge does the timing.
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         Instant::now().duration_since(self.epoch).as_millis() as u64
     }
 
     /// Pings every connection not pinged for `ping_interval` and closes
     /// every one not heard from for `idle_timeout`. Run by one task per
     /// edge, so connections carry no timer of their own.
-    pub fn sweep(&self, ping_interval: Duration, idle_timeout: Duration) -> Swept {
+    pub(crate) fn sweep(&self, ping_interval: Duration, idle_timeout: Duration) -> Swept {
         let now = self.now_ms();
         let ping_ms = ping_interval.as_millis() as u64;
         let idle_ms = idle_timeout.as_millis() as u64;
@@ -287,7 +287,7 @@ impl Hub {
     }
 
     /// Asks every connection to close.
-    pub fn close_all(&self, request: Close) {
+    pub(crate) fn close_all(&self, request: Close) {
         for shard in &self.conns {
             for conn in lock(shard).values() {
                 conn.outbox.close(request);
@@ -296,7 +296,7 @@ impl Hub {
     }
 
     /// Queues `push` to every local connection its route selects.
-    pub fn deliver(&self, push: &Push) {
+    pub(crate) fn deliver(&self, push: &Push) {
         let route = push.route();
         self.stats.pushes[push_kind(route)].fetch_add(1, Ordering::Relaxed);
         let frames = PushFrames::new(push);

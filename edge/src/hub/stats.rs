@@ -19,17 +19,17 @@ use tokio::time::Instant;
 /// Counters of what the hub and its connections did, read by
 /// `GET /metrics` (see [`crate::metrics`]).
 #[derive(Debug)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Pushes handed to [`Hub::deliver`](super::Hub::deliver), by [`push_kind`].
     pub(super) pushes: [AtomicU64; PUSH_KINDS.len()],
     /// Push frames queued to connections.
-    pub frames: AtomicU64,
+    pub(crate) frames: AtomicU64,
     /// Connections closed because their queue overflowed.
-    pub slow_consumers: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
     /// What connections wrote, counted per flush in one stripe per shard.
-    pub writes: WriteStats,
+    pub(crate) writes: WriteStats,
     /// Push-to-write latency, sampled.
-    pub latency: LatencyProbe,
+    pub(crate) latency: LatencyProbe,
 }
 
 impl Stats {
@@ -44,23 +44,23 @@ impl Stats {
     }
 
     /// Pushes received so far, by route kind, in [`PUSH_KINDS`] order.
-    pub fn pushes_received(&self) -> [u64; PUSH_KINDS.len()] {
+    pub(crate) fn pushes_received(&self) -> [u64; PUSH_KINDS.len()] {
         std::array::from_fn(|kind| self.pushes[kind].load(Ordering::Relaxed))
     }
 }
 
 /// Upper bounds of the `gpush_edge_write_batch_frames` buckets: powers of
 /// two up to the default `queue_frames`.
-pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+pub(crate) const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
 /// Upper bounds of the `gpush_edge_push_to_write_seconds` buckets.
-pub const LATENCY_BUCKETS: [f64; 15] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// A timed push whose frame no connection wrote within this long (its
 /// connections all closed, say) stops being timed, so the next push is.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the connections of one stripe wrote. Aligned to a cache line pair
 /// so that stripes written by different threads never share one.
@@ -77,27 +77,27 @@ struct WriteStripe {
 
 /// Frames and bytes written to clients, counted per flush in stripes.
 #[derive(Debug)]
-pub struct WriteStats {
+pub(crate) struct WriteStats {
     stripes: Box<[WriteStripe]>,
 }
 
 /// The sum of every stripe of [`WriteStats`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct WriteTotals {
+pub(crate) struct WriteTotals {
     /// Flushes that wrote at least one whole frame.
-    pub flushes: u64,
+    pub(crate) flushes: u64,
     /// Whole frames written.
-    pub frames: u64,
+    pub(crate) frames: u64,
     /// Bytes written.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Flushes per [`BATCH_BUCKETS`] bucket (not cumulative), then the
     /// flushes above the last bound.
-    pub buckets: [u64; BATCH_BUCKETS.len() + 1],
+    pub(crate) buckets: [u64; BATCH_BUCKETS.len() + 1],
 }
 
 impl WriteStats {
     /// `stripes` stripes (at least one).
-    pub fn new(stripes: usize) -> Self {
+    pub(crate) fn new(stripes: usize) -> Self {
         Self {
             stripes: (0..stripes.max(1))
                 .map(|_| WriteStripe::default())
@@ -107,7 +107,7 @@ impl WriteStats {
 
     /// Records one flush of connection `conn`: `frames` whole frames and
     /// `bytes` bytes (partly written frames included) reached the socket.
-    pub fn record(&self, conn: u64, frames: u64, bytes: u64) {
+    pub(crate) fn record(&self, conn: u64, frames: u64, bytes: u64) {
         let stripe = &self.stripes[conn as usize % self.stripes.len()];
         if frames > 0 {
             stripe.flushes.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +122,7 @@ impl WriteStats {
     }
 
     /// Every stripe summed.
-    pub fn totals(&self) -> WriteTotals {
+    pub(crate) fn totals(&self) -> WriteTotals {
         let mut totals = WriteTotals::default();
         for stripe in &self.stripes {
             totals.flushes += stripe.flushes.load(Ordering::Relaxed);
@@ -149,7 +149,7 @@ impl WriteStats {
 /// longest for the flush tick. The probe keeps a reference to the frame,
 /// so its address cannot be reused by another frame while armed.
 #[derive(Debug)]
-pub struct LatencyProbe {
+pub(crate) struct LatencyProbe {
     /// Address of the armed frame's bytes; 0 when none is armed.
     address: AtomicUsize,
     armed: Mutex<Option<Armed>>,
@@ -176,7 +176,7 @@ impl Default for LatencyProbe {
 impl LatencyProbe {
     /// Times the push sent at `sent_at_us` (0: unknown, not timed) through
     /// `frame`, unless another push is being timed.
-    pub fn arm(&self, frame: &Bytes, sent_at_us: u64) {
+    pub(crate) fn arm(&self, frame: &Bytes, sent_at_us: u64) {
         if sent_at_us == 0 || frame.is_empty() {
             return;
         }
@@ -197,19 +197,19 @@ impl LatencyProbe {
     }
 
     /// The histogram of samples, for `GET /metrics`.
-    pub fn histogram(&self) -> Histogram {
+    pub(crate) fn histogram(&self) -> Histogram {
         self.histogram.clone()
     }
 
     /// The address to compare written frames with (`Bytes::as_ptr`); 0
     /// when no push is being timed.
-    pub fn armed(&self) -> usize {
+    pub(crate) fn armed(&self) -> usize {
         self.address.load(Ordering::Relaxed)
     }
 
     /// A connection finished writing the frame at `address` (which equals
     /// [`Self::armed`]): records the sample, if nobody did first.
-    pub fn written(&self, address: usize) {
+    pub(crate) fn written(&self, address: usize) {
         let taken = {
             let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
             match &*armed {
