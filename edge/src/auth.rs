@@ -53,9 +53,7 @@ pub(crate) enum AuthSetupError {
     /// The public key file could not be read.
     #[error("cannot read auth.jwt_public_key {path}: {source}")]
     ReadKey {
-        /// The file.
         path: String,
-        /// Why.
         source: std::io::Error,
     },
     /// The file is neither an RSA nor an EC public key in PEM.

@@ -158,7 +158,6 @@ impl EdgeMetrics {
         }
     }
 
-    /// Counts a handshake.
     pub(crate) fn handshake(&self, result: Handshake) {
         self.handshakes[result as usize].inc();
     }

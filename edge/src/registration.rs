@@ -25,13 +25,10 @@ const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 /// What to register.
 #[derive(Debug, Clone)]
 pub(crate) struct Registration {
-    /// etcd endpoints.
     pub(crate) endpoints: Vec<String>,
-    /// This edge's id.
     pub(crate) node_id: String,
     /// The WebSocket URL clients should use.
     pub(crate) url: String,
-    /// Lease TTL.
     pub(crate) ttl: Duration,
     /// Start time, seconds since the epoch.
     pub(crate) started_at: u64,

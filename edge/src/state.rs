@@ -16,15 +16,12 @@ use tokio_util::task::TaskTracker;
 pub(crate) struct EdgeState {
     /// This edge's id (in etcd, in logs).
     pub(crate) node_id: String,
-    /// The edge's config.
     pub(crate) config: EdgeConfig,
     /// Queue bounds, from the config.
     pub(crate) limits: QueueLimits,
-    /// Every connection.
     pub(crate) hub: Arc<Hub>,
     /// Bus subscriptions that follow local interest.
     pub(crate) interest: Interest,
-    /// Login verification.
     pub(crate) auth: Authenticator,
     /// The NATS client, None in standalone mode.
     pub(crate) nats: Option<async_nats::Client>,

@@ -36,7 +36,6 @@ pub(crate) struct ConnHandle {
     pub(crate) id: u64,
     /// How pushes are framed for it.
     pub(crate) format: WireFormat,
-    /// Its outgoing queue.
     pub(crate) outbox: Outbox,
     /// When the client was last heard from, in [`Hub::now_ms`] time.
     pub(crate) last_heard: AtomicU64,
@@ -118,7 +117,6 @@ pub(crate) struct Hub {
     /// Upgrades admitted by [`Hub::admit`] and not yet connected.
     upgrading: AtomicU64,
     next_id: AtomicU64,
-    /// What the hub did.
     pub(crate) stats: Stats,
 }
 
@@ -183,7 +181,6 @@ impl Hub {
         }
     }
 
-    /// Live connections.
     pub(crate) fn connections(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
