@@ -20,7 +20,7 @@ use tokio::time::Instant;
 /// `GET /metrics` (see [`crate::metrics`]).
 #[derive(Debug)]
 pub(crate) struct Stats {
-    /// Pushes handed to [`Hub::deliver`](super::Hub::deliver), by [`push_kind`].
+    /// Pushes handed to [`Hub::deliver`](super::Hub::deliver), by [`push_kind`](gpush_common::metrics::push_kind).
     pub(super) pushes: [AtomicU64; PUSH_KINDS.len()],
     /// Push frames queued to connections.
     pub(crate) frames: AtomicU64,
