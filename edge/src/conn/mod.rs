@@ -15,6 +15,7 @@
 //!
 //! - [`io`]: socket reads and vectored writes, below everything else here;
 //! - `commands/`: one file per request family (subscribe, login, private);
+//! - `topics`: what the connection is subscribed to;
 //! - `rate_limit`: the request token bucket;
 //! - `closing`: the close handshake.
 
@@ -22,6 +23,7 @@ mod closing;
 mod commands;
 mod io;
 mod rate_limit;
+mod topics;
 
 pub(crate) use io::Socket;
 
@@ -34,12 +36,11 @@ use crate::protocol::{
 use crate::state::EdgeState;
 use crate::ws::{self, Incoming};
 use bytes::Bytes;
-use commands::Topics;
 use gpush_common::rate::TokenBucket;
 use io::{ReadFailure, ReadOutcome, WRITE_SLICES, read_available};
-use rate_limit::rate_limited;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use topics::Topics;
 use tracing::Instrument;
 
 /// Serves one upgraded connection, in a task of its own tracked by the
@@ -275,7 +276,7 @@ impl<S: Socket> Session<S> {
                     self.queue(if admitted {
                         ws::text(b"pong")
                     } else {
-                        rate_limited(None, format)
+                        self.rate_limited(None)
                     });
                     replied = true;
                     continue;
@@ -304,7 +305,7 @@ impl<S: Socket> Session<S> {
             };
             match parsed {
                 Ok(Request { id, .. }) | Err(BadRequest { id, .. }) if !admitted => {
-                    self.queue(rate_limited(id.as_ref(), format));
+                    self.queue(self.rate_limited(id.as_ref()));
                 }
                 // Boxed: requests are rare and their futures (auth webhook,
                 // bus subscribe) are large; kept inline they would grow
@@ -373,7 +374,7 @@ mod tests {
         let (client, accepted) =
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (_client, (server, _)) = (client.expect("connect"), accepted.expect("accept"));
-        let config = crate::EdgeConfig {
+        let config = crate::config::EdgeConfig {
             standalone: true,
             ..Default::default()
         };

@@ -4,7 +4,7 @@
 use super::Session;
 use super::io::Socket;
 use crate::close::Close;
-use crate::protocol::{Code, Reply, WireFormat};
+use crate::protocol::{Code, Reply};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -31,12 +31,12 @@ impl<S: Socket> Session<S> {
         }
         false
     }
-}
 
-/// The 30006 reply to a request refused by the rate limit.
-pub(super) fn rate_limited(id: Option<&Value>, format: WireFormat) -> Bytes {
-    Reply::new(Code::RateLimited)
-        .id(id)
-        .detail("too many requests: slow down")
-        .frame(format)
+    /// The 30006 reply to a request refused by the rate limit.
+    pub(super) fn rate_limited(&self, id: Option<&Value>) -> Bytes {
+        Reply::new(Code::RateLimited)
+            .id(id)
+            .detail("too many requests: slow down")
+            .frame(self.conn.format)
+    }
 }
