@@ -11,8 +11,9 @@
 //!   upgraded TLS connection to the same connection task.
 //! - `conn`: one connection's task and run loop; `conn/io` socket reads and
 //!   batched vectored writes; `conn/commands` one file per request family
-//!   (where a subscription is recorded); `conn/rate_limit`; `conn/closing`
-//!   the close handshake.
+//!   (where a subscription is recorded); `conn/topics` the connection's
+//!   own subscription list; `conn/rate_limit`; `conn/closing` the close
+//!   handshake.
 //! - [`protocol`]: client requests (`request`), replies (`reply`), and how a
 //!   push is framed (`push`).
 //! - [`ws`]: WebSocket frame encoding and the incremental client frame
