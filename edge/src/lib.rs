@@ -29,9 +29,11 @@
 //! - `registration`: the edge's etcd record and lease.
 //! - `metrics`: `GET /metrics`: reads the hub's counters and counts rare
 //!   events.
-//! - `state`: what every connection and handler of an edge shares; the
-//!   flush tick and keepalive sweep are driven from here ([`run`]).
+//! - `state`: what every connection and handler of an edge shares.
 //! - [`config`], [`cli`]: every setting with its default, and the flags.
+//!
+//! This file holds [`run`], which wires them together and drives the
+//! edge's two clocks: the flush tick and the keepalive sweep.
 
 mod auth;
 pub mod cli;
