@@ -27,7 +27,7 @@ pub const MAX_WEBHOOK_ANSWER: usize = 16 * 1024;
 
 /// Why a login was refused. The text goes to the client as `detail`.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// No verification method is configured.
     #[error("no login method is configured on this server")]
     NotConfigured,
@@ -57,13 +57,11 @@ pub enum AuthError {
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthSetupError {
+pub(crate) enum AuthSetupError {
     /// The public key file could not be read.
     #[error("cannot read auth.jwt_public_key {path}: {source}")]
     ReadKey {
-        /// The file.
         path: String,
-        /// Why.
         source: std::io::Error,
     },
     /// The file is neither an RSA nor an EC public key in PEM.
@@ -87,7 +85,7 @@ struct Webhook {
 }
 
 /// Verifies login tokens.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     jwt: Option<(DecodingKey, Validation)>,
     webhook: Option<Webhook>,
     insecure_token_is_uid: bool,
@@ -106,7 +104,7 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Builds the verifier from config; reads the public key file.
-    pub fn new(config: &AuthConfig, max_name_len: usize) -> Result<Self, AuthSetupError> {
+    pub(crate) fn new(config: &AuthConfig, max_name_len: usize) -> Result<Self, AuthSetupError> {
         let jwt = if let Some(secret) = &config.jwt_secret {
             Some((
                 DecodingKey::from_secret(secret.as_bytes()),
@@ -162,7 +160,7 @@ impl Authenticator {
     }
 
     /// The uid the token proves, or why not.
-    pub async fn login(&self, token: &Value) -> Result<String, AuthError> {
+    pub(crate) async fn login(&self, token: &Value) -> Result<String, AuthError> {
         let mut result = Err(AuthError::NotConfigured);
         if let Some((key, validation)) = &self.jwt {
             result = match token.as_str() {

@@ -1,53 +1,69 @@
 //! gpush edge: holds WebSocket connections and fans pushes out to them.
 //!
+//! A push arrives from NATS in `interest` (or straight from the push API in
+//! standalone mode), is framed once in [`protocol`], queued to each
+//! connection by `hub`, and written by `conn`.
+//!
 //! # Layout
-//! - [`server`]: accept loop, WebSocket upgrade at `/ws`, health endpoints.
-//! - [`conn`]: one connection's task: requests, batched writes, ping and
-//!   idle timers, where a slow client is cut.
-//! - [`tls`]: `wss://`: the TLS handshake, and the pump that hands an
+//! - `server`: accept loop, WebSocket upgrade at `/ws`, health endpoints,
+//!   `GET /metrics`.
+//! - `tls`: `wss://`: the TLS handshake, and the pump that hands an
 //!   upgraded TLS connection to the same connection task.
-//! - [`protocol`]: client requests, replies, and how a push is framed.
+//! - `conn`: one connection's task and run loop; `conn/io` socket reads and
+//!   batched vectored writes; `conn/commands` one file per request family
+//!   (where a subscription is recorded); `conn/topics` the connection's
+//!   own subscription list; `conn/rate_limit`; `conn/closing` the close
+//!   handshake.
+//! - [`protocol`]: client requests (`request`), replies (`reply`), and how a
+//!   push is framed (`push`).
 //! - [`ws`]: WebSocket frame encoding and the incremental client frame
 //!   parser.
-//! - [`hub`]: the sharded registry and the fan-out of a push.
-//! - [`outbox`]: a connection's bounded outgoing queue.
-//! - [`bus`]: NATS subscriptions that follow local interest.
-//! - [`auth`]: login by JWT or webhook.
-//! - [`registration`]: the edge's etcd record and lease.
-//! - [`metrics`]: what the edge counts (per shard and per flush on hot
-//!   paths) and how `GET /metrics` reads it.
-//! - [`config`]: every setting with its default.
-//! - `standalone`: the push API embedded in the edge (`--standalone`).
+//! - [`close`]: every way a connection ends, with its close code, reason
+//!   and metric label.
+//! - `hub`: the sharded connection index and the fan-out of a push;
+//!   `hub/stats` its hot-path counters.
+//! - `outbox`: a connection's bounded outgoing queue, where a slow client
+//!   is cut.
+//! - `interest`: NATS subscriptions that follow local interest.
+//! - `auth`: login by JWT or webhook.
+//! - `registration`: the edge's etcd record and lease.
+//! - `metrics`: `GET /metrics`: reads the hub's counters and counts rare
+//!   events.
+//! - `state`: what every connection and handler of an edge shares.
+//! - `standalone`: the push API embedded in the edge (`--standalone`): its
+//!   in-process bus and the edge's own record as the edge directory.
+//! - [`config`], [`cli`]: every setting with its default, and the flags.
 //!
-//! A push arrives from NATS in [`bus`] (or straight from the push API in
-//! standalone mode), is framed once in [`protocol`], queued to each
-//! connection by [`hub`], and written by [`conn`].
+//! This file holds [`run`], which wires them together and drives the
+//! edge's two clocks: the flush tick and the keepalive sweep.
 
-pub mod auth;
-pub mod bus;
+mod auth;
 pub mod cli;
+pub mod close;
 pub mod config;
-pub mod conn;
-pub mod edge;
-pub mod hub;
-pub mod metrics;
-pub mod outbox;
+mod conn;
+mod hub;
+mod interest;
+mod metrics;
+mod outbox;
 pub mod protocol;
-pub mod registration;
-pub mod server;
+mod registration;
+mod server;
 mod standalone;
-pub mod tls;
+mod state;
+mod tls;
 pub mod ws;
 
 pub use config::EdgeConfig;
 
 use crate::auth::Authenticator;
-use crate::bus::Interest;
-use crate::edge::{SHUTDOWN_CLOSE, Shared};
+use crate::close::Close;
 use crate::hub::Hub;
+use crate::interest::Interest;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
 use crate::registration::Registration;
+use crate::state::EdgeState;
 use gpush_common::Subjects;
 use gpush_common::push::now_us;
 use std::hash::{BuildHasher, RandomState};
@@ -98,7 +114,7 @@ fn default_public_url(addr: SocketAddr, tls: bool) -> String {
 /// The edge's two clocks: the flush tick every `write_interval` (if not
 /// zero) and the keepalive sweep, often enough to keep `ping_interval` and
 /// `idle_timeout` within a fifth of their length (10 ms to 1 s).
-async fn timers(shared: Arc<Shared>, stop: CancellationToken) {
+async fn timers(shared: Arc<EdgeState>, stop: CancellationToken) {
     let config = &shared.config;
     let sweep_every = (config.ping_interval.min(config.idle_timeout) / 5)
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -127,7 +143,7 @@ async fn timers(shared: Arc<Shared>, stop: CancellationToken) {
 ///
 /// Everything runs inside an `edge` span whose `node` field is the node
 /// id, so every log line of the edge names it (connections add a `conn`
-/// span when debug logging is on; see [`conn::spawn`]).
+/// span when debug logging is on; see `conn::spawn`).
 pub async fn run(
     listeners: Listeners,
     config: EdgeConfig,
@@ -170,7 +186,7 @@ async fn run_node(
                 .await?;
         let subjects = Subjects::new(&config.subject_prefix)?;
         let (interest, _) =
-            bus::start(client.clone(), subjects, hub.clone(), background.clone()).await;
+            interest::start(client.clone(), subjects, hub.clone(), background.clone()).await;
         (interest, Some(client))
     };
 
@@ -209,7 +225,7 @@ async fn run_node(
     };
 
     let grace = config.shutdown_grace;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(EdgeState {
         node_id: node_id.clone(),
         config,
         limits,
@@ -251,7 +267,7 @@ async fn run_node(
     }
     stop_accepting.cancel();
     let _ = accept.await;
-    hub.close_all(SHUTDOWN_CLOSE);
+    hub.close_all(Close::Shutdown);
     shared.tracker.close();
     if tokio::time::timeout(grace, shared.tracker.wait())
         .await

@@ -6,209 +6,29 @@
 //!
 //! - gauges (connections, subscriptions, topics) are read from the hub's
 //!   own state at scrape time;
-//! - what connections write is counted once per flush, not per frame, in
-//!   [`WriteStats`]: one cache line per hub shard, picked by connection id,
-//!   summed at scrape time;
-//! - push-to-write latency is sampled by [`LatencyProbe`]: one push at a
-//!   time is timed, when the first connection writes its frame;
+//! - pushes, deliveries, writes and push-to-write latency are the hub's own
+//!   counters ([`crate::hub::stats`]), read here at scrape time;
 //! - rare events (handshakes, disconnects, etcd registration) are plain
 //!   counters in [`EdgeMetrics`].
 
+use crate::close::Disconnect;
 use crate::hub::Hub;
-use bytes::Bytes;
+use crate::hub::stats::BATCH_BUCKETS;
 use gpush_common::metrics::{Labels, PUSH_KINDS, encode_counter, encode_gauge};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-use tokio::time::Instant;
-
-/// Upper bounds of the `gpush_edge_write_batch_frames` buckets: powers of
-/// two up to the default `queue_frames`.
-pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
-
-/// Upper bounds of the `gpush_edge_push_to_write_seconds` buckets.
-pub const LATENCY_BUCKETS: [f64; 15] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// A timed push whose frame no connection wrote within this long (its
-/// connections all closed, say) stops being timed, so the next push is.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the connections of one stripe wrote. Aligned to a cache line pair
-/// so that stripes written by different threads never share one.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct WriteStripe {
-    flushes: AtomicU64,
-    frames: AtomicU64,
-    bytes: AtomicU64,
-    /// Flushes per [`BATCH_BUCKETS`] bucket (not cumulative), then the
-    /// flushes above the last bound.
-    buckets: [AtomicU64; BATCH_BUCKETS.len() + 1],
-}
-
-/// Frames and bytes written to clients, counted per flush in stripes.
-#[derive(Debug)]
-pub struct WriteStats {
-    stripes: Box<[WriteStripe]>,
-}
-
-/// The sum of every stripe of [`WriteStats`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct WriteTotals {
-    /// Flushes that wrote at least one whole frame.
-    pub flushes: u64,
-    /// Whole frames written.
-    pub frames: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Flushes per [`BATCH_BUCKETS`] bucket (not cumulative), then the
-    /// flushes above the last bound.
-    pub buckets: [u64; BATCH_BUCKETS.len() + 1],
-}
-
-impl WriteStats {
-    /// `stripes` stripes (at least one).
-    pub fn new(stripes: usize) -> Self {
-        Self {
-            stripes: (0..stripes.max(1))
-                .map(|_| WriteStripe::default())
-                .collect(),
-        }
-    }
-
-    /// Records one flush of connection `conn`: `frames` whole frames and
-    /// `bytes` bytes (partly written frames included) reached the socket.
-    pub fn record(&self, conn: u64, frames: u64, bytes: u64) {
-        let stripe = &self.stripes[conn as usize % self.stripes.len()];
-        if frames > 0 {
-            stripe.flushes.fetch_add(1, Ordering::Relaxed);
-            stripe.frames.fetch_add(frames, Ordering::Relaxed);
-            // The first bound >= frames: ceil(log2(frames)).
-            let bucket = (u64::BITS - (frames - 1).leading_zeros()) as usize;
-            stripe.buckets[bucket.min(BATCH_BUCKETS.len())].fetch_add(1, Ordering::Relaxed);
-        }
-        if bytes > 0 {
-            stripe.bytes.fetch_add(bytes, Ordering::Relaxed);
-        }
-    }
-
-    /// Every stripe summed.
-    pub fn totals(&self) -> WriteTotals {
-        let mut totals = WriteTotals::default();
-        for stripe in &self.stripes {
-            totals.flushes += stripe.flushes.load(Ordering::Relaxed);
-            totals.frames += stripe.frames.load(Ordering::Relaxed);
-            totals.bytes += stripe.bytes.load(Ordering::Relaxed);
-            for (total, n) in totals.buckets.iter_mut().zip(&stripe.buckets) {
-                *total += n.load(Ordering::Relaxed);
-            }
-        }
-        totals
-    }
-}
-
-/// Samples push-to-write latency: from when the push API accepted a push
-/// ([`Push::sent_at_us`](gpush_common::Push::sent_at_us), the ingress
-/// clock) to when the first connection of this edge finished writing its
-/// frame to the socket (this edge's clock).
-///
-/// One push is timed at a time: [`Hub::deliver`] arms the probe with the
-/// frame it queues first, unless a push is already being timed; every
-/// flush compares the frames it wrote with the armed frame's address (one
-/// load per flush) and the first match records the sample. Under load
-/// that times the first push after each write, the one that waited the
-/// longest for the flush tick. The probe keeps a reference to the frame,
-/// so its address cannot be reused by another frame while armed.
-#[derive(Debug)]
-pub struct LatencyProbe {
-    /// Address of the armed frame's bytes; 0 when none is armed.
-    address: AtomicUsize,
-    armed: Mutex<Option<Armed>>,
-    histogram: Histogram,
-}
-
-#[derive(Debug)]
-struct Armed {
-    frame: Bytes,
-    sent_at_us: u64,
-    since: Instant,
-}
-
-impl Default for LatencyProbe {
-    fn default() -> Self {
-        Self {
-            address: AtomicUsize::new(0),
-            armed: Mutex::new(None),
-            histogram: Histogram::new(LATENCY_BUCKETS),
-        }
-    }
-}
-
-impl LatencyProbe {
-    /// Times the push sent at `sent_at_us` (0: unknown, not timed) through
-    /// `frame`, unless another push is being timed.
-    pub fn arm(&self, frame: &Bytes, sent_at_us: u64) {
-        if sent_at_us == 0 || frame.is_empty() {
-            return;
-        }
-        let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
-        if armed
-            .as_ref()
-            .is_some_and(|a| a.since.elapsed() < PROBE_TIMEOUT)
-        {
-            return;
-        }
-        self.address
-            .store(frame.as_ptr() as usize, Ordering::Relaxed);
-        *armed = Some(Armed {
-            frame: frame.clone(),
-            sent_at_us,
-            since: Instant::now(),
-        });
-    }
-
-    /// The address to compare written frames with (`Bytes::as_ptr`); 0
-    /// when no push is being timed.
-    pub fn armed(&self) -> usize {
-        self.address.load(Ordering::Relaxed)
-    }
-
-    /// A connection finished writing the frame at `address` (which equals
-    /// [`Self::armed`]): records the sample, if nobody did first.
-    pub fn written(&self, address: usize) {
-        let taken = {
-            let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
-            match &*armed {
-                Some(a) if a.frame.as_ptr() as usize == address => {
-                    self.address.store(0, Ordering::Relaxed);
-                    armed.take()
-                }
-                _ => None,
-            }
-        };
-        if let Some(armed) = taken {
-            let now = gpush_common::push::now_us();
-            // A clock behind ingress's would give a negative time.
-            let micros = now.saturating_sub(armed.sent_at_us);
-            self.histogram.observe(micros as f64 / 1e6);
-        }
-    }
-}
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// How a WebSocket handshake on `/ws` ended: the `result` label of
 /// `gpush_edge_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     /// Upgraded; the connection is served.
     Ok,
     /// Not a WebSocket upgrade, or no `Sec-WebSocket-Key`: 400.
@@ -227,7 +47,7 @@ pub enum Handshake {
 
 impl Handshake {
     /// Every result, in label order.
-    pub const ALL: [Handshake; 7] = [
+    pub(crate) const ALL: [Handshake; 7] = [
         Handshake::Ok,
         Handshake::BadRequest,
         Handshake::BadVersion,
@@ -238,7 +58,7 @@ impl Handshake {
     ];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Handshake::Ok => "ok",
             Handshake::BadRequest => "bad_request",
@@ -251,83 +71,25 @@ impl Handshake {
     }
 }
 
-/// Why a connection ended: the `reason` label of
-/// `gpush_edge_disconnects_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disconnect {
-    /// The client sent a close frame.
-    ClientClose,
-    /// The TCP connection ended or failed without a close frame.
-    ClientGone,
-    /// Closed with 4001: the outgoing queue overflowed.
-    SlowConsumer,
-    /// Closed with 4000: nothing heard for `idle_timeout`.
-    Idle,
-    /// Closed with 1002, 1007 or 1009: the client broke the WebSocket
-    /// protocol.
-    ProtocolError,
-    /// Closed with 1001: the edge is shutting down.
-    Shutdown,
-    /// Closed with 4002: the client kept sending over its request rate.
-    RateLimited,
-}
-
-impl Disconnect {
-    /// Every reason, in label order.
-    pub const ALL: [Disconnect; 7] = [
-        Disconnect::ClientClose,
-        Disconnect::ClientGone,
-        Disconnect::SlowConsumer,
-        Disconnect::Idle,
-        Disconnect::ProtocolError,
-        Disconnect::Shutdown,
-        Disconnect::RateLimited,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Disconnect::ClientClose => "client_close",
-            Disconnect::ClientGone => "client_gone",
-            Disconnect::SlowConsumer => "slow_consumer",
-            Disconnect::Idle => "idle",
-            Disconnect::ProtocolError => "protocol_error",
-            Disconnect::Shutdown => "shutdown",
-            Disconnect::RateLimited => "rate_limited",
-        }
-    }
-
-    /// The reason of a close the edge decided on, by its code.
-    pub fn of_close_code(code: u16) -> Self {
-        match code {
-            crate::ws::CLOSE_SLOW_CONSUMER => Disconnect::SlowConsumer,
-            crate::ws::CLOSE_IDLE_TIMEOUT => Disconnect::Idle,
-            crate::ws::CLOSE_GOING_AWAY => Disconnect::Shutdown,
-            crate::ws::CLOSE_TOO_MANY_REQUESTS => Disconnect::RateLimited,
-            _ => Disconnect::ProtocolError,
-        }
-    }
-}
-
 /// Counters of the etcd registration; cheap to clone (shared counts).
 #[derive(Debug, Clone, Default)]
-pub struct RegistrationMetrics {
+pub(crate) struct RegistrationMetrics {
     /// Records written under a new lease.
-    pub registrations: Counter,
+    pub(crate) registrations: Counter,
     /// Lease keep-alives etcd acknowledged.
-    pub lease_renewals: Counter,
+    pub(crate) lease_renewals: Counter,
     /// Registrations lost (etcd unreachable, lease expired) and retried.
-    pub failures: Counter,
+    pub(crate) failures: Counter,
 }
 
 /// The edge's metrics: its registry and the counters of rare events.
 #[derive(Debug)]
-pub struct EdgeMetrics {
+pub(crate) struct EdgeMetrics {
     registry: Registry,
     handshakes: [Counter; Handshake::ALL.len()],
     disconnects: [Counter; Disconnect::ALL.len()],
     /// Passed to the registration task.
-    pub registration: RegistrationMetrics,
+    pub(crate) registration: RegistrationMetrics,
 }
 
 /// The counters of `family` for `label` = each of `values`, created now so
@@ -343,7 +105,7 @@ fn series<const N: usize>(
 impl EdgeMetrics {
     /// Registers every edge metric: `hub`'s state and counts, the NATS
     /// client's figures (None in standalone mode) and the counters here.
-    pub fn new(hub: Arc<Hub>, nats: Option<async_nats::Client>) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, nats: Option<async_nats::Client>) -> Self {
         let mut registry = gpush_common::metrics::new_registry();
         let handshakes = Family::<Labels<1>, Counter>::default();
         registry.register(
@@ -378,7 +140,7 @@ impl EdgeMetrics {
             "Sampled time from the push API accepting a push to its frame being written to \
              the first connection of this edge",
             Unit::Seconds,
-            hub.stats.latency.histogram.clone(),
+            hub.stats.latency.histogram(),
         );
         registry.register_collector(Box::new(HubCollector { hub }));
         if let Some(client) = nats {
@@ -396,18 +158,17 @@ impl EdgeMetrics {
         }
     }
 
-    /// Counts a handshake.
-    pub fn handshake(&self, result: Handshake) {
+    pub(crate) fn handshake(&self, result: Handshake) {
         self.handshakes[result as usize].inc();
     }
 
     /// Counts a connection that ended.
-    pub fn disconnect(&self, reason: Disconnect) {
+    pub(crate) fn disconnect(&self, reason: Disconnect) {
         self.disconnects[reason as usize].inc();
     }
 
     /// Every metric in the Prometheus text format.
-    pub fn render(&self) -> Result<String, fmt::Error> {
+    pub(crate) fn render(&self) -> Result<String, fmt::Error> {
         gpush_common::metrics::render(&self.registry)
     }
 }
@@ -506,89 +267,5 @@ impl Collector for HubCollector {
                 MetricType::Histogram,
             )?
             .encode_histogram::<NoLabelSet>(writes.frames as f64, writes.flushes, &buckets, None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flushes_land_in_their_power_of_two_bucket() {
-        let stats = WriteStats::new(3);
-        for (conn, frames) in [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 1024), (6, 1025)] {
-            stats.record(conn, frames, 10);
-        }
-        stats.record(7, 0, 5);
-        let totals = stats.totals();
-        assert_eq!(totals.flushes, 7);
-        assert_eq!(totals.frames, 1 + 2 + 3 + 4 + 5 + 1024 + 1025);
-        assert_eq!(totals.bytes, 75);
-        //                          1  2  4  8  16 32 64 128 256 512 1024 +Inf
-        assert_eq!(totals.buckets, [1, 1, 2, 1, 0, 0, 0, 0, 0, 0, 1, 1]);
-    }
-
-    #[test]
-    fn probe_times_one_push_until_its_frame_is_written() {
-        let probe = LatencyProbe::default();
-        let first = Bytes::from(vec![1u8; 8]);
-        let second = Bytes::from(vec![2u8; 8]);
-        let sent = gpush_common::push::now_us() - 3_000;
-        probe.arm(&first, sent);
-        probe.arm(&second, sent);
-        assert_eq!(
-            probe.armed(),
-            first.as_ptr() as usize,
-            "the first stays armed"
-        );
-        probe.written(second.as_ptr() as usize);
-        assert_eq!(probe.armed(), first.as_ptr() as usize, "not its frame");
-        probe.written(first.as_ptr() as usize);
-        probe.written(first.as_ptr() as usize);
-        assert_eq!(probe.armed(), 0);
-        let mut registry = Registry::default();
-        registry.register("t", "", probe.histogram.clone());
-        let text = gpush_common::metrics::render(&registry).expect("render");
-        let value = |name: &str| -> f64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
-        };
-        assert_eq!(value("t_count"), 1.0, "recorded once");
-        let seconds = value("t_sum");
-        assert!((0.003..1.0).contains(&seconds), "{seconds}");
-        probe.arm(&second, 0);
-        assert_eq!(probe.armed(), 0, "an untimed push is not armed");
-        probe.arm(&second, sent);
-        assert_eq!(probe.armed(), second.as_ptr() as usize);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_frame_never_written_stops_being_timed() {
-        let probe = LatencyProbe::default();
-        let lost = Bytes::from(vec![1u8; 8]);
-        let next = Bytes::from(vec![2u8; 8]);
-        probe.arm(&lost, 1);
-        tokio::time::advance(PROBE_TIMEOUT).await;
-        probe.arm(&next, 1);
-        assert_eq!(probe.armed(), next.as_ptr() as usize);
-    }
-
-    #[test]
-    fn close_codes_name_their_reason() {
-        use crate::ws;
-        assert_eq!(
-            Disconnect::of_close_code(ws::CLOSE_SLOW_CONSUMER),
-            Disconnect::SlowConsumer
-        );
-        assert_eq!(
-            Disconnect::of_close_code(ws::CLOSE_IDLE_TIMEOUT),
-            Disconnect::Idle
-        );
-        assert_eq!(
-            Disconnect::of_close_code(ws::CLOSE_GOING_AWAY),
-            Disconnect::Shutdown
-        );
-        assert_eq!(Disconnect::of_close_code(1009), Disconnect::ProtocolError);
     }
 }

@@ -3,10 +3,11 @@
 //! Fan-out never waits on a client. It appends the shared frame to the
 //! queue under a short lock; when a client has fallen so far behind that
 //! either bound would be exceeded, the queue is dropped, the connection is
-//! marked for closing with [`CLOSE_SLOW_CONSUMER`](crate::ws::CLOSE_SLOW_CONSUMER),
+//! marked for closing with [`Close::SlowConsumer`],
 //! and the caller counts a slow consumer. The connection task drains the
 //! queue in batches and writes them with vectored writes.
 
+use crate::close::Close;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -14,25 +15,16 @@ use tokio::sync::Notify;
 
 /// Bounds of one outgoing queue.
 #[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
+pub(crate) struct QueueLimits {
     /// Maximum queued frames.
-    pub frames: usize,
+    pub(crate) frames: usize,
     /// Maximum queued bytes.
-    pub bytes: usize,
-}
-
-/// Why a connection is being closed by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseRequest {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Close reason sent to the client.
-    pub reason: &'static str,
+    pub(crate) bytes: usize,
 }
 
 /// Outcome of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// The frame is queued.
     Queued,
     /// The queue overflowed just now: the connection is being closed as a
@@ -46,12 +38,12 @@ pub enum Pushed {
 struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
-    close: Option<CloseRequest>,
+    close: Option<Close>,
 }
 
 /// A bounded queue of encoded frames with a wake-up for its writer.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
 }
@@ -62,7 +54,7 @@ impl Outbox {
     }
 
     /// Queues `frame` unless that would exceed `limits`.
-    pub fn push(&self, frame: Bytes, limits: QueueLimits) -> Pushed {
+    pub(crate) fn push(&self, frame: Bytes, limits: QueueLimits) -> Pushed {
         let mut state = self.lock();
         if state.close.is_some() {
             return Pushed::Closing;
@@ -70,10 +62,7 @@ impl Outbox {
         if state.frames.len() >= limits.frames || state.bytes + frame.len() > limits.bytes {
             state.frames = VecDeque::new();
             state.bytes = 0;
-            state.close = Some(CloseRequest {
-                code: crate::ws::CLOSE_SLOW_CONSUMER,
-                reason: "slow consumer: outgoing queue overflowed",
-            });
+            state.close = Some(Close::SlowConsumer);
             drop(state);
             self.ready.notify_one();
             return Pushed::Overflowed;
@@ -90,7 +79,7 @@ impl Outbox {
 
     /// Asks the connection to close; the first request wins. Frames already
     /// queued are still written before the close frame.
-    pub fn close(&self, request: CloseRequest) {
+    pub(crate) fn close(&self, request: Close) {
         let mut state = self.lock();
         if state.close.is_none() {
             state.close = Some(request);
@@ -101,7 +90,7 @@ impl Outbox {
 
     /// Moves every queued frame to the end of `into`, and returns the close
     /// request, if any.
-    pub fn take(&self, into: &mut VecDeque<Bytes>) -> Option<CloseRequest> {
+    pub(crate) fn take(&self, into: &mut VecDeque<Bytes>) -> Option<Close> {
         let mut state = self.lock();
         state.bytes = 0;
         if into.is_empty() {
@@ -113,13 +102,13 @@ impl Outbox {
     }
 
     /// The close request, if any, without taking frames.
-    pub fn closing(&self) -> Option<CloseRequest> {
+    pub(crate) fn closing(&self) -> Option<Close> {
         self.lock().close
     }
 
     /// Waits until frames were queued or a close was requested since the
     /// last wait. A wake-up that arrives while nobody waits is kept.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         self.ready.notified().await;
     }
 }
@@ -152,7 +141,7 @@ mod tests {
         );
         let mut taken = VecDeque::new();
         let close = outbox.take(&mut taken).expect("closing");
-        assert_eq!(close.code, crate::ws::CLOSE_SLOW_CONSUMER);
+        assert_eq!(close, Close::SlowConsumer);
         assert!(taken.is_empty(), "an overflowed queue is dropped");
     }
 
@@ -180,15 +169,9 @@ mod tests {
     #[tokio::test]
     async fn close_wakes_the_writer_and_first_request_wins() {
         let outbox = Outbox::default();
-        let first = CloseRequest {
-            code: 1001,
-            reason: "bye",
-        };
+        let first = Close::Shutdown;
         outbox.close(first);
-        outbox.close(CloseRequest {
-            code: 4000,
-            reason: "other",
-        });
+        outbox.close(Close::Idle);
         outbox.ready().await;
         assert_eq!(outbox.take(&mut VecDeque::new()), Some(first));
     }

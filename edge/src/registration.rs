@@ -18,23 +18,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the connection count in the record is refreshed (if changed).
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on the deregistration at shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to register.
 #[derive(Debug, Clone)]
-pub struct Registration {
-    /// etcd endpoints.
-    pub endpoints: Vec<String>,
-    /// This edge's id.
-    pub node_id: String,
+pub(crate) struct Registration {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) node_id: String,
     /// The WebSocket URL clients should use.
-    pub url: String,
-    /// Lease TTL.
-    pub ttl: Duration,
+    pub(crate) url: String,
+    pub(crate) ttl: Duration,
     /// Start time, seconds since the epoch.
-    pub started_at: u64,
+    pub(crate) started_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +44,7 @@ enum SessionError {
 
 impl Registration {
     /// The record as of now.
-    pub fn record(&self, hub: &Hub) -> EdgeRecord {
+    pub(crate) fn record(&self, hub: &Hub) -> EdgeRecord {
         EdgeRecord {
             node_id: self.node_id.clone(),
             url: self.url.clone(),
@@ -59,7 +56,12 @@ impl Registration {
 
     /// Registers and stays registered until `stop`, then deregisters.
     /// Counts registrations, lease renewals and failures in `metrics`.
-    pub async fn run(self, hub: Arc<Hub>, metrics: RegistrationMetrics, stop: CancellationToken) {
+    pub(crate) async fn run(
+        self,
+        hub: Arc<Hub>,
+        metrics: RegistrationMetrics,
+        stop: CancellationToken,
+    ) {
         let mut backoff = Backoff::default();
         loop {
             match self.session(&hub, &metrics, &stop, &mut backoff).await {

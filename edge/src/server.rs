@@ -11,9 +11,9 @@
 //! task through [`tls`](crate::tls).
 
 use crate::conn;
-use crate::edge::Shared;
 use crate::metrics::Handshake;
 use crate::protocol::WireFormat;
+use crate::state::EdgeState;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -36,23 +36,23 @@ use tracing::Instrument;
 /// A client connection before its upgrade: plain TCP or TLS over TCP. Only
 /// the HTTP exchange runs on it; the connection task gets the bare
 /// `TcpStream` back, or a [`TlsSocket`](crate::tls::TlsSocket).
-pub type ClientStream = Either<TcpStream, TlsStream<TcpStream>>;
+pub(crate) type ClientStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// The browser client, served at `/gpush.js`.
-pub const CLIENT_JS: &str = include_str!("../assets/gpush.js");
+pub(crate) const CLIENT_JS: &str = include_str!("../assets/gpush.js");
 /// The demo page, served at `/` with [`PUSH_PORT_PLACEHOLDER`] filled in.
-pub const DEMO_PAGE: &str = include_str!("../assets/index.html");
+pub(crate) const DEMO_PAGE: &str = include_str!("../assets/index.html");
 /// Where the demo page takes the standalone push API's HTTP port (empty on
 /// a clustered edge, whose push API is ingress).
-pub const PUSH_PORT_PLACEHOLDER: &str = "%GPUSH_PUSH_PORT%";
+pub(crate) const PUSH_PORT_PLACEHOLDER: &str = "%GPUSH_PUSH_PORT%";
 /// Browsers may reuse the client for a few minutes, so a new release
 /// reaches them soon after the edges are upgraded.
-pub const CLIENT_JS_CACHE: &str = "public, max-age=300";
+pub(crate) const CLIENT_JS_CACHE: &str = "public, max-age=300";
 /// Browsers revalidate the demo page every time.
-pub const DEMO_PAGE_CACHE: &str = "no-cache";
+pub(crate) const DEMO_PAGE_CACHE: &str = "no-cache";
 
 /// The edge's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<EdgeState>) -> Router {
     let push_port = shared
         .config
         .standalone
@@ -96,10 +96,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// too, keep-alive or not). A slowloris client therefore holds a slot for
 /// at most `handshake_timeout`, and upgraded connections never count.
 /// With `tls`, the TLS handshake is part of it (same deadline).
-pub async fn accept(
+pub(crate) async fn accept(
     listener: TcpListener,
     router: Router,
-    shared: Arc<Shared>,
+    shared: Arc<EdgeState>,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
@@ -182,7 +182,7 @@ fn asset(body: Bytes, content_type: &'static str, cache: &'static str) -> Respon
 }
 
 /// `GET /metrics`: the edge's metrics in the Prometheus text format.
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<EdgeState>>) -> Response {
     match shared.metrics.render() {
         Ok(text) => (
             [(header::CONTENT_TYPE, gpush_common::metrics::CONTENT_TYPE)],
@@ -193,7 +193,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+async fn ready(State(shared): State<Arc<EdgeState>>) -> Response {
     if shared.is_ready() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
@@ -245,7 +245,7 @@ fn choose_protocol(headers: &HeaderMap) -> Option<(&'static str, WireFormat)> {
 
 /// Validates a WebSocket upgrade, answers 101, and hands the socket to a
 /// connection task.
-async fn upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+async fn upgrade(State(shared): State<Arc<EdgeState>>, mut request: Request) -> Response {
     let headers = request.headers();
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")

@@ -35,11 +35,11 @@ use tokio_util::task::TaskTracker;
 
 /// How long the pump keeps flushing to the client after the connection
 /// task closed its end (its close frame included).
-pub const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// The TLS acceptor of the edge's listener, when `tls_cert` and `tls_key`
 /// are set (ALPN `http/1.1`: WebSocket upgrades are HTTP/1.1).
-pub fn acceptor(config: &EdgeConfig) -> Result<Option<TlsAcceptor>, TlsError> {
+pub(crate) fn acceptor(config: &EdgeConfig) -> Result<Option<TlsAcceptor>, TlsError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -50,7 +50,7 @@ pub fn acceptor(config: &EdgeConfig) -> Result<Option<TlsAcceptor>, TlsError> {
 /// Runs the TLS handshake on an accepted connection until `deadline`;
 /// `None` (logged at debug: a client problem) when it fails, times out or
 /// `stop` is cancelled first.
-pub async fn handshake(
+pub(crate) async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     deadline: Instant,
@@ -79,7 +79,7 @@ pub async fn handshake(
 /// Unix socket pair. Dropping it (the connection task ending) starts the
 /// pump's [`LINGER`].
 #[derive(Debug)]
-pub struct TlsSocket {
+pub(crate) struct TlsSocket {
     socket: UnixStream,
     _closed: DropGuard,
 }
@@ -102,7 +102,7 @@ impl Socket for TlsSocket {
 /// Starts the pump of an upgraded TLS connection (tracked by `tracker`, so
 /// a drain waits for the last bytes to reach the client) and returns the
 /// socket the connection task serves.
-pub fn pump(stream: TlsStream<TcpStream>, tracker: &TaskTracker) -> io::Result<TlsSocket> {
+pub(crate) fn pump(stream: TlsStream<TcpStream>, tracker: &TaskTracker) -> io::Result<TlsSocket> {
     let (socket, outer) = UnixStream::pair()?;
     let closed = CancellationToken::new();
     tracker.spawn(run_pump(stream, outer, closed.clone()));

@@ -10,22 +10,6 @@ use std::io::Cursor;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-/// Close code: the server is going away (shutdown or restart).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: protocol error.
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-/// Close code: a text message was not valid UTF-8.
-pub const CLOSE_INVALID_DATA: u16 = 1007;
-/// Close code: a client message exceeded `max_message`.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code: the connection was silent for longer than `idle_timeout`.
-pub const CLOSE_IDLE_TIMEOUT: u16 = 4000;
-/// Close code: the client read too slowly and its queue overflowed.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
-/// Close code: the client kept sending requests over its rate limit
-/// (refused `request_burst` times without pausing for its bucket to refill).
-pub const CLOSE_TOO_MANY_REQUESTS: u16 = 4002;
-
 /// Encodes one unmasked server frame.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     let header = FrameHeader {
@@ -85,8 +69,8 @@ pub enum Incoming {
     Close(Option<u16>),
 }
 
-/// The client broke the protocol; the connection must be closed with
-/// [`ReadError::close_code`].
+/// The client broke the protocol; the connection must be closed (with the
+/// code [`Close::from`](crate::close::Close) gives the error).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     /// Malformed framing (unmasked frame, reserved bits, bad opcode, bad
@@ -104,17 +88,6 @@ pub enum ReadError {
     /// A text message or close reason that is not UTF-8.
     #[error("text is not valid UTF-8")]
     InvalidUtf8,
-}
-
-impl ReadError {
-    /// The WebSocket close code for this error.
-    pub fn close_code(&self) -> u16 {
-        match self {
-            ReadError::Protocol(_) => CLOSE_PROTOCOL_ERROR,
-            ReadError::TooBig { .. } => CLOSE_TOO_BIG,
-            ReadError::InvalidUtf8 => CLOSE_INVALID_DATA,
-        }
-    }
 }
 
 /// Incremental parser of client frames.
@@ -350,26 +323,32 @@ mod tests {
     }
 
     #[test]
-    fn violations_are_errors_with_close_codes() {
+    fn violations_are_errors() {
         let mut out = Vec::new();
-        let cases: Vec<(Vec<u8>, u16)> = vec![
-            (b"\x81\x02hi".to_vec(), CLOSE_PROTOCOL_ERROR), // unmasked
-            (client_frame(TEXT, true, &[0xff, 0xfe]), CLOSE_INVALID_DATA),
-            (client_frame(TEXT, true, &[b'a'; 100]), CLOSE_TOO_BIG),
+        let protocol = |e: &ReadError| matches!(e, ReadError::Protocol(_));
+        type Expected = fn(&ReadError) -> bool;
+        let cases: Vec<(Vec<u8>, Expected)> = vec![
+            (b"\x81\x02hi".to_vec(), protocol), // unmasked
+            (client_frame(TEXT, true, &[0xff, 0xfe]), |e| {
+                *e == ReadError::InvalidUtf8
+            }),
+            (client_frame(TEXT, true, &[b'a'; 100]), |e| {
+                matches!(e, ReadError::TooBig { .. })
+            }),
             (
                 client_frame(OpCode::Data(Data::Continue), true, b"x"),
-                CLOSE_PROTOCOL_ERROR,
+                protocol,
             ),
             (
                 client_frame(OpCode::Control(Control::Ping), false, b""),
-                CLOSE_PROTOCOL_ERROR,
+                protocol,
             ),
         ];
-        for (wire, code) in cases {
+        for (wire, expected) in cases {
             let err = FrameReader::default()
                 .feed(&wire, 64, &mut out)
                 .expect_err("must fail");
-            assert_eq!(err.close_code(), code, "{err}");
+            assert!(expected(&err), "{err}");
         }
     }
 
@@ -403,6 +382,6 @@ mod tests {
                 &mut out,
             )
             .expect_err("too big");
-        assert_eq!(err.close_code(), CLOSE_TOO_BIG);
+        assert!(matches!(err, ReadError::TooBig { .. }), "{err}");
     }
 }

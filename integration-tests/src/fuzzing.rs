@@ -9,7 +9,7 @@
 //!
 //! | target | parser | invariants |
 //! |---|---|---|
-//! | `ws_frames` | [`ws::FrameReader`] | any chunking gives the same messages and error; each message re-encodes to itself |
+//! | `ws_frames` | [`FrameReader`] | any chunking gives the same messages and error; each message re-encodes to itself |
 //! | `request` | [`protocol::parse_request`], [`protocol::parse_msgpack_request`] | a JSON object and its MessagePack twin parse alike; a parsed request re-encodes to itself in both formats |
 //! | `envelope` | [`envelope::decode`] | `decode(encode(p)) == p`, encoding is deterministic, the route's subject is literal |
 //! | `push_body` | the ingress HTTP router (`/v1/pushData`, `/v1/pushBatch`) | only 200, 400 or 413; a refused body publishes nothing; an accepted push has valid names, fits the limits, survives the bus envelope and is accepted again when re-sent |
@@ -23,8 +23,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use gpush_common::push::validate_optional_name;
 use gpush_common::{Bus, LocalDelivery, Push, Subjects, envelope};
+use gpush_edge::close::{self, Close};
 use gpush_edge::protocol::{self, Command, Request as ClientRequest};
-use gpush_edge::ws::{self, FrameReader, Incoming, ReadError};
+use gpush_edge::ws::{FrameReader, Incoming, ReadError};
 use gpush_ingress::{Edges, PushApiConfig};
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, Mutex};
@@ -148,7 +149,7 @@ fn reencode(message: &Incoming) -> Vec<u8> {
     client_frame(opcode, true, [0; 4], &payload)
 }
 
-/// Client WebSocket frames through [`ws::FrameReader`].
+/// Client WebSocket frames through [`FrameReader`].
 pub fn ws_frames(data: &[u8]) {
     let whole = read_in_chunks([data]);
     assert_eq!(read_in_chunks(data.chunks(1)), whole, "byte by byte");
@@ -156,12 +157,8 @@ pub fn ws_frames(data: &[u8]) {
     if let Err(error) = &whole.end {
         // Every error maps to a close code the connection sends.
         assert!(
-            [
-                ws::CLOSE_PROTOCOL_ERROR,
-                ws::CLOSE_INVALID_DATA,
-                ws::CLOSE_TOO_BIG
-            ]
-            .contains(&error.close_code()),
+            [close::PROTOCOL_ERROR, close::INVALID_DATA, close::TOO_BIG]
+                .contains(&Close::from(error).code()),
             "{error}"
         );
     }

@@ -1,22 +1,8 @@
-//! The client protocol: requests, replies, and how a push is framed.
-//!
-//! Requests are JSON text messages `{"code":N,"topic":"...","data":...,"id":...}`;
-//! replies are `{"code":C,"message":"...","topic"?,"id"?,"detail"?,"uid"?}`
-//! with the reply codes of the original gpush. Pushes are framed once per
-//! wire format and the same bytes go to every connection.
-//!
-//! A `gpush.msgpack` connection speaks the same protocol in binary frames
-//! holding MessagePack maps: requests and replies have the same keys and
-//! values as in JSON, and a push carries its payload as bin, byte for byte.
+//! Client requests: the request codes, and parsing one message, JSON text
+//! or MessagePack binary, into a [`Request`] or a [`BadRequest`].
 
-use crate::ws;
-use base64::Engine as _;
-use bytes::Bytes;
-use gpush_common::{Push, Route};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
-use std::cell::OnceCell;
 use std::fmt;
 use std::io::Cursor;
 
@@ -33,80 +19,9 @@ pub const SUBSCRIBE_PRIVATE: i64 = 5;
 /// Request code: unsubscribe from a private topic (needs login).
 pub const UNSUBSCRIBE_PRIVATE: i64 = 6;
 
-/// Push code: a public topic push.
-pub const PUSH_PUBLIC: u32 = 10001;
-/// Push code: a push to one user (private topic or user-wide).
-pub const PUSH_PRIVATE: u32 = 10002;
-/// Push code: a push to everyone.
-pub const PUSH_EVERYONE: u32 = 10003;
-
 /// How deeply a MessagePack request may nest, as serde_json limits JSON.
 /// Requests hardly nest at all; the bound keeps decoding off deep stacks.
 const MAX_MSGPACK_DEPTH: usize = 128;
-
-/// Reply codes, as in the original gpush.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    /// 20000: sent once when the connection opens.
-    Connected,
-    /// 20001: subscribe (public or private) succeeded.
-    Subscribed,
-    /// 20002: unsubscribe (public or private) succeeded.
-    Unsubscribed,
-    /// 20003: login succeeded.
-    LoggedIn,
-    /// 20004: logout succeeded.
-    LoggedOut,
-    /// 30001: malformed request; `detail` says what is wrong.
-    BadRequest,
-    /// 30002: the request needs a login.
-    NotLoggedIn,
-    /// 30003: the token was refused.
-    AuthFailed,
-    /// 30004: the topic is not acceptable.
-    InvalidTopic,
-    /// 30005: a per-connection limit was reached.
-    LimitReached,
-    /// 30006: the connection sends requests faster than `request_rate`;
-    /// the request was not carried out.
-    RateLimited,
-}
-
-impl Code {
-    /// The numeric code.
-    pub fn number(self) -> u32 {
-        match self {
-            Code::Connected => 20000,
-            Code::Subscribed => 20001,
-            Code::Unsubscribed => 20002,
-            Code::LoggedIn => 20003,
-            Code::LoggedOut => 20004,
-            Code::BadRequest => 30001,
-            Code::NotLoggedIn => 30002,
-            Code::AuthFailed => 30003,
-            Code::InvalidTopic => 30004,
-            Code::LimitReached => 30005,
-            Code::RateLimited => 30006,
-        }
-    }
-
-    /// The fixed message that goes with the code.
-    pub fn message(self) -> &'static str {
-        match self {
-            Code::Connected => "connected",
-            Code::Subscribed => "subscribed",
-            Code::Unsubscribed => "unsubscribed",
-            Code::LoggedIn => "logged in",
-            Code::LoggedOut => "logged out",
-            Code::BadRequest => "bad request",
-            Code::NotLoggedIn => "not logged in",
-            Code::AuthFailed => "authentication failed",
-            Code::InvalidTopic => "invalid topic",
-            Code::LimitReached => "limit reached",
-            Code::RateLimited => "rate limited",
-        }
-    }
-}
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,207 +218,11 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 }
 
-/// A reply to a request, or the greeting.
-#[derive(Debug, Serialize)]
-pub struct Reply<'a> {
-    code: u32,
-    message: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a str>,
-}
-
-impl<'a> Reply<'a> {
-    /// A reply with `code` and its message.
-    pub fn new(code: Code) -> Self {
-        Self {
-            code: code.number(),
-            message: code.message(),
-            topic: None,
-            uid: None,
-            id: None,
-            detail: None,
-        }
-    }
-
-    /// Adds the topic the request named.
-    pub fn topic(mut self, topic: &'a str) -> Self {
-        self.topic = Some(topic);
-        self
-    }
-
-    /// Adds the uid (login replies).
-    pub fn uid(mut self, uid: &'a str) -> Self {
-        self.uid = Some(uid);
-        self
-    }
-
-    /// Echoes the request id.
-    pub fn id(mut self, id: Option<&'a Value>) -> Self {
-        self.id = id;
-        self
-    }
-
-    /// Adds an explanation.
-    pub fn detail(mut self, detail: &'a str) -> Self {
-        self.detail = Some(detail);
-        self
-    }
-
-    /// The reply as a frame for a connection speaking `format`: JSON in a
-    /// text frame, or the same map in MessagePack in a binary frame.
-    pub fn frame(&self, format: WireFormat) -> Bytes {
-        // Serialising strings and numbers cannot fail.
-        match format {
-            WireFormat::Json | WireFormat::Raw => {
-                ws::text(&serde_json::to_vec(self).unwrap_or_default())
-            }
-            WireFormat::Msgpack => ws::binary(&rmp_serde::to_vec_named(self).unwrap_or_default()),
-        }
-    }
-}
-
-/// How pushes are framed for one connection, chosen by subprotocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WireFormat {
-    /// JSON push objects (default; subprotocol `gpush.json` or none).
-    #[default]
-    Json,
-    /// The bare payload, as the original gpush sent it (`gpush.raw`).
-    Raw,
-    /// MessagePack maps in binary frames for requests, replies and pushes,
-    /// with the payload as bin (`gpush.msgpack`).
-    Msgpack,
-}
-
-impl WireFormat {
-    /// Subprotocols we speak, by name.
-    pub const SUBPROTOCOLS: [(&'static str, WireFormat); 3] = [
-        ("gpush.json", WireFormat::Json),
-        ("gpush.raw", WireFormat::Raw),
-        ("gpush.msgpack", WireFormat::Msgpack),
-    ];
-}
-
-/// The frames of one push, encoded at most once per wire format and shared
-/// by every connection it goes to.
-#[derive(Debug)]
-pub struct PushFrames<'a> {
-    push: &'a Push,
-    json: OnceCell<Bytes>,
-    raw: OnceCell<Bytes>,
-    msgpack: OnceCell<Bytes>,
-}
-
-impl<'a> PushFrames<'a> {
-    /// Frames for `push`, encoded lazily.
-    pub fn new(push: &'a Push) -> Self {
-        Self {
-            push,
-            json: OnceCell::new(),
-            raw: OnceCell::new(),
-            msgpack: OnceCell::new(),
-        }
-    }
-
-    /// The frame for connections speaking `format`.
-    pub fn get(&self, format: WireFormat) -> &Bytes {
-        match format {
-            WireFormat::Json => self.json.get_or_init(|| ws::text(&json_push(self.push))),
-            WireFormat::Raw => self.raw.get_or_init(|| {
-                let data = &self.push.data;
-                if std::str::from_utf8(data).is_ok() {
-                    ws::text(data)
-                } else {
-                    ws::binary(data)
-                }
-            }),
-            WireFormat::Msgpack => self
-                .msgpack
-                .get_or_init(|| ws::binary(&msgpack_push(self.push))),
-        }
-    }
-}
-
-/// The push code and the topic a push names, by route.
-fn code_and_topic(push: &Push) -> (u32, Option<&str>) {
-    match push.route() {
-        Route::Everyone => (PUSH_EVERYONE, None),
-        Route::Topic(topic) => (PUSH_PUBLIC, Some(topic)),
-        Route::User { topic, .. } => (PUSH_PRIVATE, topic),
-    }
-}
-
-/// The JSON push object: `{"code":C,"topic"?:T,"data":D,"encoding"?:"base64"}`.
-pub fn json_push(push: &Push) -> Vec<u8> {
-    let (code, topic) = code_and_topic(push);
-    let data = &push.data;
-    let mut out = Vec::with_capacity(data.len() + 64);
-    out.extend_from_slice(b"{\"code\":");
-    out.extend_from_slice(code.to_string().as_bytes());
-    if let Some(topic) = topic {
-        out.extend_from_slice(b",\"topic\":");
-        // Writing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, topic);
-    }
-    out.extend_from_slice(b",\"data\":");
-    if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
-        out.extend_from_slice(data);
-    } else if let Ok(text) = std::str::from_utf8(data) {
-        let _ = serde_json::to_writer(&mut out, text);
-    } else {
-        out.push(b'"');
-        out.extend_from_slice(
-            base64::engine::general_purpose::STANDARD
-                .encode(data)
-                .as_bytes(),
-        );
-        out.extend_from_slice(b"\",\"encoding\":\"base64\"");
-    }
-    out.push(b'}');
-    out
-}
-
-/// The MessagePack push map: `{"code":C,"topic"?:T,"data":<bin>}`. The
-/// payload goes as it is, whatever it holds: no JSON sniffing, no base64.
-pub fn msgpack_push(push: &Push) -> Vec<u8> {
-    let (code, topic) = code_and_topic(push);
-    let map = MsgpackPush {
-        code,
-        topic,
-        data: Bin(&push.data),
-    };
-    let mut out = Vec::with_capacity(push.data.len() + 32);
-    // Writing a number, a string and bytes into a Vec cannot fail.
-    let _ = rmp_serde::encode::write_named(&mut out, &map);
-    out
-}
-
-#[derive(Serialize)]
-struct MsgpackPush<'a> {
-    code: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<&'a str>,
-    data: Bin<'a>,
-}
-
-/// Bytes that serialise as MessagePack bin, not as an array of numbers.
-struct Bin<'a>(&'a [u8]);
-
-impl Serialize for Bin<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::testing::{bin, msgpack};
+    use crate::protocol::{Code, Reply, WireFormat};
     use serde_json::json;
 
     fn parse(text: &str) -> Result<Request, BadRequest> {
@@ -584,77 +303,6 @@ mod tests {
         assert!(parse(&deep).is_err());
     }
 
-    #[test]
-    fn replies_carry_optional_fields_only_when_set() {
-        let id = json!(5);
-        let frame = Reply::new(Code::Subscribed)
-            .topic("t")
-            .id(Some(&id))
-            .frame(WireFormat::Json);
-        assert_eq!(
-            &frame[2..],
-            br#"{"code":20001,"message":"subscribed","topic":"t","id":5}"#
-        );
-        assert_eq!(
-            &Reply::new(Code::Connected).frame(WireFormat::Raw)[2..],
-            br#"{"code":20000,"message":"connected"}"#
-        );
-    }
-
-    fn push_json(uid: &str, topic: &str, data: &[u8]) -> Value {
-        let push = Push::new(uid, topic, Bytes::copy_from_slice(data));
-        serde_json::from_slice(&json_push(&push)).expect("push is JSON")
-    }
-
-    #[test]
-    fn push_data_is_json_text_or_base64() {
-        assert_eq!(
-            push_json("", "t", br#"{"a":1}"#),
-            json!({"code":10001,"topic":"t","data":{"a":1}})
-        );
-        assert_eq!(
-            push_json("", "", b"hello"),
-            json!({"code":10003,"data":"hello"})
-        );
-        assert_eq!(
-            push_json("u", "p", b"\xff\x00"),
-            json!({"code":10002,"topic":"p","data":"/wA=","encoding":"base64"})
-        );
-        assert_eq!(push_json("u", "", b"42"), json!({"code":10002,"data":42}));
-        assert_eq!(
-            push_json("", "quote\"d", b"{\"unterminated"),
-            json!({"code":10001,"topic":"quote\"d","data":"{\"unterminated"})
-        );
-    }
-
-    #[test]
-    fn frames_are_encoded_once_per_format() {
-        let push = Push::new("", "t", Bytes::from_static(b"\xff"));
-        let frames = PushFrames::new(&push);
-        let a = frames.get(WireFormat::Json).clone();
-        let b = frames.get(WireFormat::Json).clone();
-        assert_eq!(a.as_ptr(), b.as_ptr(), "same bytes, not a re-encode");
-        assert_eq!(&frames.get(WireFormat::Raw)[..], b"\x82\x01\xff");
-        let c = frames.get(WireFormat::Msgpack).clone();
-        let d = frames.get(WireFormat::Msgpack).clone();
-        assert_eq!(c.as_ptr(), d.as_ptr(), "same bytes, not a re-encode");
-        assert_eq!(c[0], 0x82, "a binary frame");
-        assert_eq!(&c[2..], msgpack_push(&push));
-    }
-
-    #[test]
-    fn msgpack_is_a_subprotocol() {
-        assert!(
-            WireFormat::SUBPROTOCOLS.contains(&("gpush.msgpack", WireFormat::Msgpack)),
-            "{:?}",
-            WireFormat::SUBPROTOCOLS
-        );
-    }
-
-    fn msgpack(value: &Value) -> Vec<u8> {
-        rmp_serde::to_vec_named(value).expect("encode")
-    }
-
     /// A msgpack request map from `(key, value)` pairs, where a value is
     /// already-encoded MessagePack (to put bin where JSON has none).
     fn msgpack_map(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -663,13 +311,6 @@ mod tests {
             out.extend(msgpack(&json!(key)));
             out.extend_from_slice(value);
         }
-        out
-    }
-
-    /// MessagePack bin8 holding `bytes`.
-    fn bin(bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![0xc4, u8::try_from(bytes.len()).expect("bin8")];
-        out.extend_from_slice(bytes);
         out
     }
 
@@ -769,67 +410,5 @@ mod tests {
         // An array's announced length is not trusted for allocation.
         let huge = [0xdd, 0xff, 0xff, 0xff, 0xff];
         assert!(parse_msgpack_request(&huge).is_err());
-    }
-
-    #[test]
-    fn msgpack_replies_have_the_json_keys() {
-        let id = json!("r-1");
-        let reply = Reply::new(Code::LoggedIn).uid("ann").id(Some(&id));
-        let frame = reply.frame(WireFormat::Msgpack);
-        assert_eq!(frame[0], 0x82, "a binary frame");
-        let json = reply.frame(WireFormat::Json);
-        assert_eq!(json[0], 0x81, "a text frame");
-        let decoded: Value = rmp_serde::from_slice(&frame[2..]).expect("msgpack");
-        let expected: Value = serde_json::from_slice(&json[2..]).expect("json");
-        assert_eq!(decoded, expected);
-        assert_eq!(
-            decoded,
-            json!({"code": 20003, "message": "logged in", "uid": "ann", "id": "r-1"})
-        );
-        // Exact bytes of the greeting: a map of two, the code as uint16.
-        let hello = Reply::new(Code::Connected).frame(WireFormat::Msgpack);
-        assert_eq!(
-            &hello[..],
-            b"\x82\x1b\x82\xa4code\xcd\x4e\x20\xa7message\xa9connected"
-        );
-    }
-
-    #[test]
-    fn msgpack_pushes_carry_the_payload_as_bin() {
-        let push = |uid: &str, topic: &str, data: &[u8]| {
-            msgpack_push(&Push::new(uid, topic, Bytes::copy_from_slice(data)))
-        };
-        let code = |c: u16| {
-            let mut out = b"\xa4code\xcd".to_vec();
-            out.extend(c.to_be_bytes());
-            out
-        };
-        let topic = |t: &str| [b"\xa5topic".as_slice(), &msgpack(&json!(t))].concat();
-        let data = |d: &[u8]| [b"\xa4data".as_slice(), &bin(d)].concat();
-        // JSON payloads are not parsed: they are bytes like any other.
-        assert_eq!(
-            push("", "t", br#"{"a":1}"#),
-            [&[0x83], &code(10001)[..], &topic("t"), &data(br#"{"a":1}"#)].concat()
-        );
-        assert_eq!(
-            push("u", "p", b"\xff\x00"),
-            [&[0x83], &code(10002)[..], &topic("p"), &data(b"\xff\x00")].concat()
-        );
-        assert_eq!(
-            push("u", "", b"hi"),
-            [&[0x82], &code(10002)[..], &data(b"hi")].concat()
-        );
-        assert_eq!(
-            push("", "", b""),
-            [&[0x82], &code(10003)[..], &data(b"")].concat()
-        );
-        // Large payloads use the wider bin headers and stay byte-exact.
-        let big = vec![0xab; 70_000];
-        let mut bin32 = b"\xa4data\xc6".to_vec();
-        bin32.extend(70_000u32.to_be_bytes());
-        assert_eq!(
-            push("", "", &big),
-            [&[0x82], &code(10003)[..], &bin32, &big].concat()
-        );
     }
 }

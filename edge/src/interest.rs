@@ -37,7 +37,7 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
 /// Something the edge can be interested in on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key {
+pub(crate) enum Key {
     /// A public topic.
     Topic(String),
     /// A user bucket (private topics and user-wide pushes of its users).
@@ -52,20 +52,20 @@ enum Request {
 
 /// Handle to the subscription manager; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Interest {
+pub(crate) struct Interest {
     /// None in standalone mode, where there is nothing to subscribe to.
     tx: Option<mpsc::Sender<Request>>,
 }
 
 impl Interest {
     /// The standalone handle: every method is a no-op.
-    pub fn local() -> Self {
+    pub(crate) fn local() -> Self {
         Self::default()
     }
 
     /// Makes sure the edge receives pushes for `key`; returns once NATS has
     /// the subscription (or after a bounded wait while NATS is away).
-    pub async fn ensure(&self, key: Key) {
+    pub(crate) async fn ensure(&self, key: Key) {
         let Some(tx) = &self.tx else { return };
         let (ack, done) = oneshot::channel();
         if tx.send(Request::Ensure(key, ack)).await.is_ok() {
@@ -75,7 +75,7 @@ impl Interest {
 
     /// Tells the manager that the last local connection interested in
     /// `key` has left.
-    pub async fn release(&self, key: Key) {
+    pub(crate) async fn release(&self, key: Key) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Request::Release(key)).await;
         }
@@ -84,7 +84,7 @@ impl Interest {
 
 /// Starts the NATS subscription manager; it stops when `shutdown` is
 /// cancelled.
-pub async fn start(
+pub(crate) async fn start(
     client: async_nats::Client,
     subjects: Subjects,
     hub: Arc<Hub>,

@@ -1,54 +1,45 @@
 //! State shared by every connection of an edge.
 
 use crate::auth::Authenticator;
-use crate::bus::Interest;
 use crate::config::EdgeConfig;
 use crate::hub::Hub;
+use crate::interest::Interest;
 use crate::metrics::EdgeMetrics;
-use crate::outbox::{CloseRequest, QueueLimits};
+use crate::outbox::QueueLimits;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The close sent to every client on shutdown: reconnect elsewhere.
-pub const SHUTDOWN_CLOSE: CloseRequest = CloseRequest {
-    code: crate::ws::CLOSE_GOING_AWAY,
-    reason: "server shutting down, reconnect to another edge",
-};
-
-/// What connection tasks and handlers share.
+/// What connection tasks and HTTP handlers share: one per edge.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct EdgeState {
     /// This edge's id (in etcd, in logs).
-    pub node_id: String,
-    /// The edge's config.
-    pub config: EdgeConfig,
+    pub(crate) node_id: String,
+    pub(crate) config: EdgeConfig,
     /// Queue bounds, from the config.
-    pub limits: QueueLimits,
-    /// Every connection.
-    pub hub: Arc<Hub>,
+    pub(crate) limits: QueueLimits,
+    pub(crate) hub: Arc<Hub>,
     /// Bus subscriptions that follow local interest.
-    pub interest: Interest,
-    /// Login verification.
-    pub auth: Authenticator,
+    pub(crate) interest: Interest,
+    pub(crate) auth: Authenticator,
     /// The NATS client, None in standalone mode.
-    pub nats: Option<async_nats::Client>,
+    pub(crate) nats: Option<async_nats::Client>,
     /// Cancelled when the edge starts shutting down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Connection tasks, awaited (within the grace period) on shutdown.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Notified every `write_interval`: connections with queued frames
     /// write them then. One shared tick instead of a timer per connection.
-    pub flush_tick: Notify,
+    pub(crate) flush_tick: Notify,
     /// What `GET /metrics` shows.
-    pub metrics: EdgeMetrics,
+    pub(crate) metrics: EdgeMetrics,
 }
 
-impl Shared {
+impl EdgeState {
     /// Whether the edge can receive pushes: always in standalone mode,
     /// otherwise while connected to NATS.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.nats.as_ref().is_none_or(|client| {
             client.connection_state() == async_nats::connection::State::Connected
         })

@@ -1,4 +1,4 @@
-//! The sharded registry of connections and the fan-out of pushes.
+//! The sharded index of connections and the fan-out of pushes.
 //!
 //! Four indexes, each a vector of independently locked shards chosen by
 //! hash: every connection (for everyone pushes and shutdown), public topic
@@ -9,51 +9,51 @@
 //! the same bytes. Each index shard counts its entries under its own lock,
 //! so the gauges of `GET /metrics` add no work to these paths.
 
-use crate::metrics::{LatencyProbe, WriteStats};
-use crate::outbox::{CloseRequest, Outbox, Pushed, QueueLimits};
+use crate::close::Close;
+use crate::outbox::{Outbox, Pushed, QueueLimits};
 use crate::protocol::{PushFrames, WireFormat};
-use gpush_common::metrics::{PUSH_KINDS, push_kind};
+use gpush_common::metrics::push_kind;
 use gpush_common::subject::{USER_BUCKETS, user_bucket};
 use gpush_common::{LocalDelivery, Push, Route};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The part of a connection that fan-out and the keepalive sweep need.
+mod index;
+pub(crate) mod stats;
+
+use index::Index;
+pub(crate) use stats::Stats;
+
+/// The shared handle of one connection: the part that fan-out and the
+/// keepalive sweep reach through the hub's indexes, while the connection
+/// task (see [`crate::conn`]) owns the socket and the rest.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct ConnHandle {
     /// Unique id within this edge.
-    pub id: u64,
+    pub(crate) id: u64,
     /// How pushes are framed for it.
-    pub format: WireFormat,
-    /// Its outgoing queue.
-    pub outbox: Outbox,
+    pub(crate) format: WireFormat,
+    pub(crate) outbox: Outbox,
     /// When the client was last heard from, in [`Hub::now_ms`] time.
-    pub last_heard: AtomicU64,
+    pub(crate) last_heard: AtomicU64,
     /// When the server last pinged it, in [`Hub::now_ms`] time.
     last_ping: AtomicU64,
 }
 
-/// The close for a connection silent for longer than `idle_timeout`.
-pub const IDLE_CLOSE: CloseRequest = CloseRequest {
-    code: crate::ws::CLOSE_IDLE_TIMEOUT,
-    reason: "idle timeout",
-};
-
 /// Room for one connection being upgraded, from [`Hub::admit`]; released
 /// when dropped.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     hub: Arc<Hub>,
 }
 
 impl Admission {
     /// Registers the connection, then releases the reservation (in that
     /// order, so the connection is never uncounted).
-    pub fn connect(self, format: WireFormat) -> Arc<Conn> {
+    pub(crate) fn connect(self, format: WireFormat) -> Arc<ConnHandle> {
         self.hub.connect(format)
     }
 }
@@ -66,154 +66,31 @@ impl Drop for Admission {
 
 /// What one keepalive sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Swept {
+pub(crate) struct Swept {
     /// Connections sent a ping.
-    pub pinged: usize,
+    pub(crate) pinged: usize,
     /// Connections closed as idle.
-    pub idle: usize,
-}
-
-/// Counters of what the hub and its connections did, read by
-/// `GET /metrics` (see [`crate::metrics`]).
-#[derive(Debug)]
-pub struct Stats {
-    /// Pushes handed to [`Hub::deliver`], by [`push_kind`].
-    pushes: [AtomicU64; PUSH_KINDS.len()],
-    /// Push frames queued to connections.
-    pub frames: AtomicU64,
-    /// Connections closed because their queue overflowed.
-    pub slow_consumers: AtomicU64,
-    /// What connections wrote, counted per flush in one stripe per shard.
-    pub writes: WriteStats,
-    /// Push-to-write latency, sampled.
-    pub latency: LatencyProbe,
-}
-
-impl Stats {
-    fn new(stripes: usize) -> Self {
-        Self {
-            pushes: Default::default(),
-            frames: AtomicU64::new(0),
-            slow_consumers: AtomicU64::new(0),
-            writes: WriteStats::new(stripes),
-            latency: LatencyProbe::default(),
-        }
-    }
-
-    /// Pushes received so far, by route kind, in [`PUSH_KINDS`] order.
-    pub fn pushes_received(&self) -> [u64; PUSH_KINDS.len()] {
-        std::array::from_fn(|kind| self.pushes[kind].load(Ordering::Relaxed))
-    }
+    pub(crate) idle: usize,
 }
 
 /// How many entries the hub's indexes hold.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Distinct public topics with a local subscriber.
-    pub topics: usize,
+    pub(crate) topics: usize,
     /// (connection, public topic) subscriptions.
-    pub public_subscriptions: usize,
+    pub(crate) public_subscriptions: usize,
     /// Distinct logged-in users.
-    pub users: usize,
+    pub(crate) users: usize,
     /// (connection, private topic) subscriptions.
-    pub private_subscriptions: usize,
+    pub(crate) private_subscriptions: usize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-type Subscribers = Vec<Arc<Conn>>;
 /// One lock's worth of a map.
 type Shard<K, V> = Mutex<HashMap<K, V>>;
 
-/// One shard of an [`Index`].
-#[derive(Debug, Default)]
-struct IndexShard {
-    map: HashMap<Box<str>, Subscribers>,
-    /// Connections in `map`, all keys together: kept here, under the lock
-    /// that is taken anyway, so counting costs nothing extra.
-    entries: usize,
-}
-
-/// A sharded map from a name to the connections that want it.
-#[derive(Debug)]
-struct Index {
-    shards: Box<[Mutex<IndexShard>]>,
-    hasher: RandomState,
-}
-
-impl Index {
-    fn new(shards: usize) -> Self {
-        Self {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-        }
-    }
-
-    fn shard(&self, key: &str) -> &Mutex<IndexShard> {
-        let hash = self.hasher.hash_one(key) as usize;
-        &self.shards[hash % self.shards.len()]
-    }
-
-    /// Adds `conn` under `key`; true when `key` had no subscriber before.
-    fn add(&self, key: &str, conn: &Arc<Conn>) -> bool {
-        let mut guard = lock(self.shard(key));
-        let shard = &mut *guard;
-        match shard.map.get_mut(key) {
-            Some(subscribers) => {
-                if !subscribers.iter().any(|c| c.id == conn.id) {
-                    subscribers.push(conn.clone());
-                    shard.entries += 1;
-                }
-                false
-            }
-            None => {
-                shard.map.insert(key.into(), vec![conn.clone()]);
-                shard.entries += 1;
-                true
-            }
-        }
-    }
-
-    /// Removes connection `id` from `key`; true when that left `key`
-    /// without subscribers.
-    fn remove(&self, key: &str, id: u64) -> bool {
-        let mut guard = lock(self.shard(key));
-        let shard = &mut *guard;
-        let Some(subscribers) = shard.map.get_mut(key) else {
-            return false;
-        };
-        if let Some(at) = subscribers.iter().position(|c| c.id == id) {
-            subscribers.swap_remove(at);
-            shard.entries -= 1;
-        }
-        if subscribers.is_empty() {
-            shard.map.remove(key);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn contains(&self, key: &str) -> bool {
-        lock(self.shard(key)).map.contains_key(key)
-    }
-
-    fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<Conn>)) {
-        if let Some(subscribers) = lock(self.shard(key)).map.get(key) {
-            subscribers.iter().for_each(&mut f);
-        }
-    }
-
-    /// (distinct keys, connections under all keys), each shard locked in
-    /// turn.
-    fn counts(&self) -> (usize, usize) {
-        self.shards.iter().fold((0, 0), |(keys, entries), shard| {
-            let shard = lock(shard);
-            (keys + shard.map.len(), entries + shard.entries)
-        })
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Key of the private index: names cannot contain control characters, so
@@ -224,8 +101,8 @@ fn private_key(uid: &str, topic: &str) -> String {
 
 /// Every connection of this edge, indexed for fan-out.
 #[derive(Debug)]
-pub struct Hub {
-    conns: Box<[Shard<u64, Arc<Conn>>]>,
+pub(crate) struct Hub {
+    conns: Box<[Shard<u64, Arc<ConnHandle>>]>,
     topics: Index,
     users: Index,
     private: Index,
@@ -240,14 +117,13 @@ pub struct Hub {
     /// Upgrades admitted by [`Hub::admit`] and not yet connected.
     upgrading: AtomicU64,
     next_id: AtomicU64,
-    /// What the hub did.
-    pub stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 impl Hub {
     /// An empty hub with `shards` locks per index; connection queues are
     /// bounded by `limits`.
-    pub fn new(shards: usize, limits: QueueLimits) -> Self {
+    pub(crate) fn new(shards: usize, limits: QueueLimits) -> Self {
         let shards = shards.max(1);
         Self {
             conns: (0..shards).map(|_| Mutex::default()).collect(),
@@ -269,7 +145,7 @@ impl Hub {
     /// reservation counts until the connection is registered with
     /// [`Admission::connect`] or the reservation is dropped, so concurrent
     /// upgrades cannot together pass the limit.
-    pub fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
+    pub(crate) fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
         let upgrading = self.upgrading.fetch_add(1, Ordering::AcqRel) + 1;
         if self.connections().saturating_add(upgrading) > max as u64 {
             self.upgrading.fetch_sub(1, Ordering::AcqRel);
@@ -279,10 +155,10 @@ impl Hub {
     }
 
     /// Registers a new connection speaking `format`.
-    pub fn connect(&self, format: WireFormat) -> Arc<Conn> {
+    pub(crate) fn connect(&self, format: WireFormat) -> Arc<ConnHandle> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        let conn = Arc::new(Conn {
+        let conn = Arc::new(ConnHandle {
             id,
             format,
             outbox: Outbox::default(),
@@ -296,7 +172,7 @@ impl Hub {
 
     /// Removes a connection from the everyone index. Its topic and user
     /// entries are removed by the connection itself (it knows them).
-    pub fn disconnect(&self, id: u64) {
+    pub(crate) fn disconnect(&self, id: u64) {
         if lock(&self.conns[id as usize % self.conns.len()])
             .remove(&id)
             .is_some()
@@ -305,14 +181,13 @@ impl Hub {
         }
     }
 
-    /// Live connections.
-    pub fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
     /// Topics, users and subscriptions now. Locks every index shard in
     /// turn, briefly: for scrapes, not for hot paths.
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         let (topics, public_subscriptions) = self.topics.counts();
         let (users, _) = self.users.counts();
         let (_, private_subscriptions) = self.private.counts();
@@ -326,19 +201,19 @@ impl Hub {
 
     /// Subscribes `conn` to public `topic`; true if it is the topic's first
     /// local subscriber.
-    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
+    pub(crate) fn subscribe(&self, topic: &str, conn: &Arc<ConnHandle>) -> bool {
         self.topics.add(topic, conn)
     }
 
     /// Unsubscribes connection `id` from public `topic`; true if no local
     /// subscriber is left.
-    pub fn unsubscribe(&self, topic: &str, id: u64) -> bool {
+    pub(crate) fn unsubscribe(&self, topic: &str, id: u64) -> bool {
         self.topics.remove(topic, id)
     }
 
     /// Records `conn` as logged in as `uid`; true if it is the user's first
     /// local connection.
-    pub fn login(&self, uid: &str, conn: &Arc<Conn>) -> bool {
+    pub(crate) fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
         let first = self.users.add(uid, conn);
         if first {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
@@ -348,44 +223,44 @@ impl Hub {
 
     /// Forgets that connection `id` is logged in as `uid`; true if that
     /// left the uid's bucket without any local user.
-    pub fn logout(&self, uid: &str, id: u64) -> bool {
+    pub(crate) fn logout(&self, uid: &str, id: u64) -> bool {
         self.users.remove(uid, id)
             && self.user_buckets[usize::from(user_bucket(uid))].fetch_sub(1, Ordering::Relaxed) == 1
     }
 
     /// Whether any local connection is logged in as a user of `bucket`.
-    pub fn has_user_bucket(&self, bucket: u16) -> bool {
+    pub(crate) fn has_user_bucket(&self, bucket: u16) -> bool {
         self.user_buckets
             .get(usize::from(bucket))
             .is_some_and(|n| n.load(Ordering::Relaxed) > 0)
     }
 
     /// Subscribes `conn`, logged in as `uid`, to private `topic`.
-    pub fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<Conn>) {
+    pub(crate) fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<ConnHandle>) {
         self.private.add(&private_key(uid, topic), conn);
     }
 
     /// Unsubscribes connection `id` from `uid`'s private `topic`.
-    pub fn unsubscribe_private(&self, uid: &str, topic: &str, id: u64) {
+    pub(crate) fn unsubscribe_private(&self, uid: &str, topic: &str, id: u64) {
         self.private.remove(&private_key(uid, topic), id);
     }
 
     /// Whether any local connection subscribes to public `topic`.
-    pub fn has_topic(&self, topic: &str) -> bool {
+    pub(crate) fn has_topic(&self, topic: &str) -> bool {
         self.topics.contains(topic)
     }
 
     /// Milliseconds since the hub was created: the clock of
-    /// [`Conn::last_heard`]. An atomic integer is all a connection needs to
+    /// [`ConnHandle::last_heard`]. An atomic integer is all a connection needs to
     /// carry for keepalive; one sweep per edge does the timing.
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         Instant::now().duration_since(self.epoch).as_millis() as u64
     }
 
     /// Pings every connection not pinged for `ping_interval` and closes
     /// every one not heard from for `idle_timeout`. Run by one task per
     /// edge, so connections carry no timer of their own.
-    pub fn sweep(&self, ping_interval: Duration, idle_timeout: Duration) -> Swept {
+    pub(crate) fn sweep(&self, ping_interval: Duration, idle_timeout: Duration) -> Swept {
         let now = self.now_ms();
         let ping_ms = ping_interval.as_millis() as u64;
         let idle_ms = idle_timeout.as_millis() as u64;
@@ -393,7 +268,7 @@ impl Hub {
         for shard in &self.conns {
             for conn in lock(shard).values() {
                 if now.saturating_sub(conn.last_heard.load(Ordering::Relaxed)) >= idle_ms {
-                    conn.outbox.close(IDLE_CLOSE);
+                    conn.outbox.close(Close::Idle);
                     swept.idle += 1;
                 } else if now.saturating_sub(conn.last_ping.load(Ordering::Relaxed)) >= ping_ms {
                     conn.last_ping.store(now, Ordering::Relaxed);
@@ -409,7 +284,7 @@ impl Hub {
     }
 
     /// Asks every connection to close.
-    pub fn close_all(&self, request: CloseRequest) {
+    pub(crate) fn close_all(&self, request: Close) {
         for shard in &self.conns {
             for conn in lock(shard).values() {
                 conn.outbox.close(request);
@@ -418,14 +293,14 @@ impl Hub {
     }
 
     /// Queues `push` to every local connection its route selects.
-    pub fn deliver(&self, push: &Push) {
+    pub(crate) fn deliver(&self, push: &Push) {
         let route = push.route();
         self.stats.pushes[push_kind(route)].fetch_add(1, Ordering::Relaxed);
         let frames = PushFrames::new(push);
         let mut queued = 0u64;
         let mut slow = 0u64;
         let mut first = true;
-        let mut send = |conn: &Arc<Conn>| {
+        let mut send = |conn: &Arc<ConnHandle>| {
             let frame = frames.get(conn.format);
             if first {
                 // Before queueing, so no flush can write it unnoticed.
@@ -476,7 +351,7 @@ mod tests {
         bytes: 1 << 20,
     };
 
-    fn drain(conn: &Conn) -> usize {
+    fn drain(conn: &ConnHandle) -> usize {
         let mut frames = VecDeque::new();
         conn.outbox.take(&mut frames);
         frames.len()
@@ -549,7 +424,7 @@ mod tests {
         assert_eq!(hub.stats.slow_consumers.load(Ordering::Relaxed), 1);
         let mut frames = VecDeque::new();
         let close = slow.outbox.take(&mut frames).expect("slow is closing");
-        assert_eq!(close.code, crate::ws::CLOSE_SLOW_CONSUMER);
+        assert_eq!(close, Close::SlowConsumer);
         assert_eq!(fast.outbox.take(&mut frames), None);
     }
 
@@ -574,7 +449,7 @@ mod tests {
             }
         }
         let mut frames = VecDeque::new();
-        assert_eq!(quiet.outbox.take(&mut frames), Some(IDLE_CLOSE));
+        assert_eq!(quiet.outbox.take(&mut frames), Some(Close::Idle));
         assert_eq!(frames.len(), 2, "two pings before the close");
         assert_eq!(chatty.outbox.take(&mut frames), None);
     }

@@ -1,0 +1,56 @@
+//! The client's requests, one file per command family: what each does to
+//! the connection's subscriptions, the hub's indexes and the bus interest,
+//! and the reply it gets.
+
+mod login;
+mod private;
+mod subscribe;
+
+use super::Session;
+use super::io::Socket;
+use crate::protocol::{Code, Command, Reply, Request};
+use bytes::Bytes;
+use gpush_common::push::validate_name;
+use serde_json::Value;
+
+impl<S: Socket> Session<S> {
+    /// Carries out a request; the reply frame.
+    pub(super) async fn request(&mut self, Request { command, id }: Request) -> Bytes {
+        let id = id.as_ref();
+        match command {
+            Command::Subscribe(topic) => self.subscribe(topic, id).await,
+            Command::Unsubscribe(topic) => self.unsubscribe(topic, id).await,
+            Command::Login(token) => self.login(token, id).await,
+            Command::Logout => {
+                self.logout().await;
+                Reply::new(Code::LoggedOut).id(id).frame(self.conn.format)
+            }
+            Command::SubscribePrivate(topic) => self.subscribe_private(topic, id),
+            Command::UnsubscribePrivate(topic) => self.unsubscribe_private(topic, id),
+        }
+    }
+
+    /// Checks a topic name; the error reply when it is not acceptable.
+    fn check_topic(&self, topic: &str, id: Option<&Value>) -> Result<(), Bytes> {
+        validate_name(topic, self.shared.config.max_name_len).map_err(|e| {
+            Reply::new(Code::InvalidTopic)
+                .id(id)
+                .detail(&format!("topic {e}"))
+                .frame(self.conn.format)
+        })
+    }
+
+    /// The limit reply when one more subscription is not allowed.
+    fn check_limit(&self, topic: &str, id: Option<&Value>) -> Result<(), Bytes> {
+        let max = self.shared.config.max_subscriptions;
+        if self.public.len() + self.private.len() < max {
+            Ok(())
+        } else {
+            Err(Reply::new(Code::LimitReached)
+                .topic(topic)
+                .id(id)
+                .detail(&format!("at most {max} subscriptions per connection"))
+                .frame(self.conn.format))
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! How a push is framed: the push codes, the JSON and MessagePack push
+//! objects, and [`PushFrames`], which encodes a push at most once per wire
+//! format for every connection it reaches.
+
+use super::WireFormat;
+use crate::ws;
+use base64::Engine as _;
+use bytes::Bytes;
+use gpush_common::{Push, Route};
+use serde::{Serialize, Serializer};
+use std::cell::OnceCell;
+
+/// Push code: a public topic push.
+pub const PUSH_PUBLIC: u32 = 10001;
+/// Push code: a push to one user (private topic or user-wide).
+pub const PUSH_PRIVATE: u32 = 10002;
+/// Push code: a push to everyone.
+pub const PUSH_EVERYONE: u32 = 10003;
+
+/// The frames of one push, encoded at most once per wire format and shared
+/// by every connection it goes to.
+#[derive(Debug)]
+pub struct PushFrames<'a> {
+    push: &'a Push,
+    json: OnceCell<Bytes>,
+    raw: OnceCell<Bytes>,
+    msgpack: OnceCell<Bytes>,
+}
+
+impl<'a> PushFrames<'a> {
+    /// Frames for `push`, encoded lazily.
+    pub fn new(push: &'a Push) -> Self {
+        Self {
+            push,
+            json: OnceCell::new(),
+            raw: OnceCell::new(),
+            msgpack: OnceCell::new(),
+        }
+    }
+
+    /// The frame for connections speaking `format`.
+    pub fn get(&self, format: WireFormat) -> &Bytes {
+        match format {
+            WireFormat::Json => self.json.get_or_init(|| ws::text(&json_push(self.push))),
+            WireFormat::Raw => self.raw.get_or_init(|| {
+                let data = &self.push.data;
+                if std::str::from_utf8(data).is_ok() {
+                    ws::text(data)
+                } else {
+                    ws::binary(data)
+                }
+            }),
+            WireFormat::Msgpack => self
+                .msgpack
+                .get_or_init(|| ws::binary(&msgpack_push(self.push))),
+        }
+    }
+}
+
+/// The push code and the topic a push names, by route.
+fn code_and_topic(push: &Push) -> (u32, Option<&str>) {
+    match push.route() {
+        Route::Everyone => (PUSH_EVERYONE, None),
+        Route::Topic(topic) => (PUSH_PUBLIC, Some(topic)),
+        Route::User { topic, .. } => (PUSH_PRIVATE, topic),
+    }
+}
+
+/// The JSON push object: `{"code":C,"topic"?:T,"data":D,"encoding"?:"base64"}`.
+pub fn json_push(push: &Push) -> Vec<u8> {
+    let (code, topic) = code_and_topic(push);
+    let data = &push.data;
+    let mut out = Vec::with_capacity(data.len() + 64);
+    out.extend_from_slice(b"{\"code\":");
+    out.extend_from_slice(code.to_string().as_bytes());
+    if let Some(topic) = topic {
+        out.extend_from_slice(b",\"topic\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, topic);
+    }
+    out.extend_from_slice(b",\"data\":");
+    if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        out.extend_from_slice(data);
+    } else if let Ok(text) = std::str::from_utf8(data) {
+        let _ = serde_json::to_writer(&mut out, text);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(data)
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"encoding\":\"base64\"");
+    }
+    out.push(b'}');
+    out
+}
+
+/// The MessagePack push map: `{"code":C,"topic"?:T,"data":<bin>}`. The
+/// payload goes as it is, whatever it holds: no JSON sniffing, no base64.
+pub fn msgpack_push(push: &Push) -> Vec<u8> {
+    let (code, topic) = code_and_topic(push);
+    let map = MsgpackPush {
+        code,
+        topic,
+        data: Bin(&push.data),
+    };
+    let mut out = Vec::with_capacity(push.data.len() + 32);
+    // Writing a number, a string and bytes into a Vec cannot fail.
+    let _ = rmp_serde::encode::write_named(&mut out, &map);
+    out
+}
+
+#[derive(Serialize)]
+struct MsgpackPush<'a> {
+    code: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    data: Bin<'a>,
+}
+
+/// Bytes that serialise as MessagePack bin, not as an array of numbers.
+struct Bin<'a>(&'a [u8]);
+
+impl Serialize for Bin<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::testing::{bin, msgpack};
+    use serde_json::{Value, json};
+
+    fn push_json(uid: &str, topic: &str, data: &[u8]) -> Value {
+        let push = Push::new(uid, topic, Bytes::copy_from_slice(data));
+        serde_json::from_slice(&json_push(&push)).expect("push is JSON")
+    }
+
+    #[test]
+    fn push_data_is_json_text_or_base64() {
+        assert_eq!(
+            push_json("", "t", br#"{"a":1}"#),
+            json!({"code":10001,"topic":"t","data":{"a":1}})
+        );
+        assert_eq!(
+            push_json("", "", b"hello"),
+            json!({"code":10003,"data":"hello"})
+        );
+        assert_eq!(
+            push_json("u", "p", b"\xff\x00"),
+            json!({"code":10002,"topic":"p","data":"/wA=","encoding":"base64"})
+        );
+        assert_eq!(push_json("u", "", b"42"), json!({"code":10002,"data":42}));
+        assert_eq!(
+            push_json("", "quote\"d", b"{\"unterminated"),
+            json!({"code":10001,"topic":"quote\"d","data":"{\"unterminated"})
+        );
+    }
+
+    #[test]
+    fn frames_are_encoded_once_per_format() {
+        let push = Push::new("", "t", Bytes::from_static(b"\xff"));
+        let frames = PushFrames::new(&push);
+        let a = frames.get(WireFormat::Json).clone();
+        let b = frames.get(WireFormat::Json).clone();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "same bytes, not a re-encode");
+        assert_eq!(&frames.get(WireFormat::Raw)[..], b"\x82\x01\xff");
+        let c = frames.get(WireFormat::Msgpack).clone();
+        let d = frames.get(WireFormat::Msgpack).clone();
+        assert_eq!(c.as_ptr(), d.as_ptr(), "same bytes, not a re-encode");
+        assert_eq!(c[0], 0x82, "a binary frame");
+        assert_eq!(&c[2..], msgpack_push(&push));
+    }
+
+    #[test]
+    fn msgpack_pushes_carry_the_payload_as_bin() {
+        let push = |uid: &str, topic: &str, data: &[u8]| {
+            msgpack_push(&Push::new(uid, topic, Bytes::copy_from_slice(data)))
+        };
+        let code = |c: u16| {
+            let mut out = b"\xa4code\xcd".to_vec();
+            out.extend(c.to_be_bytes());
+            out
+        };
+        let topic = |t: &str| [b"\xa5topic".as_slice(), &msgpack(&json!(t))].concat();
+        let data = |d: &[u8]| [b"\xa4data".as_slice(), &bin(d)].concat();
+        // JSON payloads are not parsed: they are bytes like any other.
+        assert_eq!(
+            push("", "t", br#"{"a":1}"#),
+            [&[0x83], &code(10001)[..], &topic("t"), &data(br#"{"a":1}"#)].concat()
+        );
+        assert_eq!(
+            push("u", "p", b"\xff\x00"),
+            [&[0x83], &code(10002)[..], &topic("p"), &data(b"\xff\x00")].concat()
+        );
+        assert_eq!(
+            push("u", "", b"hi"),
+            [&[0x82], &code(10002)[..], &data(b"hi")].concat()
+        );
+        assert_eq!(
+            push("", "", b""),
+            [&[0x82], &code(10003)[..], &data(b"")].concat()
+        );
+        // Large payloads use the wider bin headers and stay byte-exact.
+        let big = vec![0xab; 70_000];
+        let mut bin32 = b"\xa4data\xc6".to_vec();
+        bin32.extend(70_000u32.to_be_bytes());
+        assert_eq!(
+            push("", "", &big),
+            [&[0x82], &code(10003)[..], &bin32, &big].concat()
+        );
+    }
+}

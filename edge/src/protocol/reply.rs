@@ -1,0 +1,183 @@
+//! Replies to requests (and the greeting): the reply codes of the original
+//! gpush, and a reply framed for a connection's wire format.
+
+use super::WireFormat;
+use crate::ws;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Reply codes, as in the original gpush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// 20000: sent once when the connection opens.
+    Connected,
+    /// 20001: subscribe (public or private) succeeded.
+    Subscribed,
+    /// 20002: unsubscribe (public or private) succeeded.
+    Unsubscribed,
+    /// 20003: login succeeded.
+    LoggedIn,
+    /// 20004: logout succeeded.
+    LoggedOut,
+    /// 30001: malformed request; `detail` says what is wrong.
+    BadRequest,
+    /// 30002: the request needs a login.
+    NotLoggedIn,
+    /// 30003: the token was refused.
+    AuthFailed,
+    /// 30004: the topic is not acceptable.
+    InvalidTopic,
+    /// 30005: a per-connection limit was reached.
+    LimitReached,
+    /// 30006: the connection sends requests faster than `request_rate`;
+    /// the request was not carried out.
+    RateLimited,
+}
+
+impl Code {
+    /// The numeric code.
+    pub fn number(self) -> u32 {
+        match self {
+            Code::Connected => 20000,
+            Code::Subscribed => 20001,
+            Code::Unsubscribed => 20002,
+            Code::LoggedIn => 20003,
+            Code::LoggedOut => 20004,
+            Code::BadRequest => 30001,
+            Code::NotLoggedIn => 30002,
+            Code::AuthFailed => 30003,
+            Code::InvalidTopic => 30004,
+            Code::LimitReached => 30005,
+            Code::RateLimited => 30006,
+        }
+    }
+
+    /// The fixed message that goes with the code.
+    pub fn message(self) -> &'static str {
+        match self {
+            Code::Connected => "connected",
+            Code::Subscribed => "subscribed",
+            Code::Unsubscribed => "unsubscribed",
+            Code::LoggedIn => "logged in",
+            Code::LoggedOut => "logged out",
+            Code::BadRequest => "bad request",
+            Code::NotLoggedIn => "not logged in",
+            Code::AuthFailed => "authentication failed",
+            Code::InvalidTopic => "invalid topic",
+            Code::LimitReached => "limit reached",
+            Code::RateLimited => "rate limited",
+        }
+    }
+}
+
+/// A reply to a request, or the greeting.
+#[derive(Debug, Serialize)]
+pub struct Reply<'a> {
+    code: u32,
+    message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+impl<'a> Reply<'a> {
+    /// A reply with `code` and its message.
+    pub fn new(code: Code) -> Self {
+        Self {
+            code: code.number(),
+            message: code.message(),
+            topic: None,
+            uid: None,
+            id: None,
+            detail: None,
+        }
+    }
+
+    /// Adds the topic the request named.
+    pub fn topic(mut self, topic: &'a str) -> Self {
+        self.topic = Some(topic);
+        self
+    }
+
+    /// Adds the uid (login replies).
+    pub fn uid(mut self, uid: &'a str) -> Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// Echoes the request id.
+    pub fn id(mut self, id: Option<&'a Value>) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Adds an explanation.
+    pub fn detail(mut self, detail: &'a str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// The reply as a frame for a connection speaking `format`: JSON in a
+    /// text frame, or the same map in MessagePack in a binary frame.
+    pub fn frame(&self, format: WireFormat) -> Bytes {
+        // Serialising strings and numbers cannot fail.
+        match format {
+            WireFormat::Json | WireFormat::Raw => {
+                ws::text(&serde_json::to_vec(self).unwrap_or_default())
+            }
+            WireFormat::Msgpack => ws::binary(&rmp_serde::to_vec_named(self).unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replies_carry_optional_fields_only_when_set() {
+        let id = json!(5);
+        let frame = Reply::new(Code::Subscribed)
+            .topic("t")
+            .id(Some(&id))
+            .frame(WireFormat::Json);
+        assert_eq!(
+            &frame[2..],
+            br#"{"code":20001,"message":"subscribed","topic":"t","id":5}"#
+        );
+        assert_eq!(
+            &Reply::new(Code::Connected).frame(WireFormat::Raw)[2..],
+            br#"{"code":20000,"message":"connected"}"#
+        );
+    }
+
+    #[test]
+    fn msgpack_replies_have_the_json_keys() {
+        let id = json!("r-1");
+        let reply = Reply::new(Code::LoggedIn).uid("ann").id(Some(&id));
+        let frame = reply.frame(WireFormat::Msgpack);
+        assert_eq!(frame[0], 0x82, "a binary frame");
+        let json = reply.frame(WireFormat::Json);
+        assert_eq!(json[0], 0x81, "a text frame");
+        let decoded: Value = rmp_serde::from_slice(&frame[2..]).expect("msgpack");
+        let expected: Value = serde_json::from_slice(&json[2..]).expect("json");
+        assert_eq!(decoded, expected);
+        assert_eq!(
+            decoded,
+            json!({"code": 20003, "message": "logged in", "uid": "ann", "id": "r-1"})
+        );
+        // Exact bytes of the greeting: a map of two, the code as uint16.
+        let hello = Reply::new(Code::Connected).frame(WireFormat::Msgpack);
+        assert_eq!(
+            &hello[..],
+            b"\x82\x1b\x82\xa4code\xcd\x4e\x20\xa7message\xa9connected"
+        );
+    }
+}
