@@ -386,20 +386,15 @@ impl PushApi {
         what: &str,
         ok: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        crate::wait_for(within, format!("GET /v1/edges showing {what}"), || async {
             let reply = self.get("/v1/edges").await;
             if reply.status == 200 && ok(&reply.json()) {
-                return reply.json();
+                Ok(reply.json())
+            } else {
+                Err(format!("{} {}", reply.status, reply.body))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "GET /v1/edges never showed {what} within {within:?}; last: {} {}",
-                reply.status,
-                reply.body
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// The node ids in a `/v1/edges` body, in its order.
@@ -414,22 +409,20 @@ impl PushApi {
 
     /// Polls `GET <path>` until it answers `status`; panics after `within`.
     pub async fn wait_for_status(&self, path: &str, status: u16, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let url = format!("{}{path}", self.http_base);
+        let url = format!("{}{path}", self.http_base);
+        crate::wait_for(within, format!("GET {url} answering {status}"), || async {
             let got = tokio::time::timeout(Duration::from_secs(1), self.http.get(&url).send())
                 .await
                 .ok()
                 .and_then(Result::ok)
                 .map(|r| r.status().as_u16());
             if got == Some(status) {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
             }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("GET {url} did not answer {status} within {within:?} (last: {got:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 

@@ -47,6 +47,7 @@ pub use deploy::{Cluster, Deployment, Standalone};
 pub use procs::{EdgeProcess, Etcd, NatsServer, free_port};
 pub use servers::{EdgeHandle, IngressHandle};
 
+use std::fmt::Display;
 use std::time::Duration;
 
 /// How long a test waits for something that should happen (a reply, a
@@ -57,6 +58,50 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Loopback delivery takes milliseconds, so a push that was wrongly routed
 /// shows up well within this window.
 pub const QUIET: Duration = Duration::from_millis(400);
+
+/// How often [`wait_for`] and [`wait_until`] check their condition.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// Checks `probe` every few milliseconds until it returns `Ok(value)`, and
+/// returns that value. Panics naming `what` if that takes longer than
+/// `within` (a check still running then counts as too late), with the
+/// probe's last `Err`: what it saw instead, for the failure message.
+///
+/// For a condition that cannot be awaited directly (a metric, an etcd
+/// record, a count kept by another task), instead of sleeping "long
+/// enough".
+pub async fn wait_for<T, E, F, Fut>(within: Duration, what: impl Display, mut probe: F) -> T
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = match tokio::time::timeout_at(deadline, probe()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(last)) => last.to_string(),
+            Err(_) => "(the last check was still running)".to_owned(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}; last seen: {last}");
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// [`wait_for`] a condition that has nothing to report while false.
+pub async fn wait_until<F, Fut>(within: Duration, what: impl Display, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(within, what, || {
+        let check = cond();
+        async move { if check.await { Ok(()) } else { Err("not yet") } }
+    })
+    .await
+}
 
 /// Installs a tracing subscriber once, so `RUST_LOG=gpush=debug cargo test`
 /// shows what the in-process servers do. Quiet (errors only) by default.

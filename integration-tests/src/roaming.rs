@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{sleep, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
@@ -112,49 +112,49 @@ impl Fleet {
     /// Waits until every client is connected and subscribed. Panics after
     /// `within`, saying how many are not.
     pub async fn wait_all_subscribed(&self, within: Duration, what: &str) {
-        let deadline = Instant::now() + within;
-        loop {
-            let subscribed = self.subscribed();
-            if subscribed == self.clients.len() {
-                return;
-            }
-            if Instant::now() >= deadline {
+        let all = self.clients.len();
+        crate::wait_for(
+            within,
+            format!("{what}: all {all} clients subscribed"),
+            || async {
+                let subscribed = self.subscribed();
+                if subscribed == all {
+                    return Ok(());
+                }
                 let failures: u64 = self
                     .clients
                     .iter()
                     .map(|c| c.failures.load(Ordering::SeqCst))
                     .sum();
-                panic!(
-                    "{what}: only {subscribed} of {} clients subscribed after {within:?} \
-                     ({failures} failed attempts so far)",
-                    self.clients.len()
-                );
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
+                Err(format!(
+                    "{subscribed} subscribed ({failures} failed attempts so far)"
+                ))
+            },
+        )
+        .await
     }
 
     /// Waits until every client has received push `seq`. Panics after
     /// `within`, saying how many have not.
     pub async fn wait_all_received(&self, seq: u64, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let missing = self
-                .clients
-                .iter()
-                .filter(|c| !c.received().contains(&seq))
-                .count();
-            if missing == 0 {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{missing} of {} clients never got push {seq}",
-                    self.clients.len()
-                );
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
+        let all = self.clients.len();
+        crate::wait_for(
+            within,
+            format!("all {all} clients got push {seq}"),
+            || async {
+                let missing = self
+                    .clients
+                    .iter()
+                    .filter(|c| !c.received().contains(&seq))
+                    .count();
+                if missing == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{missing} missing it"))
+                }
+            },
+        )
+        .await
     }
 
     /// Number of clients per edge URL, sorted by URL.

@@ -4,7 +4,7 @@
 
 use gpush_common::registry::{EdgeRecord, edge_key};
 use gpush_ingress::{EdgeList, EtcdEdges};
-use gpush_integration_tests::Etcd;
+use gpush_integration_tests::{Etcd, wait_for};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -35,17 +35,15 @@ async fn put(etcd: &Etcd, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
 
 /// Waits until the list satisfies `ok`.
 async fn until(edges: &EtcdEdges, what: &str, ok: impl Fn(&EdgeList) -> bool) {
-    let reached = tokio::time::timeout(WAIT, async {
-        while !ok(&edges.list()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_for(WAIT, format!("edge list: {what}"), || async {
+        let list = edges.list();
+        if ok(&list) {
+            Ok(())
+        } else {
+            Err(format!("{list:?}"))
         }
     })
     .await;
-    assert!(
-        reached.is_ok(),
-        "never reached: {what}; list: {:?}",
-        edges.list()
-    );
 }
 
 fn ids(list: &EdgeList) -> Vec<&str> {

@@ -6,7 +6,7 @@ use gpush_common::registry::EDGES_PREFIX;
 use gpush_integration_tests::client::close_code;
 use gpush_integration_tests::frames::close;
 use gpush_integration_tests::{
-    Cluster, Deployment, EdgeProcess, Etcd, NatsServer, TIMEOUT, WsClient,
+    Cluster, Deployment, EdgeProcess, Etcd, NatsServer, TIMEOUT, WsClient, wait_for,
 };
 use std::time::Duration;
 
@@ -15,21 +15,16 @@ const PROCESS_LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// Polls `GET /v1/edges` on ingress until `ok(body)` holds.
 async fn wait_edges_listing(cluster: &Cluster, what: &str, ok: impl Fn(&str) -> bool) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
+    wait_for(TIMEOUT, format!("GET /v1/edges showing {what}"), || async {
         let reply = cluster.api().get("/v1/edges").await;
         if reply.status == 200 && ok(&reply.body) {
             reply.json();
-            return;
+            Ok(())
+        } else {
+            Err(format!("{} {}", reply.status, reply.body))
         }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "GET /v1/edges never showed {what}; last: {} {}",
-                reply.status, reply.body
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,12 @@ use gpush_ingress::IngressConfig;
 use gpush_integration_tests::deploy::edge_test_config;
 use gpush_integration_tests::frames;
 use gpush_integration_tests::{
-    EdgeHandle, EdgeProcess, Etcd, IngressHandle, NatsServer, PushApi, TIMEOUT, WsClient,
+    EdgeHandle, EdgeProcess, Etcd, IngressHandle, NatsServer, PushApi, TIMEOUT, WsClient, wait_for,
+    wait_until,
 };
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
@@ -148,8 +151,9 @@ async fn edges_and_ingress_ride_out_member_loss_and_a_full_outage() {
         late.expect_push(&frames::public("news", data.as_bytes()))
             .await;
     }
-    // Longer than the lease TTL, so the old leases could not be kept alive
-    // anyway.
+    // A deliberate sleep: the outage lasts longer than the lease TTL, so
+    // that the old leases could not be kept alive anyway and registering
+    // again under a new one is the only right outcome.
     sleep(TTL + Duration::from_secs(1)).await;
 
     // etcd returns: each edge registers again under a new lease, with
@@ -163,19 +167,16 @@ async fn edges_and_ingress_ride_out_member_loss_and_a_full_outage() {
         })
         .await;
     assert_eq!(PushApi::edge_ids(&fresh), ["edge-1", "edge-0"], "{fresh}");
-    let deadline = Instant::now() + RECOVERY;
     for (node_id, old) in ["edge-0", "edge-1"].into_iter().zip(leases) {
-        loop {
+        let what = format!("{node_id} registered under a new lease (old {old})");
+        wait_for(RECOVERY, what, || async {
             let lease = setup.etcd.lease_of(&edge_key(node_id)).await;
-            if lease.is_some_and(|l| l != old && l != 0) {
-                break;
+            match lease {
+                Some(l) if l != old && l != 0 => Ok(()),
+                _ => Err(format!("{lease:?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{node_id} did not register under a new lease (old {old}, now {lease:?})"
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
     push_arrives(&api, &mut subscriber, "news", b"6").await;
 }
@@ -199,16 +200,23 @@ async fn a_sigkilled_edge_vanishes_within_its_lease_and_nobody_else_notices() {
     // Pushes go on while the victim dies: every one is accepted, and the
     // survivor's client gets every one, in order.
     let pushes = 40;
+    let pushed = Arc::new(AtomicU32::new(0));
     let pusher = {
         let api = api.clone();
+        let pushed = pushed.clone();
         tokio::spawn(async move {
             for i in 1..=pushes {
                 api.push_http("", "ticks", format!("{i}").as_bytes()).await;
+                pushed.store(i, Ordering::SeqCst);
+                // Paced, so that the kill falls in the middle of them.
                 sleep(Duration::from_millis(25)).await;
             }
         })
     };
-    sleep(Duration::from_millis(300)).await;
+    wait_until(TIMEOUT, "ten pushes before the kill", || async {
+        pushed.load(Ordering::SeqCst) >= 10
+    })
+    .await;
     let killed = Instant::now();
     victim.sigkill();
     for i in 1..=pushes {

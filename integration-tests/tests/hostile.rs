@@ -15,8 +15,11 @@ use gpush_integration_tests::silent::{
 };
 use gpush_integration_tests::{
     Deployment, EdgeProcess, PushApi, PushMsg, Standalone, TIMEOUT, Via, WsClient, free_port,
+    wait_for, wait_until,
 };
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -45,6 +48,8 @@ fn hostile_limits(config: &mut EdgeConfig) {
 struct Audience {
     readers: Vec<JoinHandle<(WsClient, u64)>>,
     pusher: JoinHandle<u64>,
+    /// How many pushes the pusher has made so far.
+    pushed: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -69,10 +74,12 @@ impl Audience {
         }
         let readers = clients.into_iter().map(|c| tokio::spawn(read(c))).collect();
         let stop = CancellationToken::new();
-        let pusher = tokio::spawn(push(api.clone(), stop.clone()));
+        let pushed = Arc::new(AtomicU64::new(0));
+        let pusher = tokio::spawn(push(api.clone(), pushed.clone(), stop.clone()));
         Self {
             readers,
             pusher,
+            pushed,
             stop,
         }
     }
@@ -81,7 +88,11 @@ impl Audience {
     /// order, and is still served.
     async fn finish(self) {
         // A few more pushes after the attack.
-        tokio::time::sleep(TICK * 10).await;
+        let after = self.pushed.load(Ordering::SeqCst) + 10;
+        wait_until(TIMEOUT, "ten more pushes after the attack", || async {
+            self.pushed.load(Ordering::SeqCst) >= after
+        })
+        .await;
         self.stop.cancel();
         let sent = tokio::time::timeout(TIMEOUT, self.pusher)
             .await
@@ -120,8 +131,9 @@ async fn read(mut client: WsClient) -> (WsClient, u64) {
 }
 
 /// Pushes `{"seq":n}` to [`TOPIC`] every [`TICK`] until `stop`, then one
-/// marked `done`; returns how many came before it.
-async fn push(api: PushApi, stop: CancellationToken) -> u64 {
+/// marked `done`; returns how many came before it, and counts them in
+/// `pushed` as it goes.
+async fn push(api: PushApi, pushed: Arc<AtomicU64>, stop: CancellationToken) -> u64 {
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(TICK);
     while !stop.is_cancelled() {
@@ -129,6 +141,7 @@ async fn push(api: PushApi, stop: CancellationToken) -> u64 {
         let data = json!({ "seq": seq }).to_string();
         api.push_http("", TOPIC, data.as_bytes()).await;
         seq += 1;
+        pushed.store(seq, Ordering::SeqCst);
     }
     let data = json!({ "seq": seq, "done": true }).to_string();
     api.push_http("", TOPIC, data.as_bytes()).await;
@@ -193,20 +206,22 @@ async fn metric(ws_addr: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
+/// Waits until `series` on the edge at `ws_addr` is `value`.
+async fn wait_metric(ws_addr: &str, series: &str, value: usize) {
+    wait_for(TIMEOUT * 2, format!("{series} at {value}"), || async {
+        let now = metric(ws_addr, series).await;
+        if now == value as f64 {
+            Ok(())
+        } else {
+            Err(now)
+        }
+    })
+    .await;
+}
+
 /// Waits until the edge holds exactly `n` connections.
 async fn wait_connections(ws_addr: &str, n: usize) {
-    let deadline = Instant::now() + TIMEOUT * 2;
-    loop {
-        let now = metric(ws_addr, "gpush_edge_connections").await;
-        if now == n as f64 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connections stay at {now}, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(ws_addr, "gpush_edge_connections", n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +470,12 @@ async fn a_login_storm_against_a_slow_webhook_times_out_alone() {
     // Meanwhile, JWT logins are answered at once.
     let bystander = async {
         let mut c = WsClient::connect(&url).await.with_label("jwt user");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_until(
+            TIMEOUT,
+            "the storm's logins waiting on the webhook",
+            || async { webhook.requests().len() >= 50 },
+        )
+        .await;
         let started = Instant::now();
         c.must_login(&auth::hs256("calm"), "calm").await;
         assert!(
@@ -637,8 +657,13 @@ async fn never_reading_clients_are_cut_and_edge_memory_stays_bounded() {
         c.send_text("{\"code\":1,\"topic\":\"firehose\"}").await;
         slow.push(c);
     }
-    // Let the subscriptions land.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The subscriptions have landed: the audience's and the slow ones'.
+    wait_metric(
+        &ws,
+        "gpush_edge_subscriptions{kind=\"public\"}",
+        AUDIENCE + SLOW,
+    )
+    .await;
     let (before, _) = memory_kib(edge.pid());
     let payload = vec![b'x'; PAYLOAD];
     for _ in 0..PUSHES / BATCH {

@@ -13,12 +13,11 @@ use gpush_integration_tests::frames::{self, close};
 use gpush_integration_tests::procs::{EdgeProcess, LoggedChild, scratch_dir};
 use gpush_integration_tests::silent::SilentClient;
 use gpush_integration_tests::{
-    Cluster, Deployment, PushMsg, Standalone, TIMEOUT, Via, WsClient, free_port,
+    Cluster, Deployment, PushMsg, Standalone, TIMEOUT, Via, WsClient, free_port, wait_for,
 };
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-use tokio::time::{Instant, sleep};
 
 /// One sample line: `name{label="value",...} value`.
 #[derive(Debug, Clone)]
@@ -143,19 +142,15 @@ async fn scrape_within(
     within: Duration,
     ok: impl Fn(&Scrape) -> bool,
 ) -> Scrape {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_for(within, format!("{url} showing {what}"), || async {
         let scrape = Scrape::get(url).await;
         if ok(&scrape) {
-            return scrape;
+            Ok(scrape)
+        } else {
+            Err(format!("scrape:\n{}", scrape.text))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{url} never showed {what} within {within:?}; last scrape:\n{}",
-            scrape.text
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 fn edge_metrics_url(ws_addr: std::net::SocketAddr) -> String {
@@ -404,20 +399,17 @@ async fn cluster_metrics_follow_the_work() {
     );
 
     // /v1/stats: per edge and total, as the edges last wrote it in etcd.
-    let deadline = Instant::now() + TIMEOUT;
-    let stats = loop {
+    let stats = wait_for(TIMEOUT, "/v1/stats showing 3 connections", || async {
         let reply = d.api().get("/v1/stats").await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         let stats = reply.json();
         if stats["total_connections"] == 3 {
-            break stats;
+            Ok(stats)
+        } else {
+            Err(stats)
         }
-        assert!(
-            Instant::now() < deadline,
-            "/v1/stats never showed 3 connections: {stats}"
-        );
-        sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(stats["edge_count"], 2, "{stats}");
     assert_eq!(stats["stale"], false, "{stats}");
     let by_node: Vec<(String, u64)> = stats["edges"]
@@ -675,8 +667,8 @@ async fn json_logs_carry_connection_and_node() {
     client.must_subscribe("logged").await;
     client.close().await;
 
-    let deadline = Instant::now() + TIMEOUT;
-    let (opened, closed, running) = loop {
+    let logged = "the log showing a connection opened and closed";
+    let (opened, closed, running) = wait_for(TIMEOUT, logged, || async {
         let log = std::fs::read_to_string(edge.log()).expect("read the edge's log");
         let lines: Vec<Value> = log
             .lines()
@@ -695,14 +687,12 @@ async fn json_logs_carry_connection_and_node() {
             find("connection closed"),
             find("edge running"),
         ) {
-            break (opened, closed, running);
+            Ok((opened, closed, running))
+        } else {
+            Err(format!("log:\n{log}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the log never showed a connection opened and closed:\n{log}"
-        );
-        sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     for line in [&opened, &closed] {
         assert_eq!(line["span"]["name"], "conn", "{line}");
         assert_eq!(line["span"]["node"], "json-node", "{line}");

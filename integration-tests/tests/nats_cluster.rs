@@ -14,11 +14,12 @@ use gpush_integration_tests::deploy::edge_test_config;
 use gpush_integration_tests::frames;
 use gpush_integration_tests::{
     EdgeHandle, IngressHandle, NatsServer, PushApi, PushMsg, QUIET, TIMEOUT, Via, WsClient, auth,
+    wait_for,
 };
 use gpush_proto::v1::PushRequest;
 use serde_json::Value;
 use std::time::Duration;
-use tokio::time::{Instant, sleep};
+use tokio::time::Instant;
 
 /// How long a failover (reconnect, re-subscribe, route interest) may take.
 const FAILOVER: Duration = Duration::from_secs(15);
@@ -55,18 +56,15 @@ async fn readyz(base: &str) -> u16 {
 }
 
 async fn wait_readyz(base: &str, status: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = readyz(base).await;
-        if now == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{base}/readyz answered {now}, not {status}, for {within:?}"
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        within,
+        format!("{base}/readyz answering {status}"),
+        || async {
+            let now = readyz(base).await;
+            if now == status { Ok(()) } else { Err(now) }
+        },
+    )
+    .await;
 }
 
 /// The clients of one edge: `topic` subscribers, and `uid` logged in with
@@ -235,37 +233,28 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
     // re-subscribes there to everything its clients still need.
     nodes[1].stop();
     let a_base = format!("http://{}", edge_a.ws_addr());
-    let deadline = Instant::now() + FAILOVER;
-    let moved_to = loop {
-        if let Some(i) = node_of(&nodes, &nats_name("edge-a")).await {
-            break i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "edge-a reconnected to no node within {FAILOVER:?}"
-        );
-        sleep(Duration::from_millis(50)).await;
-    };
+    let moved_to = wait_for(FAILOVER, "edge-a reconnected to a node", || async {
+        node_of(&nodes, &nats_name("edge-a")).await.ok_or("none")
+    })
+    .await;
     assert_ne!(moved_to, 1);
     let needed = [
         "gpush.all".to_owned(),
         "gpush.t.prices".to_owned(),
         format!("gpush.u.{}.*", user_bucket("alice")),
     ];
-    let deadline = Instant::now() + FAILOVER;
-    loop {
+    let resubscribed = format!("edge-a re-subscribed to {needed:?} on node {moved_to}");
+    wait_for(FAILOVER, resubscribed, || async {
         let subjects = nodes[moved_to]
             .subscriptions_of(Some(&nats_name("edge-a")))
             .await;
         if needed.iter().all(|s| subjects.contains(s)) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{subjects:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "edge-a did not re-subscribe {needed:?} on node {moved_to}: {subjects:?}"
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     wait_readyz(&a_base, 200, FAILOVER).await;
 
     // Pushes sent after the failover are delivered, on both edges, every
@@ -398,18 +387,16 @@ async fn a_hung_server_gets_503_within_the_publish_timeout() {
     );
 
     // Thawed, the same connection confirms again.
-    let deadline = Instant::now() + FAILOVER;
-    loop {
+    wait_for(FAILOVER, "pushes accepted after the thaw", || async {
         let body = PushApi::push_data_body(&PushMsg::public("prices", b"3".to_vec()));
-        if api.post("/v1/pushData", body, None).await.status == 200 {
-            break;
+        let reply = api.post("/v1/pushData", body, None).await;
+        if reply.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", reply.status, reply.body))
         }
-        assert!(
-            Instant::now() < deadline,
-            "pushes still refused {FAILOVER:?} after the thaw"
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // At-most-once: "2" may or may not have been delivered after the thaw;
     // "3" flows again (pushed until one arrives: the edge's own connection
     // to the frozen server may have had to recover too).

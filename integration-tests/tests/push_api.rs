@@ -10,7 +10,7 @@ use gpush_ingress::IngressConfig;
 use gpush_integration_tests::api::HttpReply;
 use gpush_integration_tests::frames;
 use gpush_integration_tests::{
-    Cluster, Deployment, IngressHandle, NatsServer, PushApi, PushMsg, TIMEOUT, Via,
+    Cluster, Deployment, IngressHandle, NatsServer, PushApi, PushMsg, TIMEOUT, Via, wait_for,
 };
 use gpush_proto::order::Data;
 use gpush_proto::v1::{PushBatchRequest, PushRequest};
@@ -270,26 +270,26 @@ async fn grpc_health_and_reflection_are_served() {
         .expect("connect to the gRPC API");
 
     // Health follows the bus (with a short delay): wait for SERVING.
-    let mut health = HealthClient::new(channel.clone());
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: "gpush.v1.Push".into(),
-            })
-            .await
-            .expect("health check of gpush.v1.Push")
-            .into_inner()
-            .status;
-        if status == ServingStatus::Serving as i32 {
-            break;
+    let health = HealthClient::new(channel.clone());
+    wait_for(TIMEOUT, "gpush.v1.Push SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "gpush.v1.Push".into(),
+                })
+                .await
+                .expect("health check of gpush.v1.Push")
+                .into_inner()
+                .status;
+            if status == ServingStatus::Serving as i32 {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gpush.v1.Push not SERVING within {TIMEOUT:?} (status {status})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let expected = ["gpush.v1.Push", "order.Proxy", "grpc.health.v1.Health"];
     // grpcurl asks v1 first and falls back to v1alpha: serve both.
@@ -398,7 +398,8 @@ async fn over_the_push_rate_gets_429_with_retry_after_and_resource_exhausted() {
         .await
         .expect_err("over the rate");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    // The process is fine: a single push fits again after a second.
+    // The process is fine: a single push fits again after a second. A
+    // deliberate sleep: the refill on the clock is what is tested.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     api.push_http("", "rate", b"{}").await;
 }

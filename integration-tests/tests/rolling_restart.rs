@@ -11,7 +11,9 @@
 
 use gpush_ingress::IngressConfig;
 use gpush_integration_tests::roaming::Fleet;
-use gpush_integration_tests::{EdgeProcess, Etcd, IngressHandle, NatsServer, PushApi, TIMEOUT};
+use gpush_integration_tests::{
+    EdgeProcess, Etcd, IngressHandle, NatsServer, PushApi, TIMEOUT, wait_for, wait_until,
+};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -81,6 +83,12 @@ impl Pusher {
         seq - 1
     }
 
+    /// Waits until ingress has acknowledged `n` more pushes than so far.
+    async fn wait_acked(&self, n: usize, what: &str) {
+        let before = self.acked().len();
+        wait_until(TIMEOUT, what, || async { self.acked().len() >= before + n }).await;
+    }
+
     fn acked(&self) -> BTreeSet<u64> {
         self.acked
             .lock()
@@ -103,8 +111,8 @@ async fn drain(edge: &mut EdgeProcess, fleet: &Fleet, what: &str) {
     let status = edge.wait_exit(EXIT).await;
     assert!(status.success(), "{what} exited with {status}");
     let exited = started.elapsed();
-    let deadline = Instant::now() + MOVE;
-    loop {
+    let all_moved = format!("{what}: its {} clients back on another edge", on_it.len());
+    wait_for(MOVE, all_moved, || async {
         let moved = on_it
             .iter()
             .filter(|&&i| {
@@ -113,15 +121,12 @@ async fn drain(edge: &mut EdgeProcess, fleet: &Fleet, what: &str) {
             })
             .count();
         if moved == on_it.len() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{moved} back"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {moved} of its {} clients were back on another edge after {MOVE:?}",
-            on_it.len()
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     eprintln!(
         "{what}: exited {exited:?} after SIGTERM; its {} clients were all subscribed elsewhere {:?} after SIGTERM",
         on_it.len(),
@@ -184,7 +189,9 @@ async fn rolling_restart_of_two_edges_under_a_thousand_clients() {
     // The rolling restart, with pushes going on all the while.
     let stop = Arc::new(AtomicBool::new(false));
     let during = tokio::spawn(pusher.clone().run(1000, stop.clone()));
-    sleep(Duration::from_millis(200)).await;
+    pusher
+        .wait_acked(5, "pushes acknowledged before the restart")
+        .await;
     for (i, edge) in edges.iter_mut().enumerate() {
         let node_id = format!("edge-{i}");
         drain(edge, &fleet, &node_id).await;
@@ -197,7 +204,9 @@ async fn rolling_restart_of_two_edges_under_a_thousand_clients() {
         })
         .await;
     }
-    sleep(Duration::from_millis(200)).await;
+    pusher
+        .wait_acked(5, "pushes acknowledged after the restart")
+        .await;
     stop.store(true, Ordering::SeqCst);
     let last = during.await.expect("pusher");
 
