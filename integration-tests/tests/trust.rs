@@ -1,8 +1,8 @@
 //! Defects found by a security review and by real clients (issue "Trust"),
 //! each reproduced here against the real servers: a JWT without the
 //! configured `aud` / `iss` or before its `nbf`, an auth webhook that
-//! redirects or answers without end, and a push body with a misspelled key
-//! that used to broadcast to everyone.
+//! redirects or answers without end, a push body with a misspelled key
+//! that used to broadcast to everyone, and configs that must not start.
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -237,10 +237,23 @@ fn assert_edge_refuses(args: &[&str], toml: Option<&str>, expected: &[&str]) {
         std::fs::write(&path, toml).expect("write config");
         command.arg("--config").arg(&path);
     }
-    let output = command
+    let mut child = command
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run gpush-edge");
+    // A config it should refuse must not start a server: bounded wait.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while child.try_wait().expect("wait for gpush-edge").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gpush-edge {args:?} started instead of refusing its config");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("gpush-edge output");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.code(),
