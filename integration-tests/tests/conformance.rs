@@ -12,7 +12,8 @@
 //! extensions.
 //!
 //! The runner ([`run_conformance`]) takes any `ws://` URL; kosoku opens its
-//! WebSocket at the URL's root path `/`. Today it is proven against a
+//! WebSocket at the URL's path (`/` when it has none: kosoku 0.1.0 sends
+//! `GET /ws` for `ws://host:port/ws`). Today it is proven against a
 //! tungstenite echo server in this file; the edge's own run is added once
 //! the edge has an echo mode (see `integration-tests/conformance/README.md`).
 
@@ -196,7 +197,7 @@ fn parse_report(dir: &Path) -> Report {
 }
 
 /// Runs every Autobahn case but the excluded ones against the WebSocket
-/// server at `url` (`ws://host:port`; kosoku connects to `/`), writes the
+/// server at `url` (`ws://host:port/path`), writes the
 /// report to `dir` and reads it back. kosoku exits 1 when a case fails;
 /// that is read from the report, not from its exit status.
 fn run_conformance(url: &str, dir: &Path) -> Report {
