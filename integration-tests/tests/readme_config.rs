@@ -239,3 +239,35 @@ fn drift_is_caught() {
     assert!(!keys.contains_key("shard") && keys["shards"] == "64");
     assert!(!clap_flags(&gpush_edge::cli::Cli::command()).contains_key("--shard"));
 }
+
+/// Every relative link of the README (the "Where things are" map above
+/// all) names a file or folder that exists, so the map cannot drift from
+/// the layout.
+#[test]
+fn readme_links_point_at_files_that_exist() {
+    let readme = read("README.md");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for piece in readme.split("](").skip(1) {
+        let Some(target) = piece.split(')').next() else {
+            continue;
+        };
+        let path = target.split('#').next().unwrap_or_default();
+        if path.is_empty() || path.contains("://") || path.starts_with("mailto:") {
+            continue;
+        }
+        checked += 1;
+        if !root.join(path).exists() {
+            missing.push(path.to_owned());
+        }
+    }
+    assert!(
+        checked > 40,
+        "only {checked} links found: is the map still there?"
+    );
+    assert!(
+        missing.is_empty(),
+        "README links to missing paths: {missing:?}"
+    );
+}
