@@ -1,9 +1,11 @@
 //! Connection defects from the "Trust" issue, reproduced against a real
-//! standalone edge with raw clients: a closing handshake that lingered
-//! 1 s, close codes taken unchecked, and an unbounded read while closing.
+//! standalone edge with raw and real clients: a closing handshake that
+//! lingered 1 s, close codes taken unchecked, an unbounded read while
+//! closing, and a legitimate push batch that cut every subscriber as a
+//! slow consumer.
 
 use gpush_integration_tests::silent::{OP_CLOSE, OP_TEXT, SilentClient, client_frame};
-use gpush_integration_tests::{Deployment, Standalone, TIMEOUT};
+use gpush_integration_tests::{Deployment, PushMsg, Standalone, TIMEOUT};
 
 /// Well under the close timeout the edge used to wait for a second close
 /// frame (1 s): an edge that answers a client's close and drops TCP at
@@ -82,4 +84,38 @@ async fn after_its_own_close_the_edge_reads_no_more_than_max_message() {
         None,
         "a frame over max_message while closing must end the connection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_api_accepts_reaches_every_reading_subscriber() {
+    let d = Standalone::start(|_| {}).await;
+    let mut subscribers = Vec::new();
+    for i in 0..20 {
+        let mut c = d.connect(0, &format!("subscriber {i}")).await;
+        c.must_subscribe("ticks").await;
+        subscribers.push(c);
+    }
+    let batch: Vec<PushMsg> = (0..5000)
+        .map(|n| PushMsg::public("ticks", format!("{{\"n\":{n}}}")))
+        .collect();
+    d.api().push_batch_http(&batch).await;
+    let received = futures_util::future::join_all(subscribers.iter_mut().map(|c| async move {
+        let mut seen = Vec::with_capacity(5000);
+        while seen.len() < 5000 {
+            match c.try_next_push(TIMEOUT).await {
+                Some(push) => seen.push(push["data"]["n"].as_u64().unwrap_or(u64::MAX)),
+                None => break,
+            }
+        }
+        (c.label().to_owned(), seen)
+    }))
+    .await;
+    for (label, seen) in received {
+        let expected: Vec<u64> = (0..5000).collect();
+        assert!(
+            seen == expected,
+            "{label}: got {} of 5000 pushes in order (a reading client must get every push of an accepted batch)",
+            seen.len()
+        );
+    }
 }

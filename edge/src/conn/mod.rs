@@ -378,10 +378,7 @@ mod tests {
             standalone: true,
             ..Default::default()
         };
-        let limits = QueueLimits {
-            frames: 8,
-            bytes: 1 << 20,
-        };
+        let limits = QueueLimits { bytes: 1 << 20 };
         let hub = Arc::new(crate::hub::Hub::new(4, limits));
         let shared = Arc::new(crate::state::EdgeState {
             node_id: "test".into(),
