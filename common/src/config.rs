@@ -1,7 +1,9 @@
 //! Loading a TOML config file, reporting every bad value at once, and
-//! reading list-valued settings; [`flags`]: the flags both binaries share.
+//! reading list-valued settings; [`flags`]: the flags both binaries share;
+//! [`sections`]: the config sections they share.
 
 pub mod flags;
+pub mod sections;
 
 use serde::de::DeserializeOwned;
 use std::path::Path;

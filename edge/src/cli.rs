@@ -158,13 +158,10 @@ impl Cli {
     pub fn apply_overrides(&self, config: &mut EdgeConfig) {
         let c = config;
         override_value(&mut c.ws_addr, &self.ws_addr);
-        override_option(&mut c.tls_cert, &self.tls.tls_cert);
-        override_option(&mut c.tls_key, &self.tls.tls_key);
+        c.tls.apply(&self.tls);
         c.standalone |= self.standalone;
-        self.push_api
-            .apply(&mut c.http_addr, &mut c.grpc_addr, &mut c.push);
-        override_list(&mut c.nats_urls, &self.nats.nats_urls);
-        override_value(&mut c.subject_prefix, &self.nats.subject_prefix);
+        self.push_api.apply(&mut c.push_addrs, &mut c.push);
+        c.nats.apply(&self.nats);
         override_list(&mut c.etcd_endpoints, &self.etcd_endpoints);
         override_option(&mut c.node_id, &self.node_id);
         override_option(&mut c.public_url, &self.public_url);
@@ -184,7 +181,7 @@ impl Cli {
         override_option(&mut c.auth.jwt_secret, &self.jwt_secret);
         override_option(&mut c.auth.jwt_public_key, &self.jwt_public_key);
         override_option(&mut c.auth.webhook_url, &self.auth_webhook);
-        override_value(&mut c.log_format, &self.log.log_format);
+        c.log.apply(&self.log);
     }
 }
 
@@ -218,7 +215,7 @@ mod tests {
             "--write-interval",
             "0s",
             "--jwt-secret",
-            "s",
+            "a-secret-of-at-least-32-bytes-xyz",
             "--cors-allowed-origins",
             "http://a.example,https://b.example",
             "--max-connections",
@@ -238,14 +235,17 @@ mod tests {
         assert_eq!(config.node_id.as_deref(), Some("edge-9"));
         assert_eq!(config.ping_interval, Duration::from_secs(5));
         assert_eq!(config.max_subscriptions, 7);
-        assert_eq!(config.nats_urls, ["nats://a:1", "nats://b:2"]);
+        assert_eq!(config.nats.nats_urls, ["nats://a:1", "nats://b:2"]);
         assert_eq!(config.write_interval, Duration::ZERO);
         assert_eq!(config.max_connections, 5000);
         assert_eq!(config.handshake_timeout, Duration::from_secs(3));
         assert_eq!(config.max_handshakes, 64);
         assert_eq!((config.request_rate, config.request_burst), (7, 9));
         assert_eq!(config.allowed_origins, ["https://app.example"]);
-        assert_eq!(config.auth.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(
+            config.auth.jwt_secret.as_deref(),
+            Some("a-secret-of-at-least-32-bytes-xyz")
+        );
         assert_eq!(config.auth.webhook_timeout, Duration::from_millis(300));
         assert_eq!(
             config.push.cors_allowed_origins,

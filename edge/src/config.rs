@@ -1,13 +1,10 @@
 //! Edge configuration: TOML file, then `GPUSH_*` env vars and flags.
 
+use gpush_common::config::sections::{LogConfig, NatsConfig, TlsConfig};
 use gpush_common::config::{ConfigError, Problems};
 use gpush_common::push::DEFAULT_MAX_NAME_LEN;
 use gpush_common::rate::Rate;
-use gpush_common::subject::{DEFAULT_PREFIX, Subjects};
-use gpush_common::telemetry::LogFormat;
-use gpush_ingress::config::{
-    DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_NATS_URL, PushApiConfig,
-};
+use gpush_ingress::config::{PushAddrs, PushApiConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +12,7 @@ use std::time::Duration;
 
 /// Default WebSocket port (as in the original gpush).
 pub const DEFAULT_WS_PORT: u16 = 9992;
-/// Default number of registry shards.
+/// Default number of hub shards (locks).
 pub const DEFAULT_SHARDS: usize = 64;
 /// Default maximum subscriptions (public + private) per connection.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
@@ -68,24 +65,23 @@ pub const DEFAULT_REQUEST_BURST: u32 = 200;
 pub struct EdgeConfig {
     /// WebSocket listen address (clients connect to `ws://<addr>/ws`).
     pub ws_addr: SocketAddr,
-    /// PEM certificate chain (leaf first) for TLS on `ws_addr`. With
-    /// `tls_key`, clients connect to `wss://<addr>/ws` and `/`, `/gpush.js`,
-    /// `/healthz`, `/readyz` and `/metrics` are HTTPS; standalone, the push
-    /// API serves HTTPS and gRPC over TLS with the same certificate.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
-    pub tls_key: Option<PathBuf>,
+    /// `tls_cert`, `tls_key`: TLS on `ws_addr` (clients connect to
+    /// `wss://<addr>/ws`, and `/`, `/gpush.js`, `/healthz`, `/readyz` and
+    /// `/metrics` are HTTPS); standalone, the push API serves HTTPS and
+    /// gRPC over TLS with the same certificate.
+    #[serde(flatten)]
+    pub tls: TlsConfig,
     /// Run alone: in-process bus, no NATS or etcd, and the push API served
     /// by this process on `http_addr` and `grpc_addr`.
     pub standalone: bool,
-    /// Standalone push API HTTP address (default like ingress).
-    pub http_addr: Option<SocketAddr>,
-    /// Standalone push API gRPC address (default like ingress).
-    pub grpc_addr: Option<SocketAddr>,
-    /// NATS servers (each entry may be a comma-separated list).
-    pub nats_urls: Vec<String>,
-    /// Prefix of every NATS subject; must match ingress's.
-    pub subject_prefix: String,
+    /// `http_addr`, `grpc_addr`: the standalone push API's addresses
+    /// (defaults as on ingress).
+    #[serde(flatten)]
+    pub push_addrs: PushAddrs,
+    /// `nats_urls`, `subject_prefix`: where pushes come from (not
+    /// standalone).
+    #[serde(flatten)]
+    pub nats: NatsConfig,
     /// etcd endpoints to register in. Empty: do not register.
     pub etcd_endpoints: Vec<String>,
     /// Unique id of this edge (default: hostname and a random suffix).
@@ -96,7 +92,7 @@ pub struct EdgeConfig {
     /// TTL of the etcd lease; the record vanishes this long after a crash.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// Number of registry shards (locks).
+    /// Number of hub shards (locks).
     pub shards: usize,
     /// Maximum subscriptions (public + private) per connection.
     pub max_subscriptions: usize,
@@ -156,8 +152,9 @@ pub struct EdgeConfig {
     /// Standalone: how long a publish may take.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
-    /// Log format: `human` or `json`.
-    pub log_format: LogFormat,
+    /// `log_format`: `human` or `json`.
+    #[serde(flatten)]
+    pub log: LogConfig,
 }
 
 /// Login verification. With nothing configured every login fails (30003).
@@ -208,13 +205,10 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             ws_addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_WS_PORT)),
-            tls_cert: None,
-            tls_key: None,
+            tls: TlsConfig::default(),
             standalone: false,
-            http_addr: None,
-            grpc_addr: None,
-            nats_urls: vec![DEFAULT_NATS_URL.to_owned()],
-            subject_prefix: DEFAULT_PREFIX.to_owned(),
+            push_addrs: PushAddrs::default(),
+            nats: NatsConfig::default(),
             etcd_endpoints: Vec::new(),
             node_id: None,
             public_url: None,
@@ -237,7 +231,7 @@ impl Default for EdgeConfig {
             auth: AuthConfig::default(),
             push: PushApiConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
-            log_format: LogFormat::Human,
+            log: LogConfig::default(),
         }
     }
 }
@@ -269,13 +263,7 @@ impl EdgeConfig {
     /// Checks every value and reports all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Problems::default();
-        if let Err(e) = Subjects::new(&self.subject_prefix) {
-            p.push(e.to_string());
-        }
-        p.check(
-            !self.standalone && self.nats_urls.iter().all(|u| u.trim().is_empty()),
-            || "nats_urls must name at least one server (or use standalone)".into(),
-        );
+        self.nats.check(!self.standalone, &mut p);
         p.check(self.shards == 0, || "shards must be > 0".into());
         p.check(self.max_subscriptions == 0, || {
             "max_subscriptions must be > 0".into()
@@ -367,12 +355,7 @@ impl EdgeConfig {
                 || format!("auth.webhook_url {url:?} must be an http:// or https:// URL"),
             );
         }
-        gpush_common::tls::check_identity(
-            "",
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-            &mut p,
-        );
+        self.tls.check(&mut p);
         if self.standalone {
             self.push.validate(&mut p);
         }
@@ -381,19 +364,17 @@ impl EdgeConfig {
 
     /// Whether the edge serves TLS (`tls_cert` and `tls_key` set).
     pub fn tls(&self) -> bool {
-        self.tls_cert.is_some() && self.tls_key.is_some()
+        self.tls.enabled()
     }
 
     /// Standalone push API HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
-            .unwrap_or_else(|| self.push.default_addr(DEFAULT_HTTP_PORT))
+        self.push_addrs.http(&self.push)
     }
 
     /// Standalone push API gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
-            .unwrap_or_else(|| self.push.default_addr(DEFAULT_GRPC_PORT))
+        self.push_addrs.grpc(&self.push)
     }
 
     /// The standalone push API config: [`Self::push`] with the edge's own
@@ -447,6 +428,31 @@ fn web_origin(ws_url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpush_common::telemetry::LogFormat;
+
+    /// The shared sections are flattened: their keys stay top-level, and
+    /// an unknown key is still an error.
+    #[test]
+    fn shared_sections_read_top_level_keys_and_unknown_keys_are_refused() {
+        let config: EdgeConfig = toml::from_str(
+            "nats_urls = [\"nats://n:1\"]\nsubject_prefix = \"p\"\ntls_cert = \"c.pem\"\n\
+             tls_key = \"k.pem\"\nlog_format = \"json\"\nhttp_addr = \"127.0.0.1:1\"\n\
+             max_message = 100\n",
+        )
+        .expect("parses");
+        assert_eq!(config.nats.nats_urls, ["nats://n:1"]);
+        assert_eq!(config.nats.subject_prefix, "p");
+        assert!(config.tls());
+        assert_eq!(config.log.log_format, LogFormat::Json);
+        assert_eq!(config.http_addr().to_string(), "127.0.0.1:1");
+        assert_eq!(config.max_message, 100);
+        for typo in ["nats_url = []", "tls_certificate = \"c\"", "log = \"json\""] {
+            let error = toml::from_str::<EdgeConfig>(typo)
+                .expect_err(typo)
+                .to_string();
+            assert!(error.contains("unknown field"), "{typo}: {error}");
+        }
+    }
 
     #[test]
     fn standalone_push_api_allows_the_edges_own_origins() {
@@ -541,7 +547,10 @@ mod tests {
     #[test]
     fn tls_needs_a_cert_and_a_key_that_can_be_read() {
         let config = EdgeConfig {
-            tls_cert: Some("/nonexistent/gpush-edge-cert.pem".into()),
+            tls: TlsConfig {
+                tls_cert: Some("/nonexistent/gpush-edge-cert.pem".into()),
+                tls_key: None,
+            },
             ..EdgeConfig::default()
         };
         let message = config.validate().expect_err("no key").to_string();
@@ -550,7 +559,10 @@ mod tests {
             "{message}"
         );
         let config = EdgeConfig {
-            tls_key: Some("/nonexistent/gpush-edge-key.pem".into()),
+            tls: TlsConfig {
+                tls_key: Some("/nonexistent/gpush-edge-key.pem".into()),
+                ..config.tls.clone()
+            },
             ..config
         };
         assert!(config.tls());

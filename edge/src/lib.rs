@@ -180,10 +180,12 @@ async fn run_node(
     let (interest, nats) = if config.standalone {
         (Interest::local(), None)
     } else {
-        let client =
-            gpush_common::bus::connect_nats(&config.nats_urls, &format!("gpush-edge {node_id}"))
-                .await?;
-        let subjects = Subjects::new(&config.subject_prefix)?;
+        let client = gpush_common::bus::connect_nats(
+            &config.nats.nats_urls,
+            &format!("gpush-edge {node_id}"),
+        )
+        .await?;
+        let subjects = Subjects::new(&config.nats.subject_prefix)?;
         let (interest, _) =
             interest::start(client.clone(), subjects, hub.clone(), background.clone()).await;
         (interest, Some(client))

@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    gpush_common::telemetry::init(config.log_format);
+    gpush_common::telemetry::init(config.log.log_format);
     let ws = bind(config.ws_addr, "WebSocket").await?;
     let push = if config.standalone {
         let push = gpush_ingress::Listeners::bind(config.http_addr(), config.grpc_addr()).await?;

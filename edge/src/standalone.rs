@@ -56,8 +56,11 @@ pub(crate) fn serve_push_api(
         config.publish_timeout,
     ));
     let edges = Edges::from_directory(SingleEdge { registration, hub });
-    let tls =
-        gpush_ingress::PushTls::load(config.tls_cert.as_deref(), config.tls_key.as_deref(), None)?;
+    let tls = gpush_ingress::PushTls::load(
+        config.tls.tls_cert.as_deref(),
+        config.tls.tls_key.as_deref(),
+        None,
+    )?;
     Ok(tokio::spawn(
         gpush_ingress::serve(listeners, tls, bus, push_config, edges, shutdown).in_current_span(),
     ))

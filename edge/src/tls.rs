@@ -40,7 +40,7 @@ pub(crate) const LINGER: Duration = Duration::from_secs(2);
 /// The TLS acceptor of the edge's listener, when `tls_cert` and `tls_key`
 /// are set (ALPN `http/1.1`: WebSocket upgrades are HTTP/1.1).
 pub(crate) fn acceptor(config: &EdgeConfig) -> Result<Option<TlsAcceptor>, TlsError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let (Some(cert), Some(key)) = (&config.tls.tls_cert, &config.tls.tls_key) else {
         return Ok(None);
     };
     let config = gpush_common::tls::server_config(cert, key, None, &[ALPN_HTTP1])?;

@@ -2,7 +2,9 @@
 //! equivalent. Precedence: flag or env var, then the `--config` file, then
 //! the defaults in [`config`](crate::config).
 
-use crate::config::{DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, IngressConfig, PushApiConfig};
+use crate::config::{
+    DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, IngressConfig, PushAddrs, PushApiConfig,
+};
 use clap::Parser;
 use gpush_common::config::flags::{
     LogFlags, NatsFlags, ShowDefault as _, TlsFlags, duration, override_list, override_option,
@@ -108,14 +110,9 @@ fn default_addr_text(port: u16) -> String {
 
 impl PushApiFlags {
     /// Overwrites the push API settings that were given as flags or env vars.
-    pub fn apply(
-        &self,
-        http_addr: &mut Option<SocketAddr>,
-        grpc_addr: &mut Option<SocketAddr>,
-        push: &mut PushApiConfig,
-    ) {
-        override_option(http_addr, &self.http_addr);
-        override_option(grpc_addr, &self.grpc_addr);
+    pub fn apply(&self, addrs: &mut PushAddrs, push: &mut PushApiConfig) {
+        override_option(&mut addrs.http_addr, &self.http_addr);
+        override_option(&mut addrs.grpc_addr, &self.grpc_addr);
         override_option(&mut push.api_key, &self.api_key);
         override_list(&mut push.cors_allowed_origins, &self.cors_allowed_origins);
     }
@@ -137,13 +134,10 @@ impl Cli {
     /// Overwrites the values of `config` that were given as flags or env vars.
     pub fn apply_overrides(&self, config: &mut IngressConfig) {
         let c = config;
-        self.push_api
-            .apply(&mut c.http_addr, &mut c.grpc_addr, &mut c.push);
-        override_option(&mut c.tls_cert, &self.tls.tls_cert);
-        override_option(&mut c.tls_key, &self.tls.tls_key);
+        self.push_api.apply(&mut c.addrs, &mut c.push);
+        c.tls.apply(&self.tls);
         override_option(&mut c.grpc_client_ca, &self.grpc_client_ca);
-        override_list(&mut c.nats_urls, &self.nats.nats_urls);
-        override_value(&mut c.subject_prefix, &self.nats.subject_prefix);
+        c.nats.apply(&self.nats);
         override_list(&mut c.etcd_endpoints, &self.etcd_endpoints);
         override_value(&mut c.push.max_payload, &self.max_payload);
         override_value(&mut c.push.max_batch, &self.max_batch);
@@ -152,7 +146,7 @@ impl Cli {
         override_value(&mut c.push.push_burst, &self.push_burst);
         override_value(&mut c.publish_timeout, &self.publish_timeout);
         override_value(&mut c.publish_ack, &self.publish_ack);
-        override_value(&mut c.log_format, &self.log.log_format);
+        c.log.apply(&self.log);
     }
 }
 
@@ -205,18 +199,18 @@ mod tests {
         ]);
         let config = cli.load().expect("valid");
         assert_eq!(
-            config.nats_urls,
+            config.nats.nats_urls,
             ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
         );
         assert_eq!(config.push.max_payload, 20);
         assert_eq!(config.push.max_batch, 5);
         assert_eq!(config.push.max_grpc_message, 4096);
         assert_eq!((config.push.push_rate, config.push.push_burst), (1000, 5));
-        assert_eq!(config.subject_prefix, "file");
+        assert_eq!(config.nats.subject_prefix, "file");
         assert_eq!(config.etcd_endpoints, ["http://e:2379"]);
         assert_eq!(config.publish_timeout, Duration::from_millis(150));
         assert_eq!(config.push.api_key.as_deref(), Some("k"));
-        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log.log_format, LogFormat::Json);
         assert_eq!(
             config.push.cors_allowed_origins,
             ["http://a.example", "https://b.example:8443"]

@@ -1,9 +1,8 @@
 //! Ingress configuration: TOML file, then `GPUSH_*` env vars and flags.
 
 use gpush_common::config::Problems;
+use gpush_common::config::sections::{LogConfig, NatsConfig, TlsConfig};
 use gpush_common::push::DEFAULT_MAX_NAME_LEN;
-use gpush_common::subject::{DEFAULT_PREFIX, Subjects};
-use gpush_common::telemetry::LogFormat;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,30 +152,51 @@ pub fn origin_problem(origin: &str) -> Option<&'static str> {
     None
 }
 
-/// Everything `gpush-ingress` reads from its config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngressConfig {
+/// The push API's listen addresses: top-level keys `http_addr` and
+/// `grpc_addr`, the same on ingress and a standalone edge.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PushAddrs {
     /// HTTP push API address. Default: `0.0.0.0:10068` with an API key,
     /// `127.0.0.1:10068` without.
     pub http_addr: Option<SocketAddr>,
     /// gRPC push API address. Default: `0.0.0.0:10067` with an API key,
     /// `127.0.0.1:10067` without.
     pub grpc_addr: Option<SocketAddr>,
-    /// PEM certificate chain (leaf first) for TLS on both push APIs: with
-    /// `tls_key`, HTTP is HTTPS and gRPC runs over TLS.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
-    pub tls_key: Option<PathBuf>,
+}
+
+impl PushAddrs {
+    /// The HTTP address to bind: as configured, or `push`'s default.
+    pub fn http(&self, push: &PushApiConfig) -> SocketAddr {
+        self.http_addr
+            .unwrap_or_else(|| push.default_addr(DEFAULT_HTTP_PORT))
+    }
+
+    /// The gRPC address to bind: as configured, or `push`'s default.
+    pub fn grpc(&self, push: &PushApiConfig) -> SocketAddr {
+        self.grpc_addr
+            .unwrap_or_else(|| push.default_addr(DEFAULT_GRPC_PORT))
+    }
+}
+
+/// Everything `gpush-ingress` reads from its config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// `http_addr`, `grpc_addr`: where the push API listens.
+    #[serde(flatten)]
+    pub addrs: PushAddrs,
+    /// `tls_cert`, `tls_key`: TLS on both push APIs (HTTPS, gRPC over TLS).
+    #[serde(flatten)]
+    pub tls: TlsConfig,
     /// PEM bundle of the CAs that sign the gRPC callers' client
     /// certificates (mutual TLS). Set, a gRPC caller must present a
     /// certificate chaining to one of them or the handshake fails; the
     /// HTTP push API asks for none. Needs `tls_cert` and `tls_key`.
     pub grpc_client_ca: Option<PathBuf>,
-    /// NATS servers (each entry may be a comma-separated list).
-    pub nats_urls: Vec<String>,
-    /// Prefix of every NATS subject gpush uses; must match the edges'.
-    pub subject_prefix: String,
+    /// `nats_urls`, `subject_prefix`: where pushes are published.
+    #[serde(flatten)]
+    pub nats: NatsConfig,
     /// How long a publish may take before the caller gets 503 / UNAVAILABLE.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -188,25 +208,23 @@ pub struct IngressConfig {
     pub etcd_endpoints: Vec<String>,
     /// Push API limits and API key.
     pub push: PushApiConfig,
-    /// Log format: `human` or `json`.
-    pub log_format: LogFormat,
+    /// `log_format`: `human` or `json`.
+    #[serde(flatten)]
+    pub log: LogConfig,
 }
 
 impl Default for IngressConfig {
     fn default() -> Self {
         Self {
-            http_addr: None,
-            grpc_addr: None,
-            tls_cert: None,
-            tls_key: None,
+            addrs: PushAddrs::default(),
+            tls: TlsConfig::default(),
             grpc_client_ca: None,
-            nats_urls: vec![DEFAULT_NATS_URL.to_owned()],
-            subject_prefix: DEFAULT_PREFIX.to_owned(),
+            nats: NatsConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
             publish_ack: gpush_common::bus::Ack::default(),
             etcd_endpoints: Vec::new(),
             push: PushApiConfig::default(),
-            log_format: LogFormat::Human,
+            log: LogConfig::default(),
         }
     }
 }
@@ -215,23 +233,13 @@ impl IngressConfig {
     /// Checks every value and reports all problems at once.
     pub fn validate(&self) -> Result<(), gpush_common::config::ConfigError> {
         let mut problems = Problems::default();
-        problems.check(self.nats_urls.iter().all(|u| u.trim().is_empty()), || {
-            "nats_urls must name at least one server".into()
-        });
-        if let Err(e) = Subjects::new(&self.subject_prefix) {
-            problems.push(e.to_string());
-        }
+        self.nats.check(true, &mut problems);
         problems.check(self.publish_timeout.is_zero(), || {
             "publish_timeout must be > 0".into()
         });
-        gpush_common::tls::check_identity(
-            "",
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-            &mut problems,
-        );
+        self.tls.check(&mut problems);
         if let Some(ca) = &self.grpc_client_ca {
-            problems.check(self.tls_cert.is_none(), || {
+            problems.check(self.tls.tls_cert.is_none(), || {
                 "grpc_client_ca needs tls_cert and tls_key: client certificates are a TLS feature"
                     .into()
             });
@@ -243,14 +251,12 @@ impl IngressConfig {
 
     /// The HTTP address to bind.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
-            .unwrap_or_else(|| self.push.default_addr(DEFAULT_HTTP_PORT))
+        self.addrs.http(&self.push)
     }
 
     /// The gRPC address to bind.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
-            .unwrap_or_else(|| self.push.default_addr(DEFAULT_GRPC_PORT))
+        self.addrs.grpc(&self.push)
     }
 }
 
@@ -320,7 +326,10 @@ mod example_tests {
     #[test]
     fn tls_settings_are_checked() {
         let config = IngressConfig {
-            tls_key: Some("/nonexistent/gpush-ingress-key.pem".into()),
+            tls: TlsConfig {
+                tls_cert: None,
+                tls_key: Some("/nonexistent/gpush-ingress-key.pem".into()),
+            },
             grpc_client_ca: Some("/nonexistent/gpush-clients-ca.pem".into()),
             ..IngressConfig::default()
         };
@@ -333,7 +342,10 @@ mod example_tests {
             assert!(message.contains(needle), "{needle:?} not in {message}");
         }
         let config = IngressConfig {
-            tls_cert: Some("/nonexistent/gpush-ingress-cert.pem".into()),
+            tls: TlsConfig {
+                tls_cert: Some("/nonexistent/gpush-ingress-cert.pem".into()),
+                ..config.tls.clone()
+            },
             ..config
         };
         let message = config.validate().expect_err("invalid").to_string();

@@ -74,13 +74,13 @@ pub async fn run(
     config: IngressConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let subjects = Subjects::new(&config.subject_prefix)?;
+    let subjects = Subjects::new(&config.nats.subject_prefix)?;
     let tls = PushTls::load(
-        config.tls_cert.as_deref(),
-        config.tls_key.as_deref(),
+        config.tls.tls_cert.as_deref(),
+        config.tls.tls_key.as_deref(),
         config.grpc_client_ca.as_deref(),
     )?;
-    let client = connect_nats(&config.nats_urls, "gpush-ingress")
+    let client = connect_nats(&config.nats.nats_urls, "gpush-ingress")
         .await
         .context("cannot set up the NATS connection")?;
     let bus = Bus::Nats(NatsBus::new(

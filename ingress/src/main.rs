@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    telemetry::init(config.log_format);
+    telemetry::init(config.log.log_format);
 
     let listeners = Listeners::bind(config.http_addr(), config.grpc_addr()).await?;
     let token = CancellationToken::new();

@@ -313,7 +313,10 @@ async fn run_without_nats_is_unavailable_but_healthy() {
     let (listeners, grpc) = listeners().await;
     let config = IngressConfig {
         // Nothing listens on port 1; the client keeps retrying in the background.
-        nats_urls: vec!["nats://127.0.0.1:1".into()],
+        nats: gpush_common::config::sections::NatsConfig {
+            nats_urls: vec!["nats://127.0.0.1:1".into()],
+            ..Default::default()
+        },
         publish_timeout: Duration::from_millis(200),
         ..IngressConfig::default()
     };

@@ -126,7 +126,7 @@ impl Cluster {
     ) -> Self {
         let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
         let mut ingress_config = IngressConfig {
-            nats_urls: vec![nats.url()],
+            nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nats.url()]),
             etcd_endpoints: vec![etcd.url()],
             ..IngressConfig::default()
         };
@@ -135,7 +135,7 @@ impl Cluster {
         let mut edges = Vec::with_capacity(n_edges);
         for i in 0..n_edges {
             let mut config = edge_test_config();
-            config.nats_urls = vec![nats.url()];
+            config.nats.nats_urls = vec![nats.url()];
             config.etcd_endpoints = vec![etcd.url()];
             config.node_id = Some(format!("edge-{i}"));
             tweak_edge(&mut config);
@@ -184,7 +184,7 @@ impl Standalone {
     pub async fn start(tweak: impl FnOnce(&mut EdgeConfig)) -> Self {
         let mut config = edge_test_config();
         config.standalone = true;
-        config.nats_urls = Vec::new();
+        config.nats.nats_urls = Vec::new();
         tweak(&mut config);
         let edge = EdgeHandle::start(config).await;
         let api = PushApi::new(&edge.http_base(), &edge.grpc_url());

@@ -141,9 +141,9 @@ impl IngressHandle {
         crate::init_tracing();
         let (http_listener, http) = bind_local().await;
         let (grpc_listener, grpc) = bind_local().await;
-        config.http_addr = Some(http);
-        config.grpc_addr = Some(grpc);
-        let tls = config.tls_cert.is_some();
+        config.addrs.http_addr = Some(http);
+        config.addrs.grpc_addr = Some(grpc);
+        let tls = config.tls.tls_cert.is_some();
         let shutdown = CancellationToken::new();
         let listeners = gpush_ingress::Listeners {
             http: http_listener,
@@ -212,8 +212,8 @@ impl EdgeHandle {
         let push_listeners = if config.standalone {
             let (http_listener, http) = bind_local().await;
             let (grpc_listener, grpc) = bind_local().await;
-            config.http_addr = Some(http);
-            config.grpc_addr = Some(grpc);
+            config.push_addrs.http_addr = Some(http);
+            config.push_addrs.grpc_addr = Some(grpc);
             Some(gpush_ingress::Listeners {
                 http: http_listener,
                 grpc: grpc_listener,
@@ -248,7 +248,11 @@ impl EdgeHandle {
     /// [`Self::stop`] gives them back), waiting until they can be bound.
     pub async fn start_again(config: EdgeConfig) -> Self {
         let ws_listener = rebind(config.ws_addr).await;
-        let push_listeners = match (config.standalone, config.http_addr, config.grpc_addr) {
+        let push_listeners = match (
+            config.standalone,
+            config.push_addrs.http_addr,
+            config.push_addrs.grpc_addr,
+        ) {
             (true, Some(http), Some(grpc)) => Some(gpush_ingress::Listeners {
                 http: rebind(http).await,
                 grpc: rebind(grpc).await,
@@ -268,7 +272,7 @@ impl EdgeHandle {
         let ws = config.ws_addr;
         let push = push_listeners
             .as_ref()
-            .and(config.http_addr.zip(config.grpc_addr));
+            .and(config.push_addrs.http_addr.zip(config.push_addrs.grpc_addr));
         let node_id = config.node_id.clone();
         let shutdown_grace = config.shutdown_grace;
         let shutdown = CancellationToken::new();

@@ -65,7 +65,7 @@ async fn connect_hands_out_the_least_loaded_edge() {
 async fn two_ingress_instances_are_interchangeable() {
     let cluster = Cluster::start(2, |_| {}).await;
     let second = IngressHandle::start(IngressConfig {
-        nats_urls: vec![cluster.nats.url()],
+        nats: gpush_common::config::sections::NatsConfig::with_urls(vec![cluster.nats.url()]),
         etcd_endpoints: vec![cluster.etcd.url()],
         ..IngressConfig::default()
     })

@@ -40,7 +40,7 @@ impl Setup {
         gpush_integration_tests::init_tracing();
         let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::cluster(3));
         let ingress = IngressHandle::start(IngressConfig {
-            nats_urls: vec![nats.url()],
+            nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nats.url()]),
             etcd_endpoints: etcd.urls(),
             ..IngressConfig::default()
         })
@@ -58,7 +58,7 @@ impl Setup {
     fn edge_config(&self, node_id: &str) -> EdgeConfig {
         let mut config = edge_test_config();
         config.node_id = Some(node_id.to_owned());
-        config.nats_urls = vec![self.nats.url()];
+        config.nats.nats_urls = vec![self.nats.url()];
         // One comma-separated entry, as a flag or env variable gives it.
         config.etcd_endpoints = vec![self.etcd.url()];
         config.lease_ttl = TTL;

@@ -27,7 +27,7 @@ const FAILOVER: Duration = Duration::from_secs(15);
 fn edge_config(node_id: &str, nats_urls: Vec<String>) -> EdgeConfig {
     let mut config = edge_test_config();
     config.node_id = Some(node_id.to_owned());
-    config.nats_urls = nats_urls;
+    config.nats.nats_urls = nats_urls;
     config.etcd_endpoints = Vec::new();
     config
 }
@@ -200,7 +200,7 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
     gpush_integration_tests::init_tracing();
     let mut nodes = NatsServer::cluster(3).await;
     let ingress = IngressHandle::start(IngressConfig {
-        nats_urls: vec![nodes[0].url()],
+        nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nodes[0].url()]),
         etcd_endpoints: Vec::new(),
         ..IngressConfig::default()
     })
@@ -287,7 +287,7 @@ async fn whole_bus_down(publish_ack: Ack) {
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
     let publish_timeout = Duration::from_millis(500);
     let ingress = IngressHandle::start(IngressConfig {
-        nats_urls: urls.clone(),
+        nats: gpush_common::config::sections::NatsConfig::with_urls(urls.clone()),
         etcd_endpoints: Vec::new(),
         publish_timeout,
         publish_ack,
@@ -352,7 +352,7 @@ async fn a_hung_server_gets_503_within_the_publish_timeout() {
     let nats = NatsServer::start().await;
     let publish_timeout = Duration::from_millis(500);
     let ingress = IngressHandle::start(IngressConfig {
-        nats_urls: vec![nats.url()],
+        nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nats.url()]),
         etcd_endpoints: Vec::new(),
         publish_timeout,
         ..IngressConfig::default()

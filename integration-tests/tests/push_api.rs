@@ -22,7 +22,7 @@ use tonic::Code;
 async fn ingress(tweak: impl FnOnce(&mut IngressConfig)) -> (NatsServer, IngressHandle, PushApi) {
     let nats = NatsServer::start().await;
     let mut config = IngressConfig {
-        nats_urls: vec![nats.url()],
+        nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nats.url()]),
         ..IngressConfig::default()
     };
     tweak(&mut config);

@@ -140,7 +140,7 @@ async fn rolling_restart_of_two_edges_under_a_thousand_clients() {
     let n = clients();
     let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
     let ingress = IngressHandle::start(IngressConfig {
-        nats_urls: vec![nats.url()],
+        nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nats.url()]),
         etcd_endpoints: vec![etcd.url()],
         ..IngressConfig::default()
     })

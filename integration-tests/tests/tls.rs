@@ -174,9 +174,11 @@ fn push(topic: &str, data: &[u8]) -> PushRequest {
 async fn tls_edge(pki: &Pki) -> (EdgeHandle, PushApi) {
     let config = EdgeConfig {
         standalone: true,
-        nats_urls: Vec::new(),
-        tls_cert: Some(pki.server_cert.clone()),
-        tls_key: Some(pki.server_key.clone()),
+        nats: gpush_common::config::sections::NatsConfig::with_urls(Vec::new()),
+        tls: gpush_common::config::sections::TlsConfig {
+            tls_cert: Some(pki.server_cert.clone()),
+            tls_key: Some(pki.server_key.clone()),
+        },
         ..edge_test_config()
     };
     let edge = EdgeHandle::start(config).await;
@@ -279,9 +281,11 @@ async fn tls_ingress(
 ) -> (NatsServer, IngressHandle) {
     let nats = NatsServer::start().await;
     let mut config = IngressConfig {
-        nats_urls: vec![nats.url()],
-        tls_cert: Some(pki.server_cert.clone()),
-        tls_key: Some(pki.server_key.clone()),
+        nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nats.url()]),
+        tls: gpush_common::config::sections::TlsConfig {
+            tls_cert: Some(pki.server_cert.clone()),
+            tls_key: Some(pki.server_key.clone()),
+        },
         ..IngressConfig::default()
     };
     tweak(&mut config);
