@@ -176,11 +176,8 @@ impl FrameReader {
                 return Ok(start);
             };
             // A control frame may come between a message's fragments: it is
-            // no part of the message, and never more than 125 bytes.
+            // no part of the message.
             let buffered = match header.opcode {
-                OpCode::Control(_) if len > 125 => {
-                    return Err(ReadError::Protocol("invalid control frame"));
-                }
                 OpCode::Control(_) => 0,
                 OpCode::Data(_) => self.fragments.as_ref().map_or(0, |f| f.1.len() as u64),
             };
