@@ -155,6 +155,13 @@ pub struct EdgeConfig {
     /// `log_format`: `human` or `json`.
     #[serde(flatten)]
     pub log: LogConfig,
+    /// Test only: serve WebSocket upgrades at `/` too (instead of the demo
+    /// page), and answer every text or binary message with itself instead
+    /// of treating it as a request, with no 20000 greeting. This is what
+    /// Autobahn|Testsuite's cases expect of a server; it exercises the
+    /// real connection loop (framing, close handshake) with an echo in
+    /// place of the request dispatch. Never enable it in production.
+    pub conformance_echo: bool,
 }
 
 /// Login verification. With nothing configured every login fails (30003).
@@ -232,6 +239,7 @@ impl Default for EdgeConfig {
             push: PushApiConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
             log: LogConfig::default(),
+            conformance_echo: false,
         }
     }
 }
