@@ -30,6 +30,10 @@ pub struct Cli {
     /// One process, no NATS or etcd: also serves the push API.
     #[arg(long, env = "GPUSH_STANDALONE")]
     pub standalone: bool,
+    /// Test only: WebSocket at `/` too, every message echoed, no greeting
+    /// (for Autobahn|Testsuite's cases). Never in production.
+    #[arg(long, env = "GPUSH_CONFORMANCE_ECHO")]
+    pub conformance_echo: bool,
     /// The standalone push API's addresses, key and CORS origins.
     #[command(flatten)]
     pub push_api: PushApiFlags,
@@ -160,6 +164,7 @@ impl Cli {
         override_value(&mut c.ws_addr, &self.ws_addr);
         c.tls.apply(&self.tls);
         c.standalone |= self.standalone;
+        c.conformance_echo |= self.conformance_echo;
         self.push_api.apply(&mut c.push_addrs, &mut c.push);
         c.nats.apply(&self.nats);
         override_list(&mut c.etcd_endpoints, &self.etcd_endpoints);

@@ -6,19 +6,19 @@
 //! its code and its label before it compiles. Modelled on centrifuge's
 //! `disconnect.go`.
 
-use crate::ws::ReadError;
+use crate::ws::{self, BadClose, ReadError};
 
 /// Close code: closed normally (the answer to a client's close frame
 /// without a code we may echo).
 pub const NORMAL: u16 = 1000;
 /// Close code: the server is going away (shutdown or restart).
 pub const GOING_AWAY: u16 = 1001;
-/// Close code: protocol error.
+/// Close code: protocol error (an invalid close frame from the client too).
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// Close code never sent: the connection ended without a close frame
 /// (RFC 6455, 7.1.5).
 pub const ABNORMAL: u16 = 1006;
-/// Close code: a text message was not valid UTF-8.
+/// Close code: a text message or a close reason was not valid UTF-8.
 pub const INVALID_DATA: u16 = 1007;
 /// Close code: a client message exceeded `max_message`.
 pub const TOO_BIG: u16 = 1009;
@@ -36,6 +36,10 @@ pub enum Close {
     /// The client sent a close frame; the answer echoes its code (see
     /// [`Close::answering`]). Reconnect: the client's own choice.
     ClientClose(u16),
+    /// 1002 (1007 for a reason not UTF-8): the client's close frame was
+    /// invalid. The client has closed all the same, so the answer ends the
+    /// handshake. Reconnect: no, until the client is fixed.
+    BadClientClose(BadClose),
     /// The TCP connection ended or failed without a close frame; nothing
     /// is sent. Reconnect: yes.
     ClientGone,
@@ -65,10 +69,7 @@ impl Close {
     /// The answer to a client's close frame: its code echoed, as RFC 6455
     /// suggests, when that code may be sent on the wire; 1000 otherwise.
     pub fn answering(code: Option<u16>) -> Self {
-        Close::ClientClose(
-            code.filter(|c| (1000..5000).contains(c) && ![1005, 1006, 1015].contains(c))
-                .unwrap_or(NORMAL),
-        )
+        Close::ClientClose(code.filter(|c| ws::may_be_sent(*c)).unwrap_or(NORMAL))
     }
 
     /// The close code ([`ABNORMAL`] for [`Close::ClientGone`], which sends
@@ -77,6 +78,8 @@ impl Close {
         match self {
             Close::ClientClose(code) => code,
             Close::ClientGone => ABNORMAL,
+            Close::BadClientClose(BadClose::ReasonNotUtf8) => INVALID_DATA,
+            Close::BadClientClose(BadClose::OneByte | BadClose::Code(_)) => PROTOCOL_ERROR,
             Close::SlowConsumer => SLOW_CONSUMER,
             Close::Idle => IDLE_TIMEOUT,
             Close::Protocol(_) => PROTOCOL_ERROR,
@@ -91,6 +94,9 @@ impl Close {
     pub fn reason(self) -> &'static str {
         match self {
             Close::ClientClose(_) | Close::ClientGone => "",
+            Close::BadClientClose(BadClose::OneByte) => "close frame of one byte",
+            Close::BadClientClose(BadClose::Code(_)) => "invalid close code",
+            Close::BadClientClose(BadClose::ReasonNotUtf8) => "close reason not UTF-8",
             Close::SlowConsumer => "slow consumer: outgoing queue overflowed",
             Close::Idle => "idle timeout",
             Close::Protocol(what) => what,
@@ -106,6 +112,17 @@ impl Close {
         !matches!(self, Close::ClientGone)
     }
 
+    /// Whether the edge starts the closing handshake, and so waits
+    /// (bounded) for the client's close frame after sending its own. When
+    /// the client started it, the edge's answer completes it and TCP is
+    /// closed at once (RFC 6455 7.1.1).
+    pub fn awaits_client_close(self) -> bool {
+        !matches!(
+            self,
+            Close::ClientClose(_) | Close::BadClientClose(_) | Close::ClientGone
+        )
+    }
+
     /// The `reason` label this end is counted under.
     pub fn disconnect(self) -> Disconnect {
         match self {
@@ -113,7 +130,9 @@ impl Close {
             Close::ClientGone => Disconnect::ClientGone,
             Close::SlowConsumer => Disconnect::SlowConsumer,
             Close::Idle => Disconnect::Idle,
-            Close::Protocol(_) | Close::TooBig | Close::InvalidUtf8 => Disconnect::ProtocolError,
+            Close::Protocol(_) | Close::TooBig | Close::InvalidUtf8 | Close::BadClientClose(_) => {
+                Disconnect::ProtocolError
+            }
             Close::Shutdown => Disconnect::Shutdown,
             Close::RateLimited => Disconnect::RateLimited,
         }
@@ -126,6 +145,7 @@ impl From<&ReadError> for Close {
             ReadError::Protocol(what) => Close::Protocol(what),
             ReadError::TooBig { .. } => Close::TooBig,
             ReadError::InvalidUtf8 => Close::InvalidUtf8,
+            ReadError::BadClose(what) => Close::BadClientClose(*what),
         }
     }
 }
@@ -193,6 +213,16 @@ mod tests {
                 Disconnect::RateLimited,
             ),
             (Close::TooBig, TOO_BIG, Disconnect::ProtocolError),
+            (
+                Close::BadClientClose(BadClose::Code(1005)),
+                PROTOCOL_ERROR,
+                Disconnect::ProtocolError,
+            ),
+            (
+                Close::BadClientClose(BadClose::ReasonNotUtf8),
+                INVALID_DATA,
+                Disconnect::ProtocolError,
+            ),
             (Close::InvalidUtf8, INVALID_DATA, Disconnect::ProtocolError),
             (
                 Close::Protocol("x"),
@@ -214,6 +244,7 @@ mod tests {
         assert_eq!(Close::answering(Some(4321)), Close::ClientClose(4321));
         assert_eq!(Close::answering(Some(1005)), Close::ClientClose(NORMAL));
         assert_eq!(Close::answering(Some(999)), Close::ClientClose(NORMAL));
+        assert_eq!(Close::answering(Some(1016)), Close::ClientClose(NORMAL));
         assert_eq!(Close::answering(None), Close::ClientClose(NORMAL));
     }
 }

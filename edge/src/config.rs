@@ -22,10 +22,13 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default batching interval of writes to one connection.
 pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_millis(5);
-/// Default bound of one connection's outgoing queue, in frames.
-pub const DEFAULT_QUEUE_FRAMES: usize = 1024;
-/// Default bound of one connection's outgoing queue, in bytes.
-pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Default bound of one connection's outgoing queue, in bytes (each frame
+/// charged its length plus its slot, `outbox::FRAME_SLOT`). Large enough
+/// that a full default push batch (`push.max_batch`, 10,000) to one
+/// connection fits: 10,000 frames of at most ~600 bytes of framing
+/// (WebSocket header, push object, a 256-byte topic escaped) plus their
+/// slots take ~6.3 MB, which leaves ~10 MB for the payloads.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Default maximum size of a client message, in bytes.
 pub const DEFAULT_MAX_MESSAGE: usize = 4 * 1024;
 /// Default time given to clients to go on SIGTERM.
@@ -131,10 +134,13 @@ pub struct EdgeConfig {
     /// Writes to a connection are batched for this long; 0 writes at once.
     #[serde(with = "humantime_serde")]
     pub write_interval: Duration,
-    /// Bound of a connection's outgoing queue in frames; a client that
-    /// falls this far behind is a slow consumer and is closed.
-    pub queue_frames: usize,
-    /// Bound of a connection's outgoing queue in bytes (same outcome).
+    /// Bound of a connection's outgoing queue in bytes, each frame charged
+    /// its length plus its slot in the queue; a client that falls this
+    /// far behind is a slow consumer and is closed (4001). Only bytes are
+    /// bounded, so a burst of many small frames (a push batch) reaches a
+    /// client that reads; a full push batch to one connection must fit.
+    /// (`queue_frames`, the old bound in frames, was removed: it cut
+    /// reading clients on every large batch.)
     pub queue_bytes: usize,
     /// How long clients get to go on SIGTERM before the process exits.
     #[serde(with = "humantime_serde")]
@@ -149,6 +155,13 @@ pub struct EdgeConfig {
     /// `log_format`: `human` or `json`.
     #[serde(flatten)]
     pub log: LogConfig,
+    /// Test only: serve WebSocket upgrades at `/` too (instead of the demo
+    /// page), and answer every text or binary message with itself instead
+    /// of treating it as a request, with no 20000 greeting. This is what
+    /// Autobahn|Testsuite's cases expect of a server; it exercises the
+    /// real connection loop (framing, close handshake) with an echo in
+    /// place of the request dispatch. Never enable it in production.
+    pub conformance_echo: bool,
 }
 
 /// Login verification. With nothing configured every login fails (30003).
@@ -220,13 +233,13 @@ impl Default for EdgeConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_interval: DEFAULT_WRITE_INTERVAL,
-            queue_frames: DEFAULT_QUEUE_FRAMES,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             auth: AuthConfig::default(),
             push: PushApiConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
             log: LogConfig::default(),
+            conformance_echo: false,
         }
     }
 }
@@ -300,7 +313,6 @@ impl EdgeConfig {
                 self.idle_timeout, self.ping_interval
             )
         });
-        p.check(self.queue_frames == 0, || "queue_frames must be > 0".into());
         p.check(self.queue_bytes < 1024, || {
             "queue_bytes must be >= 1024".into()
         });
@@ -581,6 +593,19 @@ mod tests {
                 "https://push.example"
             ]
         );
+    }
+
+    #[test]
+    fn the_removed_queue_frames_key_is_refused() {
+        let path = std::env::temp_dir().join(format!(
+            "gpush-edge-queue-frames-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, "queue_frames = 1024\n").expect("write config");
+        let error = gpush_common::config::load_file::<EdgeConfig>(&path)
+            .expect_err("queue_frames was removed");
+        let _ = std::fs::remove_file(&path);
+        assert!(error.to_string().contains("queue_frames"), "{error}");
     }
 
     /// The documented example must parse and equal the defaults it claims.

@@ -171,7 +171,6 @@ async fn run_node(
         .unwrap_or_else(|| default_public_url(ws_addr, config.tls()));
     let tls = tls::acceptor(&config)?;
     let limits = QueueLimits {
-        frames: config.queue_frames,
         bytes: config.queue_bytes,
     };
     let hub = Arc::new(Hub::new(config.shards, limits));

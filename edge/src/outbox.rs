@@ -1,11 +1,17 @@
-//! A connection's outgoing queue: bounded in frames and in bytes.
+//! A connection's outgoing queue: bounded in bytes.
 //!
 //! Fan-out never waits on a client. It appends the shared frame to the
 //! queue under a short lock; when a client has fallen so far behind that
-//! either bound would be exceeded, the queue is dropped, the connection is
+//! the bound would be exceeded, the queue is dropped, the connection is
 //! marked for closing with [`Close::SlowConsumer`],
 //! and the caller counts a slow consumer. The connection task drains the
 //! queue in batches and writes them with vectored writes.
+//!
+//! The bound is in bytes only, so a burst of many small frames (a push
+//! batch) is judged by the memory it holds, not by its count: a client
+//! that reads gets every frame of a burst that fits. Each frame is charged
+//! its length plus its slot in the queue ([`FRAME_SLOT`]), so a flood of
+//! tiny frames is bounded in memory too.
 
 use crate::close::Close;
 use bytes::Bytes;
@@ -13,12 +19,19 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
+/// What a queued frame costs beside its bytes: its slot in the queue.
+pub const FRAME_SLOT: usize = std::mem::size_of::<Bytes>();
+
+/// What `frame` is charged against the bound.
+fn charge(frame: &Bytes) -> usize {
+    frame.len() + FRAME_SLOT
+}
+
 /// Bounds of one outgoing queue.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
-    /// Maximum queued frames.
-    pub(crate) frames: usize,
-    /// Maximum queued bytes.
+    /// Maximum queued bytes, each frame charged its length plus
+    /// [`FRAME_SLOT`].
     pub(crate) bytes: usize,
 }
 
@@ -59,7 +72,8 @@ impl Outbox {
         if state.close.is_some() {
             return Pushed::Closing;
         }
-        if state.frames.len() >= limits.frames || state.bytes + frame.len() > limits.bytes {
+        let cost = charge(&frame);
+        if state.bytes + cost > limits.bytes {
             state.frames = VecDeque::new();
             state.bytes = 0;
             state.close = Some(Close::SlowConsumer);
@@ -67,7 +81,7 @@ impl Outbox {
             self.ready.notify_one();
             return Pushed::Overflowed;
         }
-        state.bytes += frame.len();
+        state.bytes += cost;
         state.frames.push_back(frame);
         let first = state.frames.len() == 1;
         drop(state);
@@ -117,13 +131,13 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    /// Room for three one-byte frames, or one of eight bytes.
     const LIMITS: QueueLimits = QueueLimits {
-        frames: 3,
-        bytes: 10,
+        bytes: 3 * (1 + FRAME_SLOT),
     };
 
     #[test]
-    fn bounded_by_frames() {
+    fn tiny_frames_are_charged_their_slot() {
         let outbox = Outbox::default();
         for _ in 0..3 {
             assert_eq!(
@@ -148,11 +162,30 @@ mod tests {
     #[test]
     fn bounded_by_bytes() {
         let outbox = Outbox::default();
-        assert_eq!(outbox.push(Bytes::from(vec![0; 8]), LIMITS), Pushed::Queued);
+        let big = LIMITS.bytes - 2 * FRAME_SLOT;
+        assert_eq!(
+            outbox.push(Bytes::from(vec![0; big]), LIMITS),
+            Pushed::Queued
+        );
         assert_eq!(
             outbox.push(Bytes::from(vec![0; 3]), LIMITS),
             Pushed::Overflowed
         );
+    }
+
+    #[test]
+    fn many_frames_that_fit_are_queued() {
+        let outbox = Outbox::default();
+        let limits = QueueLimits {
+            bytes: 10_000 * (8 + FRAME_SLOT),
+        };
+        for n in 0..10_000 {
+            assert_eq!(
+                outbox.push(Bytes::from(vec![0; 8]), limits),
+                Pushed::Queued,
+                "frame {n}"
+            );
+        }
     }
 
     #[test]

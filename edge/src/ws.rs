@@ -85,9 +85,28 @@ pub enum ReadError {
         /// The maximum.
         max: usize,
     },
-    /// A text message or close reason that is not UTF-8.
+    /// A text message that is not UTF-8.
     #[error("text is not valid UTF-8")]
     InvalidUtf8,
+    /// The client's close frame is invalid. The client has closed all
+    /// the same: the answer ends the closing handshake.
+    #[error("invalid close frame: {0}")]
+    BadClose(BadClose),
+}
+
+/// What is wrong with a client's close frame (RFC 6455 5.5.1, 7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadClose {
+    /// A payload of one byte: too short for a code.
+    #[error("payload of one byte")]
+    OneByte,
+    /// A code RFC 6455 7.4 forbids on the wire: 0-999, 1004-1006, 1015,
+    /// 1016-2999 (unassigned in the IANA registry), 5000 and over.
+    #[error("close code {0} may not be sent")]
+    Code(u16),
+    /// A reason that is not UTF-8.
+    #[error("reason is not valid UTF-8")]
+    ReasonNotUtf8,
 }
 
 /// Incremental parser of client frames.
@@ -156,7 +175,12 @@ impl FrameReader {
             let Some((header, len)) = header else {
                 return Ok(start);
             };
-            let buffered = self.fragments.as_ref().map_or(0, |f| f.1.len() as u64);
+            // A control frame may come between a message's fragments: it is
+            // no part of the message.
+            let buffered = match header.opcode {
+                OpCode::Control(_) => 0,
+                OpCode::Data(_) => self.fragments.as_ref().map_or(0, |f| f.1.len() as u64),
+            };
             if len.saturating_add(buffered) > max_message as u64 {
                 return Err(ReadError::TooBig {
                     size: len.saturating_add(buffered),
@@ -243,14 +267,29 @@ fn message(kind: Data, data: Bytes) -> Result<Incoming, ReadError> {
 }
 
 fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    let bad = |what| Err(ReadError::BadClose(what));
     match payload {
         [] => Ok(None),
-        [_] => Err(ReadError::Protocol("close payload of one byte")),
+        [_] => bad(BadClose::OneByte),
         [hi, lo, reason @ ..] => {
-            std::str::from_utf8(reason).map_err(|_| ReadError::InvalidUtf8)?;
-            Ok(Some(u16::from_be_bytes([*hi, *lo])))
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !may_be_sent(code) {
+                return bad(BadClose::Code(code));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return bad(BadClose::ReasonNotUtf8);
+            }
+            Ok(Some(code))
         }
     }
+}
+
+/// Whether a close frame may carry `code` (RFC 6455 7.4): the codes 7.4.1
+/// defines except those reserved for "no code" and TLS failures, the IANA
+/// registered 1012-1014, and the 3000-4999 ranges for libraries and
+/// applications.
+pub fn may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[cfg(test)]
@@ -366,6 +405,52 @@ mod tests {
             .feed(&header, 4096, &mut Vec::new())
             .expect_err("too big");
         assert!(matches!(err, ReadError::TooBig { .. }));
+    }
+
+    #[test]
+    fn a_ping_inside_a_large_fragmented_message_is_not_counted_against_it() {
+        let mut wire = client_frame(TEXT, false, &[b'a'; 60]);
+        wire.extend(client_frame(OpCode::Control(Control::Ping), true, b"ping"));
+        wire.extend(client_frame(OpCode::Data(Data::Continue), true, b"bc"));
+        let mut out = Vec::new();
+        FrameReader::default()
+            .feed(&wire, 62, &mut out)
+            .expect("a 62-byte message fits 62 bytes");
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn close_frames_are_checked() {
+        let close = |payload: &[u8]| {
+            let mut out = Vec::new();
+            FrameReader::default()
+                .feed(
+                    &client_frame(OpCode::Control(Control::Close), true, payload),
+                    64,
+                    &mut out,
+                )
+                .map(|()| out)
+        };
+        for code in [1000u16, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(
+                close(&code.to_be_bytes()),
+                Ok(vec![Incoming::Close(Some(code))]),
+                "{code}"
+            );
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(
+                close(&code.to_be_bytes()),
+                Err(ReadError::BadClose(BadClose::Code(code))),
+                "{code}"
+            );
+        }
+        assert_eq!(close(b"\x03"), Err(ReadError::BadClose(BadClose::OneByte)));
+        assert_eq!(
+            close(b"\x03\xe8\xff"),
+            Err(ReadError::BadClose(BadClose::ReasonNotUtf8))
+        );
+        assert_eq!(close(b""), Ok(vec![Incoming::Close(None)]));
     }
 
     #[test]

@@ -284,38 +284,17 @@ fn ws_frames_seeds() -> Vec<(String, Vec<u8>)> {
 // ---------------------------------------------------------------------------
 // ws_differential
 
-/// Inputs of `ws_differential` on which the edge disagrees with RFC 6455
-/// 7.4: it accepts a close frame whose code is not one an endpoint may send
-/// (0-999, 1004, 1005, 1006, 1015, 1016-2999, 5000 and up), where the RFC
-/// (and tungstenite) fail the connection with 1002. The corpus replay
-/// expects exactly these files to fail. Remove when the edge validates close
-/// codes.
-pub const KNOWN_EDGE_CLOSE_CODE_BUGS: &[&str] = &[
-    "seed-close-code-0",
-    "seed-close-code-999",
-    "seed-close-code-1004",
-    "seed-close-code-1005",
-    "seed-close-code-1006",
-    "seed-close-code-1015",
-    "seed-close-code-1016",
-    "seed-close-code-2000",
-    "seed-close-code-2999",
-    "seed-close-code-5000",
-    "seed-close-code-65535",
-    "seed-close-code-1005-with-reason",
-];
+/// Inputs of `ws_differential` on which the edge is known to disagree
+/// with RFC 6455 7.4 on close codes; the corpus replay expects exactly
+/// these files to fail. Empty: the edge validates close codes (0-999,
+/// 1004-1006, 1015, 1016-2999 and 5000 and up fail with 1002).
+pub const KNOWN_EDGE_CLOSE_CODE_BUGS: &[&str] = &[];
 
-/// Inputs of `ws_differential` on which the edge refuses a control frame
-/// inside a fragmented message with 1009: it counts the control frame's
-/// payload against the message size limit, although a control frame is not
-/// part of the message (RFC 6455 5.4). tungstenite, and the limit's own
-/// definition, accept them. The corpus replay expects exactly these files
-/// to fail. Remove when the edge no longer counts control frames against
-/// the message being assembled.
-pub const KNOWN_EDGE_CONTROL_FRAME_SIZE_BUGS: &[&str] = &[
-    "seed-ping-inside-long-fragmented",
-    "seed-close-inside-long-fragmented",
-];
+/// Inputs of `ws_differential` on which the edge is known to count a
+/// control frame inside a fragmented message against the message size
+/// limit; the corpus replay expects exactly these files to fail. Empty:
+/// the edge counts only data frames (RFC 6455 5.4).
+pub const KNOWN_EDGE_CONTROL_FRAME_SIZE_BUGS: &[&str] = &[];
 
 fn ws_differential_known_failures() -> Vec<&'static str> {
     KNOWN_EDGE_CLOSE_CODE_BUGS

@@ -13,10 +13,12 @@
 //!
 //! The runner ([`run_conformance`]) takes any `ws://` URL; kosoku opens its
 //! WebSocket at the URL's path (`/` when it has none: kosoku 0.1.0 sends
-//! `GET /ws` for `ws://host:port/ws`). Today it is proven against a
-//! tungstenite echo server in this file; the edge's own run is added once
-//! the edge has an echo mode (see `integration-tests/conformance/README.md`).
+//! `GET /ws` for `ws://host:port/ws`). It is proven against a tungstenite
+//! echo server, and runs against the edge in its test-only
+//! `conformance_echo` mode (see `integration-tests/conformance/README.md`).
 
+use gpush_integration_tests::deploy::edge_test_config;
+use gpush_integration_tests::servers::EdgeHandle;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -314,4 +316,37 @@ fn report_parsing() {
         report.failing,
         ["7.1.5: FAILED / WRONG CODE", "7.9.1: OK / UNCLEAN"]
     );
+}
+
+/// Autobahn|Testsuite against the edge's real connection loop, in its
+/// conformance echo mode: every text and binary message echoed as it came,
+/// no 20000 greeting. Every FAILED case is a bug.
+#[tokio::test(flavor = "multi_thread")]
+async fn autobahn_against_the_edge() {
+    let mut config = edge_test_config();
+    // No NATS: the in-process bus. Echo mode needs no bus at all.
+    config.standalone = true;
+    config.conformance_echo = true;
+    // Cases 9.* send messages of up to 16 MiB (9.1.6, 9.2.6) and 1.1.*/1.2.*
+    // up to 64 KiB: far over the 4 KiB default.
+    config.max_message = 16 << 20;
+    // An echoed 16 MiB message must fit the outgoing queue, and 9.7.*/9.8.*
+    // send 1,000 messages back to back: no slow-consumer close (4001).
+    config.queue_bytes = 64 << 20;
+    // Each echoed message is a "request": no rate limit (30006, 4002).
+    config.request_rate = 0;
+    config.request_burst = 0;
+    // A server ping in the middle of a case is an event the case does not
+    // expect; the longest case (9.* at 16 MiB) takes seconds, not minutes.
+    config.ping_interval = Duration::from_secs(3600);
+    config.idle_timeout = Duration::from_secs(7200);
+    let edge = EdgeHandle::start(config).await;
+    // kosoku connects to the URL's path: the edge's usual /ws.
+    let url = edge.ws_url();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("autobahn/edge");
+    let report = tokio::task::spawn_blocking(move || run_conformance(&url, &dir))
+        .await
+        .expect("the kosoku run");
+    edge.shutdown().await.expect("stop the edge");
+    report.assert_no_failures();
 }

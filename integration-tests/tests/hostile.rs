@@ -40,7 +40,6 @@ const OP_CONTINUE: u8 = 0x0;
 fn hostile_limits(config: &mut EdgeConfig) {
     config.handshake_timeout = Duration::from_secs(1);
     config.max_handshakes = 256;
-    config.queue_frames = 256;
     config.queue_bytes = 256 * 1024;
 }
 
@@ -624,11 +623,7 @@ async fn never_reading_clients_are_cut_and_edge_memory_stays_bounded() {
     // The real binary, so that its memory is its own.
     let dir = gpush_integration_tests::procs::scratch_dir("hostile-slow");
     let config = dir.join("edge.toml");
-    std::fs::write(
-        &config,
-        format!("queue_frames = 256\nqueue_bytes = {QUEUE_BYTES}\n"),
-    )
-    .expect("write config");
+    std::fs::write(&config, format!("queue_bytes = {QUEUE_BYTES}\n")).expect("write config");
     let ws = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let grpc = format!("127.0.0.1:{}", free_port());

@@ -499,7 +499,7 @@ async fn standalone_counts_closes_by_reason() {
         c.idle_timeout = Duration::from_secs(1);
         c.ping_interval = Duration::from_millis(200);
         // A burst lands in one flush interval and overflows the queue.
-        c.queue_frames = BURST / 2;
+        c.queue_bytes = 1024;
         c.write_interval = Duration::from_millis(200);
     })
     .await;
@@ -531,8 +531,9 @@ async fn standalone_counts_closes_by_reason() {
     // slow_consumer: a burst twice the queue within one flush interval.
     let mut slow = d.connect(0, "slow").await;
     slow.must_subscribe("burst").await;
+    // 10 pushes of ~250 bytes: over the 1 KiB queue.
     let burst: Vec<PushMsg> = (0..BURST)
-        .map(|i| PushMsg::public("burst", i.to_string().into_bytes()))
+        .map(|i| PushMsg::public("burst", format!("\"{i}{}\"", "x".repeat(200)).into_bytes()))
         .collect();
     d.send(Via::HttpBatch, &burst).await;
     let (_, frame) = slow.read_until_close(TIMEOUT).await;

@@ -32,7 +32,6 @@ async fn standalone() {
 /// before its writer runs, and holds frames for `write_interval` before
 /// flushing), far smaller than what the pushes add up to.
 fn small_queues(config: &mut gpush_edge::EdgeConfig) {
-    config.queue_frames = 4 * BATCH;
     config.queue_bytes = 4 * BATCH * SIZE;
 }
 

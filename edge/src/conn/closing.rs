@@ -1,5 +1,7 @@
 //! The close handshake: leave every index, send the close frame after
-//! what is queued, and wait briefly for the client's.
+//! what is queued, and, when the edge started the handshake, wait briefly
+//! for the client's. When the client started it, the edge's answer ends it
+//! and TCP is closed at once (RFC 6455 7.1.1).
 
 use super::Session;
 use super::io::{ReadOutcome, Socket, read_available, write_all};
@@ -10,12 +12,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How long closing may take: writing what is queued and the close frame,
-/// then waiting for the client's close frame.
+/// then, when the edge started the handshake, waiting for the client's.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl<S: Socket> Session<S> {
-    /// Sends the close frame (after what is queued), waits briefly for the
-    /// client's, and leaves every index.
+    /// Leaves every index, sends the close frame (after what is queued)
+    /// and, if the edge started the handshake, waits briefly for the
+    /// client's; then the socket is dropped.
     pub(super) async fn finish(mut self, close: Close) {
         self.leave().await;
         if !close.sends_frame() {
@@ -35,13 +38,16 @@ impl<S: Socket> Session<S> {
             self.conn.id,
             deadline,
         );
-        if written.await.is_err() {
+        if written.await.is_err() || !close.awaits_client_close() {
             return;
         }
         // Wait for the client's close frame (or EOF), discarding the rest.
+        // Read under the usual limit: a frame announced over it ends the
+        // wait at once instead of being buffered.
+        let max_message = self.shared.config.max_message;
         let mut discard = Vec::new();
         while let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.stream.readable()).await {
-            match read_available(&self.stream, &mut self.reader, usize::MAX, &mut discard) {
+            match read_available(&self.stream, &mut self.reader, max_message, &mut discard) {
                 Ok(ReadOutcome::Data) => {
                     if discard.iter().any(|m| matches!(m, Incoming::Close(_))) {
                         break;

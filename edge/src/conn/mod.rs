@@ -17,10 +17,13 @@
 //! - `commands/`: one file per request family (subscribe, login, private);
 //! - `topics`: what the connection is subscribed to;
 //! - `rate_limit`: the request token bucket;
-//! - `closing`: the close handshake.
+//! - `closing`: the close handshake;
+//! - `echo`: test only, the echo that replaces requests under
+//!   `conformance_echo`.
 
 mod closing;
 mod commands;
+mod echo;
 mod io;
 mod rate_limit;
 mod topics;
@@ -140,20 +143,23 @@ impl<S: Socket> Session<S> {
     /// Runs until the connection must close; says who ended it and with
     /// which close frame.
     async fn run(&mut self, early: Bytes) -> Close {
-        self.queue(Reply::new(Code::Connected).frame(self.conn.format));
+        if !self.shared.config.conformance_echo {
+            self.queue(Reply::new(Code::Connected).frame(self.conn.format));
+        }
         if self.shared.shutdown.is_cancelled() {
             return Close::Shutdown;
         }
         if !early.is_empty() {
             let mut incoming = Vec::new();
-            if let Err(e) = self
+            let fed = self
                 .reader
-                .feed(&early, self.shared.config.max_message, &mut incoming)
-            {
-                return Close::from(&e);
-            }
+                .feed(&early, self.shared.config.max_message, &mut incoming);
+            // Messages complete before a violation are handled first.
             if let Flow::End(close) = self.handle(incoming).await {
                 return close;
+            }
+            if let Err(e) = fed {
+                return Close::from(&e);
             }
         }
         // `early` may share hyper's read buffer: never keep it past here.
@@ -237,6 +243,11 @@ impl<S: Socket> Session<S> {
             Ok(ReadOutcome::Eof) | Err(ReadFailure::Io) => return Flow::End(Close::ClientGone),
             Err(ReadFailure::Protocol(e)) => {
                 tracing::debug!(error = %e, "closing on protocol error");
+                // The messages complete before the violation are still
+                // handled (and answered) before the close frame.
+                if let Flow::End(close) = self.handle(incoming).await {
+                    return Flow::End(close);
+                }
                 return Flow::End(Close::from(&e));
             }
         }
@@ -255,6 +266,9 @@ impl<S: Socket> Session<S> {
     /// answered 30006 and not carried out. WebSocket control frames are
     /// not counted.
     async fn handle(&mut self, incoming: Vec<Incoming>) -> Flow {
+        if self.shared.config.conformance_echo {
+            return self.echo(incoming);
+        }
         let format = self.conn.format;
         let mut replied = false;
         for (n, message) in incoming.into_iter().enumerate() {
@@ -378,10 +392,7 @@ mod tests {
             standalone: true,
             ..Default::default()
         };
-        let limits = QueueLimits {
-            frames: 8,
-            bytes: 1 << 20,
-        };
+        let limits = QueueLimits { bytes: 1 << 20 };
         let hub = Arc::new(crate::hub::Hub::new(4, limits));
         let shared = Arc::new(crate::state::EdgeState {
             node_id: "test".into(),

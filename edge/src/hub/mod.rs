@@ -346,10 +346,7 @@ mod tests {
     use bytes::Bytes;
     use std::collections::VecDeque;
 
-    const LIMITS: QueueLimits = QueueLimits {
-        frames: 4,
-        bytes: 1 << 20,
-    };
+    const LIMITS: QueueLimits = QueueLimits { bytes: 1 << 20 };
 
     fn drain(conn: &ConnHandle) -> usize {
         let mut frames = VecDeque::new();
@@ -413,12 +410,14 @@ mod tests {
 
     #[test]
     fn overflow_closes_only_the_slow_connection() {
-        let hub = Hub::new(2, LIMITS);
+        let push = Push::new("", "t", Bytes::new());
+        let cost = PushFrames::new(&push).get(WireFormat::Json).len() + crate::outbox::FRAME_SLOT;
+        let hub = Hub::new(2, QueueLimits { bytes: 4 * cost });
         let [slow, fast] = [(); 2].map(|_| hub.connect(WireFormat::Json));
         hub.subscribe("t", &slow);
         hub.subscribe("t", &fast);
         for _ in 0..5 {
-            hub.deliver(&Push::new("", "t", Bytes::new()));
+            hub.deliver(&push);
             drain(&fast);
         }
         assert_eq!(hub.stats.slow_consumers.load(Ordering::Relaxed), 1);

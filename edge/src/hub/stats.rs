@@ -50,7 +50,7 @@ impl Stats {
 }
 
 /// Upper bounds of the `gpush_edge_write_batch_frames` buckets: powers of
-/// two up to the default `queue_frames`.
+/// two up to 1,024 frames.
 pub(crate) const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
 /// Upper bounds of the `gpush_edge_push_to_write_seconds` buckets.
