@@ -1,7 +1,7 @@
 //! The edge's HTTP side: the accept loop, the WebSocket upgrade at `/ws`,
 //! the health endpoints, `GET /metrics`, and the browser client
-//! (`/gpush.js`) with its demo page (`/`), both compiled into the binary
-//! from `edge/assets/`.
+//! (`/gpush.js`) with its demo page (`/`, only where `demo_page` is on),
+//! both compiled into the binary from `edge/assets/`.
 //!
 //! We run hyper ourselves rather than `axum::serve` so that an upgraded
 //! connection can be turned back into its `TcpStream`: the connection task
@@ -61,10 +61,21 @@ pub(crate) fn router(shared: Arc<EdgeState>) -> Router {
         PUSH_PORT_PLACEHOLDER,
         push_port.as_deref().unwrap_or_default(),
     ));
+    let demo_page = shared.config.demo_page();
     Router::new()
         .route(
             "/",
-            get(move || async move { asset(page, "text/html; charset=utf-8", DEMO_PAGE_CACHE) }),
+            get(move || async move {
+                if demo_page {
+                    asset(page, "text/html; charset=utf-8", DEMO_PAGE_CACHE)
+                } else {
+                    refuse(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "the demo page is off on this edge (demo_page)",
+                    )
+                }
+            }),
         )
         .route(
             "/gpush.js",
