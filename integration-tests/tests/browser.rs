@@ -669,13 +669,7 @@ async fn private_pushes_are_not_handed_to_the_next_user() {
         )
         .await;
     d.push_http("amy", "inbox", b"amy-1").await;
-    browser
-        .wait_for(
-            "amy's push",
-            "return window.amyGot.includes('amy-1');",
-            vec![],
-        )
-        .await;
+    wait_got(&browser, "amy", "amy-1").await;
 
     // The page is busy for a while; meanwhile a push to amy reaches it
     // and waits in its task queue; then it switches to bob.
@@ -706,13 +700,7 @@ async fn private_pushes_are_not_handed_to_the_next_user() {
         )
         .await;
     d.push_http("bob", "inbox", b"bob-1").await;
-    browser
-        .wait_for(
-            "bob's push",
-            "return window.bobGot.includes('bob-1');",
-            vec![],
-        )
-        .await;
+    wait_got(&browser, "bob", "bob-1").await;
     let bob = browser.eval("return window.bobGot;", vec![]).await;
     assert_eq!(bob, json!(["bob-1"]), "bob got someone else's push");
     browser.close().await;

@@ -53,35 +53,29 @@ async fn connect(d: &impl Deployment, edge: usize, label: &str) -> WsClient {
         .with_label(label)
 }
 
-/// `reply` without its `detail`, which must be a non-empty string.
-fn without_detail(mut reply: Value) -> Value {
-    let detail = reply
-        .as_object_mut()
-        .and_then(|object| object.remove("detail"));
+/// `reply` without `key`, whose value must pass `check`.
+fn without(mut reply: Value, key: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let value = reply.as_object_mut().and_then(|object| object.remove(key));
     assert!(
-        detail
-            .as_ref()
-            .and_then(Value::as_str)
-            .is_some_and(|d| !d.is_empty()),
-        "reply without a detail: {reply} (detail {detail:?})"
+        value.as_ref().is_some_and(check),
+        "reply without a good {key}: {reply} ({key} {value:?})"
     );
     reply
 }
 
+/// `reply` without its `detail`, which must be a non-empty string.
+fn without_detail(reply: Value) -> Value {
+    without(reply, "detail", |d| {
+        d.as_str().is_some_and(|d| !d.is_empty())
+    })
+}
+
 /// A login reply without its `expires`, which must be a time in the
 /// future (the test tokens expire in an hour).
-fn without_expires(mut reply: Value) -> Value {
-    let expires = reply
-        .as_object_mut()
-        .and_then(|object| object.remove("expires"));
-    assert!(
-        expires
-            .as_ref()
-            .and_then(Value::as_i64)
-            .is_some_and(|e| e > auth::now()),
-        "login reply without a future expires: {reply} (expires {expires:?})"
-    );
-    reply
+fn without_expires(reply: Value) -> Value {
+    without(reply, "expires", |e| {
+        e.as_i64().is_some_and(|e| e > auth::now())
+    })
 }
 
 /// The request map `{"code":code, ...fields}`.
