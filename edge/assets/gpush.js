@@ -27,6 +27,18 @@
  * Push handlers get `(data, push)`: `data` is the payload (the JSON value,
  * a string, or a Uint8Array when the edge sent it as base64) and `push` the
  * whole frame ({code, topic?, data, encoding?}).
+ *
+ * Logins expire with their token: the login reply says when (`expires`,
+ * unix seconds) and the edge ends the login then (push 10004, event
+ * "expired"). Give `getToken` (a function returning a Promise of a fresh
+ * token) and the client refreshes the login by itself before it expires
+ * (subscriptions kept), asks it for the token of every login after a
+ * reconnect, and logs in again after a 10004. `login()` with no argument
+ * takes its token from `getToken`.
+ *
+ * Private and user-wide pushes (10002) are never handed over between
+ * users: from a login() or logout() call until the edge's login reply, the
+ * client drops them (they belong to the previous login).
  */
 (function (root) {
   "use strict";
@@ -42,6 +54,7 @@
     PUSH_PUBLIC: 10001,
     PUSH_PRIVATE: 10002,
     PUSH_EVERYONE: 10003,
+    LOGIN_ENDED: 10004,
     CONNECTED: 20000,
     SUBSCRIBED: 20001,
     UNSUBSCRIBED: 20002,
@@ -59,6 +72,8 @@
   const GOING_AWAY = 1001;
   /** Close code this client uses when it gives up on a silent connection. */
   const KEEPALIVE_CLOSE = 4000;
+  /** The longest setTimeout delay browsers honour, in ms. */
+  const MAX_TIMER = 2147483647;
 
   const DEFAULTS = Object.freeze({
     url: null, // ws:// or wss:// URL of an edge
@@ -72,6 +87,8 @@
     autoConnect: true,
     WebSocket: null, // WebSocket implementation (default: the browser's)
     fetch: null, // fetch implementation (default: the browser's)
+    getToken: null, // () => Promise of a fresh login token; enables refresh
+    refreshBefore: 30000, // ms before `expires` to refresh (at most half the time left)
   });
 
   function refusal(reply, request) {
@@ -137,13 +154,14 @@
       this._token = null; // login to restore, or null
       this._login = null; // its item
       this._loggedIn = false;
+      this._expires = null; // unix seconds the login expires at, or null
       this._pending = new Map(); // request id -> {code, topic, item, waiters}
       this._nextId = 0;
       this._ws = null;
       this._gen = 0; // bumps on every connect attempt, so stale callbacks do nothing
       this._attempt = 0;
       this._avoid = null; // URL of an edge that told us to go away
-      this._timers = {retry: null, connect: null, ping: null, pong: null};
+      this._timers = {retry: null, connect: null, ping: null, pong: null, refresh: null};
       this._lastHeard = 0;
       this._closed = false;
       if (opts.autoConnect) this.connect();
@@ -153,8 +171,9 @@
 
     /**
      * Listens to "state" (state, info), "open" ({url, nodeId}), "close"
-     * ({code, reason}), "push" (push, data), "reply" (reply) or "error"
-     * (Error). Returns a function that removes the listener.
+     * ({code, reason}), "push" (push, data), "reply" (reply), "expired"
+     * ({uid, reason}: push 10004, the login ended) or "error" (Error).
+     * Returns a function that removes the listener.
      */
     on(event, fn) {
       if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -198,23 +217,28 @@
     }
 
     /**
-     * Logs in with `token` (kept, and sent again after every reconnect).
-     * On success every private subscription is (re)sent; a refused token is
-     * forgotten, and the client is then logged out.
+     * Logs in with `token` (kept, and sent again after every reconnect; with
+     * `getToken`, a fresh one is asked for instead, and `token` may be left
+     * out). On success every private subscription is (re)sent; a refused
+     * token is forgotten, and the client is then logged out.
      */
     login(token) {
+      if (token === undefined) {
+        if (!this.options.getToken) return Promise.reject(new Error("gpush: login() needs a token or getToken"));
+        token = null;
+      }
       this._token = token;
       const next = item(null);
       if (this._login) next.waiters = this._login.waiters.splice(0);
       this._login = next;
-      this._loggedIn = false;
+      this._setLoggedIn(false);
       return this._ask(next, () => this._sendLogin());
     }
 
     /** Logs out and drops every private subscription. */
     logout() {
       this._token = null;
-      this._loggedIn = false;
+      this._setLoggedIn(false);
       this.uid = null;
       this._rejectItem(this._login, "logged out");
       this._login = null;
@@ -228,7 +252,7 @@
      * first; kept across reconnects and sent again after every login.
      */
     subscribePrivate(topic, handler) {
-      if (this._token === null) {
+      if (this._login === null) {
         return Promise.reject(new Error("gpush: subscribePrivate needs login() first"));
       }
       return this._want(this._private, topic, handler, CODE.SUBSCRIBE_PRIVATE, this._loggedIn);
@@ -290,7 +314,7 @@
       this._pending.clear();
       const items = [this._login].concat(Array.from(this._public.values()), Array.from(this._private.values()));
       for (const it of items) this._rejectItem(it, "client closed");
-      this._loggedIn = false;
+      this._setLoggedIn(false);
       this.uid = null;
       this._setState("closed");
     }
@@ -343,16 +367,104 @@
       this._send(code, topic, data, it, it.waiters.splice(0));
     }
 
+    /**
+     * Sends the login: with `getToken`, once it gave a fresh token (the
+     * last one when it fails or gives none), as long as the same login is
+     * still wanted on the same connection.
+     */
     _sendLogin() {
-      if (this._login) this._flush(this._login, CODE.LOGIN, undefined, this._token);
+      const it = this._login;
+      if (!it) return;
+      const getToken = this.options.getToken;
+      if (!getToken) {
+        this._flush(it, CODE.LOGIN, undefined, this._token);
+        return;
+      }
+      const ws = this._ws;
+      this._freshToken().then((token) => {
+        if (it !== this._login || ws !== this._ws || !this._isOpen()) return;
+        if (token !== null) this._token = token;
+        if (this._token === null) {
+          this._rejectItem(it, "getToken gave no token");
+          return;
+        }
+        this._flush(it, CODE.LOGIN, undefined, this._token);
+      });
     }
 
-    _send(code, topic, data, it, waiters) {
+    /** getToken's token, or null (its error goes to "error"). */
+    _freshToken() {
+      return Promise.resolve()
+        .then(() => this.options.getToken())
+        .then(
+          (token) => (token === undefined || token === null ? null : token),
+          (e) => {
+            this._emit("error", e instanceof Error ? e : new Error("gpush: getToken failed: " + e));
+            return null;
+          }
+        );
+    }
+
+    /**
+     * Whether the client takes 10002 pushes as its own: only between a
+     * login reply and the next login(), logout() or connection.
+     */
+    _setLoggedIn(loggedIn) {
+      this._loggedIn = loggedIn;
+      if (!loggedIn) {
+        this._expires = null;
+        this._clearTimer("refresh");
+      }
+    }
+
+    /** With getToken: refreshes the login before `expires` (unix seconds). */
+    _scheduleRefresh(expires) {
+      this._clearTimer("refresh");
+      this._expires = typeof expires === "number" ? expires : null;
+      if (this._expires === null || !this.options.getToken) return;
+      const left = this._expires * 1000 - Date.now();
+      const delay = Math.max(0, Math.max(left - this.options.refreshBefore, left / 2));
+      const it = this._login;
+      const ws = this._ws;
+      this._timers.refresh = setTimeout(() => {
+        this._timers.refresh = null;
+        if (it !== this._login || ws !== this._ws || !this._loggedIn) return;
+        // Timers wait at most 2^31 - 1 ms (24.8 days): wait again.
+        if (delay > MAX_TIMER) return this._scheduleRefresh(this._expires);
+        this._freshToken().then((token) => {
+          if (token === null || it !== this._login || ws !== this._ws || !this._loggedIn) return;
+          this._token = token;
+          // A login for the same uid: the edge keeps the subscriptions.
+          this._send(CODE.LOGIN, undefined, token, it, [], true);
+        });
+      }, Math.min(delay, MAX_TIMER));
+    }
+
+    /** Push 10004: the edge ended the login (its token expired). */
+    _onLoginEnded(msg) {
+      if (!this._loggedIn || msg.uid !== this.uid) return;
+      this._setLoggedIn(false);
+      this.uid = null;
+      this._emit("expired", {uid: msg.uid, reason: msg.reason});
+      if (this.options.getToken && this._login) {
+        // Log in again with a fresh token; private subscriptions follow.
+        this._token = null;
+        this._sendLogin();
+        return;
+      }
+      // The edge dropped the private subscriptions: so does the client.
+      this._token = null;
+      this._login = null;
+      for (const it of this._private.values()) this._rejectItem(it, "login expired");
+      this._private.clear();
+    }
+
+    _send(code, topic, data, it, waiters, refresh) {
       const id = ++this._nextId;
       const request = {code: code, id: id};
       if (topic !== undefined) request.topic = topic;
       if (data !== undefined) request.data = data;
-      this._pending.set(id, {code: code, topic: topic, item: it, waiters: waiters, request: request});
+      this._pending.set(id, {code: code, topic: topic, item: it, waiters: waiters, request: request, refresh: !!refresh});
       try {
         this._ws.send(JSON.stringify(request));
       } catch (e) {
@@ -380,16 +492,20 @@
       if (entry === undefined) return;
       this._pending.delete(reply.id);
       const ok = reply.code >= 20000 && reply.code < 30000;
-      if (entry.code === CODE.LOGIN && entry.item === this._login) {
+      if (entry.code === CODE.LOGIN && entry.item === this._login && entry.refresh) {
+        // A refresh: refused, the login stays until the edge ends it.
+        if (ok && this._loggedIn) this._scheduleRefresh(reply.expires);
+      } else if (entry.code === CODE.LOGIN && entry.item === this._login) {
         if (ok) {
-          this._loggedIn = true;
+          this._setLoggedIn(true);
           this.uid = reply.uid === undefined ? null : reply.uid;
+          this._scheduleRefresh(reply.expires);
           for (const [topic, it] of this._private) this._flush(it, CODE.SUBSCRIBE_PRIVATE, topic);
         } else {
           // A refused token is forgotten; log out so that the edge agrees.
           this._token = null;
           this._login = null;
-          this._loggedIn = false;
+          this._setLoggedIn(false);
           this.uid = null;
           for (const it of this._private.values()) this._rejectItem(it, "login refused");
           this._send(CODE.LOGOUT, undefined, undefined, null, []);
@@ -407,6 +523,8 @@
     // ---- pushes ---------------------------------------------------------
 
     _onPush(push) {
+      // Sent to the previous login, before the edge answered this one.
+      if (push.code === CODE.PUSH_PRIVATE && !this._loggedIn) return;
       const data = pushData(push);
       this._emit("push", push, data);
       let handlers = [];
@@ -509,7 +627,7 @@
       this._clearTimer("connect");
       this._attempt = 0;
       this._avoid = null;
-      this._loggedIn = false;
+      this._setLoggedIn(false);
       this.uid = null;
       this.connects++;
       this._lastHeard = Date.now();
@@ -517,7 +635,7 @@
       this._emit("open", {url: this.url, nodeId: this.nodeId});
       // Restore: login first (private subscriptions follow its reply), then
       // every public subscription.
-      if (this._token !== null) this._sendLogin();
+      if (this._login !== null) this._sendLogin();
       for (const [topic, it] of this._public) this._flush(it, CODE.SUBSCRIBE, topic);
       this._startKeepalive(ws);
     }
@@ -536,7 +654,8 @@
       }
       if (msg === null || typeof msg !== "object") return;
       if (msg.code >= 10001 && msg.code <= 10003) this._onPush(msg);
-      else this._onReply(msg);
+      else if (msg.code === CODE.LOGIN_ENDED) this._onLoginEnded(msg);
+      else if (msg.code >= 20000) this._onReply(msg);
     }
 
     _startKeepalive(ws) {
@@ -581,7 +700,7 @@
       this._clearTimer("connect");
       this._clearTimer("ping");
       this._clearTimer("pong");
-      this._loggedIn = false;
+      this._setLoggedIn(false);
       this.uid = null;
       // Unanswered requests: what is still wanted goes to the next
       // connection with its waiters; the rest is settled with null.

@@ -9,17 +9,20 @@
 //! The webhook receives `POST {"token": <data>}` (the login request's `data`
 //! as sent) and must answer 2xx with either `{"uid": "<uid>"}` or the
 //! original gpush shape `{"code": 0, "data": {"user_info": {"uid": "<uid>"}}}`.
-//! Any other answer refuses the login.
+//! Any other answer refuses the login. Either may say when the login
+//! expires, in unix seconds: `{"uid": .., "expires": T}`, or
+//! `"expires": T` in `data`.
+//!
+//! A login lasts as long as its token: JWT `exp`, or the webhook's
+//! `expires` (none: it never expires, like a token-is-uid login). The
+//! connection ends it at that time plus `auth.expiry_leeway` unless the
+//! client refreshed it (see `conn/commands/login.rs`).
 
 use crate::config::AuthConfig;
 use gpush_common::push::validate_name;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
-use std::time::Duration;
-
-/// Clock skew tolerated when checking `exp` and `nbf`.
-const JWT_LEEWAY: Duration = Duration::from_secs(5);
 
 /// The largest webhook answer read: a uid fits many times over. A longer
 /// answer refuses the login without being read to its end.
@@ -47,6 +50,9 @@ pub(crate) enum AuthError {
     /// [`MAX_WEBHOOK_ANSWER`] bytes.
     #[error("auth service answered an unexpected response")]
     WebhookGarbage,
+    /// The webhook's `expires` is already past (leeway included).
+    #[error("token expired (auth service)")]
+    WebhookExpired,
     /// `auth.webhook_max_concurrent` webhook calls are already in flight.
     #[error("auth service busy: too many logins in progress, retry later")]
     WebhookBusy,
@@ -75,6 +81,15 @@ pub(crate) enum AuthSetupError {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
+}
+
+/// A successful login: who, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Login {
+    pub(crate) uid: String,
+    /// When the token expires, in unix seconds; `None`: never.
+    pub(crate) expires: Option<u64>,
 }
 
 /// The auth webhook: where it is and how many calls may be in flight.
@@ -90,6 +105,8 @@ pub(crate) struct Authenticator {
     webhook: Option<Webhook>,
     insecure_token_is_uid: bool,
     max_name_len: usize,
+    /// `auth.expiry_leeway`, in seconds.
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -156,16 +173,20 @@ impl Authenticator {
             webhook,
             insecure_token_is_uid: config.insecure_token_is_uid,
             max_name_len,
+            leeway: config.expiry_leeway.as_secs(),
         })
     }
 
-    /// The uid the token proves, or why not.
-    pub(crate) async fn login(&self, token: &Value) -> Result<String, AuthError> {
+    /// The uid the token proves and when that login expires, or why not.
+    pub(crate) async fn login(&self, token: &Value) -> Result<Login, AuthError> {
         let mut result = Err(AuthError::NotConfigured);
         if let Some((key, validation)) = &self.jwt {
             result = match token.as_str() {
                 Some(token) => jsonwebtoken::decode::<Claims>(token, key, validation)
-                    .map(|data| data.claims.sub)
+                    .map(|data| Login {
+                        uid: data.claims.sub,
+                        expires: Some(data.claims.exp),
+                    })
                     .map_err(|e| AuthError::Jwt(e.to_string())),
                 None => Err(AuthError::NotAString),
             };
@@ -173,23 +194,45 @@ impl Authenticator {
         if result.is_err()
             && let Some(webhook) = &self.webhook
         {
-            result = webhook.login(token).await;
+            result = webhook
+                .login(token)
+                .await
+                .and_then(|login| match login.expires {
+                    Some(expires) if self.ends_at(expires) <= now_secs() => {
+                        Err(AuthError::WebhookExpired)
+                    }
+                    _ => Ok(login),
+                });
         }
         if self.insecure_token_is_uid
             && let Some(token) = token.as_str()
         {
             // Only ever alone: the config refuses it beside JWT or a webhook.
-            result = Ok(token.to_owned());
+            result = Ok(Login {
+                uid: token.to_owned(),
+                expires: None,
+            });
         }
-        let uid = result?;
-        validate_name(&uid, self.max_name_len).map_err(AuthError::BadUid)?;
-        Ok(uid)
+        let login = result?;
+        validate_name(&login.uid, self.max_name_len).map_err(AuthError::BadUid)?;
+        Ok(login)
     }
+
+    /// When a login whose token expires at `expires` ends: the leeway
+    /// later (unix seconds).
+    pub(crate) fn ends_at(&self, expires: u64) -> u64 {
+        expires.saturating_add(self.leeway)
+    }
+}
+
+/// Now, in unix seconds.
+pub(crate) fn now_secs() -> u64 {
+    gpush_common::push::now_us() / 1_000_000
 }
 
 fn validation(algorithm: Algorithm, config: &AuthConfig) -> Validation {
     let mut validation = Validation::new(algorithm);
-    validation.leeway = JWT_LEEWAY.as_secs();
+    validation.leeway = config.expiry_leeway.as_secs();
     validation.validate_nbf = true;
     // jsonwebtoken checks `aud` and `iss` only when the token has them:
     // a configured claim must also be required.
@@ -212,13 +255,22 @@ fn validation(algorithm: Algorithm, config: &AuthConfig) -> Validation {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum WebhookAnswer {
-    Plain { uid: String },
-    Original { code: i64, data: OriginalData },
+    Plain {
+        uid: String,
+        #[serde(default)]
+        expires: Option<u64>,
+    },
+    Original {
+        code: i64,
+        data: OriginalData,
+    },
 }
 
 #[derive(Deserialize)]
 struct OriginalData {
     user_info: OriginalUser,
+    #[serde(default)]
+    expires: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -227,8 +279,9 @@ struct OriginalUser {
 }
 
 impl Webhook {
-    /// One webhook call, if a slot is free: the uid it vouches for.
-    async fn login(&self, token: &Value) -> Result<String, AuthError> {
+    /// One webhook call, if a slot is free: the uid it vouches for, and
+    /// until when.
+    async fn login(&self, token: &Value) -> Result<Login, AuthError> {
         let Ok(_slot) = self.calls.try_acquire() else {
             return Err(AuthError::WebhookBusy);
         };
@@ -266,8 +319,11 @@ impl Webhook {
             body.extend_from_slice(&chunk);
         }
         match serde_json::from_slice::<WebhookAnswer>(&body) {
-            Ok(WebhookAnswer::Plain { uid }) => Ok(uid),
-            Ok(WebhookAnswer::Original { code: 0, data }) => Ok(data.user_info.uid),
+            Ok(WebhookAnswer::Plain { uid, expires }) => Ok(Login { uid, expires }),
+            Ok(WebhookAnswer::Original { code: 0, data }) => Ok(Login {
+                uid: data.user_info.uid,
+                expires: data.expires,
+            }),
             Ok(WebhookAnswer::Original { .. }) => Err(AuthError::WebhookRefused),
             Err(_) => Err(AuthError::WebhookGarbage),
         }
@@ -283,7 +339,7 @@ mod tests {
     const SECRET: &str = "a-unit-test-secret-of-32-bytes!!";
 
     fn now() -> u64 {
-        gpush_common::push::now_us() / 1_000_000
+        now_secs()
     }
 
     fn hs256(secret: &str, sub: &str, exp: u64) -> Value {
@@ -307,8 +363,15 @@ mod tests {
     #[tokio::test]
     async fn hs256_good_expired_and_wrong_key() {
         let auth = with_secret();
-        let ok = auth.login(&hs256(SECRET, "alice", now() + 60)).await;
-        assert_eq!(ok.expect("valid"), "alice");
+        let exp = now() + 60;
+        let ok = auth.login(&hs256(SECRET, "alice", exp)).await;
+        assert_eq!(
+            ok.expect("valid"),
+            Login {
+                uid: "alice".into(),
+                expires: Some(exp)
+            }
+        );
         let expired = auth.login(&hs256(SECRET, "alice", now() - 60)).await;
         assert!(matches!(expired, Err(AuthError::Jwt(_))), "{expired:?}");
         let wrong = auth.login(&hs256("other", "alice", now() + 60)).await;
@@ -336,7 +399,9 @@ mod tests {
             ..AuthConfig::default()
         };
         let auth = Authenticator::new(&insecure, 64).expect("auth");
-        assert_eq!(auth.login(&json!("bob")).await.expect("dev mode"), "bob");
+        let dev = auth.login(&json!("bob")).await.expect("dev mode");
+        assert_eq!(dev.expires, None, "a token-is-uid login never expires");
+        assert_eq!(dev.uid, "bob");
     }
 
     #[test]

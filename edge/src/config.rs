@@ -42,6 +42,11 @@ pub const MIN_JWT_SECRET_LEN: usize = 32;
 pub const DEFAULT_WEBHOOK_MAX_CONCURRENT: usize = 64;
 /// Default timeout of one auth webhook call.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `auth.expiry_leeway`: clock skew tolerated on token times.
+pub const DEFAULT_EXPIRY_LEEWAY: Duration = Duration::from_secs(5);
+/// Largest `auth.expiry_leeway`: beyond it an expired token is not an
+/// expired token any more.
+pub const MAX_EXPIRY_LEEWAY: Duration = Duration::from_secs(300);
 /// Default maximum number of WebSocket connections one edge holds: about
 /// 170 MiB of idle connections (1.7 KiB each), and well within the file
 /// limit of `deploy/gpush-edge.service`.
@@ -155,6 +160,11 @@ pub struct EdgeConfig {
     /// `log_format`: `human` or `json`.
     #[serde(flatten)]
     pub log: LogConfig,
+    /// Serve the demo page at `/` (default: only standalone). It honours
+    /// `?ws=` and `?push=`, so on a production edge a crafted link would
+    /// send what a user types there to another host; off, `/` answers 404.
+    /// `/gpush.js` is served either way.
+    pub demo_page: Option<bool>,
     /// Test only: serve WebSocket upgrades at `/` too (instead of the demo
     /// page), and answer every text or binary message with itself instead
     /// of treating it as a request, with no 20000 greeting. This is what
@@ -188,6 +198,12 @@ pub struct AuthConfig {
     /// refused at once (30003, "auth service busy") instead of queueing
     /// behind a slow webhook.
     pub webhook_max_concurrent: usize,
+    /// Clock skew tolerated on token times, in whole seconds: a JWT's
+    /// `exp` and `nbf` are checked with it, and a login whose token
+    /// expires (JWT `exp`, webhook `expires`) ends this long after it
+    /// unless refreshed (push 10004).
+    #[serde(with = "humantime_serde")]
+    pub expiry_leeway: Duration,
     /// Development only: the token itself is the uid. Never in production;
     /// refused beside JWT or a webhook, and warned about at start-up.
     pub insecure_token_is_uid: bool,
@@ -203,6 +219,7 @@ impl Default for AuthConfig {
             webhook_url: None,
             webhook_timeout: DEFAULT_WEBHOOK_TIMEOUT,
             webhook_max_concurrent: DEFAULT_WEBHOOK_MAX_CONCURRENT,
+            expiry_leeway: DEFAULT_EXPIRY_LEEWAY,
             insecure_token_is_uid: false,
         }
     }
@@ -239,6 +256,7 @@ impl Default for EdgeConfig {
             push: PushApiConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
             log: LogConfig::default(),
+            demo_page: None,
             conformance_echo: false,
         }
     }
@@ -330,6 +348,16 @@ impl EdgeConfig {
             "auth.webhook_timeout must be > 0".into()
         });
         p.check(
+            self.auth.expiry_leeway > MAX_EXPIRY_LEEWAY
+                || self.auth.expiry_leeway.subsec_nanos() != 0,
+            || {
+                format!(
+                    "auth.expiry_leeway must be whole seconds, at most {}s",
+                    MAX_EXPIRY_LEEWAY.as_secs()
+                )
+            },
+        );
+        p.check(
             self.auth.insecure_token_is_uid
                 && (self.auth.jwt_secret.is_some()
                     || self.auth.jwt_public_key.is_some()
@@ -368,6 +396,12 @@ impl EdgeConfig {
             self.push.validate(&mut p);
         }
         p.finish()
+    }
+
+    /// Whether `/` serves the demo page: `demo_page`, by default only
+    /// standalone.
+    pub fn demo_page(&self) -> bool {
+        self.demo_page.unwrap_or(self.standalone)
     }
 
     /// Whether the edge serves TLS (`tls_cert` and `tls_key` set).

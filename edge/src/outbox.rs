@@ -102,6 +102,13 @@ impl Outbox {
         }
     }
 
+    /// Wakes the connection without queueing anything: the hub's signal
+    /// that something else changed (its login ended; see
+    /// [`ConnHandle::login_ends`](crate::hub::ConnHandle::login_ends)).
+    pub(crate) fn wake(&self) {
+        self.ready.notify_one();
+    }
+
     /// Moves every queued frame to the end of `into`, and returns the close
     /// request, if any.
     pub(crate) fn take(&self, into: &mut VecDeque<Bytes>) -> Option<Close> {

@@ -1,8 +1,8 @@
 //! The edge's HTTP side: the accept loop, the WebSocket upgrade at `/ws`,
 //! the health endpoints, `GET /metrics`, and the browser client
-//! (`/gpush.js`) with its demo page (`/`), both compiled into the binary
-//! from `edge/assets/`. Under the test-only `conformance_echo`, `/` is a
-//! WebSocket upgrade instead of the demo page.
+//! (`/gpush.js`) with its demo page (`/`, only where `demo_page` is on),
+//! both compiled into the binary from `edge/assets/`. Under the test-only
+//! `conformance_echo`, `/` is a WebSocket upgrade instead of the demo page.
 //!
 //! We run hyper ourselves rather than `axum::serve` so that an upgraded
 //! connection can be turned back into its `TcpStream`: the connection task
@@ -62,13 +62,24 @@ pub(crate) fn router(shared: Arc<EdgeState>) -> Router {
         PUSH_PORT_PLACEHOLDER,
         push_port.as_deref().unwrap_or_default(),
     ));
+    let demo_page = shared.config.demo_page();
     let router = if shared.config.conformance_echo {
         // Test only: Autobahn's cases open their WebSocket at `/`.
         Router::new().route("/", get(upgrade))
     } else {
         Router::new().route(
             "/",
-            get(move || async move { asset(page, "text/html; charset=utf-8", DEMO_PAGE_CACHE) }),
+            get(move || async move {
+                if demo_page {
+                    asset(page, "text/html; charset=utf-8", DEMO_PAGE_CACHE)
+                } else {
+                    refuse(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "the demo page is off on this edge (demo_page)",
+                    )
+                }
+            }),
         )
     };
     router

@@ -126,6 +126,10 @@ pub enum WebhookMode {
     Slow(Duration),
     /// 200 with body `not json`.
     Garbage,
+    /// Like `Good`, with `"expires": <unix seconds>` beside the uid.
+    GoodUntil(i64),
+    /// Like `Original`, with `"expires": <unix seconds>` in `data`.
+    OriginalUntil(i64),
 }
 
 #[derive(Debug)]
@@ -223,7 +227,16 @@ async fn answer(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
             "data": {"user_info": {"uid": uid}},
         }))
         .into_response(),
-        (WebhookMode::Original, None) => {
+        (WebhookMode::GoodUntil(expires), Some(uid)) => {
+            axum::Json(json!({"uid": uid, "expires": expires})).into_response()
+        }
+        (WebhookMode::OriginalUntil(expires), Some(uid)) => axum::Json(json!({
+            "code": 0,
+            "data": {"user_info": {"uid": uid}, "expires": expires},
+        }))
+        .into_response(),
+        (WebhookMode::GoodUntil(_), None) => good(None),
+        (WebhookMode::Original | WebhookMode::OriginalUntil(_), None) => {
             axum::Json(json!({"code": 1, "message": "invalid token"})).into_response()
         }
     }

@@ -3,7 +3,10 @@
 //! (from its own form, through CORS, and from the test), logs in and
 //! receives a private push, and keeps all of that across an edge restart
 //! (same port: backoff, re-login, re-subscribe) and across a drain (close
-//! 1001: discovery through ingress picks the other edge).
+//! 1001: discovery through ingress picks the other edge). The client
+//! refreshes its login with `getToken` before the token expires, logs in
+//! again after a 10004, and never hands one user's private pushes to the
+//! next user's handlers. The demo page is served only where enabled.
 //!
 //! Chromium (Debian `chromium`) runs as a child process with a DevTools
 //! port; Debian's `chromedriver` attaches to it, and the test drives it
@@ -13,6 +16,7 @@
 //! test with the apt-get command that installs it; `.ci/run` installs it.
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use gpush_integration_tests::auth::JWT_SECRET;
 use gpush_integration_tests::procs::{LoggedChild, find_program, free_port, scratch_dir};
 use gpush_integration_tests::{Cluster, Deployment, EdgeHandle, Standalone, TIMEOUT, auth};
 use serde_json::{Value, json};
@@ -431,7 +435,7 @@ async fn page_moves_to_another_edge_on_drain() {
     let mut cluster = Cluster::start_with(
         2,
         |ingress| ingress.push.cors_allowed_origins = vec!["*".to_owned()],
-        |_| {},
+        |edge| edge.demo_page = Some(true),
     )
     .await;
     let ingress = cluster.ingress.http_base();
@@ -475,4 +479,229 @@ async fn page_moves_to_another_edge_on_drain() {
         .await;
     browser.close().await;
     eprintln!("browser drain test took {:?}", started.elapsed());
+}
+
+/// GET `url`: its status and body.
+async fn get(url: &str) -> (u16, String) {
+    let response = timeout(TIMEOUT, reqwest::get(url))
+        .await
+        .expect("answer in time")
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// The demo page (which follows `?ws=` and `?push=` links) is served by
+/// standalone edges by default, by clustered edges only with `demo_page`;
+/// where it is off, `/` answers 404 with a JSON body and `/gpush.js` is
+/// still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_only_where_enabled() {
+    let cluster = Cluster::start(2, |_| {}).await;
+    let standalone_off = Standalone::start(|c| c.demo_page = Some(false)).await;
+    let standalone = Standalone::start(|_| {}).await;
+    let mut enabled = Cluster::start(1, |c| c.demo_page = Some(true)).await;
+    let on = enabled.edges.remove(0);
+    for (what, base, served) in [
+        ("clustered edge", cluster.edges[0].page_url(), false),
+        (
+            "standalone, demo_page = false",
+            standalone_off.edge.page_url(),
+            false,
+        ),
+        ("standalone", standalone.edge.page_url(), true),
+        ("clustered, demo_page = true", on.page_url(), true),
+    ] {
+        let (status, body) = get(&base).await;
+        if served {
+            assert_eq!(status, 200, "{what}: /");
+            assert!(body.contains("gpush.js"), "{what}: not the page");
+        } else {
+            assert_eq!(status, 404, "{what}: / must not be served");
+            let body: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{what}: 404 body {body:?} is not JSON: {e}"));
+            assert_eq!(body["code"], "not_found", "{what}: {body}");
+        }
+        let (status, body) = get(&format!("{base}gpush.js")).await;
+        assert_eq!(status, 200, "{what}: /gpush.js");
+        assert!(body.contains("class GPush"), "{what}: not the client");
+    }
+}
+
+/// `auth.expiry_leeway` of the login tests, in seconds.
+const LEEWAY: i64 = 1;
+
+/// A client of its own in the page (`window[name]`) whose `getToken`
+/// hands out `tokens` in turn (then null), counting calls in
+/// `window[name + "Calls"]`; what its private `inbox` handler gets goes to
+/// `window[name + "Got"]`, its 10004s to `window[name + "Expired"]`, and
+/// its 20001 replies are counted in `window[name + "Subs"]`.
+async fn token_client(browser: &Browser, ws_url: &str, name: &str, tokens: Vec<String>) {
+    browser
+        .eval(
+            "const [url, name, tokens] = arguments;\
+             window[name + 'Calls'] = 0; window[name + 'Got'] = [];\
+             window[name + 'Expired'] = 0; window[name + 'Subs'] = 0;\
+             const c = new GPush({url: url, getToken: () => {\
+                 window[name + 'Calls']++;\
+                 return Promise.resolve(tokens.shift() || null);\
+             }});\
+             c.on('expired', () => window[name + 'Expired']++);\
+             c.on('reply', (r) => { if (r.code === 20001) window[name + 'Subs']++; });\
+             window[name] = c;\
+             c.login().then(() => c.subscribePrivate('inbox', (d) => window[name + 'Got'].push(d)));",
+            vec![json!(ws_url), json!(name), json!(tokens)],
+        )
+        .await;
+}
+
+/// Waits until `client` has received private push `data`.
+async fn wait_got(browser: &Browser, client: &str, data: &str) {
+    browser
+        .wait_for(
+            &format!("{client} gets {data:?}"),
+            "return window[arguments[0] + 'Got'].includes(arguments[1]);",
+            vec![json!(client), json!(data)],
+        )
+        .await;
+}
+
+/// With `getToken`, the client refreshes its login before the token
+/// expires (pushes keep arriving past the first token's end, no 10004);
+/// when a refresh gets no token, the edge ends the login (10004) and the
+/// client logs in again with the next token, its private subscription
+/// restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_token_refreshes_the_login_and_logs_in_again_after_10004() {
+    let d = Standalone::start(|c| c.auth.expiry_leeway = Duration::from_secs(LEEWAY as u64)).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    let ws = d.edge.ws_url();
+    let short = auth::now() + 2;
+    let long = auth::now() + 3600;
+    let token = |uid: &str, exp: i64| auth::hs256_with(JWT_SECRET, uid, exp);
+    token_client(
+        &browser,
+        &ws,
+        "rae",
+        vec![token("rae", short), token("rae", long)],
+    )
+    .await;
+    // rex's refresh gets no token: its login ends, then the third token
+    // logs it in again.
+    token_client(
+        &browser,
+        &ws,
+        "rex",
+        vec![token("rex", short), String::new(), token("rex", long)],
+    )
+    .await;
+    for uid in ["rae", "rex"] {
+        browser
+            .wait_for(
+                &format!("{uid} subscribed to its inbox"),
+                "return window[arguments[0]].uid === arguments[0] && window[arguments[0] + 'Subs'] >= 1;",
+                vec![json!(uid)],
+            )
+            .await;
+    }
+    d.push_http("rae", "inbox", b"before").await;
+    wait_got(&browser, "rae", "before").await;
+    browser
+        .wait_for(
+            "rae refreshed with the second token",
+            "return window.raeCalls >= 2 && window.rae._expires === arguments[0];",
+            vec![json!(long)],
+        )
+        .await;
+    browser
+        .wait_for(
+            "rex's login ended (10004)",
+            "return window.rexExpired >= 1;",
+            vec![],
+        )
+        .await;
+    browser
+        .wait_for(
+            "rex logged in again and subscribed again",
+            "return window.rexCalls >= 3 && window.rex.uid === 'rex' && window.rexSubs >= 2;",
+            vec![],
+        )
+        .await;
+    // Well past the first token's end plus the leeway and a sweep.
+    let past = (short + LEEWAY + 2 - auth::now()).max(0) as u64;
+    sleep(Duration::from_secs(past)).await;
+    d.push_http("rae", "inbox", b"after").await;
+    wait_got(&browser, "rae", "after").await;
+    d.push_http("rex", "inbox", b"again").await;
+    wait_got(&browser, "rex", "again").await;
+    let rae_expired = browser.eval("return window.raeExpired;", vec![]).await;
+    assert_eq!(rae_expired, json!(0), "a refreshed login does not end");
+    browser.close().await;
+}
+
+/// logout() + login(B) on one connection: private pushes to A that are
+/// already on their way when the page switches (queued while the page is
+/// busy) never reach B's handlers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_pushes_are_not_handed_to_the_next_user() {
+    let d = Standalone::start(|_| {}).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    browser
+        .eval(
+            "const [url, amy] = arguments;\
+             window.raw = []; window.amyGot = []; window.bobGot = [];\
+             const c = new GPush({url: url});\
+             window.switcher = c;\
+             c.on('open', () => c._ws.addEventListener('message', (e) => window.raw.push(e.data)));\
+             c.login(amy).then(() => c.subscribePrivate('inbox', (d) => window.amyGot.push(d)));",
+            vec![json!(d.edge.ws_url()), json!(auth::hs256("amy"))],
+        )
+        .await;
+    browser
+        .wait_for(
+            "amy subscribed",
+            "return window.switcher.uid === 'amy' && window.raw.some((f) => f.includes('20001'));",
+            vec![],
+        )
+        .await;
+    d.push_http("amy", "inbox", b"amy-1").await;
+    wait_got(&browser, "amy", "amy-1").await;
+
+    // The page is busy for a while; meanwhile a push to amy reaches it
+    // and waits in its task queue; then it switches to bob.
+    let api = d.api().clone();
+    let push = tokio::spawn(async move {
+        sleep(Duration::from_millis(300)).await;
+        api.push_http("amy", "inbox", b"amy-2").await;
+    });
+    browser
+        .eval(
+            "const until = Date.now() + 1500;\
+             while (Date.now() < until) {}\
+             const c = window.switcher;\
+             c.logout();\
+             c.login(arguments[0]);\
+             c.subscribePrivate('inbox', (d) => window.bobGot.push(d));",
+            vec![json!(auth::hs256("bob"))],
+        )
+        .await;
+    push.await.expect("push task");
+    browser
+        .wait_for(
+            "amy's second push on the wire and bob subscribed",
+            "return window.raw.some((f) => f.includes('amy-2'))\
+                 && window.switcher.uid === 'bob'\
+                 && window.raw.filter((f) => f.includes('20001')).length >= 2;",
+            vec![],
+        )
+        .await;
+    d.push_http("bob", "inbox", b"bob-1").await;
+    wait_got(&browser, "bob", "bob-1").await;
+    let bob = browser.eval("return window.bobGot;", vec![]).await;
+    assert_eq!(bob, json!(["bob-1"]), "bob got someone else's push");
+    browser.close().await;
 }

@@ -10,8 +10,8 @@
 //! and the task writes everything queued every `write_interval` (or at once
 //! when it is zero) with vectored writes. The connection owns no timer: it
 //! waits on the edge's shared flush tick, and the edge's keepalive sweep
-//! ([`Hub::sweep`](crate::hub::Hub::sweep)) pings it and closes it when
-//! silent.
+//! ([`Hub::sweep`](crate::hub::Hub::sweep)) pings it, closes it when
+//! silent, and wakes it when its login expired.
 //!
 //! - [`io`]: socket reads and vectored writes, below everything else here;
 //! - `commands/`: one file per request family (subscribe, login, private);
@@ -169,6 +169,10 @@ impl<S: Socket> Session<S> {
         loop {
             if let Some(request) = self.closing {
                 return request;
+            }
+            if self.conn.login_ended() {
+                // Boxed like requests: rare, and it awaits the bus.
+                Box::pin(self.end_expired_login()).await;
             }
             // Frames not yet written: the socket is full; new frames wait in
             // the outbox (bounded) until it drains.

@@ -41,6 +41,34 @@ pub(crate) struct ConnHandle {
     pub(crate) last_heard: AtomicU64,
     /// When the server last pinged it, in [`Hub::now_ms`] time.
     last_ping: AtomicU64,
+    /// When its login ends, in unix seconds: [`NO_LOGIN_END`] while it is
+    /// logged out or its login never expires, [`LOGIN_ENDED`] once the
+    /// sweep found it past (the connection then logs out). Set by the
+    /// connection at each login; a refresh overwrites either.
+    pub(crate) login_ends: AtomicU32,
+}
+
+/// [`ConnHandle::login_ends`]: no end.
+pub(crate) const NO_LOGIN_END: u32 = 0;
+/// [`ConnHandle::login_ends`]: the sweep found the login past its end.
+pub(crate) const LOGIN_ENDED: u32 = u32::MAX;
+
+impl ConnHandle {
+    /// Records when the login ends (unix seconds; `None`: never). Times
+    /// past 2106 are as good as never.
+    pub(crate) fn set_login_end(&self, ends: Option<u64>) {
+        let ends = ends.map_or(NO_LOGIN_END, |s| {
+            u32::try_from(s)
+                .unwrap_or(LOGIN_ENDED - 1)
+                .clamp(1, LOGIN_ENDED - 1)
+        });
+        self.login_ends.store(ends, Ordering::Relaxed);
+    }
+
+    /// Whether the sweep found the login past its end.
+    pub(crate) fn login_ended(&self) -> bool {
+        self.login_ends.load(Ordering::Relaxed) == LOGIN_ENDED
+    }
 }
 
 /// Room for one connection being upgraded, from [`Hub::admit`]; released
@@ -71,6 +99,8 @@ pub(crate) struct Swept {
     pub(crate) pinged: usize,
     /// Connections closed as idle.
     pub(crate) idle: usize,
+    /// Connections told that their login ended.
+    pub(crate) expired: usize,
 }
 
 /// How many entries the hub's indexes hold.
@@ -164,6 +194,7 @@ impl Hub {
             outbox: Outbox::default(),
             last_heard: AtomicU64::new(now),
             last_ping: AtomicU64::new(now),
+            login_ends: AtomicU32::new(NO_LOGIN_END),
         });
         lock(&self.conns[id as usize % self.conns.len()]).insert(id, conn.clone());
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -257,16 +288,31 @@ impl Hub {
         Instant::now().duration_since(self.epoch).as_millis() as u64
     }
 
-    /// Pings every connection not pinged for `ping_interval` and closes
-    /// every one not heard from for `idle_timeout`. Run by one task per
-    /// edge, so connections carry no timer of their own.
+    /// Pings every connection not pinged for `ping_interval`, closes
+    /// every one not heard from for `idle_timeout`, and wakes every one
+    /// whose login is past its end (see [`ConnHandle::login_ends`]). Run by
+    /// one task per edge, so connections carry no timer of their own.
     pub(crate) fn sweep(&self, ping_interval: Duration, idle_timeout: Duration) -> Swept {
         let now = self.now_ms();
+        let unix = crate::auth::now_secs();
         let ping_ms = ping_interval.as_millis() as u64;
         let idle_ms = idle_timeout.as_millis() as u64;
         let mut swept = Swept::default();
         for shard in &self.conns {
             for conn in lock(shard).values() {
+                let ends = conn.login_ends.load(Ordering::Relaxed);
+                // A refresh between the load and the exchange wins.
+                if ends != NO_LOGIN_END
+                    && ends != LOGIN_ENDED
+                    && u64::from(ends) <= unix
+                    && conn
+                        .login_ends
+                        .compare_exchange(ends, LOGIN_ENDED, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    conn.outbox.wake();
+                    swept.expired += 1;
+                }
                 if now.saturating_sub(conn.last_heard.load(Ordering::Relaxed)) >= idle_ms {
                     conn.outbox.close(Close::Idle);
                     swept.idle += 1;
@@ -439,8 +485,14 @@ mod tests {
             chatty.last_heard.store(hub.now_ms(), Ordering::Relaxed);
             let swept = hub.sweep(ping, idle);
             let expected = match second {
-                25 | 50 => Swept { pinged: 2, idle: 0 },
-                60 => Swept { pinged: 0, idle: 1 },
+                25 | 50 => Swept {
+                    pinged: 2,
+                    ..Swept::default()
+                },
+                60 => Swept {
+                    idle: 1,
+                    ..Swept::default()
+                },
                 _ => Swept::default(),
             };
             if second <= 60 {
@@ -451,6 +503,27 @@ mod tests {
         assert_eq!(quiet.outbox.take(&mut frames), Some(Close::Idle));
         assert_eq!(frames.len(), 2, "two pings before the close");
         assert_eq!(chatty.outbox.take(&mut frames), None);
+    }
+
+    #[tokio::test]
+    async fn sweep_wakes_connections_whose_login_ended() {
+        let hub = Hub::new(2, LIMITS);
+        let [past, future, never] = [(); 3].map(|_| hub.connect(WireFormat::Json));
+        let unix = crate::auth::now_secs();
+        past.set_login_end(Some(unix - 1));
+        future.set_login_end(Some(unix + 3600));
+        never.set_login_end(None);
+        let ping = Duration::from_secs(25);
+        let idle = Duration::from_secs(60);
+        let swept = hub.sweep(ping, idle);
+        assert_eq!(swept.expired, 1);
+        assert!(past.login_ended() && !future.login_ended() && !never.login_ended());
+        // Woken once, with nothing queued; not again.
+        past.outbox.ready().await;
+        assert_eq!(hub.sweep(ping, idle).expired, 0);
+        // A refresh after the sweep wins.
+        past.set_login_end(Some(unix + 3600));
+        assert!(!past.login_ended());
     }
 
     #[test]

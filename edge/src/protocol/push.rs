@@ -16,6 +16,14 @@ pub const PUSH_PUBLIC: u32 = 10001;
 pub const PUSH_PRIVATE: u32 = 10002;
 /// Push code: a push to everyone.
 pub const PUSH_EVERYONE: u32 = 10003;
+/// Push code: the connection's login ended (its token expired and was not
+/// refreshed): no more private or user-wide pushes; the connection stays
+/// open and may log in again. Sent by the edge to one connection, not
+/// routed like the others.
+pub const PUSH_LOGIN_ENDED: u32 = 10004;
+
+/// Why a login ended, in a 10004 push.
+pub const LOGIN_ENDED_EXPIRED: &str = "expired";
 
 /// The frames of one push, encoded at most once per wire format and shared
 /// by every connection it goes to.
@@ -111,6 +119,30 @@ pub fn msgpack_push(push: &Push) -> Vec<u8> {
     out
 }
 
+/// The 10004 push telling a connection that `uid`'s login ended:
+/// `{"code":10004,"uid":U,"reason":"expired"}`, as JSON text (also on
+/// `gpush.raw` connections, like replies) or the same map in MessagePack.
+pub fn login_ended(uid: &str, format: WireFormat) -> Bytes {
+    #[derive(Serialize)]
+    struct LoginEnded<'a> {
+        code: u32,
+        uid: &'a str,
+        reason: &'static str,
+    }
+    let push = LoginEnded {
+        code: PUSH_LOGIN_ENDED,
+        uid,
+        reason: LOGIN_ENDED_EXPIRED,
+    };
+    // Serialising a number and strings cannot fail.
+    match format {
+        WireFormat::Json | WireFormat::Raw => {
+            ws::text(&serde_json::to_vec(&push).unwrap_or_default())
+        }
+        WireFormat::Msgpack => ws::binary(&rmp_serde::to_vec_named(&push).unwrap_or_default()),
+    }
+}
+
 #[derive(Serialize)]
 struct MsgpackPush<'a> {
     code: u32,
@@ -158,6 +190,21 @@ mod tests {
             push_json("", "quote\"d", b"{\"unterminated"),
             json!({"code":10001,"topic":"quote\"d","data":"{\"unterminated"})
         );
+    }
+
+    #[test]
+    fn login_ended_has_the_same_keys_in_every_format() {
+        let expected = json!({"code": 10004, "uid": "ann", "reason": "expired"});
+        for format in [WireFormat::Json, WireFormat::Raw] {
+            let frame = login_ended("ann", format);
+            assert_eq!(frame[0], 0x81, "{format:?}: a text frame");
+            let got: Value = serde_json::from_slice(&frame[2..]).expect("json");
+            assert_eq!(got, expected, "{format:?}");
+        }
+        let frame = login_ended("ann", WireFormat::Msgpack);
+        assert_eq!(frame[0], 0x82, "a binary frame");
+        let got: Value = rmp_serde::from_slice(&frame[2..]).expect("msgpack");
+        assert_eq!(got, expected);
     }
 
     #[test]

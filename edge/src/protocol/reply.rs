@@ -80,6 +80,10 @@ pub struct Reply<'a> {
     topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     uid: Option<&'a str>,
+    /// When the login expires (unix seconds), on login replies whose
+    /// token expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +98,7 @@ impl<'a> Reply<'a> {
             message: code.message(),
             topic: None,
             uid: None,
+            expires: None,
             id: None,
             detail: None,
         }
@@ -108,6 +113,12 @@ impl<'a> Reply<'a> {
     /// Adds the uid (login replies).
     pub fn uid(mut self, uid: &'a str) -> Self {
         self.uid = Some(uid);
+        self
+    }
+
+    /// Adds when the login expires, if it does (login replies).
+    pub fn expires(mut self, expires: Option<u64>) -> Self {
+        self.expires = expires;
         self
     }
 
@@ -161,7 +172,10 @@ mod tests {
     #[test]
     fn msgpack_replies_have_the_json_keys() {
         let id = json!("r-1");
-        let reply = Reply::new(Code::LoggedIn).uid("ann").id(Some(&id));
+        let reply = Reply::new(Code::LoggedIn)
+            .uid("ann")
+            .expires(Some(1_900_000_000))
+            .id(Some(&id));
         let frame = reply.frame(WireFormat::Msgpack);
         assert_eq!(frame[0], 0x82, "a binary frame");
         let json = reply.frame(WireFormat::Json);
@@ -171,7 +185,7 @@ mod tests {
         assert_eq!(decoded, expected);
         assert_eq!(
             decoded,
-            json!({"code": 20003, "message": "logged in", "uid": "ann", "id": "r-1"})
+            json!({"code": 20003, "message": "logged in", "uid": "ann", "expires": 1_900_000_000, "id": "r-1"})
         );
         // Exact bytes of the greeting: a map of two, the code as uint16.
         let hello = Reply::new(Code::Connected).frame(WireFormat::Msgpack);
