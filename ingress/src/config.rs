@@ -218,8 +218,15 @@ impl IngressConfig {
         problems.check(self.nats_urls.iter().all(|u| u.trim().is_empty()), || {
             "nats_urls must name at least one server".into()
         });
-        if let Err(e) = Subjects::new(&self.subject_prefix) {
-            problems.push(e.to_string());
+        match Subjects::new(&self.subject_prefix) {
+            Ok(subjects) => {
+                let max_name_len = self.push.max_name_len;
+                if let Some(problem) = subjects.name_len_problem("push.max_name_len", max_name_len)
+                {
+                    problems.push(problem);
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
         }
         problems.check(self.publish_timeout.is_zero(), || {
             "publish_timeout must be > 0".into()
