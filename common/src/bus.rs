@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 /// Default time a publish may take before the caller is told the bus is
 /// unavailable.
@@ -86,33 +86,76 @@ impl std::str::FromStr for Ack {
     }
 }
 
-/// Default bound of the standalone push queue, in publish calls.
-pub const DEFAULT_LOCAL_QUEUE: usize = 1024;
+/// Default bound of the standalone push queue, in bytes: the largest push
+/// API call (a full batch, see `max_batch`) fits.
+pub const DEFAULT_LOCAL_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest bound of the standalone push queue, in bytes.
+pub const MAX_LOCAL_QUEUE_BYTES: usize = u32::MAX as usize;
 
-/// The queue in front of a local edge; cheap to clone.
+/// The queue in front of a local edge, bounded in bytes; cheap to clone.
 #[derive(Clone)]
 pub struct LocalQueue {
-    tx: mpsc::Sender<Vec<Push>>,
+    tx: mpsc::UnboundedSender<(Vec<Push>, OwnedSemaphorePermit)>,
+    /// One permit per byte queued and not yet delivered.
+    room: Arc<Semaphore>,
+    capacity: u32,
     timeout: Duration,
 }
 
 impl LocalQueue {
     /// Starts the dispatcher task feeding `delivery`, in the caller's
     /// tracing span. A publish waits for room in the queue (`capacity`
-    /// calls) for at most `timeout`. Must be called inside a Tokio runtime;
-    /// the task ends when every clone is dropped.
+    /// bytes, counted by [`queued_bytes`]; a call larger than the whole
+    /// queue waits until it is empty) for at most `timeout`. The room a
+    /// call takes is given back once its pushes are delivered. Must be
+    /// called inside a Tokio runtime; the task ends when every clone is
+    /// dropped.
     pub fn start(delivery: Arc<dyn LocalDelivery>, capacity: usize, timeout: Duration) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Vec<Push>>(capacity.max(1));
+        let capacity = u32::try_from(capacity.clamp(1, MAX_LOCAL_QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<Push>, OwnedSemaphorePermit)>();
         let dispatch = async move {
-            while let Some(pushes) = rx.recv().await {
+            while let Some((pushes, _room)) = rx.recv().await {
                 for push in &pushes {
                     delivery.deliver(push);
                 }
             }
         };
         tokio::spawn(tracing::Instrument::in_current_span(dispatch));
-        Self { tx, timeout }
+        Self {
+            tx,
+            room: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+            timeout,
+        }
     }
+
+    /// Queues `pushes` once there is room for them, within the timeout.
+    async fn publish(&self, pushes: &[Push]) -> Result<(), BusError> {
+        let size = u32::try_from(queued_bytes(pushes)).unwrap_or(u32::MAX);
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(size.min(self.capacity));
+        match tokio::time::timeout(self.timeout, room).await {
+            Ok(Ok(room)) => self
+                .tx
+                .send((pushes.to_vec(), room))
+                .map_err(|_| BusError::NotConnected),
+            Ok(Err(_)) => Err(BusError::NotConnected),
+            Err(_) => Err(BusError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// What `pushes` take in a [`LocalQueue`]: their names and payloads plus
+/// the fixed size of each push and of the call.
+pub fn queued_bytes(pushes: &[Push]) -> usize {
+    let fixed = std::mem::size_of::<Push>();
+    std::mem::size_of::<Vec<Push>>()
+        + pushes
+            .iter()
+            .map(|p| fixed + p.uid.len() + p.topic.len() + p.data.len())
+            .sum::<usize>()
 }
 
 /// A publishing connection to NATS; cheap to clone.
@@ -508,13 +551,7 @@ impl Bus {
                 }
                 Ok(())
             }
-            Bus::Queued(queue) => {
-                match tokio::time::timeout(queue.timeout, queue.tx.send(pushes.to_vec())).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(BusError::NotConnected),
-                    Err(_) => Err(BusError::Timeout(queue.timeout)),
-                }
-            }
+            Bus::Queued(queue) => queue.publish(pushes).await,
             Bus::Nats(nats) => {
                 if nats.inner.client.connection_state() != State::Connected {
                     return Err(BusError::NotConnected);
@@ -613,15 +650,19 @@ mod tests {
             gate: Mutex::new(()),
             seen: Mutex::new(Vec::new()),
         });
+        // Room for the first two calls: the first stays queued while the
+        // dispatcher is blocked delivering it.
+        let room = queued_bytes(&[push("a"), push("b")]) + queued_bytes(&[push("c")]);
         let bus = Bus::Queued(LocalQueue::start(
             recorder.clone(),
-            1,
+            room,
             Duration::from_millis(100),
         ));
         {
             let _held = recorder.gate.lock().expect("gate");
-            // One call is taken by the blocked dispatcher, one fills the
-            // queue; the next cannot get in and times out.
+            // One call is being delivered by the blocked dispatcher, one
+            // fills the rest of the queue's bytes; the next cannot get in
+            // and times out.
             bus.publish(&[push("a"), push("b")]).await.expect("first");
             let blocked = tokio::time::timeout(Duration::from_secs(5), async {
                 while recorder.entered.load(Ordering::SeqCst) == 0 {

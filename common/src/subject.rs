@@ -29,6 +29,18 @@ pub const DEFAULT_PREFIX: &str = "gpush";
 /// Bytes escaped in a subject token: all but ASCII alphanumerics, `-`, `_`.
 const TOKEN_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
 
+/// The longest subject gpush builds, in bytes. A NATS server refuses a
+/// control line (`PUB <subject> <size>`, `SUB <subject> <sid>`,
+/// `MSG <subject> <sid> <size>`) over its `max_control_line`, 4,096 bytes
+/// by default, and closes the connection; the client then resends its
+/// subscriptions on every reconnect and is closed again. This leaves 256
+/// bytes of that line for the verb, a reply inbox, the sid and the sizes.
+pub const MAX_SUBJECT_LEN: usize = 4096 - 256;
+
+/// Bytes a name can take in a subject per byte of the name: every escaped
+/// byte becomes `%XX`.
+const ESCAPE_GROWTH: usize = 3;
+
 /// Number of user buckets. Part of the subject layout: ingress and every
 /// edge must agree on it, so it is a constant, not a setting.
 pub const USER_BUCKETS: u16 = 256;
@@ -108,6 +120,71 @@ impl Subjects {
         subject.push('.');
         subject.extend(utf8_percent_encode(name, TOKEN_ESCAPE));
         subject
+    }
+
+    /// The longest subject a name of `name_len` bytes can give: a user
+    /// subject (`<prefix>.u.<bucket>.<name>`, longer than a topic's) of a
+    /// name whose every byte is escaped.
+    pub fn longest(&self, name_len: usize) -> usize {
+        let bucket_digits = (USER_BUCKETS - 1).to_string().len();
+        self.prefix.len() + ".u.".len() + bucket_digits + 1 + name_len * ESCAPE_GROWTH
+    }
+
+    /// The largest `max_name_len` whose subjects all stay within
+    /// [`MAX_SUBJECT_LEN`] under this prefix.
+    pub fn max_name_len(&self) -> usize {
+        MAX_SUBJECT_LEN.saturating_sub(self.longest(0)) / ESCAPE_GROWTH
+    }
+
+    /// A config problem when names of `max_name_len` bytes (config key
+    /// `key`) could give subjects over [`MAX_SUBJECT_LEN`] under this
+    /// prefix.
+    pub fn name_len_problem(&self, key: &str, max_name_len: usize) -> Option<String> {
+        let max = self.max_name_len();
+        (max_name_len > max).then(|| {
+            format!(
+                "{key} must be <= {max} with subject_prefix {:?}: a name escaped into a NATS \
+                 subject takes up to 3 bytes per byte, and a subject over {MAX_SUBJECT_LEN} \
+                 bytes would break the NATS connection",
+                self.prefix
+            )
+        })
+    }
+
+    /// Whether a message that arrived on `subject` may carry a push with
+    /// `route`: the subject is exactly the one the route is published
+    /// under. A publisher allowed on topic subjects only must not make an
+    /// edge deliver a private or everyone push. Compares without building
+    /// the subject (this runs for every bus message).
+    pub fn carries(&self, subject: &str, route: Route<'_>) -> bool {
+        let Some(rest) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+        else {
+            return false;
+        };
+        let (rest, name) = match route {
+            Route::Everyone => return rest == "all",
+            Route::Topic(topic) => (rest.strip_prefix("t."), topic),
+            Route::User { uid, .. } => {
+                let bucket = rest
+                    .strip_prefix("u.")
+                    .and_then(|rest| rest.split_once('.'))
+                    .filter(|(bucket, _)| *bucket == user_bucket(uid).to_string())
+                    .map(|(_, rest)| rest);
+                (bucket, uid)
+            }
+        };
+        let Some(mut token) = rest else {
+            return false;
+        };
+        for chunk in utf8_percent_encode(name, TOKEN_ESCAPE) {
+            match token.strip_prefix(chunk) {
+                Some(after) => token = after,
+                None => return false,
+            }
+        }
+        token.is_empty()
     }
 
     /// The subscription that receives every user subject of `bucket`.
@@ -199,6 +276,65 @@ mod tests {
             assert_eq!(tokens[2], user_bucket(uid).to_string());
             assert_eq!(tokens[3], escape(uid));
         }
+    }
+
+    #[test]
+    fn a_subject_carries_only_its_own_route() {
+        let s = Subjects::new("tenant-1.gpush").expect("prefix");
+        let alice = Route::User {
+            uid: "alice",
+            topic: Some("inbox"),
+        };
+        let routes = [
+            Route::Everyone,
+            Route::Topic("news"),
+            Route::Topic("new"),
+            Route::Topic("a.b"),
+            alice,
+            Route::User {
+                uid: "alice",
+                topic: None,
+            },
+            Route::User {
+                uid: "bob",
+                topic: None,
+            },
+        ];
+        for route in routes {
+            let own = s.for_route(route);
+            assert!(s.carries(&own, route), "{own} must carry {route:?}");
+            for other in routes {
+                let carried = s.carries(&s.for_route(other), route);
+                assert_eq!(carried, own == s.for_route(other), "{other:?} vs {route:?}");
+            }
+        }
+        for subject in [
+            "gpush.t.news",
+            "tenant-1.gpush.t.news.x",
+            "tenant-1.gpush.t.",
+            "",
+        ] {
+            assert!(!s.carries(subject, Route::Topic("news")), "{subject}");
+        }
+        assert!(!s.carries("tenant-1.gpush.t.alice", alice));
+    }
+
+    #[test]
+    fn longest_names_fit_the_nats_control_line() {
+        for prefix in ["gpush", "a-rather-long.tenant-name.gpush"] {
+            let s = Subjects::new(prefix).expect("prefix");
+            let max = s.max_name_len();
+            // Every byte escaped: the worst case.
+            let name = "%".repeat(max);
+            assert!(s.user(&name).len() <= s.longest(max), "{prefix}");
+            assert!(s.user(&name).len() <= MAX_SUBJECT_LEN, "{prefix}");
+            assert!(s.topic(&name).len() <= MAX_SUBJECT_LEN, "{prefix}");
+            assert!(
+                s.longest(max + 1) > MAX_SUBJECT_LEN,
+                "{prefix}: {max} is the largest"
+            );
+        }
+        assert_eq!(Subjects::default().max_name_len(), 1276);
     }
 
     #[test]

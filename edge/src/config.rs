@@ -1,9 +1,11 @@
 //! Edge configuration: TOML file, then `GPUSH_*` env vars and flags.
 
+use gpush_common::bus::MAX_LOCAL_QUEUE_BYTES;
 use gpush_common::config::sections::{LogConfig, NatsConfig, TlsConfig};
 use gpush_common::config::{ConfigError, Problems};
 use gpush_common::push::DEFAULT_MAX_NAME_LEN;
 use gpush_common::rate::Rate;
+use gpush_common::subject::Subjects;
 use gpush_ingress::config::{PushAddrs, PushApiConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -38,6 +40,12 @@ pub const MAX_WEBHOOK_CONCURRENT: usize = 65_536;
 /// Shortest accepted `auth.jwt_secret`: 32 bytes, HS256's hash length
 /// (RFC 7518 3.2 requires a key at least that long).
 pub const MIN_JWT_SECRET_LEN: usize = 32;
+/// Smallest accepted `publish_queue_bytes`.
+pub const MIN_PUBLISH_QUEUE_BYTES: usize = 1024;
+/// Default maximum number of distinct public topics one edge subscribes
+/// to: each costs a NATS subscription (about 6 KiB in the client and the
+/// server), so about 300 MiB at most.
+pub const DEFAULT_MAX_TOPICS: usize = 50_000;
 /// Default number of auth webhook calls in flight at once per edge.
 pub const DEFAULT_WEBHOOK_MAX_CONCURRENT: usize = 64;
 /// Default timeout of one auth webhook call.
@@ -101,7 +109,11 @@ pub struct EdgeConfig {
     pub shards: usize,
     /// Maximum subscriptions (public + private) per connection.
     pub max_subscriptions: usize,
-    /// Maximum length of a topic or uid, in bytes.
+    /// Maximum distinct public topics with a subscriber on this edge (each
+    /// is a NATS subscription); a subscribe to one more gets 30005.
+    pub max_topics: usize,
+    /// Maximum length of a topic or uid, in bytes; at most what keeps every
+    /// NATS subject under its limit (1,276 with the default prefix).
     pub max_name_len: usize,
     /// Maximum size of one client message, in bytes.
     pub max_message: usize,
@@ -157,6 +169,11 @@ pub struct EdgeConfig {
     /// Standalone: how long a publish may take.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Standalone: bound of the queue between the push API and the
+    /// fan-out, in bytes (names and payloads of the pushes not yet
+    /// delivered). A publish waits for room up to `publish_timeout`, then
+    /// gets 503 / `UNAVAILABLE`.
+    pub publish_queue_bytes: usize,
     /// `log_format`: `human` or `json`.
     #[serde(flatten)]
     pub log: LogConfig,
@@ -239,6 +256,7 @@ impl Default for EdgeConfig {
             lease_ttl: gpush_common::registry::DEFAULT_LEASE_TTL,
             shards: DEFAULT_SHARDS,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_topics: DEFAULT_MAX_TOPICS,
             max_name_len: DEFAULT_MAX_NAME_LEN,
             max_message: DEFAULT_MAX_MESSAGE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -255,6 +273,7 @@ impl Default for EdgeConfig {
             auth: AuthConfig::default(),
             push: PushApiConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
+            publish_queue_bytes: gpush_common::bus::DEFAULT_LOCAL_QUEUE_BYTES,
             log: LogConfig::default(),
             demo_page: None,
             conformance_echo: false,
@@ -290,10 +309,16 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Problems::default();
         self.nats.check(!self.standalone, &mut p);
+        if let Ok(subjects) = Subjects::new(&self.nats.subject_prefix)
+            && let Some(problem) = subjects.name_len_problem("max_name_len", self.max_name_len)
+        {
+            p.push(problem);
+        }
         p.check(self.shards == 0, || "shards must be > 0".into());
         p.check(self.max_subscriptions == 0, || {
             "max_subscriptions must be > 0".into()
         });
+        p.check(self.max_topics == 0, || "max_topics must be > 0".into());
         p.check(self.max_name_len == 0, || "max_name_len must be > 0".into());
         p.check(self.max_message < 64, || "max_message must be >= 64".into());
         p.check(self.max_connections == 0, || {
@@ -395,6 +420,14 @@ impl EdgeConfig {
         if self.standalone {
             self.push.validate(&mut p);
         }
+        p.check(
+            !(MIN_PUBLISH_QUEUE_BYTES..=MAX_LOCAL_QUEUE_BYTES).contains(&self.publish_queue_bytes),
+            || {
+                format!(
+                    "publish_queue_bytes must be {MIN_PUBLISH_QUEUE_BYTES}..={MAX_LOCAL_QUEUE_BYTES}"
+                )
+            },
+        );
         p.finish()
     }
 

@@ -14,15 +14,26 @@
 //! "subscribed" receives every push published after that through the same
 //! server. (In a NATS cluster, the other nodes learn of it over their
 //! routes a moment later.) Each subject has one reader task, which keeps the
-//! publish order of that subject. In standalone mode there is no NATS:
-//! pushes reach the hub directly and every method here is a no-op.
+//! publish order of that subject, and delivers only pushes whose route is
+//! the one that subject stands for: a publisher allowed on topic subjects
+//! cannot make the edge deliver a private or everyone push. In standalone
+//! mode there is no NATS: pushes reach the hub directly and every method
+//! here is a no-op.
+//!
+//! While NATS is away the client holds its commands in a bounded buffer and
+//! a subscribe blocks once that is full, which would stall the manager and
+//! with it every connection that subscribes. So the manager waits at most
+//! [`HANDOFF_WAIT`] for the client to take a subscription; when it does not,
+//! that subject and every later one are kept pending (the requests are
+//! answered at once, unconfirmed) and handed over once NATS is back.
 
 use crate::hub::Hub;
 use futures_util::StreamExt;
 use gpush_common::bus::ServerEcho;
 use gpush_common::{Subjects, envelope};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -34,6 +45,12 @@ const REQUEST_QUEUE: usize = 4096;
 /// How long a subscribe waits for NATS before the reply is sent anyway
 /// (the subscription is kept and becomes active when NATS is reachable).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How long one subscription may take to be handed to the NATS client
+/// (its command buffer has room unless NATS is away) before the manager
+/// keeps it pending instead and turns to other requests.
+const HANDOFF_WAIT: Duration = Duration::from_millis(250);
+/// How often pending subscriptions are retried.
+const RETRY_PENDING: Duration = Duration::from_millis(250);
 
 /// Something the edge can be interested in on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +117,7 @@ pub(crate) async fn start(
         subjects,
         hub,
         active: HashMap::new(),
+        pending: HashSet::new(),
         echo,
     };
     let everyone = manager.subjects.everyone();
@@ -117,25 +135,33 @@ struct Manager {
     hub: Arc<Hub>,
     /// Subject -> the task reading it.
     active: HashMap<String, JoinHandle<()>>,
+    /// Subjects wanted but not yet handed to the client, because NATS was
+    /// away: retried every [`RETRY_PENDING`] while connected.
+    pending: HashSet<String>,
 }
 
 impl Manager {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>, shutdown: CancellationToken) {
         let mut batch = Vec::new();
         let mut acks = Vec::new();
+        let mut retry = tokio::time::interval(RETRY_PENDING);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 n = rx.recv_many(&mut batch, 256) => if n == 0 { break },
+                _ = retry.tick(), if !self.pending.is_empty() => {
+                    self.subscribe_pending().await;
+                    continue;
+                }
             }
             let mut subscribed = false;
             for request in batch.drain(..) {
                 match request {
                     Request::Ensure(key, ack) => {
                         let subject = self.subject(&key);
-                        if !self.active.contains_key(&subject) {
-                            self.subscribe(subject).await;
-                            subscribed = true;
+                        if !self.active.contains_key(&subject) && !self.pending.contains(&subject) {
+                            subscribed |= self.subscribe(subject).await;
                         }
                         acks.push(ack);
                     }
@@ -144,9 +170,13 @@ impl Manager {
                             Key::Topic(topic) => self.hub.has_topic(topic),
                             Key::UserBucket(bucket) => self.hub.has_user_bucket(*bucket),
                         };
-                        if !wanted && let Some(reader) = self.active.remove(&self.subject(&key)) {
-                            // Dropping the subscriber unsubscribes.
-                            reader.abort();
+                        if !wanted {
+                            let subject = self.subject(&key);
+                            self.pending.remove(&subject);
+                            if let Some(reader) = self.active.remove(&subject) {
+                                // Dropping the subscriber unsubscribes.
+                                reader.abort();
+                            }
                         }
                     }
                 }
@@ -155,7 +185,7 @@ impl Manager {
             // client sends its subscriptions on reconnect. Waiting out the
             // timeout for every batch would only back up the queue.
             if subscribed
-                && self.client.connection_state() == async_nats::connection::State::Connected
+                && self.connected()
                 && tokio::time::timeout(SUBSCRIBE_WAIT, self.confirm())
                     .await
                     .is_err()
@@ -195,24 +225,81 @@ impl Manager {
         }
     }
 
-    async fn subscribe(&mut self, subject: String) {
-        match self.client.subscribe(subject.clone()).await {
-            Ok(subscriber) => {
-                let hub = self.hub.clone();
-                let reader = tokio::spawn(read(subscriber, hub).in_current_span());
-                self.active.insert(subject, reader);
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Subscribes to `subject` now if NATS is there, else keeps it pending;
+    /// true when the client took the subscription (then it can be
+    /// confirmed).
+    async fn subscribe(&mut self, subject: String) -> bool {
+        // Behind pending ones: the client's buffer was full a moment ago.
+        // (Before the first connection, and for a while after a
+        // disconnect, the client buffers subscriptions itself.)
+        if !self.pending.is_empty() {
+            self.pending.insert(subject);
+            return false;
+        }
+        self.hand_off(subject).await
+    }
+
+    /// Hands every pending subscription to the client while it takes them.
+    async fn subscribe_pending(&mut self) {
+        if !self.connected() {
+            return;
+        }
+        let pending: Vec<String> = self.pending.drain().collect();
+        let mut stalled = false;
+        for subject in pending {
+            if stalled {
+                self.pending.insert(subject);
+            } else {
+                stalled = !self.hand_off(subject).await;
+            }
+        }
+        if self.pending.is_empty() {
+            tracing::info!("pending bus subscriptions made");
+        }
+    }
+
+    /// Gives `subject` to the client, waiting at most [`HANDOFF_WAIT`]:
+    /// true when taken; otherwise the subject is left pending.
+    async fn hand_off(&mut self, subject: String) -> bool {
+        match tokio::time::timeout(HANDOFF_WAIT, self.client.subscribe(subject.clone())).await {
+            Ok(Ok(subscriber)) => {
+                let reader = read(subscriber, self.hub.clone(), self.subjects.clone());
+                self.active
+                    .insert(subject, tokio::spawn(reader.in_current_span()));
+                true
             }
             // Only fails when the client is closed; the edge is stopping.
-            Err(e) => tracing::error!(%subject, error = %e, "bus subscribe failed"),
+            Ok(Err(e)) => {
+                tracing::error!(%subject, error = %e, "bus subscribe failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(%subject, "bus client busy; subscription kept pending");
+                self.pending.insert(subject);
+                false
+            }
         }
     }
 }
 
-/// Delivers every message of one subscription, in order.
-async fn read(mut subscriber: async_nats::Subscriber, hub: Arc<Hub>) {
+/// Delivers every message of one subscription, in order, if its route is
+/// the one of the subject it came on; counts and logs the others.
+async fn read(mut subscriber: async_nats::Subscriber, hub: Arc<Hub>, subjects: Subjects) {
     while let Some(message) = subscriber.next().await {
         match envelope::decode(&message.payload) {
-            Ok(push) => hub.deliver(&push),
+            Ok(push) if subjects.carries(&message.subject, push.route()) => hub.deliver(&push),
+            Ok(push) => {
+                hub.stats.misrouted.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subject = %message.subject,
+                    route = ?push.route(),
+                    "dropping bus message whose route does not match its subject"
+                );
+            }
             Err(e) => {
                 tracing::warn!(subject = %message.subject, error = %e, "dropping bus message")
             }

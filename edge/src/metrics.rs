@@ -231,6 +231,14 @@ impl Collector for HubCollector {
         }
         encode_counter(
             &mut encoder,
+            "edge_bus_misrouted",
+            "Bus messages dropped because the route in their envelope does not match the \
+             subject they arrived on.",
+            None,
+            hub.stats.misrouted.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
             "edge_deliveries",
             "Push frames queued to connections: one per connection a push reached.",
             None,

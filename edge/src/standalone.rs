@@ -7,7 +7,7 @@ use crate::config::EdgeConfig;
 use crate::hub::Hub;
 use crate::registration::Registration;
 use gpush_common::Bus;
-use gpush_common::bus::{DEFAULT_LOCAL_QUEUE, LocalQueue};
+use gpush_common::bus::LocalQueue;
 use gpush_ingress::{EdgeDirectory, EdgeList, Edges, Pick};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ pub(crate) fn serve_push_api(
     let push_config = config.standalone_push_api(ws_addr, &registration.url);
     let bus = Bus::Queued(LocalQueue::start(
         hub.clone(),
-        DEFAULT_LOCAL_QUEUE,
+        config.publish_queue_bytes,
         config.publish_timeout,
     ));
     let edges = Edges::from_directory(SingleEdge { registration, hub });

@@ -3,6 +3,7 @@
 use gpush_common::config::Problems;
 use gpush_common::config::sections::{LogConfig, NatsConfig, TlsConfig};
 use gpush_common::push::DEFAULT_MAX_NAME_LEN;
+use gpush_common::subject::Subjects;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -234,6 +235,12 @@ impl IngressConfig {
     pub fn validate(&self) -> Result<(), gpush_common::config::ConfigError> {
         let mut problems = Problems::default();
         self.nats.check(true, &mut problems);
+        if let Ok(subjects) = Subjects::new(&self.nats.subject_prefix)
+            && let Some(problem) =
+                subjects.name_len_problem("push.max_name_len", self.push.max_name_len)
+        {
+            problems.push(problem);
+        }
         problems.check(self.publish_timeout.is_zero(), || {
             "publish_timeout must be > 0".into()
         });

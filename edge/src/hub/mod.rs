@@ -24,6 +24,8 @@ use tokio::time::Instant;
 mod index;
 pub(crate) mod stats;
 
+/// A subscribe refused because the edge has `max_topics` topics already.
+pub(crate) use index::Full as TopicsFull;
 use index::Index;
 pub(crate) use stats::Stats;
 
@@ -231,9 +233,15 @@ impl Hub {
     }
 
     /// Subscribes `conn` to public `topic`; true if it is the topic's first
-    /// local subscriber.
-    pub(crate) fn subscribe(&self, topic: &str, conn: &Arc<ConnHandle>) -> bool {
-        self.topics.add(topic, conn)
+    /// local subscriber. A topic without local subscribers is refused when
+    /// `max_topics` topics have one already.
+    pub(crate) fn subscribe(
+        &self,
+        topic: &str,
+        conn: &Arc<ConnHandle>,
+        max_topics: usize,
+    ) -> Result<bool, TopicsFull> {
+        self.topics.add(topic, conn, max_topics)
     }
 
     /// Unsubscribes connection `id` from public `topic`; true if no local
@@ -245,7 +253,7 @@ impl Hub {
     /// Records `conn` as logged in as `uid`; true if it is the user's first
     /// local connection.
     pub(crate) fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
-        let first = self.users.add(uid, conn);
+        let first = self.users.add(uid, conn, usize::MAX) == Ok(true);
         if first {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
         }
@@ -268,7 +276,7 @@ impl Hub {
 
     /// Subscribes `conn`, logged in as `uid`, to private `topic`.
     pub(crate) fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<ConnHandle>) {
-        self.private.add(&private_key(uid, topic), conn);
+        let _ = self.private.add(&private_key(uid, topic), conn, usize::MAX);
     }
 
     /// Unsubscribes connection `id` from `uid`'s private `topic`.
@@ -394,6 +402,12 @@ mod tests {
 
     const LIMITS: QueueLimits = QueueLimits { bytes: 1 << 20 };
 
+    /// Subscribes with no topic limit.
+    fn sub(hub: &Hub, topic: &str, conn: &Arc<ConnHandle>) -> bool {
+        hub.subscribe(topic, conn, usize::MAX)
+            .expect("no topic limit")
+    }
+
     fn drain(conn: &ConnHandle) -> usize {
         let mut frames = VecDeque::new();
         conn.outbox.take(&mut frames);
@@ -404,8 +418,8 @@ mod tests {
     fn routes_reach_exactly_their_connections() {
         let hub = Hub::new(4, LIMITS);
         let [a, b, c] = [(); 3].map(|_| hub.connect(WireFormat::Json));
-        assert!(hub.subscribe("news", &a));
-        assert!(!hub.subscribe("news", &b));
+        assert!(sub(&hub, "news", &a));
+        assert!(!sub(&hub, "news", &b));
         assert!(hub.login("u1", &b));
         assert!(!hub.login("u1", &c));
         hub.subscribe_private("u1", "inbox", &c);
@@ -428,8 +442,8 @@ mod tests {
     fn last_leaver_is_reported() {
         let hub = Hub::new(2, LIMITS);
         let [a, b] = [(); 2].map(|_| hub.connect(WireFormat::Json));
-        hub.subscribe("t", &a);
-        hub.subscribe("t", &b);
+        sub(&hub, "t", &a);
+        sub(&hub, "t", &b);
         assert!(!hub.unsubscribe("t", a.id));
         assert!(hub.has_topic("t"));
         assert!(hub.unsubscribe("t", b.id));
@@ -460,8 +474,8 @@ mod tests {
         let cost = PushFrames::new(&push).get(WireFormat::Json).len() + crate::outbox::FRAME_SLOT;
         let hub = Hub::new(2, QueueLimits { bytes: 4 * cost });
         let [slow, fast] = [(); 2].map(|_| hub.connect(WireFormat::Json));
-        hub.subscribe("t", &slow);
-        hub.subscribe("t", &fast);
+        sub(&hub, "t", &slow);
+        sub(&hub, "t", &fast);
         for _ in 0..5 {
             hub.deliver(&push);
             drain(&fast);
@@ -530,10 +544,10 @@ mod tests {
     fn counts_follow_subscriptions_and_pushes() {
         let hub = Hub::new(3, LIMITS);
         let [a, b] = [(); 2].map(|_| hub.connect(WireFormat::Json));
-        hub.subscribe("t1", &a);
-        hub.subscribe("t1", &a);
-        hub.subscribe("t1", &b);
-        hub.subscribe("t2", &b);
+        sub(&hub, "t1", &a);
+        sub(&hub, "t1", &a);
+        sub(&hub, "t1", &b);
+        sub(&hub, "t2", &b);
         hub.login("u", &a);
         hub.login("u", &b);
         hub.subscribe_private("u", "p", &a);

@@ -26,6 +26,9 @@ pub(crate) struct Stats {
     pub(crate) frames: AtomicU64,
     /// Connections closed because their queue overflowed.
     pub(crate) slow_consumers: AtomicU64,
+    /// Bus messages dropped because their route does not match the
+    /// subject they arrived on (see [`crate::interest`]).
+    pub(crate) misrouted: AtomicU64,
     /// What connections wrote, counted per flush in one stripe per shard.
     pub(crate) writes: WriteStats,
     /// Push-to-write latency, sampled.
@@ -38,6 +41,7 @@ impl Stats {
             pushes: Default::default(),
             frames: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            misrouted: AtomicU64::new(0),
             writes: WriteStats::new(stripes),
             latency: LatencyProbe::default(),
         }

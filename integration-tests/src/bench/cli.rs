@@ -69,13 +69,16 @@ pub enum Scenario {
     Ingress,
     /// WebSocket handshakes + subscribe per second.
     Churn,
+    /// Fan-out latency on a large topic, quiet and while 50 clients
+    /// toggle their subscription to it.
+    Toggle,
     /// The baseline raw server's idle, fanout and latency figures.
     Baseline,
 }
 
 impl Scenario {
     /// Every scenario, in the default order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Idle,
         Scenario::IdlePrivate,
         Scenario::Fanout,
@@ -83,6 +86,7 @@ impl Scenario {
         Scenario::Private,
         Scenario::Ingress,
         Scenario::Churn,
+        Scenario::Toggle,
         Scenario::Baseline,
     ];
 
@@ -96,6 +100,7 @@ impl Scenario {
             Scenario::Private => "private",
             Scenario::Ingress => "ingress",
             Scenario::Churn => "churn",
+            Scenario::Toggle => "toggle",
             Scenario::Baseline => "baseline",
         }
     }

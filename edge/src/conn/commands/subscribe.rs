@@ -17,7 +17,22 @@ impl<S: Socket> Session<S> {
             if let Err(reply) = self.check_limit(&topic, id) {
                 return reply;
             }
-            self.shared.hub.subscribe(&topic, &self.conn);
+            let max_topics = self.shared.config.max_topics;
+            if self
+                .shared
+                .hub
+                .subscribe(&topic, &self.conn, max_topics)
+                .is_err()
+            {
+                return Reply::new(Code::LimitReached)
+                    .topic(&topic)
+                    .id(id)
+                    .detail(&format!(
+                        "this edge serves at most {max_topics} distinct topics; retry later \
+                         or on another edge"
+                    ))
+                    .frame(self.conn.format);
+            }
             self.public.insert(&topic);
             self.shared.interest.ensure(Key::Topic(topic.clone())).await;
         }

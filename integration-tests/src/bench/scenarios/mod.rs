@@ -9,6 +9,7 @@ pub mod idle;
 pub mod ingress;
 pub mod latency;
 pub mod private;
+pub mod toggle;
 
 use crate::bench::cli::Scenario;
 use crate::bench::report::Report;
@@ -46,6 +47,8 @@ pub struct Sizes {
     pub ingress_run: Duration,
     /// Time of the churn run.
     pub churn_run: Duration,
+    /// Subscribers of the toggled topic in the toggle scenario.
+    pub toggle_subscribers: usize,
 }
 
 impl Sizes {
@@ -60,6 +63,7 @@ impl Sizes {
             private_run: Duration::from_secs(10),
             ingress_run: Duration::from_secs(5),
             churn_run: Duration::from_secs(5),
+            toggle_subscribers: 20_000,
         }
     }
 
@@ -74,6 +78,7 @@ impl Sizes {
             private_run: Duration::from_secs(3),
             ingress_run: Duration::from_secs(2),
             churn_run: Duration::from_secs(2),
+            toggle_subscribers: 2_000,
         }
     }
 }
@@ -119,6 +124,7 @@ impl Bench {
             Scenario::Private => private::run(self).await,
             Scenario::Ingress => ingress::run(self).await,
             Scenario::Churn => churn::run(self).await,
+            Scenario::Toggle => toggle::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;
