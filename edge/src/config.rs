@@ -371,6 +371,8 @@ impl EdgeConfig {
         );
         if self.standalone {
             self.push.validate(&mut p);
+            self.push
+                .check_exposure([self.http_addr(), self.grpc_addr()], &mut p);
         }
         p.finish()
     }
