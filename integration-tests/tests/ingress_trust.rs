@@ -431,8 +431,13 @@ async fn assert_starts(
     std::fs::read_to_string(proc.log()).unwrap_or_default()
 }
 
+/// A port free on every interface (a port free on loopback may be some
+/// other socket's local port on another address), as `0.0.0.0:<port>`.
 fn any_addr() -> (u16, String) {
-    let port = free_port();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 0.0.0.0:0");
     (port, format!("0.0.0.0:{port}"))
 }
 
