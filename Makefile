@@ -14,4 +14,4 @@ dockerBuild:
 	docker build -f deploy/Dockerfile -t gpush .
 
 dockerRun:
-	docker run --rm -p 9992:9992 -p 10068:10068 -p 10067:10067 gpush
+	docker run --rm -e GPUSH_API_KEY -e GPUSH_JWT_SECRET -p 9992:9992 -p 10068:10068 -p 10067:10067 gpush

@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 compose=(docker compose -f deploy/docker-compose.yml -p gpush-compose-test)
 # The tests log in with tokens signed by this secret (integration-tests/src/auth.rs).
 export GPUSH_JWT_SECRET=gpush-integration-test-secret-0123456789
+# The push API key the stack requires, and the tests send.
+export GPUSH_API_KEY=gpush-integration-test-api-key
+export GPUSH_IT_API_KEY=gpush-integration-test-api-key
 trap '"${compose[@]}" down --volumes --remove-orphans' EXIT
 "${compose[@]}" up --build --detach --wait
 

@@ -419,6 +419,8 @@ impl EdgeConfig {
         self.tls.check(&mut p);
         if self.standalone {
             self.push.validate(&mut p);
+            self.push
+                .check_exposure([self.http_addr(), self.grpc_addr()], &mut p);
         }
         p.check(
             !(MIN_PUBLISH_QUEUE_BYTES..=MAX_LOCAL_QUEUE_BYTES).contains(&self.publish_queue_bytes),

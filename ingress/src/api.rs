@@ -115,7 +115,7 @@ impl PushApi {
         if len == 0 {
             Err(ApiError::EmptyBatch)
         } else if len > max {
-            Err(ApiError::BatchTooLarge { len, max })
+            Err(ApiError::BatchTooLarge { max })
         } else {
             Ok(())
         }
@@ -269,7 +269,7 @@ mod tests {
         assert!(matches!(api.check_batch_len(0), Err(ApiError::EmptyBatch)));
         assert!(matches!(
             api.check_batch_len(3),
-            Err(ApiError::BatchTooLarge { len: 3, max: 2 })
+            Err(ApiError::BatchTooLarge { max: 2 })
         ));
         assert!(
             api.check(None, "".into(), "".into(), Bytes::from_static(b"1234"))

@@ -92,6 +92,10 @@ pub struct PushApiFlags {
     #[arg(long, env = "GPUSH_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     #[arg(shown_default = "none")]
     pub cors_allowed_origins: Vec<String>,
+    /// Serve the push API without an API key beyond loopback (refused
+    /// otherwise): anyone reaching it can push to every user.
+    #[arg(long, env = "GPUSH_API_INSECURE")]
+    pub api_insecure: bool,
 }
 
 /// The default of an address flag: loopback without an API key, every
@@ -115,6 +119,7 @@ impl PushApiFlags {
         override_option(&mut addrs.grpc_addr, &self.grpc_addr);
         override_option(&mut push.api_key, &self.api_key);
         override_list(&mut push.cors_allowed_origins, &self.cors_allowed_origins);
+        push.api_insecure |= self.api_insecure;
     }
 }
 

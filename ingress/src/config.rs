@@ -25,6 +25,16 @@ pub const DEFAULT_MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 pub const DEFAULT_PUSH_RATE: u32 = 0;
 /// Default burst of the push rate limit, in messages: a full default batch.
 pub const DEFAULT_PUSH_BURST: u32 = DEFAULT_MAX_BATCH as u32;
+/// Default time a client has to send a request header on the HTTP push
+/// API, which is also how long an idle keep-alive connection stays open.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time one push call may take from its header to its answer,
+/// body and publish included, on both transports.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default number of HTTP push API connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default number of concurrent gRPC calls on one connection.
+pub const DEFAULT_GRPC_MAX_STREAMS: u32 = 64;
 pub use gpush_common::bus::DEFAULT_NATS_URL;
 
 /// Limits and access control of the push API (HTTP and gRPC). Shared by
@@ -60,6 +70,24 @@ pub struct PushApiConfig {
     /// Messages the push API accepts at once after a quiet period; must
     /// hold a full batch (`max_batch`) when `push_rate` is set.
     pub push_burst: u32,
+    /// Serve the push API without `api_key` on an address beyond
+    /// loopback. Without this, such a config is refused at start: anyone
+    /// who can reach the port could push to every user.
+    pub api_insecure: bool,
+    /// Time an HTTP client has to send a request header; an idle
+    /// keep-alive connection is closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time one push call may take from its header to its answer, body
+    /// and publish included: HTTP answers 408 `request_timeout`, gRPC
+    /// `CANCELLED` (tonic's timeout).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// HTTP push API connections served at once; beyond it the listener
+    /// stops accepting, so new connections wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Concurrent gRPC calls (HTTP/2 streams) on one connection.
+    pub grpc_max_streams: u32,
 }
 
 impl Default for PushApiConfig {
@@ -73,6 +101,11 @@ impl Default for PushApiConfig {
             max_grpc_message: DEFAULT_MAX_GRPC_MESSAGE,
             push_rate: DEFAULT_PUSH_RATE,
             push_burst: DEFAULT_PUSH_BURST,
+            api_insecure: false,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            grpc_max_streams: DEFAULT_GRPC_MAX_STREAMS,
         }
     }
 }
@@ -96,6 +129,19 @@ impl PushApiConfig {
                 )
             },
         );
+        problems.check(self.header_read_timeout.is_zero(), || {
+            "header_read_timeout must be > 0".into()
+        });
+        problems.check(self.request_timeout.is_zero(), || {
+            "request_timeout must be > 0".into()
+        });
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        problems.check(!(1..=most).contains(&self.max_connections), || {
+            format!("max_connections must be from 1 to {most}")
+        });
+        problems.check(self.grpc_max_streams == 0, || {
+            "grpc_max_streams must be > 0".into()
+        });
         problems.check(self.api_key.as_deref() == Some(""), || {
             "api_key must not be empty (leave it unset for no authentication)".into()
         });
@@ -108,6 +154,22 @@ impl PushApiConfig {
             if let Some(why) = origin_problem(origin) {
                 problems.push(format!("cors_allowed_origins: {origin:?} {why}"));
             }
+        }
+    }
+
+    /// Refuses a push API without `api_key` listening beyond loopback
+    /// (`addrs`: the HTTP and gRPC addresses), unless `api_insecure`.
+    pub fn check_exposure(&self, addrs: [SocketAddr; 2], problems: &mut Problems) {
+        if self.api_key.is_some() || self.api_insecure {
+            return;
+        }
+        for addr in addrs.iter().filter(|a| !a.ip().is_loopback()) {
+            problems.push(format!(
+                "the push API would listen on {addr} without api_key: anyone reaching it \
+                 could push to every user. Set api_key (--api-key, GPUSH_API_KEY), bind \
+                 loopback, or accept this with push.api_insecure (--api-insecure, \
+                 GPUSH_API_INSECURE=true)"
+            ));
         }
     }
 
@@ -253,6 +315,8 @@ impl IngressConfig {
             gpush_common::tls::check_client_ca("grpc_client_ca", ca, &mut problems);
         }
         self.push.validate(&mut problems);
+        self.push
+            .check_exposure([self.http_addr(), self.grpc_addr()], &mut problems);
         problems.finish()
     }
 
@@ -361,6 +425,33 @@ mod example_tests {
             "{message}"
         );
         assert!(!message.contains("needs tls_cert"), "{message}");
+    }
+
+    #[test]
+    fn an_open_push_api_beyond_loopback_is_refused() {
+        let open = |http: &str, key: Option<&str>, insecure: bool| {
+            let config = IngressConfig {
+                addrs: PushAddrs {
+                    http_addr: Some(http.parse().expect("addr")),
+                    grpc_addr: None,
+                },
+                push: PushApiConfig {
+                    api_key: key.map(str::to_owned),
+                    api_insecure: insecure,
+                    ..PushApiConfig::default()
+                },
+                ..IngressConfig::default()
+            };
+            config.validate().err().map(|e| e.to_string())
+        };
+        let message = open("0.0.0.0:1", None, false).expect("refused");
+        assert!(message.contains("--api-insecure"), "{message}");
+        assert!(message.contains("0.0.0.0:1"), "{message}");
+        assert!(open("[::]:1", None, false).is_some());
+        assert_eq!(open("127.0.0.1:1", None, false), None);
+        assert_eq!(open("[::1]:1", None, false), None);
+        assert_eq!(open("0.0.0.0:1", Some("k"), false), None);
+        assert_eq!(open("0.0.0.0:1", None, true), None);
     }
 
     /// The documented example must parse and equal the defaults it claims.

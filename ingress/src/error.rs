@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `bad_json`, `bad_base64`, `invalid_topic`, `invalid_uid`, `payload_too_large`, `batch_too_large`, `empty_batch` | 400 | `INVALID_ARGUMENT` |
 //! | `body_too_large` (HTTP body over the request limit) | 413 | `OUT_OF_RANGE` (from tonic, message over the same limit) |
+//! | `request_timeout` (call longer than `request_timeout`) | 408 | `CANCELLED` (from tonic) |
 //! | `unauthorized` | 401 | `UNAUTHENTICATED` |
 //! | `rate_limited` (over `push_rate`; `Retry-After` says when to retry) | 429 | `RESOURCE_EXHAUSTED` |
 //! | `bus_unavailable` | 503 | `UNAVAILABLE` |
@@ -84,13 +85,19 @@ pub enum ApiError {
         /// The configured maximum.
         max: usize,
     },
-    /// More messages than `max_batch` in one call.
-    #[error("messages: batch has {len} messages, the maximum is {max}")]
+    /// More messages than `max_batch` in one call. Reading stops at
+    /// the first one over, so how many more is not known.
+    #[error("messages: batch has more than {max} messages (max_batch)")]
     BatchTooLarge {
-        /// Messages in the call.
-        len: usize,
         /// The configured maximum.
         max: usize,
+    },
+    /// The call took longer than `request_timeout` (a body sent too
+    /// slowly, most likely); nothing of it was published.
+    #[error("request not completed within {secs} s")]
+    RequestTimeout {
+        /// The configured timeout, in seconds (rounded up).
+        secs: u64,
     },
     /// A batch without messages.
     #[error("messages: batch is empty")]
@@ -131,6 +138,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BatchTooLarge { .. } => "batch_too_large",
             ApiError::EmptyBatch => "empty_batch",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Unauthorized => "unauthorized",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Bus(_) => "bus_unavailable",
@@ -151,6 +159,7 @@ impl ApiError {
             | ApiError::BatchTooLarge { .. }
             | ApiError::EmptyBatch => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -207,6 +216,7 @@ impl From<ApiError> for Status {
                 Status::unavailable(message)
             }
             ApiError::NotFound => Status::not_found(message),
+            ApiError::RequestTimeout { .. } => Status::deadline_exceeded(message),
             ApiError::BodyTooLarge { .. } | ApiError::RateLimited { .. } => {
                 Status::resource_exhausted(message)
             }

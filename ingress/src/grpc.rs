@@ -13,11 +13,20 @@
 //! Validation and ordering are those of [`PushApi`]; errors map to
 //! `INVALID_ARGUMENT` (bad input), `UNAUTHENTICATED` (API key),
 //! `RESOURCE_EXHAUSTED` (push rate limit), `OUT_OF_RANGE` (a message over
-//! `max_grpc_message`, refused by tonic before decoding) and `UNAVAILABLE`
-//! (bus). The API key is read from the `authorization`
-//! metadata as `Bearer <key>`.
+//! `max_grpc_message`, refused before decoding) and `UNAVAILABLE` (bus).
+//!
+//! Nothing of a call is read before its caller is known: the API key
+//! (`authorization` metadata, `Bearer <key>`) is checked by an interceptor
+//! on the request headers, before the body. A `PushBatch` is counted as
+//! it arrives ([`crate::batch_scan`]) and refused at `max_batch + 1`
+//! messages, before prost allocates them. Each connection carries at most
+//! `grpc_max_streams` calls at once, each call is bounded by
+//! `request_timeout`, and idle connections are pinged so dead peers are
+//! noticed. Unknown protobuf fields are dropped by prost, unseen: unlike
+//! the HTTP API, gRPC cannot refuse a misspelled field.
 
 use crate::api::PushApi;
+use crate::batch_scan::BatchGuard;
 use crate::error::ApiError;
 use crate::metrics::Transport;
 use crate::tls::TlsListener;
@@ -30,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataMap;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -39,6 +48,10 @@ use tonic_health::server::HealthReporter;
 
 /// How often the bus state is copied into the health service.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an HTTP/2 ping checks a gRPC connection's peer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping's answer may take before the connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Implements both push services over one [`PushApi`].
 #[derive(Clone)]
@@ -47,31 +60,19 @@ struct Handler {
 }
 
 impl Handler {
-    fn authorize(&self, metadata: &MetadataMap) -> Result<(), ApiError> {
-        let value = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        self.api.authorize(value)
-    }
-
     async fn push_one(
         &self,
-        metadata: &MetadataMap,
         uid: String,
         topic: String,
         data: bytes::Bytes,
     ) -> Result<usize, ApiError> {
-        self.authorize(metadata)?;
         let push = self.api.check(None, uid, topic, data)?;
         self.api
             .publish(Transport::Grpc, std::slice::from_ref(&push))
             .await
     }
 
-    async fn push_many(
-        &self,
-        metadata: &MetadataMap,
-        batch: v1::PushBatchRequest,
-    ) -> Result<usize, ApiError> {
-        self.authorize(metadata)?;
+    async fn push_many(&self, batch: v1::PushBatchRequest) -> Result<usize, ApiError> {
         self.api.check_batch_len(batch.messages.len())?;
         let pushes = batch
             .messages
@@ -94,9 +95,9 @@ impl PushService for Handler {
         &self,
         request: Request<v1::PushRequest>,
     ) -> Result<Response<v1::PushReply>, Status> {
-        let (metadata, _, m) = request.into_parts();
+        let m = request.into_inner();
         let accepted = self
-            .push_one(&metadata, m.uid, m.topic, m.data)
+            .push_one(m.uid, m.topic, m.data)
             .await
             .map_err(|e| self.refused(e))?;
         Ok(Response::new(reply(accepted)))
@@ -106,9 +107,8 @@ impl PushService for Handler {
         &self,
         request: Request<v1::PushBatchRequest>,
     ) -> Result<Response<v1::PushReply>, Status> {
-        let (metadata, _, batch) = request.into_parts();
         let accepted = self
-            .push_many(&metadata, batch)
+            .push_many(request.into_inner())
             .await
             .map_err(|e| self.refused(e))?;
         Ok(Response::new(reply(accepted)))
@@ -121,8 +121,8 @@ impl Proxy for Handler {
         &self,
         request: Request<order::Data>,
     ) -> Result<Response<order::Empty>, Status> {
-        let (metadata, _, m) = request.into_parts();
-        self.push_one(&metadata, m.uid, m.topic, m.data)
+        let m = request.into_inner();
+        self.push_one(m.uid, m.topic, m.data)
             .await
             .map_err(|e| self.refused(e))?;
         Ok(Response::new(order::Empty {}))
@@ -144,9 +144,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = api.grpc_message_limit();
+    let config = api.config().clone();
     let handler = Handler { api: api.clone() };
-    let push = PushServer::new(handler.clone()).max_decoding_message_size(limit);
+    let push = BatchGuard::new(
+        PushServer::new(handler.clone()).max_decoding_message_size(limit),
+        config.max_batch,
+        limit,
+    );
+    let push = InterceptedService::new(push, key_check(api.clone()));
     let proxy = ProxyServer::new(handler).max_decoding_message_size(limit);
+    let proxy = InterceptedService::new(proxy, key_check(api.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(track_bus(api, reporter, shutdown.clone()));
@@ -160,6 +167,11 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let router = Server::builder()
+        .timeout(config.request_timeout)
+        .max_concurrent_streams(config.grpc_max_streams)
+        .concurrency_limit_per_connection(config.grpc_max_streams as usize)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -177,6 +189,23 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// The API key check of the push services, run on a call's headers
+/// before its body is read: `UNAUTHENTICATED` without the key.
+fn key_check(
+    api: PushApi,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    move |request: Request<()>| {
+        let value = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match api.authorize(value) {
+            Ok(()) => Ok(request),
+            Err(e) => Err(api.refused(Transport::Grpc, e).into()),
+        }
+    }
 }
 
 /// The services whose health follows the bus.

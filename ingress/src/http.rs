@@ -17,7 +17,10 @@
 //! also keeps a web page from posting to an unauthenticated local ingress
 //! without a CORS preflight. Errors are `{"code","message"}` (see
 //! [`ApiError`]). The body size limit is [`PushApi::request_limit`]: a full
-//! batch, capped at 64 MiB.
+//! batch, capped at 64 MiB. A batch is parsed with `max_batch` in hand and
+//! refused at its `max_batch + 1`th message, before the rest is allocated.
+//! A call that takes longer than `request_timeout` (a body sent too
+//! slowly) is answered 408 `request_timeout`.
 //!
 //! Browsers may call these routes from the pages of the origins listed in
 //! `push.cors_allowed_origins` (CORS, preflight included); with the list
@@ -30,17 +33,21 @@ use crate::metrics::Transport;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+use std::fmt;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -79,12 +86,35 @@ pub fn router(api: PushApi, edges: Edges) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
-        .layer(DefaultBodyLimit::max(limit));
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            within_request_timeout,
+        ));
     let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
     };
     router.with_state(AppState { api, edges })
+}
+
+/// Answers 408 `request_timeout` when the call takes longer than
+/// `request_timeout`, body included; the connection then closes, since
+/// the rest of its body was not read.
+async fn within_request_timeout(
+    State(api): State<PushApi>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let timeout = api.config().request_timeout;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let secs = timeout.as_secs_f64().ceil() as u64;
+            api.refused(Transport::Http, ApiError::RequestTimeout { secs })
+                .into_response()
+        }
+    }
 }
 
 /// The CORS layer for `origins` (`"*"` alone: any origin), or `None` for
@@ -122,10 +152,150 @@ struct Message {
     data: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Batch {
-    messages: Vec<Message>,
+/// The messages of a `POST /v1/pushBatch` body (`{"messages": [...]}`),
+/// parsed with `max_batch` in hand: the `max_batch + 1`th message ends
+/// the parse with `batch_too_large`, so a body of millions of tiny
+/// messages never becomes millions of [`Message`]s. Parse errors name
+/// the field path as axum's `Json` does (`messages[1].uid: ...`).
+struct BatchBody(Vec<Message>);
+
+impl FromRequest<AppState> for BatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::BadJson(
+                "expected `Content-Type: application/json`".into(),
+            ));
+        }
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge {
+                        limit: state.api.request_limit(),
+                    }
+                } else {
+                    ApiError::BadJson(rejection.body_text())
+                }
+            })?;
+        parse_batch(&body, state.api.config().max_batch).map(BatchBody)
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json` or
+/// `application/*+json`), as axum's `Json` requires.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let lower = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (lower == "json" || lower.ends_with("+json"))
+}
+
+/// Parses a batch body, stopping at the `max_batch + 1`th message.
+fn parse_batch(body: &[u8], max_batch: usize) -> Result<Vec<Message>, ApiError> {
+    let over = Cell::new(false);
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let mut track = serde_path_to_error::Track::new();
+    let seed = BatchSeed(MessagesSeed {
+        max_batch,
+        over: &over,
+    });
+    let parsed = seed
+        .deserialize(serde_path_to_error::Deserializer::new(
+            &mut json, &mut track,
+        ))
+        .and_then(|messages| json.end().map(|()| messages));
+    parsed.map_err(|error| {
+        if over.get() {
+            return ApiError::BatchTooLarge { max: max_batch };
+        }
+        let what = match error.classify() {
+            serde_json::error::Category::Data => {
+                "Failed to deserialize the JSON body into the target type"
+            }
+            _ => "Failed to parse the request body as JSON",
+        };
+        let error = serde_path_to_error::Error::new(track.path(), error);
+        ApiError::BadJson(format!("{what}: {error}"))
+    })
+}
+
+/// `{"messages": [...]}`, and nothing else.
+struct BatchSeed<'a>(MessagesSeed<'a>);
+
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+    type Value = Vec<Message>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Message>, D::Error> {
+        d.deserialize_struct("Batch", &["messages"], self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchSeed<'_> {
+    type Value = Vec<Message>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("struct Batch")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Message>, A::Error> {
+        let mut messages = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "messages" {
+                return Err(de::Error::unknown_field(&key, &["messages"]));
+            }
+            if messages.is_some() {
+                return Err(de::Error::duplicate_field("messages"));
+            }
+            messages = Some(map.next_value_seed(self.0)?);
+        }
+        messages.ok_or_else(|| de::Error::missing_field("messages"))
+    }
+}
+
+/// The `messages` array, at most `max_batch` long; `over` is set when
+/// it is longer.
+#[derive(Clone, Copy)]
+struct MessagesSeed<'a> {
+    max_batch: usize,
+    over: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for MessagesSeed<'_> {
+    type Value = Vec<Message>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Message>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MessagesSeed<'_> {
+    type Value = Vec<Message>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence of messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Message>, A::Error> {
+        let mut messages = Vec::new();
+        while let Some(message) = seq.next_element::<Message>()? {
+            if messages.len() == self.max_batch {
+                self.over.set(true);
+                return Err(de::Error::custom(format_args!(
+                    "more than {} messages",
+                    self.max_batch
+                )));
+            }
+            messages.push(message);
+        }
+        Ok(messages)
+    }
 }
 
 /// The success body of both push routes.
@@ -223,7 +393,7 @@ async fn push_one(
 async fn push_batch(
     State(state): State<AppState>,
     _: Authorized,
-    body: Result<Json<Batch>, JsonRejection>,
+    body: Result<BatchBody, ApiError>,
 ) -> Result<Json<Accepted>, ApiError> {
     let accepted = push_many(&state.api, body)
         .await
@@ -231,14 +401,10 @@ async fn push_batch(
     Ok(Accepted::new(accepted))
 }
 
-async fn push_many(
-    api: &PushApi,
-    body: Result<Json<Batch>, JsonRejection>,
-) -> Result<usize, ApiError> {
-    let Json(batch) = body.map_err(|r| json_error(api, r))?;
-    api.check_batch_len(batch.messages.len())?;
-    let pushes = batch
-        .messages
+async fn push_many(api: &PushApi, body: Result<BatchBody, ApiError>) -> Result<usize, ApiError> {
+    let BatchBody(messages) = body?;
+    api.check_batch_len(messages.len())?;
+    let pushes = messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
@@ -567,6 +733,53 @@ mod tests {
             "messages",
         );
         assert!(rec.taken().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_max_batch_plus_one() {
+        let (app, rec) = server(config(), Edges::Disabled);
+        // The fourth message ends the parse: what follows is never read.
+        let body = r#"{"messages":[{"data":""},{"data":""},{"data":""},{"data":""},oops"#;
+        assert_bad(
+            call(&app, post("/v1/pushBatch", body)).await,
+            "batch_too_large",
+            "more than 3 messages",
+        );
+        let body = json!({"messages": [{"data": ""}, {"Uid": "u", "data": ""}]});
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", body).await,
+            "bad_json",
+            "messages[1].Uid: unknown field",
+        );
+        let body = json!({"messages": [{"data": ""}], "extra": 1});
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", body).await,
+            "bad_json",
+            "unknown field `extra`",
+        );
+        assert_bad(
+            post_json(&app, "/v1/pushBatch", json!({})).await,
+            "bad_json",
+            "missing field `messages`",
+        );
+        assert_bad(
+            call(&app, post("/v1/pushBatch", r#"{"messages":[]} x"#)).await,
+            "bad_json",
+            "trailing characters",
+        );
+        let untyped = Request::post("/v1/pushBatch")
+            .body(Body::from(r#"{"messages":[{"data":""}]}"#))
+            .expect("request");
+        assert_bad(call(&app, untyped).await, "bad_json", "Content-Type");
+        let typed = Request::post("/v1/pushBatch")
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.api+json; charset=utf-8",
+            )
+            .body(Body::from(r#"{"messages":[{"data":""}]}"#))
+            .expect("request");
+        assert_eq!(call(&app, typed).await.0, StatusCode::OK);
+        assert_eq!(rec.taken().len(), 1);
     }
 
     #[tokio::test]

@@ -21,12 +21,18 @@
 //! - `grpc`: the tonic services, health and reflection.
 //! - `edges`: the live edge list, watched in etcd, behind [`EdgeDirectory`].
 //! - `metrics`: what the push API counts, for `GET /metrics`.
+//! - `connections`: the HTTP push API's connections, with a header
+//!   timeout and a cap on how many are open.
+//! - `batch_scan`: counts a gRPC `PushBatch`'s messages as its bytes
+//!   arrive, so one over `max_batch` is refused before prost decodes it.
 //! - `tls`: HTTPS and gRPC over TLS (optionally mutual): a listener that
 //!   hands out connections once their handshake is done.
 
 mod api;
+mod batch_scan;
 pub mod cli;
 pub mod config;
+mod connections;
 mod edges;
 mod error;
 mod grpc;
@@ -43,7 +49,9 @@ use anyhow::Context;
 use gpush_common::bus::{Bus, NatsBus, connect_nats};
 use gpush_common::subject::Subjects;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// The bound sockets of the push API.
@@ -105,8 +113,10 @@ pub async fn run(
 /// `gpush-edge --standalone` (which passes `Bus::Queued`, its own
 /// [`EdgeDirectory`], and the edge's certificate when it has one).
 ///
-/// Logs a warning when no API key is configured. Returns when both servers
-/// have stopped, or with the first one's error.
+/// Refuses a push API without an API key beyond loopback unless
+/// `push.api_insecure` (config validation says so first), and warns when
+/// it runs without a key. Returns when both servers have stopped, or with
+/// the first one's error.
 pub async fn serve(
     listeners: Listeners,
     tls: PushTls,
@@ -117,12 +127,24 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let http_addr = listeners.http.local_addr()?;
     let grpc_addr = listeners.grpc.local_addr()?;
+    let mut exposed = gpush_common::config::Problems::default();
+    push.check_exposure([http_addr, grpc_addr], &mut exposed);
+    exposed.finish()?;
     if push.api_key.is_none() {
-        tracing::warn!(
-            %http_addr,
-            %grpc_addr,
-            "no api_key: push API unauthenticated; bound to loopback unless an address is given"
-        );
+        if http_addr.ip().is_loopback() && grpc_addr.ip().is_loopback() {
+            tracing::warn!(
+                %http_addr,
+                %grpc_addr,
+                "no api_key: push API unauthenticated, on loopback only"
+            );
+        } else {
+            tracing::warn!(
+                %http_addr,
+                %grpc_addr,
+                "push.api_insecure: push API unauthenticated beyond loopback; \
+                 anyone reaching it can push to every user"
+            );
+        }
     }
     tracing::info!(
         %http_addr,
@@ -138,24 +160,22 @@ pub async fn serve(
     let _stop = shutdown.clone().drop_guard();
     let api = PushApi::new(bus, push);
     let router = http::router(api.clone(), edges);
+    let slots = Arc::new(Semaphore::new(api.config().max_connections));
+    let incoming = match tls.http {
+        Some(config) => connections::Incoming::Tls(tls::TlsListener::capped(
+            listeners.http,
+            config,
+            slots.clone(),
+        )),
+        None => connections::Incoming::Plain(listeners.http),
+    };
+    let limits = connections::Limits {
+        header_read_timeout: api.config().header_read_timeout,
+        request_timeout: api.config().request_timeout,
+    };
     let http = async {
-        let stop = shutdown.clone().cancelled_owned();
-        let served = match tls.http {
-            Some(config) => match tls::TlsListener::new(listeners.http, config) {
-                Ok(listener) => {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stop)
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-            None => {
-                axum::serve(listeners.http, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }
-        };
-        served.context("HTTP push API failed")
+        connections::serve(incoming, slots, router, limits, shutdown.clone()).await;
+        anyhow::Ok(())
     };
     let grpc = async {
         grpc::serve(listeners.grpc, tls.grpc, api, shutdown.clone())

@@ -4,9 +4,10 @@
 //! Both servers take their connections from a [`TlsListener`]: one task
 //! accepts TCP connections and runs each TLS handshake in a task of its
 //! own (bounded by [`HANDSHAKE_TIMEOUT`]), so a client that stalls its
-//! handshake holds up nobody. Completed connections are handed to axum (as
-//! an [`axum::serve::Listener`]) or to tonic (as a stream,
-//! [`TlsListener::into_stream`]).
+//! handshake holds up nobody. Completed connections are handed to the
+//! HTTP server ([`crate::connections`], with the connection slot taken
+//! before the TCP accept, [`TlsListener::capped`]) or to tonic (as a
+//! stream, [`TlsListener::into_stream`]).
 
 use futures_util::Stream;
 use gpush_common::tls::{
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -57,28 +58,52 @@ impl PushTls {
     }
 }
 
+/// A connection whose handshake is done, with its slot when the listener
+/// is [capped](TlsListener::capped).
+type Ready = (
+    TlsStream<TcpStream>,
+    SocketAddr,
+    Option<OwnedSemaphorePermit>,
+);
+
 /// A TCP listener that hands out connections once their TLS handshake is
 /// done. Dropping it stops accepting.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
+    ready: mpsc::Receiver<Ready>,
 }
 
 impl TlsListener {
     /// Starts accepting on `listener`, shaking hands with `config`.
     pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let local_addr = listener.local_addr()?;
+        Ok(Self::start(listener, config, None))
+    }
+
+    /// Like [`Self::new`], accepting only while `slots` has a permit: each
+    /// connection holds one from its TCP accept (handshake included) until
+    /// it is dropped, so at most that many are open at once.
+    pub fn capped(listener: TcpListener, config: Arc<ServerConfig>, slots: Arc<Semaphore>) -> Self {
+        Self::start(listener, config, Some(slots))
+    }
+
+    fn start(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        slots: Option<Arc<Semaphore>>,
+    ) -> Self {
         let (ready, rx) = mpsc::channel(READY_QUEUE);
-        tokio::spawn(accept(listener, TlsAcceptor::from(config), ready));
-        Ok(Self {
-            ready: rx,
-            local_addr,
-        })
+        tokio::spawn(accept(listener, TlsAcceptor::from(config), slots, ready));
+        Self { ready: rx }
     }
 
     /// The next connection whose handshake succeeded.
     pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+        let (stream, peer, _) = self.ready.recv().await?;
+        Some((stream, peer))
+    }
+
+    /// The next connection whose handshake succeeded, with its slot.
+    pub async fn next_with_permit(&mut self) -> Option<Ready> {
         self.ready.recv().await
     }
 
@@ -91,31 +116,25 @@ impl TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.next().await {
-            Some(accepted) => accepted,
-            // The accept task only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local_addr)
-    }
-}
-
 /// Accepts until the [`TlsListener`] is dropped; each handshake runs in a
 /// task of its own.
 async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    slots: Option<Arc<Semaphore>>,
+    ready: mpsc::Sender<Ready>,
 ) {
     loop {
+        let permit = match &slots {
+            None => None,
+            Some(slots) => tokio::select! {
+                () = ready.closed() => return,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return,
+                },
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = ready.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -134,7 +153,7 @@ async fn accept(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
-                    let _ = ready.send((stream, peer)).await;
+                    let _ = ready.send((stream, peer, permit)).await;
                 }
                 // Client errors (plain HTTP on the TLS port, an untrusted or
                 // missing client certificate): not the server's problem.

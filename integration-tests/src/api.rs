@@ -145,6 +145,8 @@ pub struct PushApi {
     http: reqwest::Client,
     grpc: PushClient<Channel>,
     legacy: ProxyClient<Channel>,
+    /// Sent as `Bearer <key>` by [`Self::try_send`] and the helpers on it.
+    api_key: Option<String>,
 }
 
 impl PushApi {
@@ -201,7 +203,27 @@ impl PushApi {
             http,
             grpc: PushClient::new(channel.clone()),
             legacy: ProxyClient::new(channel),
+            api_key: None,
         }
+    }
+
+    /// This client, sending `key` as `Authorization: Bearer <key>` on the
+    /// pushes of [`Self::try_send`] (HTTP header, gRPC metadata).
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    /// A gRPC request carrying the API key, when there is one.
+    fn keyed<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(key) = &self.api_key {
+            let value = format!("Bearer {key}")
+                .parse()
+                .expect("API key as metadata value");
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
     }
 
     /// `http://host:port` of the HTTP API.
@@ -301,20 +323,32 @@ impl PushApi {
 
     async fn try_http(&self, msg: &PushMsg) -> anyhow::Result<()> {
         let reply = self
-            .post("/v1/pushData", Self::push_data_body(msg), None)
+            .post(
+                "/v1/pushData",
+                Self::push_data_body(msg),
+                self.api_key.as_deref(),
+            )
             .await;
         check_http(&reply)
     }
 
     async fn try_http_batch(&self, msgs: &[PushMsg]) -> anyhow::Result<()> {
         let reply = self
-            .post("/v1/pushBatch", Self::push_batch_body(msgs), None)
+            .post(
+                "/v1/pushBatch",
+                Self::push_batch_body(msgs),
+                self.api_key.as_deref(),
+            )
             .await;
         check_http(&reply)
     }
 
     async fn try_grpc(&self, msg: &PushMsg) -> anyhow::Result<()> {
-        let reply = self.grpc().push_data(msg.to_proto()).await?.into_inner();
+        let reply = self
+            .grpc()
+            .push_data(self.keyed(msg.to_proto()))
+            .await?
+            .into_inner();
         anyhow::ensure!(reply.accepted == 1, "PushData accepted {}", reply.accepted);
         Ok(())
     }
@@ -323,7 +357,11 @@ impl PushApi {
         let request = PushBatchRequest {
             messages: msgs.iter().map(PushMsg::to_proto).collect(),
         };
-        let reply = self.grpc().push_batch(request).await?.into_inner();
+        let reply = self
+            .grpc()
+            .push_batch(self.keyed(request))
+            .await?
+            .into_inner();
         anyhow::ensure!(
             reply.accepted as usize == msgs.len(),
             "PushBatch accepted {} of {} messages",
@@ -339,7 +377,7 @@ impl PushApi {
             topic: msg.topic.clone(),
             data: msg.data.clone().into(),
         };
-        self.legacy().push_data(data).await?;
+        self.legacy().push_data(self.keyed(data)).await?;
         Ok(())
     }
 

@@ -220,6 +220,10 @@ pub const ENV_PUSH_HTTP: &str = "GPUSH_IT_PUSH_HTTP";
 /// e.g. `http://127.0.0.1:10067`.
 pub const ENV_PUSH_GRPC: &str = "GPUSH_IT_PUSH_GRPC";
 
+/// Environment variable: the push API key of the running deployment,
+/// sent with every push; unset for a push API without one.
+pub const ENV_API_KEY: &str = "GPUSH_IT_API_KEY";
+
 /// A deployment someone else started (`deploy/compose-test.sh` brings up
 /// the compose stack and points the tests at it). Its edges must accept
 /// HS256 tokens signed with [`crate::auth::JWT_SECRET`] and run the
@@ -231,7 +235,8 @@ pub struct External {
 
 impl External {
     /// The deployment the environment names ([`ENV_WS_URLS`],
-    /// [`ENV_PUSH_HTTP`], [`ENV_PUSH_GRPC`]), or None when
+    /// [`ENV_PUSH_HTTP`], [`ENV_PUSH_GRPC`], and [`ENV_API_KEY`] when its
+    /// push API needs a key), or None when
     /// [`ENV_WS_URLS`] is unset. Panics when it is set but the others are
     /// missing: a half-configured target is a mistake, not a reason to test
     /// something else.
@@ -255,7 +260,7 @@ impl External {
         assert!(!ws_urls.is_empty(), "{ENV_WS_URLS} names no edge: {ws:?}");
         Some(Self {
             ws_urls,
-            api: PushApi::new(&http, &grpc),
+            api: PushApi::new(&http, &grpc).with_api_key(var(ENV_API_KEY)),
         })
     }
 }

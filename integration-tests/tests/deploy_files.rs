@@ -510,6 +510,7 @@ fn check_compose(ws: &Workspace, text: &str) -> Vec<String> {
             probes,
         };
         problems.extend(check_process(ws, &process));
+        problems.extend(check_compose_secrets(ws, &process));
         processes.push(process);
     }
 
@@ -568,6 +569,41 @@ fn check_compose(ws: &Workspace, text: &str) -> Vec<String> {
 
 // ---------------------------------------------------------------------------
 // Kubernetes manifests
+
+/// A compose service's secrets come from the caller with no fallback
+/// (`${NAME:?message}`): a literal or a `${NAME:-default}` is a working
+/// secret anyone can read here. A push API (ingress, a standalone edge),
+/// which listens on every interface in a container, needs its key or the
+/// binary refuses to start.
+fn check_compose_secrets(ws: &Workspace, p: &Process) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in ["GPUSH_JWT_SECRET", "GPUSH_API_KEY"] {
+        if let Some(value) = p.env.get(name) {
+            let required = value
+                .as_deref()
+                .is_some_and(|v| v.starts_with(&format!("${{{name}:?")) && v.ends_with('}'));
+            if !required {
+                problems.push(format!(
+                    "{}: {name} must be required from the caller (${{{name}:?...}}), \
+                     not a literal or a default",
+                    p.name
+                ));
+            }
+        }
+    }
+    let binary = p.command.first().and_then(|c| ws.binary(c));
+    let push_api =
+        binary == Some(Binary::Ingress) || (binary == Some(Binary::Edge) && p.standalone());
+    let insecure =
+        p.command.iter().any(|a| a == "--api-insecure") || p.env.contains_key("GPUSH_API_INSECURE");
+    if push_api && !insecure && p.setting("--api-key", "GPUSH_API_KEY").is_none() {
+        problems.push(format!(
+            "{}: push API without GPUSH_API_KEY: the binary refuses to start",
+            p.name
+        ));
+    }
+    problems
+}
 
 fn check_k8s(ws: &Workspace, text: &str, expected: Binary) -> Vec<String> {
     let docs = match yaml_docs(text) {
@@ -1192,6 +1228,31 @@ fn caught_compose_port_drift() {
 }
 
 #[test]
+fn caught_compose_default_secrets() {
+    let ws = Workspace::load();
+    let compose = read("deploy/docker-compose.yml");
+    let key_line = compose
+        .lines()
+        .find(|l| l.trim_start().starts_with("GPUSH_API_KEY:"))
+        .map(|l| format!("{l}\n"))
+        .expect("ingress has GPUSH_API_KEY");
+    let key_value = "\"${GPUSH_API_KEY:?set GPUSH_API_KEY, the key push callers must send}\"";
+    // (from, to, what the check must say)
+    let cases = [
+        (
+            "${GPUSH_JWT_SECRET:?",
+            "${GPUSH_JWT_SECRET:-change-me",
+            "GPUSH_JWT_SECRET must be required",
+        ),
+        (key_value, "change-me", "GPUSH_API_KEY must be required"),
+        (key_line.as_str(), "", "push API without GPUSH_API_KEY"),
+    ];
+    for (from, to, needle) in cases {
+        assert_caught(check_compose(&ws, &broken(&compose, from, to)), needle);
+    }
+}
+
+#[test]
 fn caught_compose_start_order_drift() {
     let ws = Workspace::load();
     let compose = read("deploy/docker-compose.yml");
@@ -1339,7 +1400,7 @@ fn compose_published(compose: &str) -> BTreeMap<u16, String> {
 }
 
 fn check_compose_test(script: &str, compose: &str) -> Vec<String> {
-    use gpush_integration_tests::deploy::{ENV_PUSH_GRPC, ENV_PUSH_HTTP, ENV_WS_URLS};
+    use gpush_integration_tests::deploy::{ENV_API_KEY, ENV_PUSH_GRPC, ENV_PUSH_HTTP, ENV_WS_URLS};
     let mut problems = Vec::new();
     match std::process::Command::new("bash")
         .arg("-n")
@@ -1370,6 +1431,12 @@ fn check_compose_test(script: &str, compose: &str) -> Vec<String> {
     }
     if !compose.contains("${GPUSH_JWT_SECRET") {
         problems.push("the compose edges do not take GPUSH_JWT_SECRET from the caller".to_owned());
+    }
+    let key = exported(script, "GPUSH_API_KEY");
+    if key.is_none() || key != exported(script, ENV_API_KEY) {
+        problems.push(format!(
+            "GPUSH_API_KEY (the stack's push API key) is not exported, or {ENV_API_KEY} differs"
+        ));
     }
     let published = compose_published(compose);
     let mut targets = Vec::new(); // (variable, url, binary)
@@ -1432,6 +1499,15 @@ fn caught_compose_test_drift() {
     assert_caught(check_compose_test(&bad, &compose), "parallel");
     let bad = broken(&script, "gpush-integration-test-secret", "other");
     assert_caught(check_compose_test(&bad, &compose), "JWT");
+    let bad = broken(
+        &script,
+        "export GPUSH_IT_API_KEY=",
+        "export GPUSH_IT_OTHER=",
+    );
+    assert_caught(
+        check_compose_test(&bad, &compose),
+        "GPUSH_IT_API_KEY differs",
+    );
     let bad = broken(&script, "trap '", "# '");
     assert_caught(check_compose_test(&bad, &compose), "tear");
     let bad = broken(&script, "cd \"$(dirname \"$0\")/..\"", "if then");

@@ -274,12 +274,13 @@ async fn grpc_health_and_reflection_are_served() {
     wait_for(TIMEOUT, "gpush.v1.Push SERVING", || {
         let mut health = health.clone();
         async move {
+            // NOT_FOUND until the health service has its first status.
             let status = health
                 .check(HealthCheckRequest {
                     service: "gpush.v1.Push".into(),
                 })
                 .await
-                .expect("health check of gpush.v1.Push")
+                .map_err(|e| format!("{e}"))?
                 .into_inner()
                 .status;
             if status == ServingStatus::Serving as i32 {
