@@ -972,7 +972,9 @@ impl PushServer {
         let recorder = Arc::new(Recorder::default());
         let api = gpush_ingress::PushApi::new(Bus::Local(recorder.clone()), push_config());
         Self {
+            // Timers: the router bounds each call by `request_timeout`.
             runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
                 .build()
                 .expect("a current-thread runtime"),
             app: gpush_ingress::http::router(api, Edges::Disabled),

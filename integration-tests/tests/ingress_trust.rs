@@ -417,6 +417,7 @@ async fn assert_starts(
     args: &[&str],
     env: &[(&str, &str)],
     port: u16,
+    log_says: Option<&str>,
 ) -> String {
     let dir = scratch_dir("open-api");
     let mut command = Command::new(binary);
@@ -427,6 +428,20 @@ async fn assert_starts(
     let mut proc = LoggedChild::spawn("push API", command, dir.join("log"));
     proc.wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)))
         .await;
+    if let Some(text) = log_says {
+        // The warning comes from the push API's task, which may log it
+        // just after the port is bound.
+        let log = proc.log().to_owned();
+        gpush_integration_tests::wait_until(TIMEOUT, format!("{text:?} in the log"), || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains(text)
+            }
+        })
+        .await;
+    }
     proc.kill();
     std::fs::read_to_string(proc.log()).unwrap_or_default()
 }
@@ -474,7 +489,7 @@ async fn an_open_push_api_beyond_loopback_needs_a_key_or_api_insecure() {
         &["--http-addr", &any, "--grpc-addr", &lo, "--api-key", KEY],
     ]
     .concat();
-    assert_starts(&ingress, &keyed, &[], port).await;
+    assert_starts(&ingress, &keyed, &[], port, None).await;
     // With the opt-out, as a flag or in the environment; it warns.
     let (port, any) = any_addr();
     let lo = loopback_addr();
@@ -483,7 +498,7 @@ async fn an_open_push_api_beyond_loopback_needs_a_key_or_api_insecure() {
         &["--http-addr", &any, "--grpc-addr", &lo, "--api-insecure"],
     ]
     .concat();
-    let log = assert_starts(&ingress, &insecure, &[], port).await;
+    let log = assert_starts(&ingress, &insecure, &[], port, Some("api_insecure")).await;
     assert!(log.contains("api_insecure"), "ingress should warn: {log}");
     let (port, any) = any_addr();
     let ws = loopback_addr();
@@ -497,6 +512,13 @@ async fn an_open_push_api_beyond_loopback_needs_a_key_or_api_insecure() {
         "--grpc-addr",
         &grpc,
     ];
-    let log = assert_starts(&edge, &standalone, &[("GPUSH_API_INSECURE", "true")], port).await;
+    let log = assert_starts(
+        &edge,
+        &standalone,
+        &[("GPUSH_API_INSECURE", "true")],
+        port,
+        Some("api_insecure"),
+    )
+    .await;
     assert!(log.contains("api_insecure"), "the edge should warn: {log}");
 }
