@@ -262,10 +262,18 @@ impl Manager {
         }
     }
 
-    /// Gives `subject` to the client, waiting at most [`HANDOFF_WAIT`]:
+    /// Gives `subject` to the client, waiting at most [`SUBSCRIBE_WAIT`]
+    /// while NATS is connected (a busy machine may take a while, and a
+    /// subscribe reply should mean the subscription is made) and
+    /// [`HANDOFF_WAIT`] while it is away (its command buffer may be full):
     /// true when taken; otherwise the subject is left pending.
     async fn hand_off(&mut self, subject: String) -> bool {
-        match tokio::time::timeout(HANDOFF_WAIT, self.client.subscribe(subject.clone())).await {
+        let wait = if self.connected() {
+            SUBSCRIBE_WAIT
+        } else {
+            HANDOFF_WAIT
+        };
+        match tokio::time::timeout(wait, self.client.subscribe(subject.clone())).await {
             Ok(Ok(subscriber)) => {
                 let reader = read(subscriber, self.hub.clone(), self.subjects.clone());
                 self.active

@@ -12,7 +12,7 @@ impl<S: Socket> Session<S> {
     /// Echoes each message, answers pings, and ends on a close frame.
     pub(super) fn echo(&mut self, incoming: Vec<Incoming>) -> Flow {
         for (n, message) in incoming.into_iter().enumerate() {
-            if self.closing.is_some() {
+            if self.closing {
                 break;
             }
             if n > 0 && n % WRITE_SLICES == 0 {

@@ -106,8 +106,10 @@ struct Session<S> {
     public: Topics,
     uid: Option<Box<str>>,
     private: Topics,
-    /// Set once the server decided to close the connection.
-    closing: Option<Close>,
+    /// Set once the connection is to close; the close itself is kept in
+    /// the outbox (first request wins), so the state every connection
+    /// carries holds a flag, not a second copy of it.
+    closing: bool,
     /// Request rate limit, refilled from the hub's clock on each request.
     bucket: TokenBucket,
     /// Requests refused by the rate limit since the bucket was last full.
@@ -134,7 +136,7 @@ impl<S: Socket> Session<S> {
             public: Topics::default(),
             uid: None,
             private: Topics::default(),
-            closing: None,
+            closing: false,
             bucket,
             refused: 0,
         }
@@ -167,8 +169,10 @@ impl<S: Socket> Session<S> {
         let write_interval = self.shared.config.write_interval;
         let mut flush_armed = false;
         loop {
-            if let Some(request) = self.closing {
-                return request;
+            if self.closing
+                && let Some(close) = self.conn.outbox.closing()
+            {
+                return close;
             }
             if self.conn.login_ended() {
                 // Boxed like requests: rare, and it awaits the bus.
@@ -193,9 +197,9 @@ impl<S: Socket> Session<S> {
                     }
                 }
                 () = self.conn.outbox.ready(), if !flush_armed => {
-                    if let Some(request) = self.conn.outbox.closing() {
+                    if self.conn.outbox.closing().is_some() {
                         // Close at once, not at the next tick.
-                        self.closing = Some(request);
+                        self.closing = true;
                     } else if blocked {
                         // Picked up when the socket drains.
                     } else if write_interval.is_zero() {
@@ -222,8 +226,8 @@ impl<S: Socket> Session<S> {
     /// socket accepts. Notes a close request.
     fn flush(&mut self) -> std::io::Result<()> {
         if self.pending.is_empty() {
-            if let Some(request) = self.conn.outbox.take(&mut self.pending) {
-                self.closing = Some(request);
+            if self.conn.outbox.take(&mut self.pending).is_some() {
+                self.closing = true;
             }
             self.write_pending()?;
         }
@@ -276,7 +280,7 @@ impl<S: Socket> Session<S> {
         let format = self.conn.format;
         let mut replied = false;
         for (n, message) in incoming.into_iter().enumerate() {
-            if self.closing.is_some() {
+            if self.closing {
                 break;
             }
             if replied && n % WRITE_SLICES == 0 {

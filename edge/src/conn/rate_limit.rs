@@ -27,7 +27,8 @@ impl<S: Socket> Session<S> {
         }
         self.refused = self.refused.saturating_add(1);
         if self.refused >= rate.burst {
-            self.closing = Some(Close::RateLimited);
+            self.conn.outbox.close(Close::RateLimited);
+            self.closing = true;
         }
         false
     }
