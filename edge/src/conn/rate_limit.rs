@@ -3,7 +3,6 @@
 
 use super::Session;
 use super::io::Socket;
-use crate::close::Close;
 use crate::protocol::{Code, Reply};
 use bytes::Bytes;
 use serde_json::Value;
@@ -13,7 +12,7 @@ impl<S: Socket> Session<S> {
     /// its rate. Refusals are forgiven once the bucket is full again (the
     /// client paused for `request_burst / request_rate`); a connection
     /// refused `request_burst` times before that keeps sending over its
-    /// rate and is marked for closing with [`Close::RateLimited`]. (Counting
+    /// rate and is marked for closing with [`Close::RateLimited`](crate::close::Close::RateLimited). (Counting
     /// refusals in a row instead would never close a flood, since every
     /// refilled token breaks the row.)
     pub(super) fn admit_request(&mut self) -> bool {
@@ -27,7 +26,8 @@ impl<S: Socket> Session<S> {
         }
         self.refused = self.refused.saturating_add(1);
         if self.refused >= rate.burst {
-            self.conn.outbox.close(Close::RateLimited);
+            // The one close decided here rather than in the outbox: see
+            // `Session::closing`.
             self.closing = true;
         }
         false
