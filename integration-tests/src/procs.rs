@@ -1034,3 +1034,23 @@ impl Drop for EdgeProcess {
         }
     }
 }
+
+/// Runs `binary` with `args` and expects it to refuse to start: exit code
+/// 2 within [`crate::TIMEOUT`], with each of `expected` on stderr. A
+/// binary that starts instead is killed and the test fails.
+pub async fn assert_refuses(binary: &Path, args: &[&str], expected: &[&str]) {
+    let mut command = tokio::process::Command::new(binary);
+    let run = command.args(args).kill_on_drop(true).output();
+    let Ok(output) = timeout(crate::TIMEOUT, run).await else {
+        panic!("{} {args:?} started instead of refusing", binary.display());
+    };
+    let output = output.expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    for text in expected {
+        assert!(
+            stderr.contains(text),
+            "{args:?}: stderr should say {text:?}: {stderr}"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 //! (`VmHWM` in `/proc/<pid>/status`) before and after a call.
 
 use bytes::{Buf as _, BufMut as _, Bytes};
-use gpush_integration_tests::procs::{LoggedChild, scratch_dir, sibling_binary};
+use gpush_integration_tests::procs::{LoggedChild, assert_refuses, scratch_dir, sibling_binary};
 use gpush_integration_tests::{NatsServer, PushApi, PushMsg, TIMEOUT, Via, free_port};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -389,25 +389,6 @@ async fn idle_connections_and_slow_bodies_are_closed() {
     let answer = answer_of(&mut slow, Vec::new(), "a slow body answered and closed").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
-}
-
-/// Runs `binary` with `args`, expecting it to refuse to start: exit code
-/// 2, stderr containing each of `expected`. Bounded wait.
-async fn assert_refuses(binary: &std::path::Path, args: &[&str], expected: &[&str]) {
-    let mut command = tokio::process::Command::new(binary);
-    let run = command.args(args).kill_on_drop(true).output();
-    let Ok(output) = tokio::time::timeout(TIMEOUT, run).await else {
-        panic!("{} {args:?} started instead of refusing", binary.display());
-    };
-    let output = output.expect("output");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
-    for text in expected {
-        assert!(
-            stderr.contains(text),
-            "{args:?}: stderr should say {text:?}: {stderr}"
-        );
-    }
 }
 
 /// Runs `binary` with `args` (and `env`), expecting it to serve on

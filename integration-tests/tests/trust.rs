@@ -224,62 +224,39 @@ async fn a_misspelled_push_field_is_refused_not_broadcast() {
 }
 
 /// Runs the real `gpush-edge` with `args` (and a config file holding
-/// `toml`, when given) and expects it to refuse to start: exit code 2 and
-/// a message on stderr containing each of `expected`.
-fn assert_edge_refuses(args: &[&str], toml: Option<&str>, expected: &[&str]) {
-    let mut command = std::process::Command::new(gpush_integration_tests::EdgeProcess::binary());
-    let port = gpush_integration_tests::free_port();
-    command.args(["--ws-addr", &format!("127.0.0.1:{port}")]);
-    command.args(args);
-    let dir = gpush_integration_tests::procs::scratch_dir("refused-config");
+/// `toml`, when given) and expects it to refuse to start.
+async fn assert_edge_refuses(args: &[&str], toml: Option<&str>, expected: &[&str]) {
+    let ws_addr = format!("127.0.0.1:{}", gpush_integration_tests::free_port());
+    let path = gpush_integration_tests::procs::scratch_dir("refused-config").join("edge.toml");
+    let path = path.display().to_string();
+    let mut all = vec!["--ws-addr", &ws_addr];
+    all.extend_from_slice(args);
     if let Some(toml) = toml {
-        let path = dir.join("edge.toml");
         std::fs::write(&path, toml).expect("write config");
-        command.arg("--config").arg(&path);
+        all.extend(["--config", &path]);
     }
-    let mut child = command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run gpush-edge");
-    // A config it should refuse must not start a server: bounded wait.
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while child.try_wait().expect("wait for gpush-edge").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("gpush-edge {args:?} started instead of refusing its config");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("gpush-edge output");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "gpush-edge {args:?} must refuse to start; stderr: {stderr}"
-    );
-    for text in expected {
-        assert!(
-            stderr.contains(text),
-            "gpush-edge {args:?}: stderr should say {text:?}: {stderr}"
-        );
-    }
+    gpush_integration_tests::procs::assert_refuses(
+        &gpush_integration_tests::EdgeProcess::binary(),
+        &all,
+        expected,
+    )
+    .await;
 }
 
-#[test]
-fn a_short_jwt_secret_and_insecure_logins_beside_real_ones_are_refused() {
+#[tokio::test]
+async fn a_short_jwt_secret_and_insecure_logins_beside_real_ones_are_refused() {
     assert_edge_refuses(
         &["--standalone", "--jwt-secret", "change-me"],
         None,
         &["auth.jwt_secret must be at least 32 bytes"],
-    );
+    )
+    .await;
     assert_edge_refuses(
         &["--standalone"],
         Some(&format!(
             "[auth]\njwt_secret = \"{JWT_SECRET}\"\ninsecure_token_is_uid = true\n"
         )),
         &["auth.insecure_token_is_uid cannot be combined"],
-    );
+    )
+    .await;
 }
