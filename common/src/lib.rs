@@ -8,6 +8,8 @@
 //!   escaped so that no topic or uid can act as a wildcard or reach another
 //!   topic's or user's subject.
 //! - [`envelope`]: the MessagePack body of a bus message.
+//! - [`history`]: the pushes kept per topic and user for recovery, and
+//!   the `[history]` config.
 //! - [`bus`]: the publishing side of the bus: NATS, or in-process for
 //!   standalone mode.
 //! - [`registry`]: the etcd key and record an edge registers itself under.
@@ -26,6 +28,7 @@ pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod envelope;
+pub mod history;
 pub mod metrics;
 pub mod net;
 pub mod push;
