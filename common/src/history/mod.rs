@@ -12,14 +12,18 @@
 //!
 //! - [`config`]: the `[history]` config section, the same on every
 //!   process of a cluster.
+//! - [`memory`]: history in memory (standalone, and a cluster edge's copy
+//!   of recent pushes).
 //! - standalone keeps history in memory; a cluster keeps it in NATS
 //!   JetStream, one stream per rule (see [`config::HistoryConfig::plan`]).
 //!
 //! Pushes to everyone have no history.
 
 pub mod config;
+pub mod memory;
 
 pub use config::{HistoryConfig, Plan, Storage, StreamPlan};
+pub use memory::MemoryHistory;
 
 use crate::push::{Push, Route};
 
