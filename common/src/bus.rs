@@ -25,6 +25,11 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 pub trait LocalDelivery: Send + Sync + 'static {
     /// Delivers one push to the matching local connections. Must not block.
     fn deliver(&self, push: &Push);
+
+    /// Gives each push its history offset (see [`crate::history`]) as it
+    /// is accepted, before it is queued for [`LocalDelivery::deliver`]:
+    /// called in publish order, one call at a time. Must not block.
+    fn stamp(&self, _pushes: &mut [Push]) {}
 }
 
 /// Where the push API sends pushes.
@@ -96,6 +101,11 @@ pub const MAX_LOCAL_QUEUE_BYTES: usize = u32::MAX as usize;
 #[derive(Clone)]
 pub struct LocalQueue {
     tx: mpsc::UnboundedSender<(Vec<Push>, OwnedSemaphorePermit)>,
+    /// Stamps pushes with their offsets.
+    delivery: Arc<dyn LocalDelivery>,
+    /// Held while a call's pushes are stamped and queued, so they are
+    /// queued in offset order.
+    order: Arc<std::sync::Mutex<()>>,
     /// One permit per byte queued and not yet delivered.
     room: Arc<Semaphore>,
     capacity: u32,
@@ -113,7 +123,9 @@ impl LocalQueue {
     pub fn start(delivery: Arc<dyn LocalDelivery>, capacity: usize, timeout: Duration) -> Self {
         let capacity = u32::try_from(capacity.clamp(1, MAX_LOCAL_QUEUE_BYTES)).unwrap_or(u32::MAX);
         let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<Push>, OwnedSemaphorePermit)>();
+        let dispatcher = delivery.clone();
         let dispatch = async move {
+            let delivery = dispatcher;
             while let Some((pushes, _room)) = rx.recv().await {
                 for push in &pushes {
                     delivery.deliver(push);
@@ -123,24 +135,36 @@ impl LocalQueue {
         tokio::spawn(tracing::Instrument::in_current_span(dispatch));
         Self {
             tx,
+            delivery,
+            order: Arc::default(),
             room: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
             timeout,
         }
     }
 
-    /// Queues `pushes` once there is room for them, within the timeout.
-    async fn publish(&self, pushes: &[Push]) -> Result<(), BusError> {
+    /// Queues `pushes` once there is room for them, within the timeout;
+    /// their offsets.
+    async fn publish(&self, pushes: &[Push]) -> Result<Vec<u64>, BusError> {
         let size = u32::try_from(queued_bytes(pushes)).unwrap_or(u32::MAX);
         let room = self
             .room
             .clone()
             .acquire_many_owned(size.min(self.capacity));
         match tokio::time::timeout(self.timeout, room).await {
-            Ok(Ok(room)) => self
-                .tx
-                .send((pushes.to_vec(), room))
-                .map_err(|_| BusError::NotConnected),
+            Ok(Ok(room)) => {
+                let mut pushes = pushes.to_vec();
+                let _order = self
+                    .order
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.delivery.stamp(&mut pushes);
+                let offsets = pushes.iter().map(|p| p.offset).collect();
+                self.tx
+                    .send((pushes, room))
+                    .map_err(|_| BusError::NotConnected)?;
+                Ok(offsets)
+            }
             Ok(Err(_)) => Err(BusError::NotConnected),
             Err(_) => Err(BusError::Timeout(self.timeout)),
         }
@@ -539,17 +563,20 @@ impl NatsBus {
 }
 
 impl Bus {
-    /// Publishes `pushes` in order. Pushes on the same route are delivered
-    /// in this order; delivery is at-most-once. On NATS, Ok means the
-    /// server has processed the messages (handed them to its subscribers
-    /// and routes); an error means some may not have been published.
-    pub async fn publish(&self, pushes: &[Push]) -> Result<(), BusError> {
+    /// Publishes `pushes` in order; each one's history offset (0: none).
+    /// Pushes on the same route are delivered in this order. On NATS, Ok
+    /// means the server has processed the messages (handed them to its
+    /// subscribers and routes); an error means some may not have been
+    /// published.
+    pub async fn publish(&self, pushes: &[Push]) -> Result<Vec<u64>, BusError> {
         match self {
             Bus::Local(local) => {
-                for push in pushes {
+                let mut pushes = pushes.to_vec();
+                local.stamp(&mut pushes);
+                for push in &pushes {
                     local.deliver(push);
                 }
-                Ok(())
+                Ok(pushes.iter().map(|p| p.offset).collect())
             }
             Bus::Queued(queue) => queue.publish(pushes).await,
             Bus::Nats(nats) => {
@@ -559,7 +586,8 @@ impl Bus {
                 let timeout = nats.inner.timeout;
                 tokio::time::timeout(timeout, nats.publish_all(pushes))
                     .await
-                    .map_err(|_| BusError::Timeout(timeout))?
+                    .map_err(|_| BusError::Timeout(timeout))??;
+                Ok(vec![0; pushes.len()])
             }
         }
     }

@@ -65,6 +65,7 @@ use crate::outbox::QueueLimits;
 use crate::registration::Registration;
 use crate::state::EdgeState;
 use gpush_common::Subjects;
+use gpush_common::history::MemoryHistory;
 use gpush_common::push::now_us;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -173,7 +174,20 @@ async fn run_node(
     let limits = QueueLimits {
         bytes: config.queue_bytes,
     };
-    let hub = Arc::new(Hub::new(config.shards, limits));
+    let hub = Hub::new(config.shards, limits);
+    // Standalone keeps history in memory. A cluster edge's history (its
+    // copy of what it delivered, in front of JetStream) comes with the
+    // cluster's history support; until then it keeps none.
+    let hub = if config.standalone {
+        let max_bytes = usize::try_from(config.history.max_bytes).unwrap_or(usize::MAX);
+        hub.with_history(Arc::new(MemoryHistory::new(
+            config.history.plan(),
+            max_bytes,
+        )))
+    } else {
+        hub
+    };
+    let hub = Arc::new(hub);
     let auth = Authenticator::new(&config.auth, config.max_name_len)?;
     let background = shutdown.child_token();
 

@@ -154,20 +154,20 @@ impl PushApi {
     }
 
     /// Publishes already validated pushes that came through `api`, in
-    /// order, and counts the call. Returns how many were accepted.
+    /// order, and counts the call. Returns each push's history offset (0:
+    /// none), one per push accepted.
     ///
     /// The call first takes one token per push from the push rate limit
     /// (all or nothing); without them nothing is published and the call
     /// fails with [`ApiError::RateLimited`].
-    pub async fn publish(&self, api: Transport, pushes: &[Push]) -> Result<usize, ApiError> {
+    pub async fn publish(&self, api: Transport, pushes: &[Push]) -> Result<Vec<u64>, ApiError> {
         self.take_tokens(pushes.len())?;
         let started = Instant::now();
         let published = self.inner.bus.publish(pushes).await;
         self.inner
             .metrics
             .published(api, pushes, started.elapsed(), published.is_ok());
-        published?;
-        Ok(pushes.len())
+        Ok(published?)
     }
 
     /// Takes `n` tokens from the push rate limit, or says when to retry.
@@ -304,7 +304,13 @@ mod tests {
             },
         );
         let batch = vec![one_push(); 3];
-        assert_eq!(api.publish(Transport::Http, &batch).await.ok(), Some(3));
+        assert_eq!(
+            api.publish(Transport::Http, &batch)
+                .await
+                .map(|o| o.len())
+                .ok(),
+            Some(3)
+        );
         let refused = api
             .publish(Transport::Grpc, &batch)
             .await
@@ -321,7 +327,13 @@ mod tests {
         );
         // 1,000 a second: three tokens are back within a few milliseconds.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert_eq!(api.publish(Transport::Http, &batch).await.ok(), Some(3));
+        assert_eq!(
+            api.publish(Transport::Http, &batch)
+                .await
+                .map(|o| o.len())
+                .ok(),
+            Some(3)
+        );
     }
 
     #[tokio::test]

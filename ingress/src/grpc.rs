@@ -65,14 +65,14 @@ impl Handler {
         uid: String,
         topic: String,
         data: bytes::Bytes,
-    ) -> Result<usize, ApiError> {
+    ) -> Result<Vec<u64>, ApiError> {
         let push = self.api.check(None, uid, topic, data)?;
         self.api
             .publish(Transport::Grpc, std::slice::from_ref(&push))
             .await
     }
 
-    async fn push_many(&self, batch: v1::PushBatchRequest) -> Result<usize, ApiError> {
+    async fn push_many(&self, batch: v1::PushBatchRequest) -> Result<Vec<u64>, ApiError> {
         self.api.check_batch_len(batch.messages.len())?;
         let pushes = batch
             .messages
@@ -129,9 +129,10 @@ impl Proxy for Handler {
     }
 }
 
-fn reply(accepted: usize) -> v1::PushReply {
+fn reply(offsets: Vec<u64>) -> v1::PushReply {
     v1::PushReply {
-        accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+        accepted: u32::try_from(offsets.len()).unwrap_or(u32::MAX),
+        offsets,
     }
 }
 

@@ -305,14 +305,34 @@ struct Accepted {
     code: &'static str,
     message: &'static str,
     accepted: usize,
+    /// `pushData`: the push's history offset, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    /// `pushBatch`: each push's history offset (0: none), when any has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offsets: Option<Vec<u64>>,
 }
 
 impl Accepted {
-    fn new(accepted: usize) -> Json<Self> {
+    /// The answer to `pushData`.
+    fn one(offsets: Vec<u64>) -> Json<Self> {
         Json(Accepted {
             code: "ok",
             message: "ok",
-            accepted,
+            accepted: offsets.len(),
+            offset: offsets.first().copied().filter(|&o| o > 0),
+            offsets: None,
+        })
+    }
+
+    /// The answer to `pushBatch`.
+    fn many(offsets: Vec<u64>) -> Json<Self> {
+        Json(Accepted {
+            code: "ok",
+            message: "ok",
+            accepted: offsets.len(),
+            offset: None,
+            offsets: offsets.iter().any(|&o| o > 0).then_some(offsets),
         })
     }
 }
@@ -376,13 +396,13 @@ async fn push_data(
     let accepted = push_one(&state.api, body)
         .await
         .map_err(|e| state.api.refused(Transport::Http, e))?;
-    Ok(Accepted::new(accepted))
+    Ok(Accepted::one(accepted))
 }
 
 async fn push_one(
     api: &PushApi,
     body: Result<Json<Message>, JsonRejection>,
-) -> Result<usize, ApiError> {
+) -> Result<Vec<u64>, ApiError> {
     let Json(m) = body.map_err(|r| json_error(api, r))?;
     let data = decode(Field::new(None, "data"), &m.data)?;
     let push = api.check(None, m.uid, m.topic, data)?;
@@ -398,10 +418,10 @@ async fn push_batch(
     let accepted = push_many(&state.api, body)
         .await
         .map_err(|e| state.api.refused(Transport::Http, e))?;
-    Ok(Accepted::new(accepted))
+    Ok(Accepted::many(accepted))
 }
 
-async fn push_many(api: &PushApi, body: Result<BatchBody, ApiError>) -> Result<usize, ApiError> {
+async fn push_many(api: &PushApi, body: Result<BatchBody, ApiError>) -> Result<Vec<u64>, ApiError> {
     let BatchBody(messages) = body?;
     api.check_batch_len(messages.len())?;
     let pushes = messages

@@ -250,7 +250,12 @@ impl MemoryHistory {
 
     /// `key`'s log, created when missing (None: no history for it), with
     /// its expired pushes dropped. Forgets idle empty logs now and then.
-    fn log<'a>(&self, inner: &'a mut Inner, key: StreamKey<'_>, now: Instant) -> Option<&'a mut Log> {
+    fn log<'a>(
+        &self,
+        inner: &'a mut Inner,
+        key: StreamKey<'_>,
+        now: Instant,
+    ) -> Option<&'a mut Log> {
         let plan = self.plan.stream_for(key)?;
         let name = map_key(key);
         if !inner.logs.contains_key(name.as_str()) {
@@ -320,7 +325,10 @@ impl MemoryHistory {
             let Some(log) = inner.logs.get_mut(&stream) else {
                 continue;
             };
-            if log.entries.front().is_some_and(|(_, e, _)| e.offset == offset)
+            if log
+                .entries
+                .front()
+                .is_some_and(|(_, e, _)| e.offset == offset)
                 && let Some((_, entry, size)) = log.entries.pop_front()
             {
                 log.floor = entry.offset;
@@ -420,15 +428,30 @@ mod tests {
         assert_eq!(data(h.read(news, &epoch, 0, u64::MAX, 10)), ["1:a", "2:b"]);
         assert_eq!(data(h.read(news, &epoch, 1, u64::MAX, 10)), ["2:b"]);
         assert_eq!(data(h.read(news, &epoch, 1, 1, 10)), Vec::<String>::new());
-        assert_eq!(data(h.read(news, &epoch, 0, u64::MAX, 1)), ["gap"], "over max");
-        assert_eq!(data(h.read(news, "other", 0, u64::MAX, 10)), ["gap"], "epoch");
-        assert_eq!(data(h.read(news, &epoch, 9, u64::MAX, 10)), ["gap"], "future");
+        assert_eq!(
+            data(h.read(news, &epoch, 0, u64::MAX, 1)),
+            ["gap"],
+            "over max"
+        );
+        assert_eq!(
+            data(h.read(news, "other", 0, u64::MAX, 10)),
+            ["gap"],
+            "epoch"
+        );
+        assert_eq!(
+            data(h.read(news, &epoch, 9, u64::MAX, 10)),
+            ["gap"],
+            "future"
+        );
         for d in ["c", "d"] {
             h.append_next(&push("news", d));
         }
         // size 3: 1 evicted, so only readers at 1 or later are served.
         assert_eq!(data(h.read(news, &epoch, 0, u64::MAX, 10)), ["gap"]);
-        assert_eq!(data(h.read(news, &epoch, 1, u64::MAX, 10)), ["2:b", "3:c", "4:d"]);
+        assert_eq!(
+            data(h.read(news, &epoch, 1, u64::MAX, 10)),
+            ["2:b", "3:c", "4:d"]
+        );
         assert_eq!(h.position(StreamKey::Topic("off.x")), None);
     }
 
@@ -438,14 +461,21 @@ mod tests {
         let logs = 2 * (LOG_COST + map_key(StreamKey::Topic("a")).len());
         let h = history(100, 3 * one + logs);
         let (a, b) = (StreamKey::Topic("a"), StreamKey::Topic("b"));
-        let (ea, eb) = (h.position(a).expect("a").epoch, h.position(b).expect("b").epoch);
+        let (ea, eb) = (
+            h.position(a).expect("a").epoch,
+            h.position(b).expect("b").epoch,
+        );
         h.append_next(&push("a", "0123456789"));
         h.append_next(&push("b", "0123456789"));
         h.append_next(&push("a", "0123456789"));
         assert_eq!(h.bytes(), 3 * one + logs);
         h.append_next(&push("b", "0123456789"));
         assert_eq!(h.bytes(), 3 * one + logs);
-        assert_eq!(data(h.read(a, &ea, 0, u64::MAX, 10)), ["gap"], "a's first went");
+        assert_eq!(
+            data(h.read(a, &ea, 0, u64::MAX, 10)),
+            ["gap"],
+            "a's first went"
+        );
         assert_eq!(data(h.read(a, &ea, 1, u64::MAX, 10)).len(), 1);
         assert_eq!(data(h.read(b, &eb, 0, u64::MAX, 10)).len(), 2);
     }
@@ -457,8 +487,15 @@ mod tests {
         h.append_next(&push("news", "a"));
         let epoch = h.position(news).expect("kept").epoch;
         tokio::time::advance(crate::history::config::DEFAULT_TTL).await;
-        assert_eq!(data(h.read(news, &epoch, 0, u64::MAX, 10)), ["gap"], "expired");
-        assert_eq!(data(h.read(news, &epoch, 1, u64::MAX, 10)), Vec::<String>::new());
+        assert_eq!(
+            data(h.read(news, &epoch, 0, u64::MAX, 10)),
+            ["gap"],
+            "expired"
+        );
+        assert_eq!(
+            data(h.read(news, &epoch, 1, u64::MAX, 10)),
+            Vec::<String>::new()
+        );
         // Idle past its ttl with nothing kept: forgotten when the map is
         // next swept, and a new epoch when it comes back.
         tokio::time::advance(crate::history::config::DEFAULT_TTL).await;
@@ -477,11 +514,17 @@ mod tests {
         h.seed(news, 10, "e1");
         assert_eq!(h.append_at(&push("news", "a"), 12, 10), Appended::Kept);
         assert_eq!(h.append_at(&push("news", "a"), 12, 10), Appended::Stale);
-        assert_eq!(h.append_at(&push("news", "c"), 20, 15), Appended::AfterGap { last: 12 });
+        assert_eq!(
+            h.append_at(&push("news", "c"), 20, 15),
+            Appended::AfterGap { last: 12 }
+        );
         assert_eq!(data(h.read(news, "e1", 10, u64::MAX, 10)), ["gap"]);
         assert_eq!(data(h.read(news, "e1", 15, u64::MAX, 10)), ["20:c"]);
         // A new epoch replaces the log.
         h.seed(news, 3, "e2");
-        assert_eq!(h.position(news).map(|p| (p.offset, p.epoch)), Some((3, "e2".into())));
+        assert_eq!(
+            h.position(news).map(|p| (p.offset, p.epoch)),
+            Some((3, "e2".into()))
+        );
     }
 }

@@ -100,6 +100,10 @@ pub fn json_push(push: &Push) -> Vec<u8> {
         );
         out.extend_from_slice(b"\",\"encoding\":\"base64\"");
     }
+    if push.offset > 0 {
+        out.extend_from_slice(b",\"offset\":");
+        out.extend_from_slice(push.offset.to_string().as_bytes());
+    }
     out.push(b'}');
     out
 }
@@ -112,6 +116,7 @@ pub fn msgpack_push(push: &Push) -> Vec<u8> {
         code,
         topic,
         data: Bin(&push.data),
+        offset: (push.offset > 0).then_some(push.offset),
     };
     let mut out = Vec::with_capacity(push.data.len() + 32);
     // Writing a number, a string and bytes into a Vec cannot fail.
@@ -149,6 +154,8 @@ struct MsgpackPush<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     topic: Option<&'a str>,
     data: Bin<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
 }
 
 /// Bytes that serialise as MessagePack bin, not as an array of numbers.
