@@ -133,6 +133,9 @@ async fn timers(shared: Arc<EdgeState>, stop: CancellationToken) {
                 if swept.idle > 0 {
                     tracing::debug!(idle = swept.idle, "closing idle connections");
                 }
+                if swept.expired > 0 {
+                    tracing::debug!(expired = swept.expired, "ending expired logins");
+                }
             }
         }
     }

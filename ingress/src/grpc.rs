@@ -19,7 +19,10 @@
 //! (`authorization` metadata, `Bearer <key>`) is checked by an interceptor
 //! on the request headers, before the body. A `PushBatch` is counted as
 //! it arrives ([`crate::batch_scan`]) and refused at `max_batch + 1`
-//! messages, before prost allocates them. Each connection carries at most
+//! messages, before prost allocates them. At most `max_connections`
+//! connections are open at once (apart from the HTTP API's), and each must
+//! send the HTTP/2 preface within `header_read_timeout`
+//! ([`crate::connections`]). Each connection carries at most
 //! `grpc_max_streams` calls at once, each call is bounded by
 //! `request_timeout`, and idle connections are pinged so dead peers are
 //! noticed. Unknown protobuf fields are dropped by prost, unseen: unlike
@@ -27,6 +30,7 @@
 
 use crate::api::PushApi;
 use crate::batch_scan::BatchGuard;
+use crate::connections;
 use crate::error::ApiError;
 use crate::metrics::Transport;
 use crate::tls::TlsListener;
@@ -38,10 +42,10 @@ use gpush_proto::{order, v1};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -179,13 +183,17 @@ pub async fn serve(
         .add_service(push)
         .add_service(proxy);
     let stop = shutdown.cancelled_owned();
+    // This listener's own slots: HTTP connections do not count here.
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let preface = config.header_read_timeout;
     match tls {
-        Some(config) => {
-            let incoming = TlsListener::new(listener, config)?.into_stream();
+        Some(tls) => {
+            let listener = TlsListener::capped(listener, tls, slots);
+            let incoming = connections::grpc_tls(listener, preface);
             router.serve_with_incoming_shutdown(incoming, stop).await?;
         }
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = connections::grpc_plain(listener, slots, preface);
             router.serve_with_incoming_shutdown(incoming, stop).await?;
         }
     }

@@ -21,8 +21,9 @@
 //! - `grpc`: the tonic services, health and reflection.
 //! - `edges`: the live edge list, watched in etcd, behind [`EdgeDirectory`].
 //! - `metrics`: what the push API counts, for `GET /metrics`.
-//! - `connections`: the HTTP push API's connections, with a header
-//!   timeout and a cap on how many are open.
+//! - `connections`: the push API's connections: a cap on how many are
+//!   open on each listener, and a time limit on the HTTP request header
+//!   and on the gRPC (HTTP/2) connection preface.
 //! - `batch_scan`: counts a gRPC `PushBatch`'s messages as its bytes
 //!   arrive, so one over `max_batch` is refused before prost decodes it.
 //! - `tls`: HTTPS and gRPC over TLS (optionally mutual): a listener that

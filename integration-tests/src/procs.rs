@@ -909,6 +909,12 @@ impl EdgeProcess {
     /// 127.0.0.1:<port>`, and waits until that port accepts connections.
     /// `RUST_LOG` defaults to `info` so the log file tells what happened.
     pub async fn spawn(args: &[String]) -> Self {
+        Self::spawn_with_env(args, &[]).await
+    }
+
+    /// [`EdgeProcess::spawn`] with `env` added to (or replacing in) the
+    /// environment the process inherits.
+    pub async fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> Self {
         let ws_addr: SocketAddr = args
             .iter()
             .position(|a| a == "--ws-addr")
@@ -920,6 +926,7 @@ impl EdgeProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        command.envs(env.iter().copied());
         let dir = scratch_dir("edge-process");
         let mut proc = LoggedChild::spawn("gpush-edge", command, dir.join("gpush-edge.log"));
         proc.wait_for_port(ws_addr).await;

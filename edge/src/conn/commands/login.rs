@@ -98,6 +98,7 @@ impl<S: Socket> Session<S> {
         self.logout().await;
         if let Some(uid) = uid {
             tracing::debug!(uid = %uid, "login expired");
+            self.shared.metrics.login_expired();
             self.queue(login_ended(&uid, self.conn.format));
         }
     }
