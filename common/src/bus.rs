@@ -8,6 +8,7 @@
 
 use crate::config::split_list;
 use crate::envelope;
+use crate::history::{Page, StreamKey};
 use crate::push::Push;
 use crate::subject::Subjects;
 use async_nats::connection::State;
@@ -30,6 +31,43 @@ pub trait LocalDelivery: Send + Sync + 'static {
     /// is accepted, before it is queued for [`LocalDelivery::deliver`]:
     /// called in publish order, one call at a time. Must not block.
     fn stamp(&self, _pushes: &mut [Push]) {}
+
+    /// The history API's answer for `query`; None when that stream keeps
+    /// no history. Must not block.
+    fn history(&self, _query: &HistoryQuery) -> Option<Page> {
+        None
+    }
+}
+
+/// A history API request: the stream (a public topic; a user, optionally
+/// narrowed to one of its private topics) and the pushes wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// The user, or empty for a public topic.
+    pub uid: String,
+    /// The topic: public when `uid` is empty, else private (empty: every
+    /// push of the user's stream).
+    pub topic: String,
+    /// Pushes after this offset.
+    pub since: u64,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// The stream asked for (None: neither uid nor topic).
+    pub fn key(&self) -> Option<StreamKey<'_>> {
+        match (self.uid.is_empty(), self.topic.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(StreamKey::Topic(&self.topic)),
+            (false, _) => Some(StreamKey::User(&self.uid)),
+        }
+    }
+
+    /// Whether `push` of that stream is one asked for.
+    pub fn wants(&self, push: &Push) -> bool {
+        self.uid.is_empty() || self.topic.is_empty() || push.topic == self.topic
+    }
 }
 
 /// Where the push API sends pushes.
@@ -589,6 +627,16 @@ impl Bus {
                     .map_err(|_| BusError::Timeout(timeout))??;
                 Ok(vec![0; pushes.len()])
             }
+        }
+    }
+
+    /// The history API's answer for `query`: Ok(None) when that stream
+    /// keeps no history (or the bus keeps none).
+    pub async fn history(&self, query: &HistoryQuery) -> Result<Option<Page>, BusError> {
+        match self {
+            Bus::Local(local) => Ok(local.history(query)),
+            Bus::Queued(queue) => Ok(queue.delivery.history(query)),
+            Bus::Nats(_) => Ok(None),
         }
     }
 

@@ -117,6 +117,39 @@ impl PushService for Handler {
             .map_err(|e| self.refused(e))?;
         Ok(Response::new(reply(accepted)))
     }
+
+    async fn history(
+        &self,
+        request: Request<v1::HistoryRequest>,
+    ) -> Result<Response<v1::HistoryReply>, Status> {
+        let m = request.into_inner();
+        let limit = match m.limit {
+            0 => crate::api::DEFAULT_HISTORY_LIMIT,
+            n => n as usize,
+        };
+        let query = gpush_common::bus::HistoryQuery {
+            uid: m.uid,
+            topic: m.topic,
+            since: m.since,
+            limit,
+        };
+        let page = self.api.history(query).await.map_err(|e| self.refused(e))?;
+        Ok(Response::new(v1::HistoryReply {
+            epoch: page.epoch,
+            offset: page.offset,
+            complete: page.complete,
+            pushes: page
+                .entries
+                .into_iter()
+                .map(|entry| v1::HistoryPush {
+                    offset: entry.offset,
+                    uid: entry.push.uid,
+                    topic: entry.push.topic,
+                    data: entry.push.data,
+                })
+                .collect(),
+        }))
+    }
 }
 
 #[tonic::async_trait]

@@ -349,3 +349,110 @@ async fn a_malformed_since_is_a_bad_request() {
     }
     a.must_subscribe("t").await;
 }
+
+/// `GET /v1/history` and gRPC `History`: what backends rebuilding state
+/// read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_pages_through_what_is_kept() {
+    let d = Standalone::start(|c| c.history.size = 4).await;
+    push_all(&d, "t", texts("x", 0..6)).await;
+    d.push_batch_http(&[
+        PushMsg::private("ann", "inbox", b"i1".to_vec()),
+        PushMsg::user("ann", b"u1".to_vec()),
+    ])
+    .await;
+
+    let get = |path: &str| {
+        let path = path.to_owned();
+        let api = d.api().clone();
+        async move { api.get(&path).await }
+    };
+    let page = get("/v1/history?topic=t&since=1&limit=2").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let page = page.json();
+    assert_eq!(
+        (page["offset"].as_u64(), &page["complete"]),
+        (Some(6), &json!(false)),
+        "{page}"
+    );
+    let pushes = page["pushes"].as_array().expect("pushes");
+    assert_eq!(pushes.len(), 2, "{page}");
+    assert_eq!(
+        pushes[0],
+        json!({"offset": 3, "topic": "t", "data": base64("x2")})
+    );
+    let page = get("/v1/history?topic=t&since=4").await.json();
+    assert_eq!(page["complete"], true, "{page}");
+    assert_eq!(page["pushes"].as_array().map(Vec::len), Some(2), "{page}");
+
+    let page = get("/v1/history?uid=ann&topic=inbox").await.json();
+    let data: Vec<&Value> = page["pushes"]
+        .as_array()
+        .expect("pushes")
+        .iter()
+        .map(|p| &p["data"])
+        .collect();
+    assert_eq!(data, [&json!(base64("i1"))], "{page}");
+    let page = get("/v1/history?uid=ann").await.json();
+    assert_eq!(
+        page["pushes"].as_array().map(Vec::len),
+        Some(2),
+        "the user's whole stream: {page}"
+    );
+
+    for (query, status, code) in [
+        ("", 400, "bad_query"),
+        ("?topic=t&limit=0", 400, "bad_query"),
+        ("?topic=t&limit=1001", 400, "bad_query"),
+        ("?topic=t&Since=1", 400, "bad_query"),
+        ("?topic=a%0Ab", 400, "invalid_topic"),
+    ] {
+        let reply = get(&format!("/v1/history{query}")).await;
+        assert_eq!(
+            (reply.status, reply.json()["code"].as_str()),
+            (status, Some(code)),
+            "{query}: {}",
+            reply.body
+        );
+    }
+
+    let reply = d
+        .api()
+        .grpc()
+        .history(gpush_proto::v1::HistoryRequest {
+            uid: String::new(),
+            topic: "t".into(),
+            since: 4,
+            limit: 0,
+        })
+        .await
+        .expect("History")
+        .into_inner();
+    assert_eq!(
+        (reply.offset, reply.complete, reply.pushes.len()),
+        (6, true, 2)
+    );
+    assert_eq!(&reply.pushes[1].data[..], b"x5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_says_where_none_is_kept() {
+    let d = Standalone::start(|c| c.history.enabled = false).await;
+    let reply = d.api().get("/v1/history?topic=t").await;
+    assert_eq!(
+        (reply.status, reply.json()["code"].as_str()),
+        (404, Some("no_history")),
+        "{}",
+        reply.body
+    );
+    let status = d
+        .api()
+        .grpc()
+        .history(gpush_proto::v1::HistoryRequest {
+            topic: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no history");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}

@@ -93,7 +93,8 @@ pub enum Appended {
     },
     /// Older than what the log already has: a duplicate, not kept.
     Stale,
-    /// The stream keeps no history.
+    /// The stream keeps no history, or this edge does not follow it (no
+    /// log: [`MemoryHistory::seed`] was never called for it).
     NoHistory,
 }
 
@@ -141,7 +142,7 @@ impl MemoryHistory {
         };
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let Some(log) = self.log(&mut inner, key, now) else {
+        let Some(log) = self.log(&mut inner, key, now, true) else {
             return 0;
         };
         let offset = log.last + 1;
@@ -151,14 +152,37 @@ impl MemoryHistory {
 
     /// Adds `push` at `offset`, where `previous` is the offset of the
     /// stream's push before it (a cluster edge's copy of what it
-    /// delivered; both come from JetStream).
+    /// delivered; both come from JetStream). Only to a stream this edge
+    /// follows (seeded).
     pub fn append_at(&self, push: &Push, offset: u64, previous: u64) -> Appended {
-        let Some(key) = StreamKey::of(push.route()) else {
-            return Appended::NoHistory;
-        };
+        match StreamKey::of(push.route()) {
+            Some(key) => self.place(key, Some(push), offset, previous),
+            None => Appended::NoHistory,
+        }
+    }
+
+    /// Records that `key`'s stream reached `offset` (after `previous`)
+    /// with a position that holds no push (a JetStream marker): like
+    /// [`Self::append_at`], nothing kept.
+    pub fn advance_at(&self, key: StreamKey<'_>, offset: u64, previous: u64) -> Appended {
+        self.place(key, None, offset, previous)
+    }
+
+    /// Whether this edge follows `key`'s stream (it was seeded).
+    pub fn follows(&self, key: StreamKey<'_>) -> bool {
+        lock(&self.inner).logs.contains_key(map_key(key).as_str())
+    }
+
+    fn place(
+        &self,
+        key: StreamKey<'_>,
+        push: Option<&Push>,
+        offset: u64,
+        previous: u64,
+    ) -> Appended {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let Some(log) = self.log(&mut inner, key, now) else {
+        let Some(log) = self.log(&mut inner, key, now, false) else {
             return Appended::NoHistory;
         };
         if offset <= log.last {
@@ -174,7 +198,10 @@ impl MemoryHistory {
             log.entries.retain(|(_, entry, _)| entry.offset > previous);
             Appended::AfterGap { last }
         };
-        self.keep(&mut inner, key, offset, push, now);
+        match push {
+            Some(push) => self.keep(&mut inner, key, offset, push, now),
+            None => log.last = offset,
+        }
         appended
     }
 
@@ -184,7 +211,7 @@ impl MemoryHistory {
     pub fn seed(&self, key: StreamKey<'_>, offset: u64, epoch: &str) {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let Some(log) = self.log(&mut inner, key, now) else {
+        let Some(log) = self.log(&mut inner, key, now, true) else {
             return;
         };
         if log.epoch != epoch || offset > log.last {
@@ -200,7 +227,7 @@ impl MemoryHistory {
     pub fn position(&self, key: StreamKey<'_>) -> Option<Position> {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let log = self.log(&mut inner, key, now)?;
+        let log = self.log(&mut inner, key, now, true)?;
         Some(Position {
             offset: log.last,
             epoch: log.epoch.clone(),
@@ -218,7 +245,7 @@ impl MemoryHistory {
     pub fn read(&self, key: StreamKey<'_>, epoch: &str, since: u64, upto: u64, max: usize) -> Read {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let Some(log) = self.log(&mut inner, key, now) else {
+        let Some(log) = self.log(&mut inner, key, now, false) else {
             return Read::Gap;
         };
         if log.epoch != epoch || since < log.floor || since > log.last {
@@ -238,6 +265,34 @@ impl MemoryHistory {
         )
     }
 
+    /// The history API's page of `key`'s stream: the pushes kept after
+    /// `since` that `wanted` selects, at most `limit`. None when the stream
+    /// keeps no history.
+    pub fn page(
+        &self,
+        key: StreamKey<'_>,
+        since: u64,
+        limit: usize,
+        wanted: impl Fn(&Push) -> bool,
+    ) -> Option<super::Page> {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        let log = self.log(&mut inner, key, now, true)?;
+        let first = log.entries.partition_point(|(_, e, _)| e.offset <= since);
+        Some(super::Page {
+            epoch: log.epoch.clone(),
+            offset: log.last,
+            complete: since >= log.floor,
+            entries: log
+                .entries
+                .range(first..)
+                .filter(|(_, entry, _)| wanted(&entry.push))
+                .take(limit)
+                .map(|(_, entry, _)| entry.clone())
+                .collect(),
+        })
+    }
+
     /// Bytes of pushes kept now, all streams together.
     pub fn bytes(&self) -> usize {
         lock(&self.inner).bytes
@@ -248,17 +303,22 @@ impl MemoryHistory {
         lock(&self.inner).logs.len()
     }
 
-    /// `key`'s log, created when missing (None: no history for it), with
-    /// its expired pushes dropped. Forgets idle empty logs now and then.
+    /// `key`'s log, created when missing if `create` (None: no history
+    /// for it, or no log), with its expired pushes dropped. Forgets idle
+    /// empty logs now and then.
     fn log<'a>(
         &self,
         inner: &'a mut Inner,
         key: StreamKey<'_>,
         now: Instant,
+        create: bool,
     ) -> Option<&'a mut Log> {
         let plan = self.plan.stream_for(key)?;
         let name = map_key(key);
         if !inner.logs.contains_key(name.as_str()) {
+            if !create {
+                return None;
+            }
             if inner.logs.len() >= inner.next_sweep.max(1024) {
                 inner.forget_idle(now);
                 inner.next_sweep = 2 * inner.logs.len();
@@ -511,7 +571,14 @@ mod tests {
     fn appends_at_given_offsets_notice_gaps_and_duplicates() {
         let h = history(10, 1 << 20);
         let news = StreamKey::Topic("news");
+        assert_eq!(
+            h.append_at(&push("news", "a"), 9, 8),
+            Appended::NoHistory,
+            "not followed"
+        );
+        assert!(!h.follows(news));
         h.seed(news, 10, "e1");
+        assert!(h.follows(news));
         assert_eq!(h.append_at(&push("news", "a"), 12, 10), Appended::Kept);
         assert_eq!(h.append_at(&push("news", "a"), 12, 10), Appended::Stale);
         assert_eq!(
@@ -520,6 +587,10 @@ mod tests {
         );
         assert_eq!(data(h.read(news, "e1", 10, u64::MAX, 10)), ["gap"]);
         assert_eq!(data(h.read(news, "e1", 15, u64::MAX, 10)), ["20:c"]);
+        // A marker moves the stream on without a push.
+        assert_eq!(h.advance_at(news, 21, 20), Appended::Kept);
+        assert_eq!(h.append_at(&push("news", "d"), 22, 21), Appended::Kept);
+        assert_eq!(data(h.read(news, "e1", 20, u64::MAX, 10)), ["22:d"]);
         // A new epoch replaces the log.
         h.seed(news, 3, "e2");
         assert_eq!(

@@ -67,6 +67,22 @@ pub struct Entry {
     pub push: Push,
 }
 
+/// What the history API answers: where a stream stands and the pushes it
+/// keeps after an offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The stream's last offset.
+    pub offset: u64,
+    /// Whether every push after the asked offset is still kept (nothing
+    /// was lost before the first entry returned).
+    pub complete: bool,
+    /// The kept pushes after the asked offset, oldest first, at most the
+    /// asked limit; ask again after the last one for more.
+    pub entries: Vec<Entry>,
+}
+
 /// The answer to "what came after offset n".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {

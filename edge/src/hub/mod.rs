@@ -510,6 +510,15 @@ impl LocalDelivery for Hub {
             push.offset = self.history.append_next(push);
         }
     }
+
+    fn history(
+        &self,
+        query: &gpush_common::bus::HistoryQuery,
+    ) -> Option<gpush_common::history::Page> {
+        let key = query.key()?;
+        self.history
+            .page(key, query.since, query.limit, |push| query.wants(push))
+    }
 }
 
 #[cfg(test)]
