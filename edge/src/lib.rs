@@ -42,6 +42,7 @@ pub mod cli;
 pub mod close;
 pub mod config;
 mod conn;
+mod follow;
 mod hub;
 mod interest;
 mod metrics;
@@ -181,9 +182,16 @@ async fn run_node(
     // Standalone keeps history in memory. A cluster edge's history (its
     // copy of what it delivered, in front of JetStream) comes with the
     // cluster's history support; until then it keeps none.
+    let max_bytes = usize::try_from(config.history.max_bytes).unwrap_or(usize::MAX);
     let hub = if config.standalone {
-        let max_bytes = usize::try_from(config.history.max_bytes).unwrap_or(usize::MAX);
         hub.with_history(Arc::new(MemoryHistory::new(
+            config.history.plan(),
+            max_bytes,
+        )))
+    } else if config.history.enabled {
+        // A copy of the recent pushes of the streams followed here, in
+        // front of JetStream (see `follow`).
+        hub.with_history(Arc::new(MemoryHistory::copy_of(
             config.history.plan(),
             max_bytes,
         )))
@@ -203,8 +211,28 @@ async fn run_node(
         )
         .await?;
         let subjects = Subjects::new(&config.nats.subject_prefix)?;
-        let (interest, _) =
-            interest::start(client.clone(), subjects, hub.clone(), background.clone()).await;
+        let follower = config.history.enabled.then(|| {
+            let (ready, js) = tokio::sync::watch::channel(None);
+            tokio::spawn(
+                follow::open(
+                    client.clone(),
+                    subjects.clone(),
+                    config.history.clone(),
+                    ready,
+                    background.clone(),
+                )
+                .in_current_span(),
+            );
+            follow::Follower::new(js, hub.clone(), config.history.max_recover)
+        });
+        let (interest, _) = interest::start(
+            client.clone(),
+            subjects,
+            hub.clone(),
+            follower,
+            background.clone(),
+        )
+        .await;
         (interest, Some(client))
     };
 

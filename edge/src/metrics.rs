@@ -252,6 +252,22 @@ impl Collector for HubCollector {
         )?;
         encode_counter(
             &mut encoder,
+            "edge_history_filled",
+            "Pushes this edge missed on the bus (NATS away, a failover) and recovered \
+             from history before delivering the next one.",
+            None,
+            hub.stats.filled.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_history_gaps",
+            "Times this edge missed pushes of a stream and could not recover them from \
+             history: its followers got push 10007.",
+            None,
+            hub.stats.gaps.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
             "edge_deliveries",
             "Push frames queued to connections: one per connection a push reached.",
             None,

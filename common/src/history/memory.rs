@@ -41,6 +41,10 @@ pub struct MemoryHistory {
     /// Names this process's epochs: random per process, so a restarted
     /// standalone edge never repeats an epoch.
     base: String,
+    /// True on a standalone edge, the stream's only writer: a stream
+    /// starts the first time it is asked about. False on a cluster edge:
+    /// only [`MemoryHistory::seed`] starts one (from JetStream).
+    writer: bool,
     inner: Mutex<Inner>,
 }
 
@@ -117,14 +121,24 @@ fn cost(push: &Push) -> usize {
 
 impl MemoryHistory {
     /// An empty history following `plan`, keeping at most `max_bytes` of
-    /// pushes in total.
+    /// pushes in total, for the only writer of its streams (standalone).
     pub fn new(plan: Plan, max_bytes: usize) -> Self {
         let base = format!("{:x}", rand_u64());
         Self {
             plan,
             max_bytes,
             base,
+            writer: true,
             inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// An empty copy of streams kept elsewhere (a cluster edge in front of
+    /// JetStream): a stream is known only once [`Self::seed`]ed.
+    pub fn copy_of(plan: Plan, max_bytes: usize) -> Self {
+        Self {
+            writer: false,
+            ..Self::new(plan, max_bytes)
         }
     }
 
@@ -166,6 +180,24 @@ impl MemoryHistory {
     /// [`Self::append_at`], nothing kept.
     pub fn advance_at(&self, key: StreamKey<'_>, offset: u64, previous: u64) -> Appended {
         self.place(key, None, offset, previous)
+    }
+
+    /// The followed streams that `select` picks (a reader's topic, the
+    /// users of its bucket), for a check after the bus reconnected.
+    pub fn followed(&self, select: impl Fn(StreamKey<'_>) -> bool) -> Vec<(bool, String)> {
+        lock(&self.inner)
+            .logs
+            .keys()
+            .filter_map(|name| {
+                let (tag, rest) = name.split_once('\u{1}')?;
+                let key = if tag == "t" {
+                    StreamKey::Topic(rest)
+                } else {
+                    StreamKey::User(rest)
+                };
+                select(key).then(|| (tag == "t", rest.to_owned()))
+            })
+            .collect()
     }
 
     /// Whether this edge follows `key`'s stream (it was seeded).
@@ -227,7 +259,7 @@ impl MemoryHistory {
     pub fn position(&self, key: StreamKey<'_>) -> Option<Position> {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let log = self.log(&mut inner, key, now, true)?;
+        let log = self.log(&mut inner, key, now, self.writer)?;
         Some(Position {
             offset: log.last,
             epoch: log.epoch.clone(),
@@ -277,7 +309,7 @@ impl MemoryHistory {
     ) -> Option<super::Page> {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let log = self.log(&mut inner, key, now, true)?;
+        let log = self.log(&mut inner, key, now, self.writer)?;
         let first = log.entries.partition_point(|(_, e, _)| e.offset <= since);
         Some(super::Page {
             epoch: log.epoch.clone(),

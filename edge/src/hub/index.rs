@@ -207,6 +207,13 @@ impl Index {
         f(lock(self.shard(key)).map.get(key).map(|group| group.offset))
     }
 
+    /// Sets `key`'s offset, lower or not (its stream was recreated).
+    pub(super) fn reset(&self, key: &str, offset: u64) {
+        if let Some(group) = lock(self.shard(key)).map.get_mut(key) {
+            group.offset = offset;
+        }
+    }
+
     /// Calls `f` with `key`'s subscribers, under the shard's lock, unless
     /// `offset` is not past the key's (0: a push without history, always
     /// delivered); records `offset` as the key's.

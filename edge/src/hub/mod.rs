@@ -201,6 +201,44 @@ impl Hub {
         held.or_else(|| self.history.last(key)).unwrap_or(0)
     }
 
+    /// Records that `key`'s stream moved to `offset` without a push to
+    /// deliver (a JetStream marker).
+    pub(crate) fn mark(&self, key: StreamKey<'_>, offset: u64) {
+        match key {
+            StreamKey::Topic(topic) => self.topics.advance(topic, offset, |_| {}),
+            StreamKey::User(uid) => self.users.advance(uid, offset, |_| {}),
+        }
+    }
+
+    /// Sets `key`'s stream offset, lower or not: its history was recreated
+    /// and offsets start again.
+    pub(crate) fn reset(&self, key: StreamKey<'_>, offset: u64) {
+        match key {
+            StreamKey::Topic(topic) => self.topics.reset(topic, offset),
+            StreamKey::User(uid) => self.users.reset(uid, offset),
+        }
+    }
+
+    /// Tells every local connection following `key`'s stream that pushes
+    /// after `offset` were lost here (push 10007).
+    pub(crate) fn gap(&self, key: StreamKey<'_>, offset: u64) {
+        let send = |conn: &Arc<ConnHandle>| {
+            let topic = match key {
+                StreamKey::Topic(topic) => Some(topic),
+                StreamKey::User(_) => None,
+            };
+            let frame = crate::protocol::push::gap(topic, offset, conn.format);
+            if conn.outbox.push(frame, self.limits) == Pushed::Overflowed {
+                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        match key {
+            StreamKey::Topic(topic) => self.topics.for_each(topic, send),
+            StreamKey::User(uid) => self.users.for_each(uid, send),
+        }
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Subscribes `conn` to public `topic` if the topic is at offset
     /// `expected` (any when None), calling `joined` with the offset under
     /// the index's lock (see [`Index::add_at`]). Ok: (first local

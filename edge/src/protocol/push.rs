@@ -22,6 +22,13 @@ pub const PUSH_EVERYONE: u32 = 10003;
 /// routed like the others.
 pub const PUSH_LOGIN_ENDED: u32 = 10004;
 
+/// Push code: this edge missed pushes of a stream the connection follows
+/// and could not recover them from history: the pushes after `offset` (the
+/// last one delivered) up to the next one delivered are lost for it. The
+/// client resubscribes with `since` (and is told `recovered: false`) or
+/// reloads. Sent by the edge to each affected connection.
+pub const PUSH_GAP: u32 = 10007;
+
 /// Why a login ended, in a 10004 push.
 pub const LOGIN_ENDED_EXPIRED: &str = "expired";
 
@@ -140,6 +147,32 @@ pub fn login_ended(uid: &str, format: WireFormat) -> Bytes {
         reason: LOGIN_ENDED_EXPIRED,
     };
     // Serialising a number and strings cannot fail.
+    match format {
+        WireFormat::Json | WireFormat::Raw => {
+            ws::text(&serde_json::to_vec(&push).unwrap_or_default())
+        }
+        WireFormat::Msgpack => ws::binary(&rmp_serde::to_vec_named(&push).unwrap_or_default()),
+    }
+}
+
+/// The 10007 push: `{"code":10007,"topic":T,"offset":N}` for a public
+/// topic, `{"code":10007,"offset":N}` for the logged-in user's stream
+/// (user-wide pushes and private topics), as JSON text (also on
+/// `gpush.raw`) or the same map in MessagePack.
+pub fn gap(topic: Option<&str>, offset: u64, format: WireFormat) -> Bytes {
+    #[derive(Serialize)]
+    struct Gap<'a> {
+        code: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        offset: u64,
+    }
+    let push = Gap {
+        code: PUSH_GAP,
+        topic,
+        offset,
+    };
+    // Serialising a number and a string cannot fail.
     match format {
         WireFormat::Json | WireFormat::Raw => {
             ws::text(&serde_json::to_vec(&push).unwrap_or_default())

@@ -43,6 +43,11 @@ impl<S: Socket> Session<S> {
         let ends = login.expires.map(|e| self.shared.auth.ends_at(e));
         let hub = self.shared.hub.clone();
         let key = StreamKey::User(&uid);
+        let interest = self.shared.interest.clone();
+        interest
+            .follow(Key::UserBucket(user_bucket(&uid)), key)
+            .await;
+        let follower = interest.follower();
         let mut join = Join::new(&hub.history, key, since);
         let format = self.conn.format;
         let reply = |offset: u64, join: &Join| {
@@ -67,7 +72,10 @@ impl<S: Socket> Session<S> {
         loop {
             let at = hub.stream_offset(key);
             let user_wide = |entry: &gpush_common::history::Entry| entry.push.topic.is_empty();
-            let expected = match join.catch_up(&hub.history, key, at, max_recover, user_wide) {
+            let expected = match join
+                .catch_up(&hub.history, follower, key, at, max_recover, user_wide)
+                .await
+            {
                 Step::Join(expected) => expected,
                 Step::Wait => {
                     tokio::time::sleep(BEHIND_STEP).await;

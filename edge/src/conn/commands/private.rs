@@ -27,6 +27,8 @@ impl<S: Socket> Session<S> {
         };
         let hub = self.shared.hub.clone();
         let key = StreamKey::User(&uid);
+        let interest = self.shared.interest.clone();
+        let follower = interest.follower();
         let mut join = Join::new(&hub.history, key, since);
         let reply = |offset: u64, join: &Join| {
             self.joined_reply(Code::Subscribed, &topic, id, join, offset)
@@ -43,7 +45,10 @@ impl<S: Socket> Session<S> {
         loop {
             let at = hub.stream_offset(key);
             let wanted = |entry: &gpush_common::history::Entry| entry.push.topic == topic;
-            let expected = match join.catch_up(&hub.history, key, at, max_recover, wanted) {
+            let expected = match join
+                .catch_up(&hub.history, follower, key, at, max_recover, wanted)
+                .await
+            {
                 Step::Join(expected) => expected,
                 Step::Wait => {
                     tokio::time::sleep(BEHIND_STEP).await;

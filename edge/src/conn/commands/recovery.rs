@@ -12,6 +12,7 @@
 //! that recovery failed: a stream that busy is better reloaded).
 
 use crate::protocol::request::Since;
+use crate::follow::Follower;
 use crate::protocol::{PushFrames, WireFormat};
 use bytes::Bytes;
 use gpush_common::history::{Entry, MemoryHistory, Read, StreamKey};
@@ -73,9 +74,10 @@ impl Join {
     /// hub now stands), keeping the entries `wanted` selects; what to do
     /// next: join at the offset read up to, join wherever the stream is (no
     /// recovery, or it failed), or wait for this edge to catch up.
-    pub(super) fn catch_up(
+    pub(super) async fn catch_up(
         &mut self,
         history: &MemoryHistory,
+        follower: Option<&Follower>,
         key: StreamKey<'_>,
         at: u64,
         max: usize,

@@ -27,6 +27,9 @@ impl<S: Socket> Session<S> {
         }
         let hub = self.shared.hub.clone();
         let key = StreamKey::Topic(&topic);
+        let interest = self.shared.interest.clone();
+        interest.follow(Key::Topic(topic.clone()), key).await;
+        let follower = interest.follower();
         let mut join = Join::new(&hub.history, key, since);
         let reply = |offset: u64, join: &Join| {
             self.joined_reply(Code::Subscribed, &topic, id, join, offset)
@@ -45,7 +48,10 @@ impl<S: Socket> Session<S> {
         let format = self.conn.format;
         let first = loop {
             let at = hub.stream_offset(key);
-            let expected = match join.catch_up(&hub.history, key, at, max_recover, |_| true) {
+            let expected = match join
+                .catch_up(&hub.history, follower, key, at, max_recover, |_| true)
+                .await
+            {
                 Step::Join(expected) => expected,
                 Step::Wait => {
                     tokio::time::sleep(BEHIND_STEP).await;
