@@ -18,6 +18,7 @@
 //! Pushes to everyone have no history.
 
 pub mod config;
+pub mod jetstream;
 
 pub use config::{HistoryConfig, Plan, Storage, StreamPlan};
 
