@@ -601,10 +601,7 @@ impl Bus {
                 }
                 Ok(vec![0; pushes.len()])
             }
-            Bus::Queued(queue) => queue
-                .publish(pushes)
-                .await
-                .map(|()| vec![0; pushes.len()]),
+            Bus::Queued(queue) => queue.publish(pushes).await.map(|()| vec![0; pushes.len()]),
             Bus::Nats(nats) => {
                 if nats.inner.client.connection_state() != State::Connected {
                     return Err(BusError::NotConnected);

@@ -12,8 +12,10 @@
 //!
 //! - [`config`]: the `[history]` config section, the same on every
 //!   process of a cluster.
-//! - standalone keeps history in memory; a cluster keeps it in NATS
-//!   JetStream, one stream per rule (see [`config::HistoryConfig::plan`]).
+//! - [`jetstream`]: a cluster keeps history in NATS JetStream, one
+//!   stream per entry of the plan (see [`config::HistoryConfig::plan`]),
+//!   republished on the live subjects with each push's offset.
+//! - standalone keeps history in memory.
 //!
 //! Pushes to everyone have no history.
 
