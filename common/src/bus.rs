@@ -8,6 +8,7 @@
 
 use crate::config::split_list;
 use crate::envelope;
+use crate::history::jetstream::{HistoryError, JetStreamHistory};
 use crate::history::{Page, StreamKey};
 use crate::push::Push;
 use crate::subject::Subjects;
@@ -224,6 +225,9 @@ pub fn queued_bytes(pushes: &[Push]) -> usize {
 #[derive(Clone)]
 pub struct NatsBus {
     inner: Arc<NatsInner>,
+    /// Where pushes with history are stored (JetStream); None: every push
+    /// goes to its live subject.
+    history: Option<JetStreamHistory>,
 }
 
 struct NatsInner {
@@ -547,6 +551,11 @@ pub enum BusError {
     /// back; they may or may not have been delivered.
     #[error("bus publish not confirmed: {0}")]
     Unconfirmed(&'static str),
+    /// JetStream did not confirm storing a push with history (no stream,
+    /// an error reply, or no ack within the timeout); the call's other
+    /// pushes may or may not be stored and delivered.
+    #[error("bus publish not stored in history")]
+    NotStored(#[source] HistoryError),
 }
 
 impl NatsBus {
@@ -567,7 +576,16 @@ impl NatsBus {
                 subjects,
                 timeout,
             }),
+            history: None,
         }
+    }
+
+    /// Stores pushes with history in `history` (JetStream) instead of
+    /// publishing them on their live subjects: the stream republishes
+    /// each there once stored, with its offset.
+    pub fn with_history(mut self, history: JetStreamHistory) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// The underlying client.
@@ -575,14 +593,24 @@ impl NatsBus {
         &self.inner.client
     }
 
-    /// Publishes and waits for the server's confirmation. A reconnect
-    /// between the first publish and the confirmation fails the call: the
-    /// messages may have gone to the old connection and been lost there,
-    /// while the probe came back over the new one.
-    async fn publish_all(&self, pushes: &[Push]) -> Result<(), BusError> {
+    /// Publishes and waits for the server's confirmation: JetStream's ack
+    /// for each push with history (all sent first, then the acks awaited),
+    /// a probe through the server for the others. Returns each push's
+    /// offset (0 without history). A reconnect between the first core
+    /// publish and the probe's return fails the call: the messages may
+    /// have gone to the old connection and been lost there, while the probe
+    /// came back over the new one. (A JetStream ack needs no such check: it
+    /// says the push is stored.)
+    async fn publish_all(&self, pushes: &[Push]) -> Result<Vec<u64>, BusError> {
         let connects = &self.inner.stats.connects;
         let epoch = connects.load(Ordering::SeqCst);
+        let history = self.history.as_ref();
+        let mut live = 0_usize;
         for push in pushes {
+            if history.is_some_and(|history| history.keeps(push)) {
+                continue;
+            }
+            live += 1;
             let subject = self.inner.subjects.for_route(push.route());
             self.inner
                 .client
@@ -590,13 +618,28 @@ impl NatsBus {
                 .await
                 .map_err(BusError::Publish)?;
         }
-        self.inner.flusher.flushed().await?;
-        if connects.load(Ordering::SeqCst) != epoch {
+        let stored = async {
+            match history {
+                Some(history) => history.store(pushes).await.map_err(BusError::NotStored),
+                None => Ok(vec![0; pushes.len()]),
+            }
+        };
+        let flushed = async {
+            if live > 0 {
+                self.inner.flusher.flushed().await
+            } else {
+                Ok(())
+            }
+        };
+        let (offsets, flushed) = tokio::join!(stored, flushed);
+        flushed?;
+        let offsets = offsets?;
+        if live > 0 && connects.load(Ordering::SeqCst) != epoch {
             return Err(BusError::Unconfirmed(
                 "the bus reconnected before confirming",
             ));
         }
-        Ok(())
+        Ok(offsets)
     }
 }
 
@@ -604,7 +647,8 @@ impl Bus {
     /// Publishes `pushes` in order; each one's history offset (0: none).
     /// Pushes on the same route are delivered in this order. On NATS, Ok
     /// means the server has processed the messages (handed them to its
-    /// subscribers and routes); an error means some may not have been
+    /// subscribers and routes), and with history that JetStream stored
+    /// every push that has it; an error means some may not have been
     /// published.
     pub async fn publish(&self, pushes: &[Push]) -> Result<Vec<u64>, BusError> {
         match self {
@@ -624,8 +668,7 @@ impl Bus {
                 let timeout = nats.inner.timeout;
                 tokio::time::timeout(timeout, nats.publish_all(pushes))
                     .await
-                    .map_err(|_| BusError::Timeout(timeout))??;
-                Ok(vec![0; pushes.len()])
+                    .map_err(|_| BusError::Timeout(timeout))?
             }
         }
     }

@@ -91,6 +91,11 @@ impl Subjects {
         }
     }
 
+    /// The prefix every subject starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The subject for everyone pushes.
     pub fn everyone(&self) -> String {
         format!("{}.all", self.prefix)

@@ -46,10 +46,8 @@ pub(crate) async fn open(
     ready: watch::Sender<Option<JetStreamHistory>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut backoff = gpush_common::backoff::Backoff::new(
-        Duration::from_millis(200),
-        Duration::from_secs(5),
-    );
+    let mut backoff =
+        gpush_common::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match JetStreamHistory::new(client.clone(), &subjects, &config, JETSTREAM_WAIT).await {
             Ok(js) => {
@@ -156,11 +154,11 @@ impl Follower {
             self.hub.deliver(&push);
             return;
         };
+        push.offset = position.offset;
         let Some(key) = StreamKey::of(push.route()) else {
             self.hub.deliver(&push);
             return;
         };
-        push.offset = position.offset;
         let history = &self.hub.history;
         let Some(last) = history.last(key).filter(|_| history.follows(key)) else {
             // Nobody here follows it (another user of a followed bucket).
@@ -218,7 +216,13 @@ impl Follower {
                     self.hub.deliver(&entry.push);
                 }
                 self.hub.stats.filled.fetch_add(filled, Ordering::Relaxed);
-                tracing::info!(?key, last, upto, filled, "missed pushes recovered from history");
+                tracing::info!(
+                    ?key,
+                    last,
+                    upto,
+                    filled,
+                    "missed pushes recovered from history"
+                );
                 let previous = history.last(key).unwrap_or(last);
                 if upto > previous {
                     // The last position up to `upto` was a marker.
@@ -227,7 +231,12 @@ impl Follower {
                 }
             }
             Read::Gap => {
-                tracing::warn!(?key, last, upto, "missed pushes not in history: followers told");
+                tracing::warn!(
+                    ?key,
+                    last,
+                    upto,
+                    "missed pushes not in history: followers told"
+                );
                 self.hub.gap(key, last);
                 history.advance_at(key, upto, upto);
                 self.hub.mark(key, upto);

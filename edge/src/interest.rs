@@ -30,10 +30,10 @@
 use crate::follow::Follower;
 use crate::hub::Hub;
 use futures_util::StreamExt;
+use gpush_common::bus::ServerEcho;
 use gpush_common::history::StreamKey;
 use gpush_common::history::jetstream::live_position;
 use gpush_common::subject::user_bucket;
-use gpush_common::bus::ServerEcho;
 use gpush_common::{Subjects, envelope};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,7 +101,9 @@ impl Interest {
     /// (seeded from JetStream, see [`crate::follow`]) before a client joins
     /// it at a position. Nothing standalone or with history off.
     pub(crate) async fn follow(&self, key: Key, stream: StreamKey<'_>) {
-        let Some(follower) = &self.follower else { return };
+        let Some(follower) = &self.follower else {
+            return;
+        };
         if follower.follows(stream) {
             return;
         }

@@ -273,6 +273,9 @@ pub struct IngressConfig {
     pub etcd_endpoints: Vec<String>,
     /// Push API limits and API key.
     pub push: PushApiConfig,
+    /// Which pushes are kept in JetStream for clients that reconnect
+    /// (`[history]`, the same as on every edge).
+    pub history: gpush_common::history::HistoryConfig,
     /// `log_format`: `human` or `json`.
     #[serde(flatten)]
     pub log: LogConfig,
@@ -289,6 +292,7 @@ impl Default for IngressConfig {
             publish_ack: gpush_common::bus::Ack::default(),
             etcd_endpoints: Vec::new(),
             push: PushApiConfig::default(),
+            history: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -299,6 +303,7 @@ impl IngressConfig {
     pub fn validate(&self) -> Result<(), gpush_common::config::ConfigError> {
         let mut problems = Problems::default();
         self.nats.check(true, &mut problems);
+        self.history.check(&mut problems);
         if let Ok(subjects) = Subjects::new(&self.nats.subject_prefix)
             && let Some(problem) =
                 subjects.name_len_problem("push.max_name_len", self.push.max_name_len)

@@ -295,6 +295,9 @@ pub struct NatsServer {
     /// This node's route port and the route URLs of every node, when
     /// clustered.
     cluster: Option<(u16, Vec<String>)>,
+    /// Run with JetStream (`-js`), storing under the scratch directory
+    /// (kept across restarts).
+    jetstream: bool,
     server: Restartable,
 }
 
@@ -307,6 +310,26 @@ impl NatsServer {
         let mut nats = Self::unstarted(None);
         nats.spawn().await;
         nats
+    }
+
+    /// Starts `nats-server` with JetStream (`-js`, file store in its
+    /// scratch directory, kept across [`NatsServer::restart`]) and waits
+    /// until it accepts connections: what [`NatsServer::start`] does.
+    pub async fn start_jetstream() -> Self {
+        Self::start().await
+    }
+
+    /// Starts `nats-server` without JetStream.
+    pub async fn start_plain() -> Self {
+        let mut nats = Self::unstarted(None);
+        nats.jetstream = false;
+        nats.spawn().await;
+        nats
+    }
+
+    /// Turns JetStream on or off for the next (re)start.
+    pub fn set_jetstream(&mut self, on: bool) {
+        self.jetstream = on;
     }
 
     /// Starts `n` `nats-server` nodes routed to each other (a full mesh on
@@ -332,6 +355,10 @@ impl NatsServer {
         Self {
             port: free_port(),
             monitor_port: free_port(),
+            // JetStream by default for a single node, as gpush's history
+            // needs it; a routed cluster runs without (its tests turn
+            // history off).
+            jetstream: cluster.is_none(),
             cluster,
             server: Restartable::new("nats"),
         }
@@ -342,6 +369,10 @@ impl NatsServer {
         let mut command = Command::new(program);
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         command.args(["-m", &self.monitor_port.to_string()]);
+        if self.jetstream {
+            let store = self.server.dir.join("jetstream");
+            command.arg("-js").arg("-sd").arg(store);
+        }
         if let Some((route_port, routes)) = &self.cluster {
             let own = format!("nats-route://127.0.0.1:{route_port}");
             let others: Vec<&str> = routes

@@ -14,12 +14,14 @@
 //!   process of a cluster.
 //! - [`memory`]: history in memory (standalone, and a cluster edge's copy
 //!   of recent pushes).
-//! - standalone keeps history in memory; a cluster keeps it in NATS
-//!   JetStream, one stream per rule (see [`config::HistoryConfig::plan`]).
+//! - [`jetstream`]: a cluster keeps history in NATS JetStream, one
+//!   stream per entry of the plan (see [`config::HistoryConfig::plan`]),
+//!   republished on the live subjects with each push's offset.
 //!
 //! Pushes to everyone have no history.
 
 pub mod config;
+pub mod jetstream;
 pub mod memory;
 
 pub use config::{HistoryConfig, Plan, Storage, StreamPlan};

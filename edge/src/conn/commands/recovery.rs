@@ -11,8 +11,8 @@
 //! join is tried again ([`MAX_ATTEMPTS`] times, then the client is told
 //! that recovery failed: a stream that busy is better reloaded).
 
-use crate::protocol::request::Since;
 use crate::follow::Follower;
+use crate::protocol::request::Since;
 use crate::protocol::{PushFrames, WireFormat};
 use bytes::Bytes;
 use gpush_common::history::{Entry, MemoryHistory, Read, StreamKey};
@@ -105,10 +105,19 @@ impl Join {
         if at > self.cursor {
             let epoch = self.epoch.as_deref().unwrap_or_default();
             let room = max.saturating_sub(self.entries.len());
-            match history.read(key, epoch, self.cursor, at, room) {
+            let mut read = history.read(key, epoch, self.cursor, at, room);
+            if let (Read::Gap, Some(follower)) = (&read, follower) {
+                // A cluster edge's copy holds only what it delivered since it
+                // began following the stream: ask JetStream.
+                read = follower.read(key, self.cursor, at, room).await;
+            }
+            match read {
                 Read::Complete(entries) => {
                     self.entries
-                        .extend(entries.into_iter().filter(|e| wanted(e)));
+                        .extend(entries.into_iter().filter(|e| wanted(e)).map(|mut entry| {
+                            entry.push.offset = entry.offset;
+                            entry
+                        }));
                     self.cursor = at;
                 }
                 Read::Gap => return self.fail(),
