@@ -588,6 +588,11 @@ impl NatsBus {
         self
     }
 
+    /// How many times the client has connected (a reconnect counts).
+    pub fn connects(&self) -> u64 {
+        self.inner.stats.connects.load(Ordering::Relaxed)
+    }
+
     /// The underlying client.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client

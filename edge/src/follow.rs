@@ -71,6 +71,8 @@ pub(crate) async fn open(
 pub(crate) struct Follower {
     /// Set once JetStream answered (the streams exist).
     js: watch::Receiver<Option<JetStreamHistory>>,
+    /// The bus: JetStream is not asked while it is away.
+    client: async_nats::Client,
     hub: Arc<Hub>,
     max_recover: usize,
 }
@@ -86,11 +88,13 @@ impl std::fmt::Debug for Follower {
 impl Follower {
     pub(crate) fn new(
         js: watch::Receiver<Option<JetStreamHistory>>,
+        client: async_nats::Client,
         hub: Arc<Hub>,
         max_recover: usize,
     ) -> Self {
         Self {
             js,
+            client,
             hub,
             max_recover,
         }
@@ -101,8 +105,13 @@ impl Follower {
         self.hub.history.follows(key)
     }
 
-    /// JetStream, waiting a moment for it at start.
+    /// JetStream, waiting a moment for it at start; None at once while
+    /// the bus is away (a join then carries no position rather than
+    /// waiting out a timeout).
     async fn js(&self) -> Option<JetStreamHistory> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return None;
+        }
         let mut js = self.js.clone();
         let ready = tokio::time::timeout(JETSTREAM_WAIT, js.wait_for(Option::is_some)).await;
         match ready {

@@ -65,6 +65,17 @@ pub(crate) enum Key {
     UserBucket(u16),
 }
 
+impl Key {
+    /// Whether `stream`'s pushes arrive on this key's subject.
+    fn carries(&self, stream: StreamKey<'_>) -> bool {
+        match (self, stream) {
+            (Key::Topic(topic), StreamKey::Topic(t)) => t == topic,
+            (Key::UserBucket(bucket), StreamKey::User(uid)) => user_bucket(uid) == *bucket,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Request {
     Ensure(Key, oneshot::Sender<()>),
@@ -230,6 +241,8 @@ impl Manager {
                             if let Some(reader) = self.active.remove(&subject) {
                                 // Dropping the subscriber unsubscribes.
                                 reader.task.abort();
+                                // What arrives on it is no longer seen here.
+                                self.hub.history.forget(|stream| key.carries(stream));
                             }
                         }
                     }
@@ -424,11 +437,7 @@ impl ReaderTask {
         let (Some(follower), Some(key)) = (&self.follower, &self.key) else {
             return;
         };
-        let streams = self.hub.history.followed(|stream| match (key, stream) {
-            (Key::Topic(topic), StreamKey::Topic(t)) => t == topic,
-            (Key::UserBucket(bucket), StreamKey::User(uid)) => user_bucket(uid) == *bucket,
-            _ => false,
-        });
+        let streams = self.hub.history.followed(|stream| key.carries(stream));
         for (topic, name) in streams {
             let stream = if topic {
                 StreamKey::Topic(&name)

@@ -223,7 +223,7 @@ async fn run_node(
                 )
                 .in_current_span(),
             );
-            follow::Follower::new(js, hub.clone(), config.history.max_recover)
+            follow::Follower::new(js, client.clone(), hub.clone(), config.history.max_recover)
         });
         let (interest, _) = interest::start(
             client.clone(),

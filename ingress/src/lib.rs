@@ -77,26 +77,43 @@ impl Listeners {
 }
 
 /// Creates (or updates) the history streams, retrying while JetStream does
-/// not answer: until then pushes with history get 503.
-async fn ensure_history_streams(history: JetStreamHistory, shutdown: CancellationToken) {
+/// not answer (until then pushes with history get 503), and again after
+/// every reconnect of the bus: a NATS server that restarted has lost
+/// streams kept in memory (their history starts a new epoch).
+async fn ensure_history_streams(
+    history: JetStreamHistory,
+    bus: NatsBus,
+    shutdown: CancellationToken,
+) {
+    let mut ensured_at = None;
     let mut backoff = gpush_common::backoff::Backoff::new(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(5),
     );
     loop {
-        match history.ensure_streams().await {
-            Ok(()) => {
-                tracing::info!("history streams ready");
-                return;
+        let connects = bus.connects();
+        let wait = if ensured_at == Some(connects) {
+            std::time::Duration::from_secs(1)
+        } else {
+            match history.ensure_streams().await {
+                Ok(()) => {
+                    tracing::info!("history streams ready");
+                    ensured_at = Some(connects);
+                    backoff.reset();
+                    std::time::Duration::from_secs(1)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "history streams unavailable (does NATS run with JetStream, -js?); retrying"
+                    );
+                    backoff.next_wait()
+                }
             }
-            Err(e) => tracing::error!(
-                error = %e,
-                "history streams unavailable (does NATS run with JetStream, -js?); retrying"
-            ),
-        }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff.next_wait()) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -125,11 +142,19 @@ pub async fn run(
         config.publish_ack,
     );
     if config.history.enabled {
-        let history =
-            JetStreamHistory::handle(client, &subjects, &config.history, config.publish_timeout)
-                .await?;
-        tokio::spawn(ensure_history_streams(history.clone(), shutdown.clone()));
-        nats = nats.with_history(history);
+        let history = JetStreamHistory::handle(
+            client.clone(),
+            &subjects,
+            &config.history,
+            config.publish_timeout,
+        )
+        .await?;
+        nats = nats.with_history(history.clone());
+        tokio::spawn(ensure_history_streams(
+            history,
+            nats.clone(),
+            shutdown.clone(),
+        ));
     }
     let bus = Bus::Nats(nats);
     // Stops the etcd watcher when this function returns, whatever the reason.

@@ -33,6 +33,7 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod client;
+pub mod cut;
 pub mod deploy;
 pub mod frames;
 pub mod fuzzing;

@@ -414,6 +414,21 @@ fn check_compose(ws: &Workspace, text: &str) -> Vec<String> {
             problems.push(format!("no {required} service"));
         }
     }
+    // History is on by default and lives in JetStream.
+    let nats_command = services
+        .iter()
+        .find(|(name, _)| yaml_str(name).as_deref() == Some("nats"))
+        .and_then(|(_, service)| service.get("command"))
+        .map(yaml_strings)
+        .unwrap_or_default();
+    if !nats_command
+        .iter()
+        .any(|a| a == "-js" || a == "--jetstream")
+    {
+        problems.push(format!(
+            "the nats service runs without JetStream (-js), which gpush's history needs: {nats_command:?}"
+        ));
+    }
     let mut published = BTreeMap::new(); // host port -> (service, container port)
     let mut processes = Vec::new();
     for (name, service) in services {

@@ -200,6 +200,35 @@ impl MemoryHistory {
             .collect()
     }
 
+    /// Stops following the streams `select` picks (their subject is no
+    /// longer received here, so what the copy has would go stale): the
+    /// next [`Self::seed`] starts them afresh.
+    pub fn forget(&self, select: impl Fn(StreamKey<'_>) -> bool) {
+        let mut inner = lock(&self.inner);
+        let Inner {
+            logs, bytes, kept, ..
+        } = &mut *inner;
+        logs.retain(|name, log| {
+            let Some((tag, rest)) = name.split_once('\u{1}') else {
+                return true;
+            };
+            let key = if tag == "t" {
+                StreamKey::Topic(rest)
+            } else {
+                StreamKey::User(rest)
+            };
+            if !select(key) {
+                return true;
+            }
+            for (_, _, size) in &log.entries {
+                *bytes -= size;
+                *kept -= 1;
+            }
+            *bytes -= LOG_COST + name.len();
+            false
+        });
+    }
+
     /// Whether this edge follows `key`'s stream (it was seeded).
     pub fn follows(&self, key: StreamKey<'_>) -> bool {
         lock(&self.inner).logs.contains_key(map_key(key).as_str())
