@@ -24,6 +24,17 @@
 //! a subject's oldest messages first, so everything after it is too), since
 //! JetStream silently starts at the oldest kept message when the asked one
 //! is gone.
+//!
+//! Cost on nats-server 2.9.10 (measured here, `measure_*` in
+//! `integration-tests/tests/history_jetstream.rs`): for each republished
+//! store the server looks up the subject's previous message
+//! (`Nats-Last-Sequence`), and its *memory* store does that by scanning
+//! every stream sequence between the subject's first and last kept
+//! messages, so a store costs O(size x topics pushed to meanwhile). With
+//! 1,000 topics pushed to in turn, memory storage fell from 3,800 to 420
+//! stores/s as the stream filled to 40,000 messages (and a position took
+//! 2.7 ms); file storage kept 30,000-42,000 stores/s to 100,000 messages,
+//! then 5,000-6,000/s once every store evicts a subject's oldest.
 
 use super::config::{HistoryConfig, Plan, Storage, StreamPlan};
 use super::{Entry, Position, Read, StreamKey};
