@@ -9,6 +9,7 @@
 use crate::config::split_list;
 use crate::envelope;
 use crate::history::jetstream::{HistoryError, JetStreamHistory};
+use crate::history::{Page, StreamKey};
 use crate::push::Push;
 use crate::subject::Subjects;
 use async_nats::connection::State;
@@ -26,6 +27,48 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 pub trait LocalDelivery: Send + Sync + 'static {
     /// Delivers one push to the matching local connections. Must not block.
     fn deliver(&self, push: &Push);
+
+    /// Gives each push its history offset (see [`crate::history`]) as it
+    /// is accepted, before it is queued for [`LocalDelivery::deliver`]:
+    /// called in publish order, one call at a time. Must not block.
+    fn stamp(&self, _pushes: &mut [Push]) {}
+
+    /// The history API's answer for `query`; None when that stream keeps
+    /// no history. Must not block.
+    fn history(&self, _query: &HistoryQuery) -> Option<Page> {
+        None
+    }
+}
+
+/// A history API request: the stream (a public topic; a user, optionally
+/// narrowed to one of its private topics) and the pushes wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// The user, or empty for a public topic.
+    pub uid: String,
+    /// The topic: public when `uid` is empty, else private (empty: every
+    /// push of the user's stream).
+    pub topic: String,
+    /// Pushes after this offset.
+    pub since: u64,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// The stream asked for (None: neither uid nor topic).
+    pub fn key(&self) -> Option<StreamKey<'_>> {
+        match (self.uid.is_empty(), self.topic.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(StreamKey::Topic(&self.topic)),
+            (false, _) => Some(StreamKey::User(&self.uid)),
+        }
+    }
+
+    /// Whether `push` of that stream is one asked for.
+    pub fn wants(&self, push: &Push) -> bool {
+        self.uid.is_empty() || self.topic.is_empty() || push.topic == self.topic
+    }
 }
 
 /// Where the push API sends pushes.
@@ -97,6 +140,11 @@ pub const MAX_LOCAL_QUEUE_BYTES: usize = u32::MAX as usize;
 #[derive(Clone)]
 pub struct LocalQueue {
     tx: mpsc::UnboundedSender<(Vec<Push>, OwnedSemaphorePermit)>,
+    /// Stamps pushes with their offsets.
+    delivery: Arc<dyn LocalDelivery>,
+    /// Held while a call's pushes are stamped and queued, so they are
+    /// queued in offset order.
+    order: Arc<std::sync::Mutex<()>>,
     /// One permit per byte queued and not yet delivered.
     room: Arc<Semaphore>,
     capacity: u32,
@@ -114,7 +162,9 @@ impl LocalQueue {
     pub fn start(delivery: Arc<dyn LocalDelivery>, capacity: usize, timeout: Duration) -> Self {
         let capacity = u32::try_from(capacity.clamp(1, MAX_LOCAL_QUEUE_BYTES)).unwrap_or(u32::MAX);
         let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<Push>, OwnedSemaphorePermit)>();
+        let dispatcher = delivery.clone();
         let dispatch = async move {
+            let delivery = dispatcher;
             while let Some((pushes, _room)) = rx.recv().await {
                 for push in &pushes {
                     delivery.deliver(push);
@@ -124,24 +174,36 @@ impl LocalQueue {
         tokio::spawn(tracing::Instrument::in_current_span(dispatch));
         Self {
             tx,
+            delivery,
+            order: Arc::default(),
             room: Arc::new(Semaphore::new(capacity as usize)),
             capacity,
             timeout,
         }
     }
 
-    /// Queues `pushes` once there is room for them, within the timeout.
-    async fn publish(&self, pushes: &[Push]) -> Result<(), BusError> {
+    /// Queues `pushes` once there is room for them, within the timeout;
+    /// their offsets.
+    async fn publish(&self, pushes: &[Push]) -> Result<Vec<u64>, BusError> {
         let size = u32::try_from(queued_bytes(pushes)).unwrap_or(u32::MAX);
         let room = self
             .room
             .clone()
             .acquire_many_owned(size.min(self.capacity));
         match tokio::time::timeout(self.timeout, room).await {
-            Ok(Ok(room)) => self
-                .tx
-                .send((pushes.to_vec(), room))
-                .map_err(|_| BusError::NotConnected),
+            Ok(Ok(room)) => {
+                let mut pushes = pushes.to_vec();
+                let _order = self
+                    .order
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.delivery.stamp(&mut pushes);
+                let offsets = pushes.iter().map(|p| p.offset).collect();
+                self.tx
+                    .send((pushes, room))
+                    .map_err(|_| BusError::NotConnected)?;
+                Ok(offsets)
+            }
             Ok(Err(_)) => Err(BusError::NotConnected),
             Err(_) => Err(BusError::Timeout(self.timeout)),
         }
@@ -582,26 +644,23 @@ impl NatsBus {
 }
 
 impl Bus {
-    /// Publishes `pushes` in order. Pushes on the same route are delivered
-    /// in this order; delivery is at-most-once. On NATS, Ok means the
-    /// server has processed the messages (handed them to its subscribers
-    /// and routes); an error means some may not have been published.
-    pub async fn publish(&self, pushes: &[Push]) -> Result<(), BusError> {
-        self.publish_with_offsets(pushes).await.map(|_| ())
-    }
-
-    /// [`publish`](Self::publish), returning the offset each push got in
-    /// its history (0: none; always 0 on the in-process buses for now).
-    /// With history, Ok means JetStream stored every push that has it.
-    pub async fn publish_with_offsets(&self, pushes: &[Push]) -> Result<Vec<u64>, BusError> {
+    /// Publishes `pushes` in order; each one's history offset (0: none).
+    /// Pushes on the same route are delivered in this order. On NATS, Ok
+    /// means the server has processed the messages (handed them to its
+    /// subscribers and routes), and with history that JetStream stored
+    /// every push that has it; an error means some may not have been
+    /// published.
+    pub async fn publish(&self, pushes: &[Push]) -> Result<Vec<u64>, BusError> {
         match self {
             Bus::Local(local) => {
-                for push in pushes {
+                let mut pushes = pushes.to_vec();
+                local.stamp(&mut pushes);
+                for push in &pushes {
                     local.deliver(push);
                 }
-                Ok(vec![0; pushes.len()])
+                Ok(pushes.iter().map(|p| p.offset).collect())
             }
-            Bus::Queued(queue) => queue.publish(pushes).await.map(|()| vec![0; pushes.len()]),
+            Bus::Queued(queue) => queue.publish(pushes).await,
             Bus::Nats(nats) => {
                 if nats.inner.client.connection_state() != State::Connected {
                     return Err(BusError::NotConnected);
@@ -611,6 +670,16 @@ impl Bus {
                     .await
                     .map_err(|_| BusError::Timeout(timeout))?
             }
+        }
+    }
+
+    /// The history API's answer for `query`: Ok(None) when that stream
+    /// keeps no history (or the bus keeps none).
+    pub async fn history(&self, query: &HistoryQuery) -> Result<Option<Page>, BusError> {
+        match self {
+            Bus::Local(local) => Ok(local.history(query)),
+            Bus::Queued(queue) => Ok(queue.delivery.history(query)),
+            Bus::Nats(_) => Ok(None),
         }
     }
 

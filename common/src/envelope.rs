@@ -50,6 +50,7 @@ pub fn decode(body: &[u8]) -> Result<Push, DecodeError> {
         topic: envelope.topic.into_owned(),
         data: envelope.data,
         sent_at_us: envelope.sent_at_us,
+        offset: 0,
     })
 }
 
@@ -64,6 +65,7 @@ mod tests {
             topic: "a*b".into(),
             data: Bytes::from_static(b"\x00\xffbinary"),
             sent_at_us: 1_700_000_000_000_000,
+            offset: 0,
         };
         assert_eq!(decode(&encode(&push)).expect("decode"), push);
     }

@@ -21,6 +21,11 @@ pub struct Push {
     /// When the push API accepted it, in microseconds since the Unix epoch.
     /// Used for push-to-write latency; 0 when unknown.
     pub sent_at_us: u64,
+    /// Its position in its history stream (see [`crate::history`]); 0
+    /// when it has none (pushes to everyone, history off, or not yet
+    /// kept). Not part of the bus envelope: a cluster edge learns it from
+    /// JetStream's headers.
+    pub offset: u64,
 }
 
 /// Where a push goes.
@@ -48,6 +53,7 @@ impl Push {
             topic: topic.into(),
             data,
             sent_at_us: now_us(),
+            offset: 0,
         }
     }
 

@@ -3,6 +3,7 @@
 use gpush_common::bus::MAX_LOCAL_QUEUE_BYTES;
 use gpush_common::config::sections::{LogConfig, NatsConfig, TlsConfig};
 use gpush_common::config::{ConfigError, Problems};
+use gpush_common::history::HistoryConfig;
 use gpush_common::push::DEFAULT_MAX_NAME_LEN;
 use gpush_common::rate::Rate;
 use gpush_common::subject::Subjects;
@@ -164,6 +165,9 @@ pub struct EdgeConfig {
     pub shutdown_grace: Duration,
     /// How login tokens are verified.
     pub auth: AuthConfig,
+    /// Which pushes are kept for clients that reconnect (`[history]`):
+    /// standalone keeps them in memory.
+    pub history: HistoryConfig,
     /// Standalone push API limits and API key.
     pub push: PushApiConfig,
     /// Standalone: how long a publish may take.
@@ -271,6 +275,7 @@ impl Default for EdgeConfig {
             queue_bytes: DEFAULT_QUEUE_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             auth: AuthConfig::default(),
+            history: HistoryConfig::default(),
             push: PushApiConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
             publish_queue_bytes: gpush_common::bus::DEFAULT_LOCAL_QUEUE_BYTES,
@@ -309,6 +314,7 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Problems::default();
         self.nats.check(!self.standalone, &mut p);
+        self.history.check(&mut p);
         if let Ok(subjects) = Subjects::new(&self.nats.subject_prefix)
             && let Some(problem) = subjects.name_len_problem("max_name_len", self.max_name_len)
         {

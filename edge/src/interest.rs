@@ -27,11 +27,15 @@
 //! that subject and every later one are kept pending (the requests are
 //! answered at once, unconfirmed) and handed over once NATS is back.
 
+use crate::follow::Follower;
 use crate::hub::Hub;
 use futures_util::StreamExt;
 use gpush_common::bus::ServerEcho;
+use gpush_common::history::StreamKey;
+use gpush_common::history::jetstream::live_position;
+use gpush_common::subject::user_bucket;
 use gpush_common::{Subjects, envelope};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -53,7 +57,7 @@ const HANDOFF_WAIT: Duration = Duration::from_millis(250);
 const RETRY_PENDING: Duration = Duration::from_millis(250);
 
 /// Something the edge can be interested in on the bus.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Key {
     /// A public topic.
     Topic(String),
@@ -72,6 +76,9 @@ enum Request {
 pub(crate) struct Interest {
     /// None in standalone mode, where there is nothing to subscribe to.
     tx: Option<mpsc::Sender<Request>>,
+    /// The history streams this edge follows; None standalone, or with
+    /// history off.
+    follower: Option<Follower>,
 }
 
 impl Interest {
@@ -90,6 +97,25 @@ impl Interest {
         }
     }
 
+    /// Makes sure the edge receives `key` and follows `stream`'s history
+    /// (seeded from JetStream, see [`crate::follow`]) before a client joins
+    /// it at a position. Nothing standalone or with history off.
+    pub(crate) async fn follow(&self, key: Key, stream: StreamKey<'_>) {
+        let Some(follower) = &self.follower else {
+            return;
+        };
+        if follower.follows(stream) {
+            return;
+        }
+        self.ensure(key).await;
+        follower.follow(stream).await;
+    }
+
+    /// The follower, for reads a join's copy cannot serve.
+    pub(crate) fn follower(&self) -> Option<&Follower> {
+        self.follower.as_ref()
+    }
+
     /// Tells the manager that the last local connection interested in
     /// `key` has left.
     pub(crate) async fn release(&self, key: Key) {
@@ -105,6 +131,7 @@ pub(crate) async fn start(
     client: async_nats::Client,
     subjects: Subjects,
     hub: Arc<Hub>,
+    follower: Option<Follower>,
     shutdown: CancellationToken,
 ) -> (Interest, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
@@ -117,14 +144,30 @@ pub(crate) async fn start(
         subjects,
         hub,
         active: HashMap::new(),
-        pending: HashSet::new(),
+        pending: HashMap::new(),
         echo,
+        connects: 0,
+        follower: follower.clone(),
     };
     let everyone = manager.subjects.everyone();
-    manager.subscribe(everyone).await;
+    manager.subscribe(everyone, None).await;
     let task = tokio::spawn(manager.run(rx, shutdown).in_current_span());
-    (Interest { tx: Some(tx) }, task)
+    let interest = Interest {
+        tx: Some(tx),
+        follower,
+    };
+    (interest, task)
 }
+
+/// A subscription's reader task and the way to ask it to check its
+/// followed streams.
+struct Reader {
+    task: JoinHandle<()>,
+    check: mpsc::Sender<()>,
+}
+
+/// How often the manager looks whether the NATS client reconnected.
+const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 
 struct Manager {
     client: async_nats::Client,
@@ -134,10 +177,13 @@ struct Manager {
     subjects: Subjects,
     hub: Arc<Hub>,
     /// Subject -> the task reading it.
-    active: HashMap<String, JoinHandle<()>>,
+    active: HashMap<String, Reader>,
     /// Subjects wanted but not yet handed to the client, because NATS was
     /// away: retried every [`RETRY_PENDING`] while connected.
-    pending: HashSet<String>,
+    pending: HashMap<String, Option<Key>>,
+    /// The client's connection count when last looked at.
+    connects: u64,
+    follower: Option<Follower>,
 }
 
 impl Manager {
@@ -146,6 +192,8 @@ impl Manager {
         let mut acks = Vec::new();
         let mut retry = tokio::time::interval(RETRY_PENDING);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconnected = tokio::time::interval(RECONNECT_CHECK);
+        reconnected.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -154,14 +202,20 @@ impl Manager {
                     self.subscribe_pending().await;
                     continue;
                 }
+                _ = reconnected.tick(), if self.follower.is_some() => {
+                    self.check_after_reconnect();
+                    continue;
+                }
             }
             let mut subscribed = false;
             for request in batch.drain(..) {
                 match request {
                     Request::Ensure(key, ack) => {
                         let subject = self.subject(&key);
-                        if !self.active.contains_key(&subject) && !self.pending.contains(&subject) {
-                            subscribed |= self.subscribe(subject).await;
+                        if !self.active.contains_key(&subject)
+                            && !self.pending.contains_key(&subject)
+                        {
+                            subscribed |= self.subscribe(subject, Some(key)).await;
                         }
                         acks.push(ack);
                     }
@@ -175,7 +229,7 @@ impl Manager {
                             self.pending.remove(&subject);
                             if let Some(reader) = self.active.remove(&subject) {
                                 // Dropping the subscriber unsubscribes.
-                                reader.abort();
+                                reader.task.abort();
                             }
                         }
                     }
@@ -199,8 +253,22 @@ impl Manager {
             }
         }
         for (_, reader) in self.active.drain() {
-            reader.abort();
+            reader.task.abort();
         }
+    }
+
+    /// After the client reconnected, asks every reader to check its
+    /// followed streams against history (what was published while the
+    /// connection was away reached nobody here).
+    fn check_after_reconnect(&mut self) {
+        let connects = self.client.statistics().connects.load(Ordering::Relaxed);
+        if connects > self.connects && self.connects > 0 {
+            tracing::info!("bus reconnected: checking followed history streams");
+            for reader in self.active.values() {
+                let _ = reader.check.try_send(());
+            }
+        }
+        self.connects = connects;
     }
 
     /// Returns once the server has every subscription sent so far.
@@ -232,15 +300,15 @@ impl Manager {
     /// Subscribes to `subject` now if NATS is there, else keeps it pending;
     /// true when the client took the subscription (then it can be
     /// confirmed).
-    async fn subscribe(&mut self, subject: String) -> bool {
+    async fn subscribe(&mut self, subject: String, key: Option<Key>) -> bool {
         // Behind pending ones: the client's buffer was full a moment ago.
         // (Before the first connection, and for a while after a
         // disconnect, the client buffers subscriptions itself.)
         if !self.pending.is_empty() {
-            self.pending.insert(subject);
+            self.pending.insert(subject, key);
             return false;
         }
-        self.hand_off(subject).await
+        self.hand_off(subject, key).await
     }
 
     /// Hands every pending subscription to the client while it takes them.
@@ -248,13 +316,13 @@ impl Manager {
         if !self.connected() {
             return;
         }
-        let pending: Vec<String> = self.pending.drain().collect();
+        let pending: Vec<(String, Option<Key>)> = self.pending.drain().collect();
         let mut stalled = false;
-        for subject in pending {
+        for (subject, key) in pending {
             if stalled {
-                self.pending.insert(subject);
+                self.pending.insert(subject, key);
             } else {
-                stalled = !self.hand_off(subject).await;
+                stalled = !self.hand_off(subject, key).await;
             }
         }
         if self.pending.is_empty() {
@@ -267,7 +335,7 @@ impl Manager {
     /// subscribe reply should mean the subscription is made) and
     /// [`HANDOFF_WAIT`] while it is away (its command buffer may be full):
     /// true when taken; otherwise the subject is left pending.
-    async fn hand_off(&mut self, subject: String) -> bool {
+    async fn hand_off(&mut self, subject: String, key: Option<Key>) -> bool {
         let wait = if self.connected() {
             SUBSCRIBE_WAIT
         } else {
@@ -275,9 +343,15 @@ impl Manager {
         };
         match tokio::time::timeout(wait, self.client.subscribe(subject.clone())).await {
             Ok(Ok(subscriber)) => {
-                let reader = read(subscriber, self.hub.clone(), self.subjects.clone());
-                self.active
-                    .insert(subject, tokio::spawn(reader.in_current_span()));
+                let (check, checks) = mpsc::channel(1);
+                let reader = ReaderTask {
+                    hub: self.hub.clone(),
+                    subjects: self.subjects.clone(),
+                    follower: self.follower.clone(),
+                    key: key.clone(),
+                };
+                let task = tokio::spawn(reader.run(subscriber, checks).in_current_span());
+                self.active.insert(subject, Reader { task, check });
                 true
             }
             // Only fails when the client is closed; the edge is stopping.
@@ -287,21 +361,52 @@ impl Manager {
             }
             Err(_) => {
                 tracing::warn!(%subject, "bus client busy; subscription kept pending");
-                self.pending.insert(subject);
+                self.pending.insert(subject, key);
                 false
             }
         }
     }
 }
 
-/// Delivers every message of one subscription, in order, if its route is
-/// the one of the subject it came on; counts and logs the others.
-async fn read(mut subscriber: async_nats::Subscriber, hub: Arc<Hub>, subjects: Subjects) {
-    while let Some(message) = subscriber.next().await {
+/// What one subscription's reader needs.
+struct ReaderTask {
+    hub: Arc<Hub>,
+    subjects: Subjects,
+    follower: Option<Follower>,
+    /// What the subscription is for (None: everyone).
+    key: Option<Key>,
+}
+
+impl ReaderTask {
+    /// Delivers every message of one subscription, in order, if its route
+    /// is the one of the subject it came on (counts and logs the others);
+    /// with history, through the follower, which fills gaps. Checks the
+    /// followed streams of this subject when asked (after a reconnect).
+    async fn run(self, mut subscriber: async_nats::Subscriber, mut checks: mpsc::Receiver<()>) {
+        loop {
+            tokio::select! {
+                message = subscriber.next() => {
+                    let Some(message) = message else { break };
+                    self.message(message).await;
+                }
+                Some(()) = checks.recv() => self.check().await,
+            }
+        }
+    }
+
+    async fn message(&self, message: async_nats::Message) {
         match envelope::decode(&message.payload) {
-            Ok(push) if subjects.carries(&message.subject, push.route()) => hub.deliver(&push),
+            Ok(push) if self.subjects.carries(&message.subject, push.route()) => {
+                match &self.follower {
+                    Some(follower) => {
+                        let position = live_position(message.headers.as_ref());
+                        follower.live(push, position).await;
+                    }
+                    None => self.hub.deliver(&push),
+                }
+            }
             Ok(push) => {
-                hub.stats.misrouted.fetch_add(1, Ordering::Relaxed);
+                self.hub.stats.misrouted.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     subject = %message.subject,
                     route = ?push.route(),
@@ -311,6 +416,26 @@ async fn read(mut subscriber: async_nats::Subscriber, hub: Arc<Hub>, subjects: S
             Err(e) => {
                 tracing::warn!(subject = %message.subject, error = %e, "dropping bus message")
             }
+        }
+    }
+
+    /// Checks every followed stream that arrives on this subject.
+    async fn check(&self) {
+        let (Some(follower), Some(key)) = (&self.follower, &self.key) else {
+            return;
+        };
+        let streams = self.hub.history.followed(|stream| match (key, stream) {
+            (Key::Topic(topic), StreamKey::Topic(t)) => t == topic,
+            (Key::UserBucket(bucket), StreamKey::User(uid)) => user_bucket(uid) == *bucket,
+            _ => false,
+        });
+        for (topic, name) in streams {
+            let stream = if topic {
+                StreamKey::Topic(&name)
+            } else {
+                StreamKey::User(&name)
+            };
+            follower.check(stream).await;
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod cli;
 pub mod close;
 pub mod config;
 mod conn;
+mod follow;
 mod hub;
 mod interest;
 mod metrics;
@@ -65,6 +66,7 @@ use crate::outbox::QueueLimits;
 use crate::registration::Registration;
 use crate::state::EdgeState;
 use gpush_common::Subjects;
+use gpush_common::history::MemoryHistory;
 use gpush_common::push::now_us;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -132,6 +134,9 @@ async fn timers(shared: Arc<EdgeState>, stop: CancellationToken) {
                 if swept.idle > 0 {
                     tracing::debug!(idle = swept.idle, "closing idle connections");
                 }
+                if swept.expired > 0 {
+                    tracing::debug!(expired = swept.expired, "ending expired logins");
+                }
             }
         }
     }
@@ -173,7 +178,27 @@ async fn run_node(
     let limits = QueueLimits {
         bytes: config.queue_bytes,
     };
-    let hub = Arc::new(Hub::new(config.shards, limits));
+    let hub = Hub::new(config.shards, limits);
+    // Standalone keeps history in memory. A cluster edge's history (its
+    // copy of what it delivered, in front of JetStream) comes with the
+    // cluster's history support; until then it keeps none.
+    let max_bytes = usize::try_from(config.history.max_bytes).unwrap_or(usize::MAX);
+    let hub = if config.standalone {
+        hub.with_history(Arc::new(MemoryHistory::new(
+            config.history.plan(),
+            max_bytes,
+        )))
+    } else if config.history.enabled {
+        // A copy of the recent pushes of the streams followed here, in
+        // front of JetStream (see `follow`).
+        hub.with_history(Arc::new(MemoryHistory::copy_of(
+            config.history.plan(),
+            max_bytes,
+        )))
+    } else {
+        hub
+    };
+    let hub = Arc::new(hub);
     let auth = Authenticator::new(&config.auth, config.max_name_len)?;
     let background = shutdown.child_token();
 
@@ -186,8 +211,28 @@ async fn run_node(
         )
         .await?;
         let subjects = Subjects::new(&config.nats.subject_prefix)?;
-        let (interest, _) =
-            interest::start(client.clone(), subjects, hub.clone(), background.clone()).await;
+        let follower = config.history.enabled.then(|| {
+            let (ready, js) = tokio::sync::watch::channel(None);
+            tokio::spawn(
+                follow::open(
+                    client.clone(),
+                    subjects.clone(),
+                    config.history.clone(),
+                    ready,
+                    background.clone(),
+                )
+                .in_current_span(),
+            );
+            follow::Follower::new(js, hub.clone(), config.history.max_recover)
+        });
+        let (interest, _) = interest::start(
+            client.clone(),
+            subjects,
+            hub.clone(),
+            follower,
+            background.clone(),
+        )
+        .await;
         (interest, Some(client))
     };
 

@@ -8,8 +8,8 @@
 //!   own state at scrape time;
 //! - pushes, deliveries, writes and push-to-write latency are the hub's own
 //!   counters ([`crate::hub::stats`]), read here at scrape time;
-//! - rare events (handshakes, disconnects, etcd registration) are plain
-//!   counters in [`EdgeMetrics`].
+//! - rare events (handshakes, disconnects, logins ended at expiry, etcd
+//!   registration) are plain counters in [`EdgeMetrics`].
 
 use crate::close::Disconnect;
 use crate::hub::Hub;
@@ -88,6 +88,7 @@ pub(crate) struct EdgeMetrics {
     registry: Registry,
     handshakes: [Counter; Handshake::ALL.len()],
     disconnects: [Counter; Disconnect::ALL.len()],
+    logins_expired: Counter,
     /// Passed to the registration task.
     pub(crate) registration: RegistrationMetrics,
 }
@@ -118,6 +119,12 @@ impl EdgeMetrics {
             "edge_disconnects",
             "Connections ended, by reason",
             disconnects.clone(),
+        );
+        let logins_expired = Counter::default();
+        registry.register(
+            "edge_logins_expired",
+            "Logins ended because their token expired (push 10004), the connection kept",
+            logins_expired.clone(),
         );
         let registration = RegistrationMetrics::default();
         registry.register(
@@ -153,6 +160,7 @@ impl EdgeMetrics {
                 "reason",
                 Disconnect::ALL.map(Disconnect::as_str),
             ),
+            logins_expired,
             registry,
             registration,
         }
@@ -165,6 +173,11 @@ impl EdgeMetrics {
     /// Counts a connection that ended.
     pub(crate) fn disconnect(&self, reason: Disconnect) {
         self.disconnects[reason as usize].inc();
+    }
+
+    /// Counts a login ended at its token's expiry.
+    pub(crate) fn login_expired(&self) {
+        self.logins_expired.inc();
     }
 
     /// Every metric in the Prometheus text format.
@@ -236,6 +249,22 @@ impl Collector for HubCollector {
              subject they arrived on.",
             None,
             hub.stats.misrouted.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_history_filled",
+            "Pushes this edge missed on the bus (NATS away, a failover) and recovered \
+             from history before delivering the next one.",
+            None,
+            hub.stats.filled.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_history_gaps",
+            "Times this edge missed pushes of a stream and could not recover them from \
+             history: its followers got push 10007.",
+            None,
+            hub.stats.gaps.load(Ordering::Relaxed),
         )?;
         encode_counter(
             &mut encoder,

@@ -17,6 +17,8 @@ use crate::config::PushApiConfig;
 use crate::error::{ApiError, Field};
 use crate::metrics::{IngressMetrics, Transport};
 use bytes::Bytes;
+use gpush_common::bus::HistoryQuery;
+use gpush_common::history::Page;
 use gpush_common::push::validate_optional_name;
 use gpush_common::rate::TokenBucket;
 use gpush_common::{Bus, Push};
@@ -154,20 +156,54 @@ impl PushApi {
     }
 
     /// Publishes already validated pushes that came through `api`, in
-    /// order, and counts the call. Returns how many were accepted.
+    /// order, and counts the call. Returns each push's history offset (0:
+    /// none), one per push accepted.
     ///
     /// The call first takes one token per push from the push rate limit
     /// (all or nothing); without them nothing is published and the call
     /// fails with [`ApiError::RateLimited`].
-    pub async fn publish(&self, api: Transport, pushes: &[Push]) -> Result<usize, ApiError> {
+    pub async fn publish(&self, api: Transport, pushes: &[Push]) -> Result<Vec<u64>, ApiError> {
         self.take_tokens(pushes.len())?;
         let started = Instant::now();
         let published = self.inner.bus.publish(pushes).await;
         self.inner
             .metrics
             .published(api, pushes, started.elapsed(), published.is_ok());
-        published?;
-        Ok(pushes.len())
+        Ok(published?)
+    }
+
+    /// The history API: checks the query (a topic, a uid, or both; names
+    /// as for pushes; `limit` 1..=[`MAX_HISTORY_LIMIT`]) and reads it.
+    pub async fn history(&self, query: HistoryQuery) -> Result<Page, ApiError> {
+        let max = self.inner.config.max_name_len;
+        if query.uid.is_empty() && query.topic.is_empty() {
+            return Err(ApiError::BadQuery(
+                "give a topic, a uid, or both (a user's private topic)".into(),
+            ));
+        }
+        validate_optional_name(&query.topic, max).map_err(|error| ApiError::InvalidTopic {
+            field: Field::new(None, "topic"),
+            error,
+        })?;
+        validate_optional_name(&query.uid, max).map_err(|error| ApiError::InvalidUid {
+            field: Field::new(None, "uid"),
+            error,
+        })?;
+        if !(1..=MAX_HISTORY_LIMIT).contains(&query.limit) {
+            return Err(ApiError::BadQuery(format!(
+                "limit must be from 1 to {MAX_HISTORY_LIMIT}"
+            )));
+        }
+        let what = if query.uid.is_empty() {
+            format!("topic {:?}", query.topic)
+        } else {
+            format!("user {:?}", query.uid)
+        };
+        self.inner
+            .bus
+            .history(&query)
+            .await?
+            .ok_or(ApiError::NoHistory(what))
     }
 
     /// Takes `n` tokens from the push rate limit, or says when to retry.
@@ -210,6 +246,11 @@ impl PushApi {
             .max(one)
     }
 }
+
+/// Most pushes one history API call returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// Pushes a history API call returns when it names no limit.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 
 /// Compares without stopping at the first difference, so the time taken
 /// does not reveal how much of the key a guess got right.
@@ -304,7 +345,13 @@ mod tests {
             },
         );
         let batch = vec![one_push(); 3];
-        assert_eq!(api.publish(Transport::Http, &batch).await.ok(), Some(3));
+        assert_eq!(
+            api.publish(Transport::Http, &batch)
+                .await
+                .map(|o| o.len())
+                .ok(),
+            Some(3)
+        );
         let refused = api
             .publish(Transport::Grpc, &batch)
             .await
@@ -321,7 +368,13 @@ mod tests {
         );
         // 1,000 a second: three tokens are back within a few milliseconds.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert_eq!(api.publish(Transport::Http, &batch).await.ok(), Some(3));
+        assert_eq!(
+            api.publish(Transport::Http, &batch)
+                .await
+                .map(|o| o.len())
+                .ok(),
+            Some(3)
+        );
     }
 
     #[tokio::test]

@@ -74,8 +74,9 @@ pub struct PushApiConfig {
     /// loopback. Without this, such a config is refused at start: anyone
     /// who can reach the port could push to every user.
     pub api_insecure: bool,
-    /// Time an HTTP client has to send a request header; an idle
-    /// keep-alive connection is closed after it too.
+    /// Time an HTTP client has to send a request header (an idle
+    /// keep-alive connection is closed after it too), and a gRPC client
+    /// the HTTP/2 connection preface, its first 24 bytes.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Time one push call may take from its header to its answer, body
@@ -83,8 +84,9 @@ pub struct PushApiConfig {
     /// `CANCELLED` (tonic's timeout).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// HTTP push API connections served at once; beyond it the listener
-    /// stops accepting, so new connections wait in the kernel's backlog.
+    /// Connections served at once on each push API listener (HTTP and
+    /// gRPC count apart); beyond it that listener stops accepting, so new
+    /// connections wait in the kernel's backlog.
     pub max_connections: usize,
     /// Concurrent gRPC calls (HTTP/2 streams) on one connection.
     pub grpc_max_streams: u32,
@@ -271,6 +273,9 @@ pub struct IngressConfig {
     pub etcd_endpoints: Vec<String>,
     /// Push API limits and API key.
     pub push: PushApiConfig,
+    /// Which pushes are kept in JetStream for clients that reconnect
+    /// (`[history]`, the same as on every edge).
+    pub history: gpush_common::history::HistoryConfig,
     /// `log_format`: `human` or `json`.
     #[serde(flatten)]
     pub log: LogConfig,
@@ -287,6 +292,7 @@ impl Default for IngressConfig {
             publish_ack: gpush_common::bus::Ack::default(),
             etcd_endpoints: Vec::new(),
             push: PushApiConfig::default(),
+            history: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -297,6 +303,7 @@ impl IngressConfig {
     pub fn validate(&self) -> Result<(), gpush_common::config::ConfigError> {
         let mut problems = Problems::default();
         self.nats.check(true, &mut problems);
+        self.history.check(&mut problems);
         if let Ok(subjects) = Subjects::new(&self.nats.subject_prefix)
             && let Some(problem) =
                 subjects.name_len_problem("push.max_name_len", self.push.max_name_len)

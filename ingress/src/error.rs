@@ -124,6 +124,12 @@ pub enum ApiError {
     /// No such HTTP route.
     #[error("no such endpoint")]
     NotFound,
+    /// A query that cannot be answered as asked; says why.
+    #[error("{0}")]
+    BadQuery(String),
+    /// The history asked for is not kept (history off, or off for it).
+    #[error("no history is kept for {0}")]
+    NoHistory(String),
 }
 
 impl ApiError {
@@ -145,6 +151,8 @@ impl ApiError {
             ApiError::EdgesNotConfigured => "etcd_not_configured",
             ApiError::NoEdges => "no_edges",
             ApiError::NotFound => "not_found",
+            ApiError::BadQuery(_) => "bad_query",
+            ApiError::NoHistory(_) => "no_history",
         }
     }
 
@@ -157,12 +165,13 @@ impl ApiError {
             | ApiError::InvalidUid { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::BatchTooLarge { .. }
+            | ApiError::BadQuery(_)
             | ApiError::EmptyBatch => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoHistory(_) => StatusCode::NOT_FOUND,
             ApiError::Bus(_) | ApiError::EdgesNotConfigured | ApiError::NoEdges => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -215,7 +224,7 @@ impl From<ApiError> for Status {
             ApiError::Bus(_) | ApiError::EdgesNotConfigured | ApiError::NoEdges => {
                 Status::unavailable(message)
             }
-            ApiError::NotFound => Status::not_found(message),
+            ApiError::NotFound | ApiError::NoHistory(_) => Status::not_found(message),
             ApiError::RequestTimeout { .. } => Status::deadline_exceeded(message),
             ApiError::BodyTooLarge { .. } | ApiError::RateLimited { .. } => {
                 Status::resource_exhausted(message)
@@ -226,6 +235,7 @@ impl From<ApiError> for Status {
             | ApiError::InvalidUid { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::BatchTooLarge { .. }
+            | ApiError::BadQuery(_)
             | ApiError::EmptyBatch => Status::invalid_argument(message),
         }
     }

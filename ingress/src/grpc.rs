@@ -19,7 +19,10 @@
 //! (`authorization` metadata, `Bearer <key>`) is checked by an interceptor
 //! on the request headers, before the body. A `PushBatch` is counted as
 //! it arrives ([`crate::batch_scan`]) and refused at `max_batch + 1`
-//! messages, before prost allocates them. Each connection carries at most
+//! messages, before prost allocates them. At most `max_connections`
+//! connections are open at once (apart from the HTTP API's), and each must
+//! send the HTTP/2 preface within `header_read_timeout`
+//! ([`crate::connections`]). Each connection carries at most
 //! `grpc_max_streams` calls at once, each call is bounded by
 //! `request_timeout`, and idle connections are pinged so dead peers are
 //! noticed. Unknown protobuf fields are dropped by prost, unseen: unlike
@@ -27,6 +30,7 @@
 
 use crate::api::PushApi;
 use crate::batch_scan::BatchGuard;
+use crate::connections;
 use crate::error::ApiError;
 use crate::metrics::Transport;
 use crate::tls::TlsListener;
@@ -38,10 +42,10 @@ use gpush_proto::{order, v1};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -65,14 +69,14 @@ impl Handler {
         uid: String,
         topic: String,
         data: bytes::Bytes,
-    ) -> Result<usize, ApiError> {
+    ) -> Result<Vec<u64>, ApiError> {
         let push = self.api.check(None, uid, topic, data)?;
         self.api
             .publish(Transport::Grpc, std::slice::from_ref(&push))
             .await
     }
 
-    async fn push_many(&self, batch: v1::PushBatchRequest) -> Result<usize, ApiError> {
+    async fn push_many(&self, batch: v1::PushBatchRequest) -> Result<Vec<u64>, ApiError> {
         self.api.check_batch_len(batch.messages.len())?;
         let pushes = batch
             .messages
@@ -113,6 +117,39 @@ impl PushService for Handler {
             .map_err(|e| self.refused(e))?;
         Ok(Response::new(reply(accepted)))
     }
+
+    async fn history(
+        &self,
+        request: Request<v1::HistoryRequest>,
+    ) -> Result<Response<v1::HistoryReply>, Status> {
+        let m = request.into_inner();
+        let limit = match m.limit {
+            0 => crate::api::DEFAULT_HISTORY_LIMIT,
+            n => n as usize,
+        };
+        let query = gpush_common::bus::HistoryQuery {
+            uid: m.uid,
+            topic: m.topic,
+            since: m.since,
+            limit,
+        };
+        let page = self.api.history(query).await.map_err(|e| self.refused(e))?;
+        Ok(Response::new(v1::HistoryReply {
+            epoch: page.epoch,
+            offset: page.offset,
+            complete: page.complete,
+            pushes: page
+                .entries
+                .into_iter()
+                .map(|entry| v1::HistoryPush {
+                    offset: entry.offset,
+                    uid: entry.push.uid,
+                    topic: entry.push.topic,
+                    data: entry.push.data,
+                })
+                .collect(),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -129,9 +166,10 @@ impl Proxy for Handler {
     }
 }
 
-fn reply(accepted: usize) -> v1::PushReply {
+fn reply(offsets: Vec<u64>) -> v1::PushReply {
     v1::PushReply {
-        accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+        accepted: u32::try_from(offsets.len()).unwrap_or(u32::MAX),
+        offsets,
     }
 }
 
@@ -178,13 +216,17 @@ pub async fn serve(
         .add_service(push)
         .add_service(proxy);
     let stop = shutdown.cancelled_owned();
+    // This listener's own slots: HTTP connections do not count here.
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let preface = config.header_read_timeout;
     match tls {
-        Some(config) => {
-            let incoming = TlsListener::new(listener, config)?.into_stream();
+        Some(tls) => {
+            let listener = TlsListener::capped(listener, tls, slots);
+            let incoming = connections::grpc_tls(listener, preface);
             router.serve_with_incoming_shutdown(incoming, stop).await?;
         }
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = connections::grpc_plain(listener, slots, preface);
             router.serve_with_incoming_shutdown(incoming, stop).await?;
         }
     }

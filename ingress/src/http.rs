@@ -82,6 +82,7 @@ pub fn router(api: PushApi, edges: Edges) -> Router {
         .route("/v1/edges", get(list_edges))
         .route("/v1/connect", get(connect))
         .route("/v1/stats", get(stats))
+        .route("/v1/history", get(history))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -305,14 +306,34 @@ struct Accepted {
     code: &'static str,
     message: &'static str,
     accepted: usize,
+    /// `pushData`: the push's history offset, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    /// `pushBatch`: each push's history offset (0: none), when any has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offsets: Option<Vec<u64>>,
 }
 
 impl Accepted {
-    fn new(accepted: usize) -> Json<Self> {
+    /// The answer to `pushData`.
+    fn one(offsets: Vec<u64>) -> Json<Self> {
         Json(Accepted {
             code: "ok",
             message: "ok",
-            accepted,
+            accepted: offsets.len(),
+            offset: offsets.first().copied().filter(|&o| o > 0),
+            offsets: None,
+        })
+    }
+
+    /// The answer to `pushBatch`.
+    fn many(offsets: Vec<u64>) -> Json<Self> {
+        Json(Accepted {
+            code: "ok",
+            message: "ok",
+            accepted: offsets.len(),
+            offset: None,
+            offsets: offsets.iter().any(|&o| o > 0).then_some(offsets),
         })
     }
 }
@@ -376,13 +397,13 @@ async fn push_data(
     let accepted = push_one(&state.api, body)
         .await
         .map_err(|e| state.api.refused(Transport::Http, e))?;
-    Ok(Accepted::new(accepted))
+    Ok(Accepted::one(accepted))
 }
 
 async fn push_one(
     api: &PushApi,
     body: Result<Json<Message>, JsonRejection>,
-) -> Result<usize, ApiError> {
+) -> Result<Vec<u64>, ApiError> {
     let Json(m) = body.map_err(|r| json_error(api, r))?;
     let data = decode(Field::new(None, "data"), &m.data)?;
     let push = api.check(None, m.uid, m.topic, data)?;
@@ -398,10 +419,10 @@ async fn push_batch(
     let accepted = push_many(&state.api, body)
         .await
         .map_err(|e| state.api.refused(Transport::Http, e))?;
-    Ok(Accepted::new(accepted))
+    Ok(Accepted::many(accepted))
 }
 
-async fn push_many(api: &PushApi, body: Result<BatchBody, ApiError>) -> Result<usize, ApiError> {
+async fn push_many(api: &PushApi, body: Result<BatchBody, ApiError>) -> Result<Vec<u64>, ApiError> {
     let BatchBody(messages) = body?;
     api.check_batch_len(messages.len())?;
     let pushes = messages
@@ -438,6 +459,73 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn list_edges(State(state): State<AppState>) -> Result<Response, ApiError> {
     let list = state.edges.list().ok_or(ApiError::EdgesNotConfigured)?;
     Ok(Json(list).into_response())
+}
+
+/// `GET /v1/history` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    #[serde(default)]
+    topic: String,
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    since: u64,
+    limit: Option<usize>,
+}
+
+/// One kept push in a history answer.
+#[derive(Debug, Serialize)]
+struct HistoryPush {
+    offset: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    uid: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    topic: String,
+    /// base64, as in `pushData`.
+    data: String,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryBody {
+    code: &'static str,
+    epoch: String,
+    offset: u64,
+    complete: bool,
+    pushes: Vec<HistoryPush>,
+}
+
+/// `GET /v1/history?topic=T[&uid=U]&since=N&limit=L`: the stream's epoch
+/// and last offset, and the pushes it keeps after `since` (data base64).
+async fn history(
+    State(state): State<AppState>,
+    _: Authorized,
+    params: Result<axum::extract::Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HistoryBody>, ApiError> {
+    let axum::extract::Query(params) = params.map_err(|e| ApiError::BadQuery(e.body_text()))?;
+    let query = gpush_common::bus::HistoryQuery {
+        uid: params.uid,
+        topic: params.topic,
+        since: params.since,
+        limit: params.limit.unwrap_or(crate::api::DEFAULT_HISTORY_LIMIT),
+    };
+    let page = state.api.history(query).await?;
+    Ok(Json(HistoryBody {
+        code: "ok",
+        epoch: page.epoch,
+        offset: page.offset,
+        complete: page.complete,
+        pushes: page
+            .entries
+            .into_iter()
+            .map(|entry| HistoryPush {
+                offset: entry.offset,
+                uid: entry.push.uid,
+                topic: entry.push.topic,
+                data: base64::engine::general_purpose::STANDARD.encode(&entry.push.data),
+            })
+            .collect(),
+    }))
 }
 
 /// `GET /v1/stats`: connections per edge and in total, from etcd.

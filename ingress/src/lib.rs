@@ -21,8 +21,9 @@
 //! - `grpc`: the tonic services, health and reflection.
 //! - `edges`: the live edge list, watched in etcd, behind [`EdgeDirectory`].
 //! - `metrics`: what the push API counts, for `GET /metrics`.
-//! - `connections`: the HTTP push API's connections, with a header
-//!   timeout and a cap on how many are open.
+//! - `connections`: the push API's connections: a cap on how many are
+//!   open on each listener, and a time limit on the HTTP request header
+//!   and on the gRPC (HTTP/2) connection preface.
 //! - `batch_scan`: counts a gRPC `PushBatch`'s messages as its bytes
 //!   arrive, so one over `max_batch` is refused before prost decodes it.
 //! - `tls`: HTTPS and gRPC over TLS (optionally mutual): a listener that
@@ -47,6 +48,7 @@ pub use tls::PushTls;
 
 use anyhow::Context;
 use gpush_common::bus::{Bus, NatsBus, connect_nats};
+use gpush_common::history::jetstream::JetStreamHistory;
 use gpush_common::subject::Subjects;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +76,31 @@ impl Listeners {
     }
 }
 
+/// Creates (or updates) the history streams, retrying while JetStream does
+/// not answer: until then pushes with history get 503.
+async fn ensure_history_streams(history: JetStreamHistory, shutdown: CancellationToken) {
+    let mut backoff = gpush_common::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        match history.ensure_streams().await {
+            Ok(()) => {
+                tracing::info!("history streams ready");
+                return;
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "history streams unavailable (does NATS run with JetStream, -js?); retrying"
+            ),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_wait()) => {}
+        }
+    }
+}
+
 /// Runs ingress until `shutdown` is cancelled: connects to NATS (in the
 /// background; `/readyz` says when it is up), starts watching etcd for
 /// edges when endpoints are configured, and serves the push API.
@@ -91,12 +118,20 @@ pub async fn run(
     let client = connect_nats(&config.nats.nats_urls, "gpush-ingress")
         .await
         .context("cannot set up the NATS connection")?;
-    let bus = Bus::Nats(NatsBus::new(
-        client,
-        subjects,
+    let mut nats = NatsBus::new(
+        client.clone(),
+        subjects.clone(),
         config.publish_timeout,
         config.publish_ack,
-    ));
+    );
+    if config.history.enabled {
+        let history =
+            JetStreamHistory::handle(client, &subjects, &config.history, config.publish_timeout)
+                .await?;
+        tokio::spawn(ensure_history_streams(history.clone(), shutdown.clone()));
+        nats = nats.with_history(history);
+    }
+    let bus = Bus::Nats(nats);
     // Stops the etcd watcher when this function returns, whatever the reason.
     let watcher = shutdown.child_token();
     let _stop_watcher = watcher.clone().drop_guard();

@@ -2,22 +2,18 @@
 //! listener, and there optionally client certificates (mutual TLS).
 //!
 //! Both servers take their connections from a [`TlsListener`]: one task
-//! accepts TCP connections and runs each TLS handshake in a task of its
+//! accepts TCP connections, each once it has a connection slot (so at the
+//! cap nothing is accepted), and runs each TLS handshake in a task of its
 //! own (bounded by [`HANDSHAKE_TIMEOUT`]), so a client that stalls its
-//! handshake holds up nobody. Completed connections are handed to the
-//! HTTP server ([`crate::connections`], with the connection slot taken
-//! before the TCP accept, [`TlsListener::capped`]) or to tonic (as a
-//! stream, [`TlsListener::into_stream`]).
+//! handshake holds up nobody. Completed connections, each with its slot,
+//! are handed to the HTTP server or to tonic ([`crate::connections`]).
 
-use futures_util::Stream;
+use crate::connections::ACCEPT_BACKOFF;
 use gpush_common::tls::{
     ALPN_H2, ALPN_HTTP1, HANDSHAKE_TIMEOUT, ServerConfig, TlsError, server_config,
 };
-use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -58,13 +54,8 @@ impl PushTls {
     }
 }
 
-/// A connection whose handshake is done, with its slot when the listener
-/// is [capped](TlsListener::capped).
-type Ready = (
-    TlsStream<TcpStream>,
-    SocketAddr,
-    Option<OwnedSemaphorePermit>,
-);
+/// A connection whose handshake is done, with its slot.
+type Ready = (TlsStream<TcpStream>, OwnedSemaphorePermit);
 
 /// A TCP listener that hands out connections once their TLS handshake is
 /// done. Dropping it stops accepting.
@@ -74,45 +65,19 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener`, shaking hands with `config`.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
-        Ok(Self::start(listener, config, None))
-    }
-
-    /// Like [`Self::new`], accepting only while `slots` has a permit: each
-    /// connection holds one from its TCP accept (handshake included) until
-    /// it is dropped, so at most that many are open at once.
+    /// Starts accepting on `listener`, shaking hands with `config`, only
+    /// while `slots` has a permit: each connection holds one from its TCP
+    /// accept (handshake included) until it is dropped, so at most that
+    /// many are open at once.
     pub fn capped(listener: TcpListener, config: Arc<ServerConfig>, slots: Arc<Semaphore>) -> Self {
-        Self::start(listener, config, Some(slots))
-    }
-
-    fn start(
-        listener: TcpListener,
-        config: Arc<ServerConfig>,
-        slots: Option<Arc<Semaphore>>,
-    ) -> Self {
         let (ready, rx) = mpsc::channel(READY_QUEUE);
         tokio::spawn(accept(listener, TlsAcceptor::from(config), slots, ready));
         Self { ready: rx }
     }
 
-    /// The next connection whose handshake succeeded.
-    pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
-        let (stream, peer, _) = self.ready.recv().await?;
-        Some((stream, peer))
-    }
-
     /// The next connection whose handshake succeeded, with its slot.
-    pub async fn next_with_permit(&mut self) -> Option<Ready> {
+    pub async fn next(&mut self) -> Option<Ready> {
         self.ready.recv().await
-    }
-
-    /// The connections as a stream, for tonic's `serve_with_incoming`.
-    pub fn into_stream(self) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send {
-        futures_util::stream::unfold(self, |mut listener| async move {
-            let (stream, _) = listener.next().await?;
-            Some((Ok(stream), listener))
-        })
     }
 }
 
@@ -121,18 +86,15 @@ impl TlsListener {
 async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    slots: Option<Arc<Semaphore>>,
+    slots: Arc<Semaphore>,
     ready: mpsc::Sender<Ready>,
 ) {
     loop {
-        let permit = match &slots {
-            None => None,
-            Some(slots) => tokio::select! {
-                () = ready.closed() => return,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(permit) => Some(permit),
-                    Err(_) => return,
-                },
+        let permit = tokio::select! {
+            () = ready.closed() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
             },
         };
         let (stream, peer) = tokio::select! {
@@ -142,7 +104,7 @@ async fn accept(
                 Err(e) => {
                     // Out of file descriptors and similar: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -153,7 +115,7 @@ async fn accept(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
-                    let _ = ready.send((stream, peer, permit)).await;
+                    let _ = ready.send((stream, permit)).await;
                 }
                 // Client errors (plain HTTP on the TLS port, an untrusted or
                 // missing client certificate): not the server's problem.

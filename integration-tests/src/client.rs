@@ -412,6 +412,7 @@ impl WsClient {
     /// `expected` (same keys, same values, bin as bin).
     pub async fn expect_msgpack_push(&mut self, expected: &MsgValue) {
         let got = self.next_msgpack_push(crate::TIMEOUT).await;
+        let got = got.comparable(expected);
         assert_eq!(&got, expected, "{}: wrong push", self.label);
     }
 
@@ -419,11 +420,9 @@ impl WsClient {
     /// `expected` ignoring order.
     pub async fn expect_msgpack_pushes_unordered(&mut self, expected: &[MsgValue]) {
         let mut got = Vec::with_capacity(expected.len());
-        for _ in expected {
-            got.push(format!(
-                "{:?}",
-                self.next_msgpack_push(crate::TIMEOUT).await
-            ));
+        for want in expected {
+            let push = self.next_msgpack_push(crate::TIMEOUT).await;
+            got.push(format!("{:?}", push.comparable(want)));
         }
         let mut want: Vec<String> = expected.iter().map(|v| format!("{v:?}")).collect();
         got.sort();
@@ -446,8 +445,9 @@ impl WsClient {
         let mut got: Vec<String> = self
             .next_pushes(expected.len(), crate::TIMEOUT)
             .await
-            .iter()
-            .map(Value::to_string)
+            .into_iter()
+            .zip(expected)
+            .map(|(got, want)| frames::comparable(got, want).to_string())
             .collect();
         let mut want: Vec<String> = expected.iter().map(Value::to_string).collect();
         got.sort();
@@ -457,7 +457,7 @@ impl WsClient {
 
     /// The next push, which must equal `expected`.
     pub async fn expect_push(&mut self, expected: &Value) {
-        let got = self.next_push(crate::TIMEOUT).await;
+        let got = frames::comparable(self.next_push(crate::TIMEOUT).await, expected);
         assert_eq!(&got, expected, "{}: wrong push", self.label);
     }
 

@@ -186,7 +186,11 @@ impl Standalone {
         config.standalone = true;
         config.nats.nats_urls = Vec::new();
         tweak(&mut config);
-        let edge = EdgeHandle::start(config).await;
+        Self::from_edge(EdgeHandle::start(config).await)
+    }
+
+    /// The deployment of a standalone edge started already (a restart).
+    pub fn from_edge(edge: EdgeHandle) -> Self {
         let api = PushApi::new(&edge.http_base(), &edge.grpc_url());
         Self { edge, api }
     }

@@ -902,6 +902,7 @@ fn envelope_seeds() -> Vec<(String, Vec<u8>)> {
         topic: topic.into(),
         data: data.to_vec().into(),
         sent_at_us: 1_700_000_000_000_000,
+        offset: 0,
     };
     let encoded = |p: Push| envelope::encode(&p).to_vec();
     vec![

@@ -314,10 +314,15 @@ impl NatsServer {
 
     /// Starts `nats-server` with JetStream (`-js`, file store in its
     /// scratch directory, kept across [`NatsServer::restart`]) and waits
-    /// until it accepts connections.
+    /// until it accepts connections: what [`NatsServer::start`] does.
     pub async fn start_jetstream() -> Self {
+        Self::start().await
+    }
+
+    /// Starts `nats-server` without JetStream.
+    pub async fn start_plain() -> Self {
         let mut nats = Self::unstarted(None);
-        nats.jetstream = true;
+        nats.jetstream = false;
         nats.spawn().await;
         nats
     }
@@ -350,8 +355,11 @@ impl NatsServer {
         Self {
             port: free_port(),
             monitor_port: free_port(),
+            // JetStream by default for a single node, as gpush's history
+            // needs it; a routed cluster runs without (its tests turn
+            // history off).
+            jetstream: cluster.is_none(),
             cluster,
-            jetstream: false,
             server: Restartable::new("nats"),
         }
     }
@@ -932,6 +940,12 @@ impl EdgeProcess {
     /// 127.0.0.1:<port>`, and waits until that port accepts connections.
     /// `RUST_LOG` defaults to `info` so the log file tells what happened.
     pub async fn spawn(args: &[String]) -> Self {
+        Self::spawn_with_env(args, &[]).await
+    }
+
+    /// [`EdgeProcess::spawn`] with `env` added to (or replacing in) the
+    /// environment the process inherits.
+    pub async fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> Self {
         let ws_addr: SocketAddr = args
             .iter()
             .position(|a| a == "--ws-addr")
@@ -943,6 +957,7 @@ impl EdgeProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        command.envs(env.iter().copied());
         let dir = scratch_dir("edge-process");
         let mut proc = LoggedChild::spawn("gpush-edge", command, dir.join("gpush-edge.log"));
         proc.wait_for_port(ws_addr).await;

@@ -80,7 +80,7 @@ fn topic(name: &str, data: &str) -> Push {
 }
 
 async fn publish(bus: &Bus, pushes: &[Push]) -> Vec<u64> {
-    timeout(TIMEOUT, bus.publish_with_offsets(pushes))
+    timeout(TIMEOUT, bus.publish(pushes))
         .await
         .expect("publish timed out")
         .expect("publish")
@@ -396,7 +396,7 @@ async fn a_recreated_stream_is_a_new_epoch() {
     js.delete_stream("GPUSH_HISTORY_D").await.expect("delete");
     // The first store after it fails (nothing took it) and recreates the
     // stream; the next one is stored.
-    let lost = timeout(TIMEOUT, bus.publish_with_offsets(&[topic("news", "3")]))
+    let lost = timeout(TIMEOUT, bus.publish(&[topic("news", "3")]))
         .await
         .expect("publish timed out");
     assert!(
@@ -587,7 +587,7 @@ async fn drifted_streams_are_updated_or_named_in_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_jetstream_a_publish_fails_and_never_hangs() {
     // A server without JetStream: the streams cannot be made.
-    let mut nats = NatsServer::start().await;
+    let mut nats = NatsServer::start_plain().await;
     let client = connect(&nats).await;
     let started = timeout(
         TIMEOUT,
@@ -638,7 +638,7 @@ async fn without_jetstream_a_publish_fails_and_never_hangs() {
     let failure = timeout(TIMEOUT * 2, async {
         loop {
             let started = Instant::now();
-            let result = bus.publish_with_offsets(&[topic("news", "2")]).await;
+            let result = bus.publish(&[topic("news", "2")]).await;
             assert!(
                 started.elapsed() < JS_TIMEOUT * 2,
                 "a publish took too long"
@@ -665,7 +665,7 @@ async fn without_jetstream_a_publish_fails_and_never_hangs() {
     // A stopped server: an error within the bus timeout.
     nats.stop();
     let started = Instant::now();
-    let result = timeout(TIMEOUT, bus.publish_with_offsets(&[topic("news", "3")]))
+    let result = timeout(TIMEOUT, bus.publish(&[topic("news", "3")]))
         .await
         .expect("publish hung with the server stopped");
     assert!(result.is_err(), "{result:?}");

@@ -2,15 +2,16 @@
 //! `gpush-ingress` binary (and `gpush-edge --standalone`): a gRPC batch
 //! decoded before its caller was authenticated, batches counted only
 //! after every element was allocated (gRPC and HTTP), half-sent request
-//! headers that held connections forever with no cap on how many, and an
-//! unauthenticated push API served beyond loopback without being asked to.
+//! headers (HTTP) and missing HTTP/2 prefaces (gRPC) that held
+//! connections forever with no cap on how many, and an unauthenticated
+//! push API served beyond loopback without being asked to.
 //!
 //! Memory is read from the process itself: its peak resident set
 //! (`VmHWM` in `/proc/<pid>/status`) before and after a call.
 
 use bytes::{Buf as _, BufMut as _, Bytes};
 use gpush_integration_tests::procs::{LoggedChild, assert_refuses, scratch_dir, sibling_binary};
-use gpush_integration_tests::{NatsServer, PushApi, PushMsg, TIMEOUT, Via, free_port};
+use gpush_integration_tests::{NatsServer, PushApi, PushMsg, QUIET, TIMEOUT, Via, free_port};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
@@ -302,7 +303,8 @@ async fn closed_by_server(mut stream: TcpStream, within: Duration) {
     .await;
     assert!(
         closed.is_ok(),
-        "a half-sent request was still open after {within:?}"
+        "a connection that never sent a full request header (or HTTP/2 \
+         preface) was still open after {within:?}"
     );
 }
 
@@ -389,6 +391,116 @@ async fn idle_connections_and_slow_bodies_are_closed() {
     let answer = answer_of(&mut slow, Vec::new(), "a slow body answered and closed").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+/// What an HTTP/2 client sends first.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The `header_read_timeout` of the gRPC preface test's ingress.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Opens a connection to `addr` and sends the first `sent` bytes of the
+/// HTTP/2 preface (none: a connection that says nothing).
+async fn partial_preface(addr: SocketAddr, sent: usize) -> TcpStream {
+    let mut stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
+        .await
+        .expect("connect within the timeout")
+        .expect("connect");
+    stream
+        .write_all(&HTTP2_PREFACE[..sent])
+        .await
+        .expect("send part of the preface");
+    stream
+}
+
+/// Like [`partial_preface`] with half the preface, returning once the
+/// server has answered with its own SETTINGS: the connection is accepted
+/// and holds a slot.
+async fn accepted_half_preface(addr: SocketAddr) -> TcpStream {
+    let mut stream = partial_preface(addr, HTTP2_PREFACE.len() / 2).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+        .await
+        .expect("the server speaks first once it serves a connection")
+        .expect("read the server's SETTINGS");
+    assert!(read > 0, "closed at once");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_without_a_preface_are_closed_and_pushes_keep_working() {
+    let nats = NatsServer::start().await;
+    let config = format!(
+        "[push]\nheader_read_timeout = \"{}s\"\n",
+        PREFACE_TIMEOUT.as_secs()
+    );
+    let ingress = Ingress::start(&nats, &[], Some(&config)).await;
+    // A real client's connection: the preface and an empty SETTINGS frame,
+    // then silence. Only the preface is timed; this one stays.
+    let mut talker = partial_preface(ingress.grpc, HTTP2_PREFACE.len()).await;
+    talker
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("send SETTINGS");
+    let mut attack = Vec::new();
+    for i in 0..200 {
+        let sent = [0, 1, HTTP2_PREFACE.len() / 2, HTTP2_PREFACE.len() - 1][i % 4];
+        attack.push(partial_preface(ingress.grpc, sent).await);
+    }
+    // Pushes get through while the attack holds its connections.
+    ingress
+        .api()
+        .try_send(Via::Grpc, &[PushMsg::public("t", "during")])
+        .await
+        .expect("a gRPC push during the attack");
+    let waits = attack
+        .into_iter()
+        .map(|stream| closed_by_server(stream, PREFACE_TIMEOUT + TIMEOUT));
+    futures_util::future::join_all(waits).await;
+    // Well past the preface timeout, the connection that sent it is open.
+    let mut buf = [0u8; 256];
+    let open = tokio::time::timeout(PREFACE_TIMEOUT * 2, async {
+        loop {
+            match talker.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        open.is_err(),
+        "a connection that sent the preface was closed"
+    );
+    ingress
+        .api()
+        .try_send(Via::Grpc, &[PushMsg::public("t", "after")])
+        .await
+        .expect("a gRPC push after the attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_beyond_max_connections_wait_until_one_closes() {
+    let nats = NatsServer::start().await;
+    let ingress = Ingress::start(&nats, &[], Some("[push]\nmax_connections = 2\n")).await;
+    let first = accepted_half_preface(ingress.grpc).await;
+    let second = accepted_half_preface(ingress.grpc).await;
+    let api = ingress.api();
+    let push = tokio::spawn(async move {
+        api.try_send(Via::Grpc, &[PushMsg::public("t", "third")])
+            .await
+    });
+    tokio::time::sleep(QUIET).await;
+    if push.is_finished() {
+        let result = push.await.expect("join the push");
+        panic!("a gRPC connection beyond max_connections was served: {result:?}");
+    }
+    drop(first);
+    tokio::time::timeout(TIMEOUT, push)
+        .await
+        .expect("served once a slot is free")
+        .expect("join the push")
+        .expect("the push is accepted");
+    drop(second);
 }
 
 /// Runs `binary` with `args` (and `env`), expecting it to serve on

@@ -3,8 +3,9 @@
 //! refreshes it (subscriptions kept), and at expiry plus
 //! `auth.expiry_leeway` the edge ends it: push 10004, private
 //! subscriptions dropped, no more private or user-wide pushes, the
-//! connection open. JWT `exp` and a webhook's `expires` (both answer
-//! shapes) set it; a webhook answer without one never expires.
+//! connection open, the end counted in `gpush_edge_logins_expired_total`.
+//! JWT `exp` and a webhook's `expires` (both answer shapes) set it; a
+//! webhook answer without one never expires.
 
 use gpush_integration_tests::auth::{self, JWT_SECRET, MockWebhook, WebhookMode};
 use gpush_integration_tests::client::MSGPACK_PROTOCOL;
@@ -67,6 +68,31 @@ async fn expect_login_ended(c: &mut WsClient, uid: &str) {
     assert_eq!(got, login_ended(uid), "{}: wrong end of login", c.label());
 }
 
+/// `gpush_edge_logins_expired_total` on edge `i` of `d`, from its
+/// `/metrics`.
+async fn logins_expired(d: &impl Deployment, i: usize) -> f64 {
+    const SERIES: &str = "gpush_edge_logins_expired_total";
+    let ws = d.ws_url(i);
+    let base = ws
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("not a ws://<addr>/ws URL: {ws}"));
+    let text = tokio::time::timeout(TIMEOUT, async {
+        reqwest::get(format!("http://{base}/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    })
+    .await
+    .expect("/metrics answers within the timeout");
+    text.lines()
+        .find_map(|line| line.strip_prefix(SERIES)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {SERIES} in /metrics:\n{text}"))
+}
+
 /// Logs in with `token` as `uid`; returns the reply.
 async fn login(c: &mut WsClient, token: &str, uid: &str) -> Value {
     let reply = c.login(token).await;
@@ -84,8 +110,15 @@ async fn expiry_ends_private_and_user_wide_delivery(d: &impl Deployment) {
     c.must_subscribe("news").await;
     d.push_http("ann", "inbox", b"1").await;
     c.expect_push(&frames::private("inbox", b"1")).await;
+    let before = logins_expired(d, 0).await;
 
     expect_login_ended(&mut c, "ann").await;
+    // Counted before the 10004 was queued.
+    assert_eq!(
+        logins_expired(d, 0).await,
+        before + 1.0,
+        "the end is counted"
+    );
     d.push_http("ann", "inbox", b"2").await;
     d.push_http("ann", "", b"3").await;
     c.expect_no_push(NOTHING_FOR).await;
@@ -130,6 +163,7 @@ async fn refresh_before_expiry_keeps_the_login_and_its_subscriptions(d: &impl De
     c.expect_push(&frames::private("inbox", b"1")).await;
     d.push_http("ben", "", b"2").await;
     c.expect_push(&frames::user(b"2")).await;
+    assert_eq!(logins_expired(d, 0).await, 0.0, "a refresh is no end");
 }
 
 /// The webhook's `expires` in both answer shapes ends the login like a

@@ -7,6 +7,7 @@
 //! publish timeout, then recovers by itself.
 
 use gpush_common::bus::Ack;
+use gpush_common::history::HistoryConfig;
 use gpush_common::subject::user_bucket;
 use gpush_edge::EdgeConfig;
 use gpush_ingress::IngressConfig;
@@ -29,6 +30,7 @@ fn edge_config(node_id: &str, nats_urls: Vec<String>) -> EdgeConfig {
     config.node_id = Some(node_id.to_owned());
     config.nats.nats_urls = nats_urls;
     config.etcd_endpoints = Vec::new();
+    config.history.enabled = false;
     config
 }
 
@@ -202,6 +204,11 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
     let ingress = IngressHandle::start(IngressConfig {
         nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nodes[0].url()]),
         etcd_endpoints: Vec::new(),
+        // The routed NATS cluster runs without JetStream.
+        history: HistoryConfig {
+            enabled: false,
+            ..HistoryConfig::default()
+        },
         ..IngressConfig::default()
     })
     .await;
@@ -291,6 +298,11 @@ async fn whole_bus_down(publish_ack: Ack) {
         etcd_endpoints: Vec::new(),
         publish_timeout,
         publish_ack,
+        // The routed NATS cluster runs without JetStream.
+        history: HistoryConfig {
+            enabled: false,
+            ..HistoryConfig::default()
+        },
         ..IngressConfig::default()
     })
     .await;
@@ -355,6 +367,11 @@ async fn a_hung_server_gets_503_within_the_publish_timeout() {
         nats: gpush_common::config::sections::NatsConfig::with_urls(vec![nats.url()]),
         etcd_endpoints: Vec::new(),
         publish_timeout,
+        // The routed NATS cluster runs without JetStream.
+        history: HistoryConfig {
+            enabled: false,
+            ..HistoryConfig::default()
+        },
         ..IngressConfig::default()
     })
     .await;

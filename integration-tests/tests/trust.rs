@@ -1,7 +1,8 @@
 //! Defects found by a security review and by real clients (issue "Trust"),
 //! each reproduced here against the real servers: a JWT without the
 //! configured `aud` / `iss` or before its `nbf`, an auth webhook that
-//! redirects or answers without end, a push body with a misspelled key
+//! redirects or answers without end or is reached through a proxy named
+//! in the environment, a push body with a misspelled key
 //! that used to broadcast to everyone, and configs that must not start.
 
 use axum::Router;
@@ -10,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use gpush_integration_tests::auth::{self, JWT_SECRET, MockWebhook, WebhookMode};
 use gpush_integration_tests::frames::code;
-use gpush_integration_tests::{Deployment, QUIET, Standalone, TIMEOUT};
+use gpush_integration_tests::{Deployment, EdgeProcess, QUIET, Standalone, TIMEOUT, WsClient};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -124,6 +125,71 @@ async fn the_auth_webhook_never_follows_redirects() {
         "the user's token was re-sent to the redirect target: {:?}",
         target.requests()
     );
+}
+
+/// A "proxy" on loopback: a listener that counts the connections made to
+/// it and closes each at once (a call sent through it fails).
+async fn counting_listener() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_webhook_ignores_proxies_in_the_environment() {
+    let webhook = MockWebhook::start(WebhookMode::Good).await;
+    let (proxy, proxied) = counting_listener().await;
+    let proxy_url = format!("http://{proxy}");
+    // Every variable an HTTP client reads a proxy from, and an empty
+    // NO_PROXY: nothing, loopback included, is exempt from the proxy
+    // unless the client itself ignores the environment.
+    let mut env = Vec::new();
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        env.push((name.to_owned(), proxy_url.clone()));
+        env.push((name.to_lowercase(), proxy_url.clone()));
+    }
+    env.push(("NO_PROXY".into(), String::new()));
+    env.push(("no_proxy".into(), String::new()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let addr = || format!("127.0.0.1:{}", gpush_integration_tests::free_port());
+    let (ws, http, grpc) = (addr(), addr(), addr());
+    let args: Vec<String> = [
+        "--standalone",
+        "--ws-addr",
+        &ws,
+        "--http-addr",
+        &http,
+        "--grpc-addr",
+        &grpc,
+        "--auth-webhook",
+        &webhook.url(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let edge = EdgeProcess::spawn_with_env(&args, &env).await;
+    let mut c = WsClient::connect(&edge.ws_url())
+        .await
+        .with_label("login with proxies in the edge's environment");
+    let reply = c.login("tok-alice").await;
+    assert_eq!(
+        proxied.load(Ordering::SeqCst),
+        0,
+        "the webhook call went to the proxy named in the environment: {reply}"
+    );
+    c.assert_code(&reply, code::LOGGED_IN, "login through the webhook");
+    assert_eq!(reply["uid"], "alice", "{reply}");
+    assert_eq!(webhook.requests().len(), 1, "the webhook was asked once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -300,6 +300,20 @@ impl JetStreamHistory {
         config: &HistoryConfig,
         timeout: Duration,
     ) -> Result<Self, HistoryError> {
+        let history = Self::handle(client, subjects, config, timeout).await?;
+        history.ensure_streams().await?;
+        Ok(history)
+    }
+
+    /// The history of `config` over `client` without a request to
+    /// JetStream: stores fail until the streams exist (see
+    /// [`Self::ensure_streams`]), and epochs are empty until then.
+    pub async fn handle(
+        client: async_nats::Client,
+        subjects: &Subjects,
+        config: &HistoryConfig,
+        timeout: Duration,
+    ) -> Result<Self, HistoryError> {
         let js = jetstream::ContextBuilder::new()
             .timeout(timeout)
             .max_ack_inflight(MAX_STORES_IN_FLIGHT)
@@ -338,7 +352,6 @@ impl JetStreamHistory {
                 timeout,
             }),
         };
-        history.ensure_streams().await?;
         Ok(history)
     }
 

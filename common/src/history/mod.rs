@@ -12,17 +12,20 @@
 //!
 //! - [`config`]: the `[history]` config section, the same on every
 //!   process of a cluster.
+//! - [`memory`]: history in memory (standalone, and a cluster edge's copy
+//!   of recent pushes).
 //! - [`jetstream`]: a cluster keeps history in NATS JetStream, one
 //!   stream per entry of the plan (see [`config::HistoryConfig::plan`]),
 //!   republished on the live subjects with each push's offset.
-//! - standalone keeps history in memory.
 //!
 //! Pushes to everyone have no history.
 
 pub mod config;
 pub mod jetstream;
+pub mod memory;
 
 pub use config::{HistoryConfig, Plan, Storage, StreamPlan};
+pub use memory::MemoryHistory;
 
 use crate::push::{Push, Route};
 
@@ -64,6 +67,22 @@ pub struct Entry {
     pub offset: u64,
     /// The push as published.
     pub push: Push,
+}
+
+/// What the history API answers: where a stream stands and the pushes it
+/// keeps after an offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The stream's last offset.
+    pub offset: u64,
+    /// Whether every push after the asked offset is still kept (nothing
+    /// was lost before the first entry returned).
+    pub complete: bool,
+    /// The kept pushes after the asked offset, oldest first, at most the
+    /// asked limit; ask again after the last one for more.
+    pub entries: Vec<Entry>,
 }
 
 /// The answer to "what came after offset n".

@@ -335,7 +335,9 @@ impl<S: Socket> Session<S> {
                 // every idle connection.
                 Ok(request) => {
                     let reply = Box::pin(self.request(request)).await;
-                    self.queue(reply);
+                    if !reply.is_empty() {
+                        self.queue(reply);
+                    }
                 }
                 Err(BadRequest { id, detail }) => self.queue(
                     Reply::new(Code::BadRequest)

@@ -71,10 +71,39 @@ impl Hasher for IdHasher {
 
 type Subscribers = IndexSet<Member, BuildHasherDefault<IdHasher>>;
 
+/// A name's subscribers and the history offset of the last push they were
+/// given (or that they were told of when they joined): a push at or below
+/// it is not delivered again.
+#[derive(Debug, Default)]
+struct Group {
+    members: Subscribers,
+    offset: u64,
+}
+
+/// The connections under one name, handed to a closure while the shard is
+/// locked.
+pub(super) struct Members<'a>(&'a Subscribers);
+
+impl Members<'_> {
+    pub(super) fn for_each(&self, mut f: impl FnMut(&Arc<ConnHandle>)) {
+        self.0.iter().for_each(|member| f(&member.0));
+    }
+}
+
+/// Why [`Index::add_at`] did not add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotAdded {
+    /// The index holds its maximum of keys.
+    Full,
+    /// The key's offset is not the one expected: pushes were delivered
+    /// since it was read.
+    Moved(u64),
+}
+
 /// One shard of an [`Index`].
 #[derive(Debug, Default)]
 struct IndexShard {
-    map: HashMap<Box<str>, Subscribers>,
+    map: HashMap<Box<str>, Group>,
     /// Connections in `map`, all keys together: kept here, under the lock
     /// that is taken anyway, so counting costs nothing extra.
     entries: usize,
@@ -116,23 +145,90 @@ impl Index {
         conn: &Arc<ConnHandle>,
         max_keys: usize,
     ) -> Result<bool, Full> {
+        match self.add_at(key, conn, max_keys, None, || 0, |_| {}) {
+            Ok((first, _)) => Ok(first),
+            Err(_) => Err(Full),
+        }
+    }
+
+    /// Adds `conn` under `key` if the key's offset is `expected` (any when
+    /// None), then calls `joined` with that offset, all under the shard's
+    /// lock, so that no push of the key is delivered between what `joined`
+    /// queues and the first live push. A key without subscribers starts at
+    /// `seed()`. Ok: (whether `key` had no subscriber before, its offset).
+    pub(super) fn add_at(
+        &self,
+        key: &str,
+        conn: &Arc<ConnHandle>,
+        max_keys: usize,
+        expected: Option<u64>,
+        seed: impl FnOnce() -> u64,
+        joined: impl FnOnce(u64),
+    ) -> Result<(bool, u64), NotAdded> {
         let mut guard = lock(self.shard(key));
         let shard = &mut *guard;
-        if let Some(subscribers) = shard.map.get_mut(key) {
-            if subscribers.insert(Member(conn.clone())) {
+        if let Some(group) = shard.map.get_mut(key) {
+            if expected.is_some_and(|e| e != group.offset) {
+                return Err(NotAdded::Moved(group.offset));
+            }
+            if group.members.insert(Member(conn.clone())) {
                 shard.entries += 1;
             }
-            return Ok(false);
+            joined(group.offset);
+            return Ok((false, group.offset));
+        }
+        let offset = seed();
+        if expected.is_some_and(|e| e != offset) {
+            return Err(NotAdded::Moved(offset));
         }
         if self.keys.fetch_add(1, Ordering::Relaxed) >= max_keys {
             self.keys.fetch_sub(1, Ordering::Relaxed);
-            return Err(Full);
+            return Err(NotAdded::Full);
         }
-        let mut subscribers = Subscribers::default();
-        subscribers.insert(Member(conn.clone()));
-        shard.map.insert(key.into(), subscribers);
+        let mut group = Group {
+            members: Subscribers::default(),
+            offset,
+        };
+        group.members.insert(Member(conn.clone()));
+        shard.map.insert(key.into(), group);
         shard.entries += 1;
-        Ok(true)
+        joined(offset);
+        Ok((true, offset))
+    }
+
+    /// The offset of `key`, when it has subscribers.
+    pub(super) fn offset(&self, key: &str) -> Option<u64> {
+        lock(self.shard(key)).map.get(key).map(|group| group.offset)
+    }
+
+    /// Calls `f` with `key`'s offset (None: no subscribers) under the
+    /// shard's lock.
+    pub(super) fn with_offset<R>(&self, key: &str, f: impl FnOnce(Option<u64>) -> R) -> R {
+        f(lock(self.shard(key)).map.get(key).map(|group| group.offset))
+    }
+
+    /// Sets `key`'s offset, lower or not (its stream was recreated).
+    pub(super) fn reset(&self, key: &str, offset: u64) {
+        if let Some(group) = lock(self.shard(key)).map.get_mut(key) {
+            group.offset = offset;
+        }
+    }
+
+    /// Calls `f` with `key`'s subscribers, under the shard's lock, unless
+    /// `offset` is not past the key's (0: a push without history, always
+    /// delivered); records `offset` as the key's.
+    pub(super) fn advance(&self, key: &str, offset: u64, f: impl FnOnce(Members<'_>)) {
+        let mut shard = lock(self.shard(key));
+        let Some(group) = shard.map.get_mut(key) else {
+            return;
+        };
+        if offset > 0 {
+            if offset <= group.offset {
+                return;
+            }
+            group.offset = offset;
+        }
+        f(Members(&group.members));
     }
 
     /// Removes connection `id` from `key`; true when that left `key`
@@ -140,13 +236,13 @@ impl Index {
     pub(super) fn remove(&self, key: &str, id: u64) -> bool {
         let mut guard = lock(self.shard(key));
         let shard = &mut *guard;
-        let Some(subscribers) = shard.map.get_mut(key) else {
+        let Some(group) = shard.map.get_mut(key) else {
             return false;
         };
-        if subscribers.swap_remove(&id) {
+        if group.members.swap_remove(&id) {
             shard.entries -= 1;
         }
-        if subscribers.is_empty() {
+        if group.members.is_empty() {
             shard.map.remove(key);
             self.keys.fetch_sub(1, Ordering::Relaxed);
             true
@@ -160,8 +256,8 @@ impl Index {
     }
 
     pub(super) fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<ConnHandle>)) {
-        if let Some(subscribers) = lock(self.shard(key)).map.get(key) {
-            subscribers.iter().for_each(|member| f(&member.0));
+        if let Some(group) = lock(self.shard(key)).map.get(key) {
+            group.members.iter().for_each(|member| f(&member.0));
         }
     }
 

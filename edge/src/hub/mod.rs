@@ -12,6 +12,7 @@
 use crate::close::Close;
 use crate::outbox::{Outbox, Pushed, QueueLimits};
 use crate::protocol::{PushFrames, WireFormat};
+use gpush_common::history::{MemoryHistory, StreamKey};
 use gpush_common::metrics::push_kind;
 use gpush_common::subject::{USER_BUCKETS, user_bucket};
 use gpush_common::{LocalDelivery, Push, Route};
@@ -24,9 +25,9 @@ use tokio::time::Instant;
 mod index;
 pub(crate) mod stats;
 
-/// A subscribe refused because the edge has `max_topics` topics already.
-pub(crate) use index::Full as TopicsFull;
 use index::Index;
+/// Why a subscribe or login at an expected offset did not happen.
+pub(crate) use index::NotAdded;
 pub(crate) use stats::Stats;
 
 /// The shared handle of one connection: the part that fan-out and the
@@ -150,6 +151,10 @@ pub(crate) struct Hub {
     upgrading: AtomicU64,
     next_id: AtomicU64,
     pub(crate) stats: Stats,
+    /// The pushes kept for recovery: the store of a standalone edge, a
+    /// cluster edge's copy of what it delivered. A stream's offset in the
+    /// indexes starts from its last offset here.
+    pub(crate) history: Arc<MemoryHistory>,
 }
 
 impl Hub {
@@ -169,7 +174,140 @@ impl Hub {
             upgrading: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             stats: Stats::new(shards),
+            history: Arc::new(MemoryHistory::new(
+                gpush_common::history::HistoryConfig {
+                    enabled: false,
+                    ..Default::default()
+                }
+                .plan(),
+                0,
+            )),
         }
+    }
+
+    /// This hub keeping `history`.
+    pub(crate) fn with_history(mut self, history: Arc<MemoryHistory>) -> Self {
+        self.history = history;
+        self
+    }
+
+    /// The offset of `key`'s stream as this edge delivered it: where a
+    /// subscriber joining now starts. 0 when it keeps no history.
+    pub(crate) fn stream_offset(&self, key: StreamKey<'_>) -> u64 {
+        let held = match key {
+            StreamKey::Topic(topic) => self.topics.offset(topic),
+            StreamKey::User(uid) => self.users.offset(uid),
+        };
+        held.or_else(|| self.history.last(key)).unwrap_or(0)
+    }
+
+    /// Records that `key`'s stream moved to `offset` without a push to
+    /// deliver (a JetStream marker).
+    pub(crate) fn mark(&self, key: StreamKey<'_>, offset: u64) {
+        match key {
+            StreamKey::Topic(topic) => self.topics.advance(topic, offset, |_| {}),
+            StreamKey::User(uid) => self.users.advance(uid, offset, |_| {}),
+        }
+    }
+
+    /// Sets `key`'s stream offset, lower or not: its history was recreated
+    /// and offsets start again.
+    pub(crate) fn reset(&self, key: StreamKey<'_>, offset: u64) {
+        match key {
+            StreamKey::Topic(topic) => self.topics.reset(topic, offset),
+            StreamKey::User(uid) => self.users.reset(uid, offset),
+        }
+    }
+
+    /// Tells every local connection following `key`'s stream that pushes
+    /// after `offset` were lost here (push 10007).
+    pub(crate) fn gap(&self, key: StreamKey<'_>, offset: u64) {
+        let send = |conn: &Arc<ConnHandle>| {
+            let topic = match key {
+                StreamKey::Topic(topic) => Some(topic),
+                StreamKey::User(_) => None,
+            };
+            let frame = crate::protocol::push::gap(topic, offset, conn.format);
+            if conn.outbox.push(frame, self.limits) == Pushed::Overflowed {
+                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        match key {
+            StreamKey::Topic(topic) => self.topics.for_each(topic, send),
+            StreamKey::User(uid) => self.users.for_each(uid, send),
+        }
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subscribes `conn` to public `topic` if the topic is at offset
+    /// `expected` (any when None), calling `joined` with the offset under
+    /// the index's lock (see [`Index::add_at`]). Ok: (first local
+    /// subscriber, offset).
+    pub(crate) fn subscribe_at(
+        &self,
+        topic: &str,
+        conn: &Arc<ConnHandle>,
+        max_topics: usize,
+        expected: Option<u64>,
+        joined: impl FnOnce(u64),
+    ) -> Result<(bool, u64), NotAdded> {
+        let seed = || self.history.last(StreamKey::Topic(topic)).unwrap_or(0);
+        self.topics
+            .add_at(topic, conn, max_topics, expected, seed, joined)
+    }
+
+    /// Calls `f` with public `topic`'s offset under the index's lock
+    /// (None: no local subscriber).
+    pub(crate) fn with_topic_offset<R>(&self, topic: &str, f: impl FnOnce(Option<u64>) -> R) -> R {
+        self.topics.with_offset(topic, f)
+    }
+
+    /// Records `conn` as logged in as `uid` if the user's stream is at
+    /// `expected` (any when None), calling `joined` with the offset under
+    /// the index's lock. Ok: (first local connection, offset).
+    pub(crate) fn login_at(
+        &self,
+        uid: &str,
+        conn: &Arc<ConnHandle>,
+        expected: Option<u64>,
+        joined: impl FnOnce(u64),
+    ) -> Result<(bool, u64), NotAdded> {
+        let seed = || self.history.last(StreamKey::User(uid)).unwrap_or(0);
+        let added = self
+            .users
+            .add_at(uid, conn, usize::MAX, expected, seed, joined);
+        if let Ok((true, _)) = added {
+            self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
+        }
+        added
+    }
+
+    /// Calls `f` with `uid`'s stream offset under the users index's lock
+    /// (None: not logged in here).
+    pub(crate) fn with_user_offset<R>(&self, uid: &str, f: impl FnOnce(Option<u64>) -> R) -> R {
+        self.users.with_offset(uid, f)
+    }
+
+    /// Subscribes `conn`, logged in as `uid`, to private `topic` if the
+    /// user's stream is at `expected` (any when None), calling `joined`
+    /// with the offset while no push to the user can be delivered.
+    pub(crate) fn subscribe_private_at(
+        &self,
+        uid: &str,
+        topic: &str,
+        conn: &Arc<ConnHandle>,
+        expected: Option<u64>,
+        joined: impl FnOnce(u64),
+    ) -> Result<u64, NotAdded> {
+        self.users.with_offset(uid, |offset| {
+            let offset = offset.unwrap_or(0);
+            if expected.is_some_and(|e| e != offset) {
+                return Err(NotAdded::Moved(offset));
+            }
+            let _ = self.private.add(&private_key(uid, topic), conn, usize::MAX);
+            joined(offset);
+            Ok(offset)
+        })
     }
 
     /// Reserves room for one more connection unless the edge already
@@ -232,6 +370,7 @@ impl Hub {
         }
     }
 
+    #[cfg(test)]
     /// Subscribes `conn` to public `topic`; true if it is the topic's first
     /// local subscriber. A topic without local subscribers is refused when
     /// `max_topics` topics have one already.
@@ -240,7 +379,7 @@ impl Hub {
         topic: &str,
         conn: &Arc<ConnHandle>,
         max_topics: usize,
-    ) -> Result<bool, TopicsFull> {
+    ) -> Result<bool, index::Full> {
         self.topics.add(topic, conn, max_topics)
     }
 
@@ -250,6 +389,7 @@ impl Hub {
         self.topics.remove(topic, id)
     }
 
+    #[cfg(test)]
     /// Records `conn` as logged in as `uid`; true if it is the user's first
     /// local connection.
     pub(crate) fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
@@ -274,6 +414,7 @@ impl Hub {
             .is_some_and(|n| n.load(Ordering::Relaxed) > 0)
     }
 
+    #[cfg(test)]
     /// Subscribes `conn`, logged in as `uid`, to private `topic`.
     pub(crate) fn subscribe_private(&self, uid: &str, topic: &str, conn: &Arc<ConnHandle>) {
         let _ = self.private.add(&private_key(uid, topic), conn, usize::MAX);
@@ -373,12 +514,20 @@ impl Hub {
                     lock(shard).values().for_each(&mut send);
                 }
             }
-            Route::Topic(topic) => self.topics.for_each(topic, send),
-            Route::User { uid, topic: None } => self.users.for_each(uid, send),
+            Route::Topic(topic) => self
+                .topics
+                .advance(topic, push.offset, |members| members.for_each(send)),
+            Route::User { uid, topic: None } => self
+                .users
+                .advance(uid, push.offset, |members| members.for_each(send)),
+            // Under the user's lock, so that a private subscribe at an
+            // offset sees either all of this push or none of it.
             Route::User {
                 uid,
                 topic: Some(topic),
-            } => self.private.for_each(&private_key(uid, topic), send),
+            } => self.users.advance(uid, push.offset, |_| {
+                self.private.for_each(&private_key(uid, topic), send)
+            }),
         }
         self.stats.frames.fetch_add(queued, Ordering::Relaxed);
         if slow > 0 {
@@ -391,6 +540,22 @@ impl Hub {
 impl LocalDelivery for Hub {
     fn deliver(&self, push: &Push) {
         Hub::deliver(self, push);
+    }
+
+    /// Standalone: the edge is the history's only writer.
+    fn stamp(&self, pushes: &mut [Push]) {
+        for push in pushes {
+            push.offset = self.history.append_next(push);
+        }
+    }
+
+    fn history(
+        &self,
+        query: &gpush_common::bus::HistoryQuery,
+    ) -> Option<gpush_common::history::Page> {
+        let key = query.key()?;
+        self.history
+            .page(key, query.since, query.limit, |push| query.wants(push))
     }
 }
 

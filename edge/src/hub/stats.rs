@@ -29,6 +29,11 @@ pub(crate) struct Stats {
     /// Bus messages dropped because their route does not match the
     /// subject they arrived on (see [`crate::interest`]).
     pub(crate) misrouted: AtomicU64,
+    /// Streams whose missed pushes could not be recovered from history
+    /// (each told its local followers with push 10007).
+    pub(crate) gaps: AtomicU64,
+    /// Missed pushes this edge recovered from history and delivered late.
+    pub(crate) filled: AtomicU64,
     /// What connections wrote, counted per flush in one stripe per shard.
     pub(crate) writes: WriteStats,
     /// Push-to-write latency, sampled.
@@ -42,6 +47,8 @@ impl Stats {
             frames: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             misrouted: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            filled: AtomicU64::new(0),
             writes: WriteStats::new(stripes),
             latency: LatencyProbe::default(),
         }

@@ -22,6 +22,13 @@ pub const PUSH_EVERYONE: u32 = 10003;
 /// routed like the others.
 pub const PUSH_LOGIN_ENDED: u32 = 10004;
 
+/// Push code: this edge missed pushes of a stream the connection follows
+/// and could not recover them from history: the pushes after `offset` (the
+/// last one delivered) up to the next one delivered are lost for it. The
+/// client resubscribes with `since` (and is told `recovered: false`) or
+/// reloads. Sent by the edge to each affected connection.
+pub const PUSH_GAP: u32 = 10007;
+
 /// Why a login ended, in a 10004 push.
 pub const LOGIN_ENDED_EXPIRED: &str = "expired";
 
@@ -100,6 +107,10 @@ pub fn json_push(push: &Push) -> Vec<u8> {
         );
         out.extend_from_slice(b"\",\"encoding\":\"base64\"");
     }
+    if push.offset > 0 {
+        out.extend_from_slice(b",\"offset\":");
+        out.extend_from_slice(push.offset.to_string().as_bytes());
+    }
     out.push(b'}');
     out
 }
@@ -112,6 +123,7 @@ pub fn msgpack_push(push: &Push) -> Vec<u8> {
         code,
         topic,
         data: Bin(&push.data),
+        offset: (push.offset > 0).then_some(push.offset),
     };
     let mut out = Vec::with_capacity(push.data.len() + 32);
     // Writing a number, a string and bytes into a Vec cannot fail.
@@ -143,12 +155,40 @@ pub fn login_ended(uid: &str, format: WireFormat) -> Bytes {
     }
 }
 
+/// The 10007 push: `{"code":10007,"topic":T,"offset":N}` for a public
+/// topic, `{"code":10007,"offset":N}` for the logged-in user's stream
+/// (user-wide pushes and private topics), as JSON text (also on
+/// `gpush.raw`) or the same map in MessagePack.
+pub fn gap(topic: Option<&str>, offset: u64, format: WireFormat) -> Bytes {
+    #[derive(Serialize)]
+    struct Gap<'a> {
+        code: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        offset: u64,
+    }
+    let push = Gap {
+        code: PUSH_GAP,
+        topic,
+        offset,
+    };
+    // Serialising a number and a string cannot fail.
+    match format {
+        WireFormat::Json | WireFormat::Raw => {
+            ws::text(&serde_json::to_vec(&push).unwrap_or_default())
+        }
+        WireFormat::Msgpack => ws::binary(&rmp_serde::to_vec_named(&push).unwrap_or_default()),
+    }
+}
+
 #[derive(Serialize)]
 struct MsgpackPush<'a> {
     code: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     topic: Option<&'a str>,
     data: Bin<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
 }
 
 /// Bytes that serialise as MessagePack bin, not as an array of numbers.

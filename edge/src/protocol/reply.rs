@@ -85,6 +85,12 @@ pub struct Reply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     expires: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -99,6 +105,9 @@ impl<'a> Reply<'a> {
             topic: None,
             uid: None,
             expires: None,
+            offset: None,
+            epoch: None,
+            recovered: None,
             id: None,
             detail: None,
         }
@@ -119,6 +128,20 @@ impl<'a> Reply<'a> {
     /// Adds when the login expires, if it does (login replies).
     pub fn expires(mut self, expires: Option<u64>) -> Self {
         self.expires = expires;
+        self
+    }
+
+    /// A stream's position: its offset and epoch (subscribe and login
+    /// replies, where the stream keeps history).
+    pub fn position(mut self, offset: u64, epoch: &'a str) -> Self {
+        self.offset = Some(offset);
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// Whether what was missed since the request's `since` follows.
+    pub fn recovered(mut self, recovered: Option<bool>) -> Self {
+        self.recovered = recovered;
         self
     }
 

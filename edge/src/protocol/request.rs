@@ -47,6 +47,50 @@ pub struct Request {
     pub command: Command,
     /// Echoed in the reply when present.
     pub id: Option<Value>,
+    /// Subscribes (codes 1 and 5) and logins (3): the position the client
+    /// had, to recover what it missed since.
+    pub since: Option<Since>,
+}
+
+/// `"since":{"offset":N,"epoch":E}`: the last offset a client received of
+/// a stream, in that stream's epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// The last offset received.
+    pub offset: u64,
+    /// The epoch it belongs to.
+    pub epoch: String,
+}
+
+/// Longest epoch a `since` may carry; the edge's are far shorter.
+pub const MAX_EPOCH_LEN: usize = 64;
+
+/// Reads a request's `since`.
+fn since(value: Option<Value>, id: &Option<Value>) -> Result<Option<Since>, BadRequest> {
+    let object = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(object)) => object,
+        Some(_) => return Err(bad(id.clone(), "field since must be an object".into())),
+    };
+    let offset = object
+        .get("offset")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| {
+            bad(
+                id.clone(),
+                "field since.offset must be a non-negative integer".into(),
+            )
+        })?;
+    let epoch = match object.get("epoch") {
+        Some(Value::String(epoch)) if epoch.len() <= MAX_EPOCH_LEN => epoch.clone(),
+        _ => {
+            return Err(bad(
+                id.clone(),
+                format!("field since.epoch must be a string of at most {MAX_EPOCH_LEN} bytes"),
+            ));
+        }
+    };
+    Ok(Some(Since { offset, epoch }))
 }
 
 /// A request that could not be parsed; answered with 30001.
@@ -127,7 +171,13 @@ fn request_from_object(mut object: Map<String, Value>) -> Result<Request, BadReq
         UNSUBSCRIBE_PRIVATE => Command::UnsubscribePrivate(topic()?),
         other => return Err(bad(id, format!("unknown code {other} (expected 1-6)"))),
     };
-    Ok(Request { command, id })
+    let since = match command {
+        Command::Subscribe(_) | Command::SubscribePrivate(_) | Command::Login(_) => {
+            since(object.remove("since"), &id)?
+        }
+        _ => None,
+    };
+    Ok(Request { command, id, since })
 }
 
 /// A MessagePack value read as JSON (see [`parse_msgpack_request`]).
@@ -354,6 +404,7 @@ mod tests {
             Ok(Request {
                 command: Command::Login(json!("tok")),
                 id: Some(json!(7)),
+                since: None,
             })
         );
         let topic = msgpack_map(&[("code", &[1]), ("topic", &bin(b"news"))]);

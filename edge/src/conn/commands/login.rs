@@ -8,17 +8,27 @@
 //! subscriptions kept. When the edge's keepalive sweep finds the end
 //! past, it wakes the connection, which logs out and sends push 10004.
 
+use super::recovery::{BEHIND_STEP, Join, Step};
 use crate::conn::Session;
 use crate::conn::io::Socket;
 use crate::interest::Key;
 use crate::protocol::push::login_ended;
+use crate::protocol::request::Since;
 use crate::protocol::{Code, Reply};
 use bytes::Bytes;
+use gpush_common::history::StreamKey;
 use gpush_common::subject::user_bucket;
 use serde_json::Value;
 
 impl<S: Socket> Session<S> {
-    pub(super) async fn login(&mut self, token: Value, id: Option<&Value>) -> Bytes {
+    /// Logs in; the reply (and, with `since`, the user-wide pushes missed)
+    /// are queued here, in order with the user's pushes.
+    pub(super) async fn login(
+        &mut self,
+        token: Value,
+        id: Option<&Value>,
+        since: Option<Since>,
+    ) -> Bytes {
         let login = match self.shared.auth.login(&token).await {
             Ok(login) => login,
             Err(e) => {
@@ -31,24 +41,62 @@ impl<S: Socket> Session<S> {
         };
         let uid = login.uid;
         let ends = login.expires.map(|e| self.shared.auth.ends_at(e));
+        let hub = self.shared.hub.clone();
+        let key = StreamKey::User(&uid);
+        let interest = self.shared.interest.clone();
+        interest
+            .follow(Key::UserBucket(user_bucket(&uid)), key)
+            .await;
+        let follower = interest.follower();
+        let mut join = Join::new(&hub.history, key, since);
+        let format = self.conn.format;
+        let reply = |offset: u64, join: &Join| {
+            let mut reply = Reply::new(Code::LoggedIn)
+                .uid(&uid)
+                .expires(login.expires)
+                .id(id)
+                .recovered(join.recovered());
+            if let Some(epoch) = &join.epoch {
+                reply = reply.position(offset, epoch);
+            }
+            reply.frame(format)
+        };
         if self.uid.as_deref() == Some(uid.as_str()) {
             // A refresh, even when the sweep just found the old end past.
             self.conn.set_login_end(ends);
-        } else {
-            self.logout().await;
-            self.shared.hub.login(&uid, &self.conn);
-            self.uid = Some(uid.as_str().into());
-            self.conn.set_login_end(ends);
-            self.shared
-                .interest
-                .ensure(Key::UserBucket(user_bucket(&uid)))
-                .await;
+            hub.with_user_offset(&uid, |offset| self.queue(reply(offset.unwrap_or(0), &join)));
+            return Bytes::new();
         }
-        Reply::new(Code::LoggedIn)
-            .uid(&uid)
-            .expires(login.expires)
-            .id(id)
-            .frame(self.conn.format)
+        self.logout().await;
+        let max_recover = self.shared.config.history.max_recover;
+        loop {
+            let at = hub.stream_offset(key);
+            let user_wide = |entry: &gpush_common::history::Entry| entry.push.topic.is_empty();
+            let expected = match join
+                .catch_up(&hub.history, follower, key, at, max_recover, user_wide)
+                .await
+            {
+                Step::Join(expected) => expected,
+                Step::Wait => {
+                    tokio::time::sleep(BEHIND_STEP).await;
+                    continue;
+                }
+            };
+            let joined = |offset| {
+                self.queue(reply(offset, &join));
+                join.frames(format).for_each(|frame| self.queue(frame));
+            };
+            if hub.login_at(&uid, &self.conn, expected, joined).is_ok() {
+                break;
+            }
+        }
+        self.uid = Some(uid.as_str().into());
+        self.conn.set_login_end(ends);
+        self.shared
+            .interest
+            .ensure(Key::UserBucket(user_bucket(&uid)))
+            .await;
+        Bytes::new()
     }
 
     /// The sweep found the login past its end: log out, and tell the
@@ -58,6 +106,7 @@ impl<S: Socket> Session<S> {
         self.logout().await;
         if let Some(uid) = uid {
             tracing::debug!(uid = %uid, "login expired");
+            self.shared.metrics.login_expired();
             self.queue(login_ended(&uid, self.conn.format));
         }
     }

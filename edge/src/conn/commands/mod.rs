@@ -4,6 +4,7 @@
 
 mod login;
 mod private;
+mod recovery;
 mod subscribe;
 
 use super::Session;
@@ -14,18 +15,20 @@ use gpush_common::push::validate_name;
 use serde_json::Value;
 
 impl<S: Socket> Session<S> {
-    /// Carries out a request; the reply frame.
-    pub(super) async fn request(&mut self, Request { command, id }: Request) -> Bytes {
+    /// Carries out a request; the reply frame, or an empty one when the
+    /// reply was queued already (joins queue theirs in order with the
+    /// stream's pushes).
+    pub(super) async fn request(&mut self, Request { command, id, since }: Request) -> Bytes {
         let id = id.as_ref();
         match command {
-            Command::Subscribe(topic) => self.subscribe(topic, id).await,
+            Command::Subscribe(topic) => self.subscribe(topic, id, since).await,
             Command::Unsubscribe(topic) => self.unsubscribe(topic, id).await,
-            Command::Login(token) => self.login(token, id).await,
+            Command::Login(token) => self.login(token, id, since).await,
             Command::Logout => {
                 self.logout().await;
                 Reply::new(Code::LoggedOut).id(id).frame(self.conn.format)
             }
-            Command::SubscribePrivate(topic) => self.subscribe_private(topic, id),
+            Command::SubscribePrivate(topic) => self.subscribe_private(topic, id, since).await,
             Command::UnsubscribePrivate(topic) => self.unsubscribe_private(topic, id),
         }
     }

@@ -1,29 +1,73 @@
 //! Subscribe and unsubscribe to the logged-in user's private topics
 //! (codes 5 and 6), recorded in the hub's private index.
 
+use super::recovery::{BEHIND_STEP, Join, Step};
 use crate::conn::Session;
 use crate::conn::io::Socket;
+use crate::protocol::request::Since;
 use crate::protocol::{Code, Reply};
 use bytes::Bytes;
+use gpush_common::history::StreamKey;
 use serde_json::Value;
 
 impl<S: Socket> Session<S> {
-    pub(super) fn subscribe_private(&mut self, topic: String, id: Option<&Value>) -> Bytes {
+    /// Subscribes to a private topic; as for public ones, the reply (and
+    /// any recovered pushes: the user's stream's pushes to this topic) is
+    /// queued here. A private topic's offsets are those of its user's
+    /// stream.
+    pub(super) async fn subscribe_private(
+        &mut self,
+        topic: String,
+        id: Option<&Value>,
+        since: Option<Since>,
+    ) -> Bytes {
         let uid = match self.private_uid(&topic, id) {
-            Ok(uid) => uid,
+            Ok(uid) => uid.to_owned(),
             Err(reply) => return reply,
         };
-        if !self.private.contains(&topic) {
-            if let Err(reply) = self.check_limit(&topic, id) {
-                return reply;
-            }
-            self.shared.hub.subscribe_private(uid, &topic, &self.conn);
-            self.private.insert(&topic);
+        let hub = self.shared.hub.clone();
+        let key = StreamKey::User(&uid);
+        let interest = self.shared.interest.clone();
+        let follower = interest.follower();
+        let mut join = Join::new(&hub.history, key, since);
+        let reply = |offset: u64, join: &Join| {
+            self.joined_reply(Code::Subscribed, &topic, id, join, offset)
+        };
+        if self.private.contains(&topic) {
+            hub.with_user_offset(&uid, |offset| self.queue(reply(offset.unwrap_or(0), &join)));
+            return Bytes::new();
         }
-        Reply::new(Code::Subscribed)
-            .topic(&topic)
-            .id(id)
-            .frame(self.conn.format)
+        if let Err(reply) = self.check_limit(&topic, id) {
+            return reply;
+        }
+        let max_recover = self.shared.config.history.max_recover;
+        let format = self.conn.format;
+        loop {
+            let at = hub.stream_offset(key);
+            let wanted = |entry: &gpush_common::history::Entry| entry.push.topic == topic;
+            let expected = match join
+                .catch_up(&hub.history, follower, key, at, max_recover, wanted)
+                .await
+            {
+                Step::Join(expected) => expected,
+                Step::Wait => {
+                    tokio::time::sleep(BEHIND_STEP).await;
+                    continue;
+                }
+            };
+            let joined = |offset| {
+                self.queue(reply(offset, &join));
+                join.frames(format).for_each(|frame| self.queue(frame));
+            };
+            if hub
+                .subscribe_private_at(&uid, &topic, &self.conn, expected, joined)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        self.private.insert(&topic);
+        Bytes::new()
     }
 
     pub(super) fn unsubscribe_private(&mut self, topic: String, id: Option<&Value>) -> Bytes {

@@ -1,45 +1,87 @@
 //! Subscribe and unsubscribe to public topics (codes 1 and 2): recorded on
 //! the connection and in the hub's topic index, and followed by the bus.
+//! A subscribe with `since` recovers what was missed ([`super::recovery`]).
 
+use super::recovery::{BEHIND_STEP, Join, Step};
 use crate::conn::Session;
 use crate::conn::io::Socket;
+use crate::hub::NotAdded;
 use crate::interest::Key;
+use crate::protocol::request::Since;
 use crate::protocol::{Code, Reply};
 use bytes::Bytes;
+use gpush_common::history::StreamKey;
 use serde_json::Value;
 
 impl<S: Socket> Session<S> {
-    pub(super) async fn subscribe(&mut self, topic: String, id: Option<&Value>) -> Bytes {
+    /// Subscribes; the reply (and any recovered pushes) are queued here,
+    /// in order with the topic's pushes, so nothing is returned.
+    pub(super) async fn subscribe(
+        &mut self,
+        topic: String,
+        id: Option<&Value>,
+        since: Option<Since>,
+    ) -> Bytes {
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
         }
-        if !self.public.contains(&topic) {
-            if let Err(reply) = self.check_limit(&topic, id) {
-                return reply;
-            }
-            let max_topics = self.shared.config.max_topics;
-            if self
-                .shared
-                .hub
-                .subscribe(&topic, &self.conn, max_topics)
-                .is_err()
+        let hub = self.shared.hub.clone();
+        let key = StreamKey::Topic(&topic);
+        let interest = self.shared.interest.clone();
+        interest.follow(Key::Topic(topic.clone()), key).await;
+        let follower = interest.follower();
+        let mut join = Join::new(&hub.history, key, since);
+        let reply = |offset: u64, join: &Join| {
+            self.joined_reply(Code::Subscribed, &topic, id, join, offset)
+        };
+        if self.public.contains(&topic) {
+            hub.with_topic_offset(&topic, |offset| {
+                self.queue(reply(offset.unwrap_or(0), &join));
+            });
+            return Bytes::new();
+        }
+        if let Err(reply) = self.check_limit(&topic, id) {
+            return reply;
+        }
+        let max_topics = self.shared.config.max_topics;
+        let max_recover = self.shared.config.history.max_recover;
+        let format = self.conn.format;
+        let first = loop {
+            let at = hub.stream_offset(key);
+            let expected = match join
+                .catch_up(&hub.history, follower, key, at, max_recover, |_| true)
+                .await
             {
-                return Reply::new(Code::LimitReached)
-                    .topic(&topic)
-                    .id(id)
-                    .detail(&format!(
-                        "this edge serves at most {max_topics} distinct topics; retry later \
-                         or on another edge"
-                    ))
-                    .frame(self.conn.format);
+                Step::Join(expected) => expected,
+                Step::Wait => {
+                    tokio::time::sleep(BEHIND_STEP).await;
+                    continue;
+                }
+            };
+            let joined = |offset| {
+                self.queue(reply(offset, &join));
+                join.frames(format).for_each(|frame| self.queue(frame));
+            };
+            match hub.subscribe_at(&topic, &self.conn, max_topics, expected, joined) {
+                Ok((first, _)) => break first,
+                Err(NotAdded::Moved(_)) => continue,
+                Err(NotAdded::Full) => {
+                    return Reply::new(Code::LimitReached)
+                        .topic(&topic)
+                        .id(id)
+                        .detail(&format!(
+                            "this edge serves at most {max_topics} distinct topics; retry later \
+                             or on another edge"
+                        ))
+                        .frame(format);
+                }
             }
-            self.public.insert(&topic);
+        };
+        self.public.insert(&topic);
+        if first {
             self.shared.interest.ensure(Key::Topic(topic.clone())).await;
         }
-        Reply::new(Code::Subscribed)
-            .topic(&topic)
-            .id(id)
-            .frame(self.conn.format)
+        Bytes::new()
     }
 
     pub(super) async fn unsubscribe(&mut self, topic: String, id: Option<&Value>) -> Bytes {
@@ -56,5 +98,25 @@ impl<S: Socket> Session<S> {
             .topic(&topic)
             .id(id)
             .frame(self.conn.format)
+    }
+
+    /// The reply to a join of a stream at `offset`: its position where it
+    /// keeps history, and whether what was missed follows.
+    pub(super) fn joined_reply(
+        &self,
+        code: Code,
+        topic: &str,
+        id: Option<&Value>,
+        join: &Join,
+        offset: u64,
+    ) -> Bytes {
+        let mut reply = Reply::new(code).id(id).recovered(join.recovered());
+        if !topic.is_empty() {
+            reply = reply.topic(topic);
+        }
+        if let Some(epoch) = &join.epoch {
+            reply = reply.position(offset, epoch);
+        }
+        reply.frame(self.conn.format)
     }
 }

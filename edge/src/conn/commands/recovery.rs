@@ -1,0 +1,146 @@
+//! Joining a stream at a position: a subscribe (codes 1 and 5) or a login
+//! (3) that carries `since` gets what the client missed, all of it and in
+//! order before any live push, or `recovered: false`.
+//!
+//! The hub delivers a stream's pushes under its index lock and records the
+//! offset of the last one there. Joining reads the history up to that
+//! offset, then asks the hub to add the connection only if the offset has
+//! not moved meanwhile; under the same lock the reply and the recovered
+//! pushes are queued, so the first live push comes after them with nothing
+//! between. If pushes arrived in between, what they added is read and the
+//! join is tried again ([`MAX_ATTEMPTS`] times, then the client is told
+//! that recovery failed: a stream that busy is better reloaded).
+
+use crate::follow::Follower;
+use crate::protocol::request::Since;
+use crate::protocol::{PushFrames, WireFormat};
+use bytes::Bytes;
+use gpush_common::history::{Entry, MemoryHistory, Read, StreamKey};
+
+/// Joins tried before a recovery is given up.
+pub(super) const MAX_ATTEMPTS: u32 = 8;
+/// How long a join waits for this edge to deliver up to the client's
+/// `since` (it may have got it from another edge that was ahead), in
+/// steps of [`BEHIND_STEP`].
+const BEHIND_STEPS: u32 = 200;
+/// One wait for the edge to catch up with a client's `since`.
+pub(super) const BEHIND_STEP: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// What a join does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Join if the stream is at this offset (None: wherever it is).
+    Join(Option<u64>),
+    /// The stream holds the client's offset but this edge has not
+    /// delivered it yet: wait [`BEHIND_STEP`] and try again.
+    Wait,
+}
+
+/// A join in progress.
+pub(super) struct Join {
+    /// The stream's epoch; None when it keeps no history.
+    pub(super) epoch: Option<String>,
+    /// Some when the request carried `since`: whether recovery still holds.
+    recovered: Option<bool>,
+    /// The offset read up to.
+    cursor: u64,
+    entries: Vec<Entry>,
+    attempts: u32,
+    /// Waits for this edge to reach the client's offset.
+    behind: u32,
+}
+
+impl Join {
+    /// A join of `key`'s stream for a request with `since`.
+    pub(super) fn new(history: &MemoryHistory, key: StreamKey<'_>, since: Option<Since>) -> Self {
+        let epoch = history.position(key).map(|p| p.epoch);
+        let (recovered, cursor) = match (&since, &epoch) {
+            (None, _) => (None, 0),
+            (Some(since), Some(epoch)) => (Some(since.epoch == *epoch), since.offset),
+            // No history for this stream: nothing can be recovered.
+            (Some(_), None) => (Some(false), 0),
+        };
+        Self {
+            epoch,
+            recovered,
+            cursor,
+            entries: Vec::new(),
+            attempts: 0,
+            behind: 0,
+        }
+    }
+
+    /// Reads what the stream holds after the cursor up to `at` (where the
+    /// hub now stands), keeping the entries `wanted` selects; what to do
+    /// next: join at the offset read up to, join wherever the stream is (no
+    /// recovery, or it failed), or wait for this edge to catch up.
+    pub(super) async fn catch_up(
+        &mut self,
+        history: &MemoryHistory,
+        follower: Option<&Follower>,
+        key: StreamKey<'_>,
+        at: u64,
+        max: usize,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> Step {
+        if self.recovered != Some(true) {
+            return Step::Join(None);
+        }
+        if self.cursor > at {
+            // Delivered elsewhere but not here yet (wait), or an offset the
+            // stream never reached (fail).
+            self.behind += 1;
+            let held = history.last(key).is_some_and(|last| last >= self.cursor);
+            return if held && self.behind <= BEHIND_STEPS {
+                Step::Wait
+            } else {
+                self.fail()
+            };
+        }
+        self.attempts += 1;
+        if self.attempts > MAX_ATTEMPTS {
+            // Too busy: the client is better off reloading.
+            return self.fail();
+        }
+        if at > self.cursor {
+            let epoch = self.epoch.as_deref().unwrap_or_default();
+            let room = max.saturating_sub(self.entries.len());
+            let mut read = history.read(key, epoch, self.cursor, at, room);
+            if let (Read::Gap, Some(follower)) = (&read, follower) {
+                // A cluster edge's copy holds only what it delivered since it
+                // began following the stream: ask JetStream.
+                read = follower.read(key, self.cursor, at, room).await;
+            }
+            match read {
+                Read::Complete(entries) => {
+                    self.entries
+                        .extend(entries.into_iter().filter(|e| wanted(e)).map(|mut entry| {
+                            entry.push.offset = entry.offset;
+                            entry
+                        }));
+                    self.cursor = at;
+                }
+                Read::Gap => return self.fail(),
+            }
+        }
+        Step::Join(Some(self.cursor))
+    }
+
+    fn fail(&mut self) -> Step {
+        self.recovered = Some(false);
+        self.entries = Vec::new();
+        Step::Join(None)
+    }
+
+    /// The reply's `recovered` field.
+    pub(super) fn recovered(&self) -> Option<bool> {
+        self.recovered
+    }
+
+    /// The recovered pushes, framed for `format`.
+    pub(super) fn frames(&self, format: WireFormat) -> impl Iterator<Item = Bytes> + '_ {
+        self.entries
+            .iter()
+            .map(move |entry| PushFrames::new(&entry.push).get(format).clone())
+    }
+}

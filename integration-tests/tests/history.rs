@@ -1,0 +1,472 @@
+//! History and recovery on a standalone edge (memory history): pushes
+//! carry offsets, subscribe and login replies carry the stream's position,
+//! and a client that comes back with `since` gets every push it missed, in
+//! order, before any live one and with none twice, or `recovered: false`.
+
+use gpush_common::history::config::PrefixRule;
+use gpush_integration_tests::api::PushMsg;
+use gpush_integration_tests::frames::code;
+use gpush_integration_tests::servers::EdgeHandle;
+use gpush_integration_tests::{Cluster, Deployment, QUIET, Standalone, TIMEOUT, WsClient, auth};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// `{"code":C,"topic":T,"since":{...}}` (no topic for a login).
+async fn join(client: &mut WsClient, request: Value) -> Value {
+    let reply = client.request_value(request).await;
+    assert!(
+        reply["code"] == code::SUBSCRIBED || reply["code"] == code::LOGGED_IN,
+        "{}: {reply}",
+        client.label()
+    );
+    reply
+}
+
+/// The reply's position: (offset, epoch).
+fn position(reply: &Value) -> (u64, String) {
+    let offset = reply["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset: {reply}"));
+    let epoch = reply["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch: {reply}"));
+    (offset, epoch.to_owned())
+}
+
+fn since(offset: u64, epoch: &str) -> Value {
+    json!({"offset": offset, "epoch": epoch})
+}
+
+/// The next `n` pushes' (offset, data).
+async fn pushes(client: &mut WsClient, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        let push = client.next_push(TIMEOUT).await;
+        let offset = push["offset"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no offset: {push}"));
+        got.push((offset, push["data"].as_str().unwrap_or_default().to_owned()));
+    }
+    got
+}
+
+/// Pushes `texts` to public `topic`; each answer's offset.
+async fn push_all(
+    d: &impl Deployment,
+    topic: &str,
+    texts: impl IntoIterator<Item = String>,
+) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    for text in texts {
+        let body = json!({"topic": topic, "data": base64(&text)}).to_string();
+        let reply = d.api().post("/v1/pushData", body, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        offsets.push(reply.json()["offset"].as_u64().expect("an offset"));
+    }
+    offsets
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn texts(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|n| format!("{prefix}{n}")).collect()
+}
+
+/// A client that disconnects and comes back (in a cluster, to another
+/// edge) with `since` gets the pushes it missed, in order, then live ones.
+async fn comes_back(d: &impl Deployment) {
+    let mut a = d.connect(0, "a").await;
+    let reply = join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "news"})).await;
+    let (start, epoch) = position(&reply);
+    assert!(
+        reply.get("recovered").is_none(),
+        "no since, no recovered: {reply}"
+    );
+
+    let offsets = push_all(d, "news", texts("n", 0..3)).await;
+    assert!(
+        offsets[0] > start && offsets.windows(2).all(|w| w[0] < w[1]),
+        "{offsets:?}"
+    );
+    let got = pushes(&mut a, 3).await;
+    assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), offsets);
+    let last = got[2].0;
+    a.close().await;
+
+    let missed = push_all(d, "news", texts("missed", 0..20)).await;
+    let mut back = d.connect(1, "back").await;
+    let reply = join(
+        &mut back,
+        json!({"code": code::SUBSCRIBE, "topic": "news", "since": since(last, &epoch)}),
+    )
+    .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(position(&reply), (missed[19], epoch.clone()), "{reply}");
+    let recovered = pushes(&mut back, 20).await;
+    let expected: Vec<(u64, String)> = missed
+        .iter()
+        .enumerate()
+        .map(|(n, offset)| (*offset, format!("missed{n}")))
+        .collect();
+    assert_eq!(recovered, expected);
+
+    let live = push_all(d, "news", ["live".to_owned()]).await;
+    assert_eq!(pushes(&mut back, 1).await, [(live[0], "live".to_owned())]);
+    back.expect_no_push(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_comes_back_gets_what_it_missed_then_live_pushes() {
+    comes_back(&Standalone::start(|_| {}).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_comes_back_to_another_edge_gets_what_it_missed() {
+    comes_back(&Cluster::start(2, |_| {}).await).await;
+}
+
+/// Pushes arrive all the time while clients recover: each client sees
+/// every offset after its `since` exactly once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_under_a_stream_of_pushes_has_no_gap_and_no_duplicate() {
+    let d = Arc::new(Standalone::start(|_| {}).await);
+    let mut first = d.connect(0, "first").await;
+    let (_, epoch) = position(
+        &join(
+            &mut first,
+            json!({"code": code::SUBSCRIBE, "topic": "busy"}),
+        )
+        .await,
+    );
+    push_all(d.as_ref(), "busy", texts("seed", 0..5)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // The last offset the push API answered.
+    let answered = Arc::new(AtomicU64::new(5));
+    let pusher = {
+        let (d, stop, answered) = (d.clone(), stop.clone(), answered.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<serde_json::Value> = (0..5)
+                    .map(|i| json!({"topic": "busy", "data": base64(&format!("p{n}-{i}"))}))
+                    .collect();
+                let body = json!({"messages": batch}).to_string();
+                let reply = d.api().post("/v1/pushBatch", body, None).await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+                let last = reply.json()["offsets"][4].as_u64().expect("offsets");
+                answered.store(last, Ordering::Relaxed);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            n
+        })
+    };
+    for round in 0..10u64 {
+        // A few pushes back: kept (size 100), and more arrive meanwhile.
+        let from = answered
+            .load(Ordering::Relaxed)
+            .saturating_sub(1 + round % 10);
+        let mut c = d.connect(0, &format!("round {round}")).await;
+        let reply = join(
+            &mut c,
+            json!({"code": code::SUBSCRIBE, "topic": "busy", "since": since(from, &epoch)}),
+        )
+        .await;
+        assert_eq!(reply["recovered"], true, "{reply}");
+        let (at, _) = position(&reply);
+        // Everything up to the reply's offset, then live ones, contiguous.
+        let got = pushes(&mut c, (at - from) as usize + 20).await;
+        for (i, (offset, _)) in got.iter().enumerate() {
+            assert_eq!(*offset, from + 1 + i as u64, "round {round}: {got:?}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(pusher.await.expect("pusher") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_history_no_longer_holds_is_not_recovered() {
+    let d = Standalone::start(|c| {
+        c.history.size = 5;
+        c.history.max_recover = 3;
+    })
+    .await;
+    let mut a = d.connect(0, "a").await;
+    let (_, epoch) = position(&join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
+    push_all(&d, "t", texts("x", 0..10)).await;
+
+    let cases = [
+        // Offset 3 was evicted (size 5 keeps 6..=10).
+        ("evicted", since(3, &epoch), false),
+        // 6..=10 are kept, but 5 missed is more than max_recover (3).
+        ("too many", since(5, &epoch), false),
+        ("another epoch", since(8, "other"), false),
+        ("never reached", since(99, &epoch), false),
+        ("kept and few", since(7, &epoch), true),
+    ];
+    for (label, from, recovered) in cases {
+        let mut c = d.connect(0, label).await;
+        let reply = join(
+            &mut c,
+            json!({"code": code::SUBSCRIBE, "topic": "t", "since": from}),
+        )
+        .await;
+        assert_eq!(reply["recovered"], recovered, "{label}: {reply}");
+        assert_eq!(position(&reply).0, 10, "{label}: {reply}");
+        if recovered {
+            let got = pushes(&mut c, 3).await;
+            assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), [8, 9, 10]);
+        }
+        // A partial recovery is never sent.
+        c.expect_no_push(QUIET).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standalone_edge_starts_a_new_epoch() {
+    let d = Standalone::start(|_| {}).await;
+    let mut a = d.connect(0, "a").await;
+    let (_, epoch) = position(&join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
+    push_all(&d, "t", texts("x", 0..3)).await;
+    drop(a);
+    let config = d.edge.stop().await;
+    let d = Standalone::from_edge(EdgeHandle::start_again(config).await);
+    push_all(&d, "t", texts("y", 0..3)).await;
+    let mut b = d.connect(0, "b").await;
+    let reply = join(
+        &mut b,
+        json!({"code": code::SUBSCRIBE, "topic": "t", "since": since(2, &epoch)}),
+    )
+    .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(position(&reply).1, epoch);
+    b.expect_no_push(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_streams_recover_private_topics_and_user_wide_pushes_apart() {
+    let d = Standalone::start(|_| {}).await;
+    let mut a = d.connect(0, "a").await;
+    let reply = join(
+        &mut a,
+        json!({"code": code::LOGIN, "data": auth::hs256("ann")}),
+    )
+    .await;
+    let (_, epoch) = position(&reply);
+    let reply = join(
+        &mut a,
+        json!({"code": code::SUBSCRIBE_PRIVATE, "topic": "inbox"}),
+    )
+    .await;
+    assert_eq!(
+        position(&reply).1,
+        epoch,
+        "a private topic shares its user's stream"
+    );
+    drop(a);
+
+    let send =
+        |uid: &str, topic: &str, text: &str| PushMsg::new(uid, topic, text.as_bytes().to_vec());
+    d.push_batch_http(&[
+        send("ann", "inbox", "i1"),
+        send("ann", "", "u1"),
+        send("ann", "other", "o1"),
+        send("bob", "inbox", "not ann's"),
+        send("ann", "inbox", "i2"),
+    ])
+    .await;
+
+    let mut b = d.connect(0, "b").await;
+    let reply = join(
+        &mut b,
+        json!({"code": code::LOGIN, "data": auth::hs256("ann"), "since": since(0, &epoch)}),
+    )
+    .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let got = pushes(&mut b, 1).await;
+    assert_eq!(
+        got,
+        [(2, "u1".to_owned())],
+        "the login recovers user-wide pushes only"
+    );
+    let reply = join(
+        &mut b,
+        json!({"code": code::SUBSCRIBE_PRIVATE, "topic": "inbox", "since": since(0, &epoch)}),
+    )
+    .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let got = pushes(&mut b, 2).await;
+    assert_eq!(got, [(1, "i1".to_owned()), (4, "i2".to_owned())]);
+    b.expect_no_push(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_without_history_have_no_offsets() {
+    let d = Standalone::start(|c| {
+        c.history.topics = vec![PrefixRule {
+            prefix: "live.".into(),
+            size: 0,
+            ttl: Duration::from_secs(1),
+        }];
+    })
+    .await;
+    let mut a = d.connect(0, "a").await;
+    let reply = join(
+        &mut a,
+        json!({"code": code::SUBSCRIBE, "topic": "live.eur", "since": since(1, "e")}),
+    )
+    .await;
+    assert!(
+        reply.get("offset").is_none() && reply.get("epoch").is_none(),
+        "{reply}"
+    );
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let body = json!({"topic": "live.eur", "data": base64("tick")}).to_string();
+    let answer = d.api().post("/v1/pushData", body, None).await.json();
+    assert!(answer.get("offset").is_none(), "{answer}");
+    let push = a.next_push(TIMEOUT).await;
+    assert!(push.get("offset").is_none(), "{push}");
+    // Everyone pushes never have offsets; a batch answer lists them.
+    let answer = d
+        .api()
+        .post(
+            "/v1/pushBatch",
+            json!({"messages": [{"data": base64("all")}, {"topic": "kept", "data": base64("k")}]})
+                .to_string(),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(answer["offsets"], json!([0, 1]), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_since_is_a_bad_request() {
+    let d = Standalone::start(|_| {}).await;
+    let mut a = d.connect(0, "a").await;
+    for bad in [
+        json!("5"),
+        json!({"offset": -1, "epoch": "e"}),
+        json!({"offset": 1}),
+        json!({"offset": 1, "epoch": "e".repeat(65)}),
+    ] {
+        let reply = a
+            .request_value(json!({"code": code::SUBSCRIBE, "topic": "t", "since": bad}))
+            .await;
+        assert_eq!(reply["code"], code::BAD_REQUEST, "{bad}: {reply}");
+    }
+    a.must_subscribe("t").await;
+}
+
+/// `GET /v1/history` and gRPC `History`: what backends rebuilding state
+/// read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_pages_through_what_is_kept() {
+    let d = Standalone::start(|c| c.history.size = 4).await;
+    push_all(&d, "t", texts("x", 0..6)).await;
+    d.push_batch_http(&[
+        PushMsg::private("ann", "inbox", b"i1".to_vec()),
+        PushMsg::user("ann", b"u1".to_vec()),
+    ])
+    .await;
+
+    let get = |path: &str| {
+        let path = path.to_owned();
+        let api = d.api().clone();
+        async move { api.get(&path).await }
+    };
+    let page = get("/v1/history?topic=t&since=1&limit=2").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let page = page.json();
+    assert_eq!(
+        (page["offset"].as_u64(), &page["complete"]),
+        (Some(6), &json!(false)),
+        "{page}"
+    );
+    let pushes = page["pushes"].as_array().expect("pushes");
+    assert_eq!(pushes.len(), 2, "{page}");
+    assert_eq!(
+        pushes[0],
+        json!({"offset": 3, "topic": "t", "data": base64("x2")})
+    );
+    let page = get("/v1/history?topic=t&since=4").await.json();
+    assert_eq!(page["complete"], true, "{page}");
+    assert_eq!(page["pushes"].as_array().map(Vec::len), Some(2), "{page}");
+
+    let page = get("/v1/history?uid=ann&topic=inbox").await.json();
+    let data: Vec<&Value> = page["pushes"]
+        .as_array()
+        .expect("pushes")
+        .iter()
+        .map(|p| &p["data"])
+        .collect();
+    assert_eq!(data, [&json!(base64("i1"))], "{page}");
+    let page = get("/v1/history?uid=ann").await.json();
+    assert_eq!(
+        page["pushes"].as_array().map(Vec::len),
+        Some(2),
+        "the user's whole stream: {page}"
+    );
+
+    for (query, status, code) in [
+        ("", 400, "bad_query"),
+        ("?topic=t&limit=0", 400, "bad_query"),
+        ("?topic=t&limit=1001", 400, "bad_query"),
+        ("?topic=t&Since=1", 400, "bad_query"),
+        ("?topic=a%0Ab", 400, "invalid_topic"),
+    ] {
+        let reply = get(&format!("/v1/history{query}")).await;
+        assert_eq!(
+            (reply.status, reply.json()["code"].as_str()),
+            (status, Some(code)),
+            "{query}: {}",
+            reply.body
+        );
+    }
+
+    let reply = d
+        .api()
+        .grpc()
+        .history(gpush_proto::v1::HistoryRequest {
+            uid: String::new(),
+            topic: "t".into(),
+            since: 4,
+            limit: 0,
+        })
+        .await
+        .expect("History")
+        .into_inner();
+    assert_eq!(
+        (reply.offset, reply.complete, reply.pushes.len()),
+        (6, true, 2)
+    );
+    assert_eq!(&reply.pushes[1].data[..], b"x5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_says_where_none_is_kept() {
+    let d = Standalone::start(|c| c.history.enabled = false).await;
+    let reply = d.api().get("/v1/history?topic=t").await;
+    assert_eq!(
+        (reply.status, reply.json()["code"].as_str()),
+        (404, Some("no_history")),
+        "{}",
+        reply.body
+    );
+    let status = d
+        .api()
+        .grpc()
+        .history(gpush_proto::v1::HistoryRequest {
+            topic: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no history");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}
