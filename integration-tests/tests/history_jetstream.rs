@@ -58,6 +58,7 @@ fn config(rules: Vec<PrefixRule>) -> HistoryConfig {
 }
 
 async fn history(client: &async_nats::Client, config: &HistoryConfig) -> JetStreamHistory {
+    gpush_integration_tests::init_tracing();
     timeout(
         TIMEOUT,
         JetStreamHistory::new(client.clone(), &Subjects::default(), config, JS_TIMEOUT),
@@ -375,6 +376,7 @@ async fn reads_after_an_offset_are_all_or_nothing() {
     assert_eq!(got[0].push, {
         let mut p = alice[1].clone();
         p.sent_at_us = got[0].push.sent_at_us;
+        p.offset = offsets[1];
         p
     });
 }
@@ -487,6 +489,100 @@ async fn prefix_rules_keep_their_topics_in_their_own_streams() {
 
 async fn history_with(client: &async_nats::Client, rules: Vec<PrefixRule>) -> JetStreamHistory {
     history(client, &config(rules)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drifted_streams_are_updated_or_named_in_the_error() {
+    let nats = NatsServer::start_jetstream().await;
+    let client = connect(&nats).await;
+    let js = jetstream::new(client.clone());
+    // A stream of the history's name made by hand with a smaller bound
+    // and a short max_age: brought to the plan.
+    let republish = jetstream::stream::Republish {
+        source: "gpush-h.d.>".into(),
+        destination: "gpush.>".into(),
+        headers_only: false,
+    };
+    js.create_stream(jetstream::stream::Config {
+        name: "GPUSH_HISTORY_D".into(),
+        subjects: vec!["gpush-h.d.>".into()],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(5),
+        republish: Some(republish.clone()),
+        allow_direct: true,
+        storage: jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("hand-made stream");
+    let history = history(&client, &HistoryConfig::default()).await;
+    let mut stream = js.get_stream("GPUSH_HISTORY_D").await.expect("stream");
+    let info = stream.info().await.expect("info").clone();
+    assert_eq!(info.config.subjects, ["gpush-h.d.>"]);
+    assert_eq!(info.config.max_messages_per_subject, 100);
+    assert_eq!(info.config.max_age, HistoryConfig::default().ttl);
+    assert_eq!(info.config.republish, Some(republish));
+    let bus = bus(&client, &history);
+    let offsets = publish(&bus, &[topic("news", "1"), topic("news", "2")]).await;
+    let got = history
+        .read(StreamKey::Topic("news"), offsets[0], None, 10)
+        .await
+        .expect("read");
+    assert_eq!(entries(&got).map(|e| e.len()), Some(1));
+
+    // A stream of a plan's name without the republish (nats-server 2.9
+    // cannot add one in place): an error that names the stream.
+    js.delete_stream("GPUSH_HISTORY_U").await.expect("delete");
+    js.create_stream(jetstream::stream::Config {
+        name: "GPUSH_HISTORY_U".into(),
+        subjects: vec!["gpush-h.u.>".into()],
+        storage: jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("hand-made stream");
+    let started = timeout(
+        TIMEOUT,
+        JetStreamHistory::new(
+            client.clone(),
+            &Subjects::default(),
+            &HistoryConfig::default(),
+            JS_TIMEOUT,
+        ),
+    )
+    .await
+    .expect("start hung");
+    let Err(error) = started else {
+        panic!("republish added in place");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("GPUSH_HISTORY_U") && text.contains("RePublish"),
+        "{text}"
+    );
+    js.delete_stream("GPUSH_HISTORY_U").await.expect("delete");
+    history_again(&client).await;
+
+    // What JetStream cannot change in place (memory to file storage): an
+    // error that names the stream.
+    let file = HistoryConfig {
+        storage: gpush_common::history::Storage::File,
+        ..HistoryConfig::default()
+    };
+    let started = timeout(
+        TIMEOUT,
+        JetStreamHistory::new(client.clone(), &Subjects::default(), &file, JS_TIMEOUT),
+    )
+    .await
+    .expect("start hung");
+    let Err(error) = started else {
+        panic!("storage changed in place");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("GPUSH_HISTORY_D") && text.contains("update"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,5 +706,112 @@ async fn measure_read_methods() {
             let each = times[runs / 2];
             println!("read {count:>4} pushes by {method:?}: median {each:?}");
         }
+    }
+}
+
+/// Prints pushes/s through the NATS bus with history (JetStream store and
+/// ack) and without (core publish and server probe): 20,000 pushes in
+/// calls of `batch`, from 1 and from 8 concurrent callers. A measurement,
+/// not a check (see `measure_read_methods`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_publish_throughput() {
+    let nats = NatsServer::start_jetstream().await;
+    let client = connect(&nats).await;
+    let history = history(
+        &client,
+        &config(vec![rule("off.", 0), rule("big.", 100_000)]),
+    )
+    .await;
+    let bus = bus(&client, &history);
+    const TOTAL: usize = 20_000;
+    for (prefix, what) in [
+        ("on.", "history on, size 100    "),
+        ("big.", "history on, size 100,000"),
+        ("off.", "history off             "),
+    ] {
+        for batch in [1_usize, 100] {
+            for callers in [1_usize, 8] {
+                let calls = TOTAL / batch / callers;
+                let started = Instant::now();
+                let tasks: Vec<_> = (0..callers)
+                    .map(|c| {
+                        let bus = bus.clone();
+                        let name = format!("{prefix}{c}");
+                        tokio::spawn(async move {
+                            let pushes: Vec<Push> =
+                                (0..batch).map(|_| topic(&name, &"x".repeat(100))).collect();
+                            for _ in 0..calls {
+                                publish(&bus, &pushes).await;
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("caller");
+                }
+                let rate = (calls * batch * callers) as f64 / started.elapsed().as_secs_f64();
+                println!("{what}: batch {batch:>3}, {callers} callers: {rate:>8.0} pushes/s");
+            }
+        }
+    }
+}
+
+/// Prints the store rate while 1,000 topics are pushed to in turn (each
+/// keeps `size` 100, so a topic's kept pushes span 100,000 stream
+/// sequences once the stream is full), with memory and with file storage.
+/// nats-server 2.9.10's memory store finds a subject's last message (for
+/// the `Nats-Last-Sequence` of every republished store, and for a direct
+/// get of the last) by scanning every stream sequence between the
+/// subject's first and last kept messages. A measurement, not a check (see
+/// `measure_read_methods`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_interleaved_topics() {
+    let nats = NatsServer::start_jetstream().await;
+    let client = connect(&nats).await;
+    let slow = Duration::from_secs(60);
+    for (prefix, storage) in [
+        ("file", gpush_common::history::Storage::File),
+        ("mem", gpush_common::history::Storage::Memory),
+    ] {
+        let subjects = Subjects::new(prefix).expect("prefix");
+        let config = HistoryConfig {
+            storage,
+            ..HistoryConfig::default()
+        };
+        let history = JetStreamHistory::new(client.clone(), &subjects, &config, slow)
+            .await
+            .expect("history");
+        let bus = Bus::Nats(
+            NatsBus::new(client.clone(), subjects, slow, Ack::Server).with_history(history.clone()),
+        );
+        let mut stored = 0;
+        let mut report = Vec::new();
+        let started = Instant::now();
+        while stored < 200_000 && started.elapsed() < Duration::from_secs(60) {
+            let round = Instant::now();
+            for chunk in 0..10 {
+                let pushes: Vec<Push> = (0..100)
+                    .map(|i| topic(&format!("t{}", chunk * 100 + i), "x"))
+                    .collect();
+                bus.publish(&pushes).await.expect("publish");
+            }
+            stored += 1000;
+            if stored % 10_000 == 0 {
+                let rate = 1000.0 / round.elapsed().as_secs_f64();
+                report.push(format!("{}k: {rate:.0}/s", stored / 1000));
+            }
+        }
+        let started = Instant::now();
+        history
+            .position(StreamKey::Topic("t5"))
+            .await
+            .expect("position");
+        let position = started.elapsed();
+        println!(
+            "{storage:?}: store rate at 1,000 topics after n stored: {}; a position {position:?}",
+            report.join(", ")
+        );
     }
 }
