@@ -197,6 +197,38 @@ impl Subjects {
         format!("{}.u.{bucket}.*", self.prefix)
     }
 
+    /// The stream a live subject carries: `Some((true, topic))` for a
+    /// public topic's subject, `Some((false, uid))` for a user's, None for
+    /// the everyone subject or anything else. The inverse of
+    /// [`Self::topic`] and [`Self::user`] (for messages that carry no
+    /// envelope, such as history markers).
+    pub fn stream_of(&self, subject: &str) -> Option<(bool, String)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let (topic, escaped) = match rest.strip_prefix("t.") {
+            Some(escaped) => (true, escaped),
+            None => {
+                let (bucket, escaped) = rest.strip_prefix("u.")?.split_once('.')?;
+                let _: u16 = bucket.parse().ok()?;
+                (false, escaped)
+            }
+        };
+        if escaped.is_empty() || escaped.contains('.') {
+            return None;
+        }
+        let name = percent_encoding::percent_decode_str(escaped)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        let back = if topic {
+            self.topic(&name)
+        } else {
+            self.user(&name)
+        };
+        (back == subject).then_some((topic, name))
+    }
+
     /// The subject a push with this route is published under.
     pub fn for_route(&self, route: Route<'_>) -> String {
         match route {

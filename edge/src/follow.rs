@@ -164,33 +164,51 @@ impl Follower {
             return;
         };
         push.offset = position.offset;
-        let Some(key) = StreamKey::of(push.route()) else {
-            self.hub.deliver(&push);
-            return;
-        };
-        let history = &self.hub.history;
-        let Some(last) = history.last(key).filter(|_| history.follows(key)) else {
-            // Nobody here follows it (another user of a followed bucket).
-            if !position.marker {
-                self.hub.deliver(&push);
+        match StreamKey::of(push.route()) {
+            Some(key) if self.follows(key) => {
+                if self.before(key, position).await {
+                    let previous = self.after(key, position);
+                    self.hub.history.append_at(&push, position.offset, previous);
+                    self.hub.deliver(&push);
+                }
             }
-            return;
-        };
+            // Nobody here follows it (another user of a followed bucket).
+            _ => self.hub.deliver(&push),
+        }
+    }
+
+    /// A history marker of `key`'s stream: its position moves on, nothing
+    /// is delivered.
+    pub(crate) async fn marker(&self, key: StreamKey<'_>, position: LivePosition) {
+        if self.follows(key) && self.before(key, position).await {
+            let previous = self.after(key, position);
+            self.hub.history.advance_at(key, position.offset, previous);
+            self.hub.mark(key, position.offset);
+        }
+    }
+
+    /// The offset the message at `position` follows in the copy, once
+    /// [`Self::before`] filled what was missing.
+    fn after(&self, key: StreamKey<'_>, position: LivePosition) -> u64 {
+        position
+            .previous
+            .max(self.hub.history.last(key).unwrap_or(0))
+    }
+
+    /// Gets `key`'s stream ready for the message at `position`: false for a
+    /// duplicate; otherwise fills what was missed before it, so that it
+    /// follows the copy's last offset.
+    async fn before(&self, key: StreamKey<'_>, position: LivePosition) -> bool {
+        let history = &self.hub.history;
+        let last = history.last(key).unwrap_or(0);
         if position.offset <= last && !self.recreated(key, last, position).await {
-            return;
+            return false;
         }
         let last = history.last(key).unwrap_or(0);
         if position.previous > last {
             self.fill(key, last, position.previous).await;
         }
-        let previous = position.previous.max(history.last(key).unwrap_or(0));
-        if position.marker {
-            history.advance_at(key, position.offset, previous);
-            self.hub.mark(key, position.offset);
-        } else {
-            history.append_at(&push, position.offset, previous);
-            self.hub.deliver(&push);
-        }
+        true
     }
 
     /// Checks `key`'s stream against JetStream (after the bus came back)

@@ -275,7 +275,9 @@ impl Manager {
     /// connection was away reached nobody here).
     fn check_after_reconnect(&mut self) {
         let connects = self.client.statistics().connects.load(Ordering::Relaxed);
-        if connects > self.connects && self.connects > 0 {
+        // The first connection counts 1; any count past it and past what
+        // the last look saw is a reconnect.
+        if connects > self.connects.max(1) {
             tracing::info!("bus reconnected: checking followed history streams");
             for reader in self.active.values() {
                 let _ = reader.check.try_send(());
@@ -408,13 +410,25 @@ impl ReaderTask {
     }
 
     async fn message(&self, message: async_nats::Message) {
+        let position = live_position(message.headers.as_ref());
+        if let (Some(follower), Some(position)) = (&self.follower, position)
+            && position.marker
+        {
+            // A history marker: no envelope, its stream is its subject's.
+            if let Some((topic, name)) = self.subjects.stream_of(&message.subject) {
+                let stream = if topic {
+                    StreamKey::Topic(&name)
+                } else {
+                    StreamKey::User(&name)
+                };
+                follower.marker(stream, position).await;
+            }
+            return;
+        }
         match envelope::decode(&message.payload) {
             Ok(push) if self.subjects.carries(&message.subject, push.route()) => {
                 match &self.follower {
-                    Some(follower) => {
-                        let position = live_position(message.headers.as_ref());
-                        follower.live(push, position).await;
-                    }
+                    Some(follower) => follower.live(push, position).await,
                     None => self.hub.deliver(&push),
                 }
             }

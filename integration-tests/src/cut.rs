@@ -30,9 +30,11 @@ impl CutRelay {
                     return;
                 };
                 if *state.borrow() {
+                    tracing::debug!("relay: refused a connection");
                     drop(client);
                     continue;
                 }
+                tracing::debug!("relay: relaying a connection");
                 let mut cut = state.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
@@ -56,6 +58,7 @@ impl CutRelay {
 
     /// Drops every relayed connection and refuses new ones.
     pub fn cut(&self) {
+        tracing::debug!("relay: cut");
         self.cut.send_replace(true);
     }
 
