@@ -1082,9 +1082,15 @@ async fn page_recovers_private_and_user_wide_pushes_through_login() {
             ("recovered".to_owned(), "inbox".to_owned())
         ]
     );
+    // i0 was offset 1 and u0 offset 2 of ann's stream: both ask from 2,
+    // since the inbox had everything up to u0 too (its stream is in order).
     let logins = sent(&browser, "pc", 3, None).await;
     assert_eq!(logins.len(), 2, "{logins:?}");
     assert!(logins[0].get("since").is_none(), "{logins:?}");
-    assert!(logins[1]["since"]["epoch"].is_string(), "{logins:?}");
+    assert_eq!(logins[1]["since"]["offset"], 2, "{logins:?}");
+    let inbox = sent(&browser, "pc", 5, Some("inbox")).await;
+    assert_eq!(inbox.len(), 2, "{inbox:?}");
+    assert!(inbox[0].get("since").is_none(), "{inbox:?}");
+    assert_eq!(inbox[1]["since"]["offset"], 2, "{inbox:?}");
     browser.close().await;
 }
