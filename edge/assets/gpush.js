@@ -26,7 +26,37 @@
  *
  * Push handlers get `(data, push)`: `data` is the payload (the JSON value,
  * a string, or a Uint8Array when the edge sent it as base64) and `push` the
- * whole frame ({code, topic?, data, encoding?}).
+ * whole frame ({code, topic?, data, encoding?, offset?}). `push.offset` is
+ * the push's position in its stream where the edge keeps history: a public
+ * topic is a stream; a user's private topics and user-wide pushes share
+ * one stream (one offset sequence) per user; pushes to everyone have none.
+ *
+ * Recovery. The client remembers, per public topic, per private topic and
+ * for the user-wide pushes, the last offset and the epoch it saw (from the
+ * subscribe and login replies and from pushes). After every reconnect it
+ * logs in and resubscribes with `since` (a first subscribe or login sends
+ * none); the edge then sends the missed pushes, in order, before any live
+ * one, and the handlers get them as usual. Per topic, one event says how
+ * that went, right when the edge's reply arrives:
+ *
+ *   c.on("recovered", (topic, info) => ...)  // the missed pushes follow
+ *   c.on("gap", (topic, info) => ...)        // pushes were lost: reload
+ *
+ * `topic` is the topic, or null for the user-wide pushes (the login's);
+ * `info` is {private, since: {offset, epoch}, offset, epoch}: `private`
+ * true for private topics and user-wide pushes, `since` what was asked
+ * for, `offset` and `epoch` the stream's position now (null when the
+ * topic no longer keeps history). "gap" fires when the edge answers
+ * `recovered: false` (the history was lost, a new epoch, too much missed)
+ * or does not say it recovered: the application reloads that topic's
+ * state from its backend then, and only then. A push whose offset is not
+ * greater than the last one seen for its topic (or for the user-wide
+ * pushes) is dropped: no handler gets a push twice. The positions of a
+ * user's private topics and user-wide pushes move together: the edge sends
+ * a stream's pushes in order, so any push (or reply offset) of the user's
+ * stream shows that every part of it joined on this connection is
+ * complete up to there. Where the edge keeps no history (no offsets in
+ * replies), nothing of this happens: no since, no event, nothing dropped.
  *
  * Logins expire with their token: the login reply says when (`expires`,
  * unix seconds) and the edge ends the login then (push 10004, event
@@ -117,6 +147,24 @@
     return push.data;
   }
 
+  /**
+   * The recovery key of a subscription, login or push: "t:<topic>" for a
+   * public topic, "p:<topic>" for a private one, "u" for the user-wide
+   * pushes (the login's); null for what has no position.
+   */
+  function streamKey(code, topic) {
+    if (code === CODE.SUBSCRIBE || code === CODE.PUSH_PUBLIC) return "t:" + topic;
+    if (code === CODE.SUBSCRIBE_PRIVATE) return "p:" + topic;
+    if (code === CODE.PUSH_PRIVATE) return typeof topic === "string" ? "p:" + topic : "u";
+    if (code === CODE.LOGIN) return "u";
+    return null;
+  }
+
+  /** Whether `key` is a position of the logged-in user's stream. */
+  function userKey(key) {
+    return key === "u" || key.startsWith("p:");
+  }
+
   /** A desired subscription or login: what to restore and who waits for it. */
   function item(handler) {
     return {handler: handler, waiters: []};
@@ -155,7 +203,13 @@
       this._login = null; // its item
       this._loggedIn = false;
       this._expires = null; // unix seconds the login expires at, or null
-      this._pending = new Map(); // request id -> {code, topic, item, waiters}
+      this._pending = new Map(); // request id -> {code, topic, item, waiters, key, since}
+      // Recovery: stream key (see streamKey) -> {offset, epoch}, the last
+      // position seen; the uid the private and user-wide ones belong to;
+      // the keys joined on the current connection (no since for those).
+      this._pos = new Map();
+      this._posUid = null;
+      this._joined = new Set();
       this._nextId = 0;
       this._ws = null;
       this._gen = 0; // bumps on every connect attempt, so stale callbacks do nothing
@@ -172,7 +226,8 @@
     /**
      * Listens to "state" (state, info), "open" ({url, nodeId}), "close"
      * ({code, reason}), "push" (push, data), "reply" (reply), "expired"
-     * ({uid, reason}: push 10004, the login ended) or "error" (Error).
+     * ({uid, reason}: push 10004, the login ended), "recovered" (topic,
+     * info) and "gap" (topic, info) (see Recovery above) or "error" (Error).
      * Returns a function that removes the listener.
      */
     on(event, fn) {
@@ -213,6 +268,7 @@
 
     /** Unsubscribes from public `topic`. */
     unsubscribe(topic) {
+      this._forget(streamKey(CODE.SUBSCRIBE, topic));
       return this._drop(this._public, topic, CODE.UNSUBSCRIBE);
     }
 
@@ -240,6 +296,7 @@
       this._token = null;
       this._setLoggedIn(false);
       this.uid = null;
+      this._forgetUser();
       this._rejectItem(this._login, "logged out");
       this._login = null;
       for (const it of this._private.values()) this._rejectItem(it, "logged out");
@@ -260,6 +317,7 @@
 
     /** Unsubscribes from private `topic`. */
     unsubscribePrivate(topic) {
+      this._forget(streamKey(CODE.SUBSCRIBE_PRIVATE, topic));
       return this._drop(this._private, topic, CODE.UNSUBSCRIBE_PRIVATE);
     }
 
@@ -446,6 +504,9 @@
       this._setLoggedIn(false);
       this.uid = null;
       this._emit("expired", {uid: msg.uid, reason: msg.reason});
+      // The edge dropped the login and the private subscriptions: the next
+      // login and private subscribes recover what comes meanwhile.
+      for (const key of Array.from(this._joined)) if (userKey(key)) this._joined.delete(key);
       if (this.options.getToken && this._login) {
         // Log in again with a fresh token; private subscriptions follow.
         this._token = null;
@@ -455,6 +516,7 @@
       // The edge dropped the private subscriptions: so does the client.
       this._token = null;
       this._login = null;
+      this._forgetUser();
       for (const it of this._private.values()) this._rejectItem(it, "login expired");
       this._private.clear();
     }
@@ -464,7 +526,22 @@
       const request = {code: code, id: id};
       if (topic !== undefined) request.topic = topic;
       if (data !== undefined) request.data = data;
-      this._pending.set(id, {code: code, topic: topic, item: it, waiters: waiters, request: request, refresh: !!refresh});
+      // A stream this connection has not joined yet, seen before: ask for
+      // what was missed since (a refresh stays on the same connection).
+      const key = refresh ? null : streamKey(code, topic);
+      const pos = key === null || this._joined.has(key) ? undefined : this._pos.get(key);
+      const since = pos ? {offset: pos.offset, epoch: pos.epoch} : null;
+      if (since) request.since = since;
+      this._pending.set(id, {
+        code: code,
+        topic: topic,
+        item: it,
+        waiters: waiters,
+        request: request,
+        refresh: !!refresh,
+        key: key,
+        since: since,
+      });
       try {
         this._ws.send(JSON.stringify(request));
       } catch (e) {
@@ -486,12 +563,82 @@
       return this._private.get(entry.topic) === it;
     }
 
+    // ---- recovery -------------------------------------------------------
+
+    /** Forgets the position of `key`: its next subscribe is a first one. */
+    _forget(key) {
+      this._pos.delete(key);
+      this._joined.delete(key);
+    }
+
+    /** Forgets the positions of the user's stream (logout, another user). */
+    _forgetUser() {
+      for (const key of Array.from(this._pos.keys())) if (userKey(key)) this._pos.delete(key);
+      for (const key of Array.from(this._joined)) if (userKey(key)) this._joined.delete(key);
+      this._posUid = null;
+    }
+
+    /**
+     * The user's stream is at `offset` (`epoch`) on this connection: its
+     * pushes come in order, so every part of it joined here (user-wide
+     * pushes, private topics) has had all of its pushes up to there, and
+     * a later `since` need not reach back further (a quiet private topic
+     * next to a busy one would otherwise ask for more than history keeps).
+     */
+    _userAt(offset, epoch) {
+      for (const key of this._joined) {
+        const pos = userKey(key) ? this._pos.get(key) : undefined;
+        if (pos && pos.epoch === epoch && pos.offset < offset) pos.offset = offset;
+      }
+    }
+
+    /**
+     * A subscribe or login `entry` was accepted with `reply`: records the
+     * stream's position, and after a `since` tells the application whether
+     * the missed pushes follow ("recovered") or were lost ("gap").
+     */
+    _joinedStream(entry, reply) {
+      const key = entry.key;
+      let since = entry.since;
+      if (entry.code === CODE.LOGIN) {
+        const uid = reply.uid === undefined ? null : reply.uid;
+        if (this._posUid !== uid) {
+          // Positions of another user's stream mean nothing for this one.
+          if (this._posUid !== null) since = null;
+          this._forgetUser();
+          this._posUid = uid;
+        }
+      }
+      const has = typeof reply.offset === "number" && typeof reply.epoch === "string";
+      // The rest of the user's stream joined here is complete up to the reply.
+      if (has && userKey(key)) this._userAt(reply.offset, reply.epoch);
+      this._joined.add(key);
+      if (since && reply.recovered === true) {
+        // The missed pushes follow the reply: they move the position.
+        this._pos.set(key, {offset: since.offset, epoch: has ? reply.epoch : since.epoch});
+      } else if (has) {
+        this._pos.set(key, {offset: reply.offset, epoch: reply.epoch});
+      } else {
+        this._pos.delete(key); // no history: no offsets, no since
+      }
+      if (!since) return;
+      const topic = entry.code === CODE.LOGIN ? null : entry.topic;
+      const info = {
+        private: entry.code !== CODE.SUBSCRIBE,
+        since: since,
+        offset: has ? reply.offset : null,
+        epoch: has ? reply.epoch : null,
+      };
+      this._emit(reply.recovered === true ? "recovered" : "gap", topic, info);
+    }
+
     _onReply(reply) {
       this._emit("reply", reply);
       const entry = this._pending.get(reply.id);
       if (entry === undefined) return;
       this._pending.delete(reply.id);
       const ok = reply.code >= 20000 && reply.code < 30000;
+      if (ok && entry.key !== null && this._current(entry)) this._joinedStream(entry, reply);
       if (entry.code === CODE.LOGIN && entry.item === this._login && entry.refresh) {
         // A refresh: refused, the login stays until the edge ends it.
         if (ok && this._loggedIn) this._scheduleRefresh(reply.expires);
@@ -505,6 +652,7 @@
           // A refused token is forgotten; log out so that the edge agrees.
           this._token = null;
           this._login = null;
+          this._forgetUser();
           this._setLoggedIn(false);
           this.uid = null;
           for (const it of this._private.values()) this._rejectItem(it, "login refused");
@@ -525,6 +673,14 @@
     _onPush(push) {
       // Sent to the previous login, before the edge answered this one.
       if (push.code === CODE.PUSH_PRIVATE && !this._loggedIn) return;
+      if (typeof push.offset === "number") {
+        const key = streamKey(push.code, push.topic);
+        const pos = this._pos.get(key);
+        // Already seen (e.g. recovered and live across a reconnect race).
+        if (pos && push.offset <= pos.offset) return;
+        if (pos) pos.offset = push.offset;
+        if (key !== null && userKey(key)) this._userAt(push.offset, pos ? pos.epoch : null);
+      }
       const data = pushData(push);
       this._emit("push", push, data);
       let handlers = [];
@@ -630,6 +786,7 @@
       this._setLoggedIn(false);
       this.uid = null;
       this.connects++;
+      this._joined.clear();
       this._lastHeard = Date.now();
       this._setState("open", {url: this.url, nodeId: this.nodeId});
       this._emit("open", {url: this.url, nodeId: this.nodeId});
@@ -702,6 +859,7 @@
       this._clearTimer("pong");
       this._setLoggedIn(false);
       this.uid = null;
+      this._joined.clear();
       // Unanswered requests: what is still wanted goes to the next
       // connection with its waiters; the rest is settled with null.
       for (const entry of this._pending.values()) {

@@ -7,6 +7,10 @@
 //! refreshes its login with `getToken` before the token expires, logs in
 //! again after a 10004, and never hands one user's private pushes to the
 //! next user's handlers. The demo page is served only where enabled.
+//! After a lost connection it resubscribes and logs in with `since`: the
+//! pushes missed meanwhile reach the handlers in order and once, with a
+//! "recovered" event per topic, or a "gap" event when the history is gone
+//! (a restarted standalone edge).
 //!
 //! Chromium (Debian `chromium`) runs as a child process with a DevTools
 //! port; Debian's `chromedriver` attaches to it, and the test drives it
@@ -16,6 +20,8 @@
 //! test with the apt-get command that installs it; `.ci/run` installs it.
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use gpush_common::history::config::PrefixRule;
+use gpush_integration_tests::api::PushMsg;
 use gpush_integration_tests::auth::JWT_SECRET;
 use gpush_integration_tests::procs::{LoggedChild, find_program, free_port, scratch_dir};
 use gpush_integration_tests::{Cluster, Deployment, EdgeHandle, Standalone, TIMEOUT, auth};
@@ -703,5 +709,388 @@ async fn private_pushes_are_not_handed_to_the_next_user() {
     wait_got(&browser, "bob", "bob-1").await;
     let bob = browser.eval("return window.bobGot;", vec![]).await;
     assert_eq!(bob, json!(["bob-1"]), "bob got someone else's push");
+    browser.close().await;
+}
+
+/// A client of its own in the page (`window[name]`) whose connections can
+/// be cut: its WebSocket goes to a closed port while
+/// `window[name + "State"].offline` is true. The state also records what
+/// the handlers made with `record(key)` got (`got`: `[key, offset, data]`),
+/// the "recovered" and "gap" events (`events`: `[event, topic, info]`), the
+/// requests sent (`sent`) and the number of 20001 and 20003 replies
+/// (`joins`). Reconnects wait 100 to 300 ms.
+async fn cuttable_client(browser: &Browser, ws_url: &str, name: &str) {
+    browser
+        .eval(
+            "const [url, name] = arguments;\
+             const s = {offline: false, socket: null, got: [], events: [], sent: [], joins: 0};\
+             window[name + 'State'] = s;\
+             class Cuttable extends WebSocket {\
+                 constructor(u, p) { super(s.offline ? 'ws://127.0.0.1:9/ws' : u, p); s.socket = this; }\
+                 send(frame) { s.sent.push(frame); super.send(frame); }\
+             }\
+             const c = new GPush({url: url, WebSocket: Cuttable, reconnectInitial: 100, reconnectMax: 300});\
+             s.record = (key) => (data, push) => s.got.push([key,\
+                 push.offset === undefined ? null : push.offset,\
+                 typeof data === 'string' ? data : JSON.stringify(data)]);\
+             c.on('recovered', (topic, info) => s.events.push(['recovered', topic, info]));\
+             c.on('gap', (topic, info) => s.events.push(['gap', topic, info]));\
+             c.on('reply', (r) => { if (r.code === 20001 || r.code === 20003) s.joins++; });\
+             window[name] = c;",
+            vec![json!(ws_url), json!(name)],
+        )
+        .await;
+}
+
+/// Runs `script` with `c` (the client `name`) and `s` (its state) bound.
+async fn with_client(browser: &Browser, name: &str, script: &str) -> Value {
+    let body = format!(
+        "const c = window[arguments[0]]; const s = window[arguments[0] + 'State']; {script}"
+    );
+    browser.eval(&body, vec![json!(name)]).await
+}
+
+/// Waits until `script` (with `c` and `s` bound) is truthy.
+async fn wait_client(browser: &Browser, name: &str, what: &str, script: &str) -> Value {
+    let body = format!(
+        "const c = window[arguments[0]]; const s = window[arguments[0] + 'State']; {script}"
+    );
+    browser
+        .wait_for(&format!("{name}: {what}"), &body, vec![json!(name)])
+        .await
+}
+
+/// Cuts the connection of client `name` from the page's side and keeps
+/// it from reconnecting until [`reconnect`].
+async fn cut(browser: &Browser, name: &str) {
+    with_client(browser, name, "s.offline = true; s.socket.close();").await;
+    wait_client(
+        browser,
+        name,
+        "connection lost",
+        "return c.state !== 'open';",
+    )
+    .await;
+}
+
+/// Lets client `name` reconnect and waits for its `connects`-th connection.
+async fn reconnect(browser: &Browser, name: &str, connects: u64) {
+    with_client(browser, name, "s.offline = false;").await;
+    wait_client(
+        browser,
+        name,
+        &format!("connection {connects} open"),
+        &format!("return c.connects >= {connects} && c.state === 'open';"),
+    )
+    .await;
+}
+
+/// A push a handler got: (handler key, offset, data).
+type Row = (String, Option<u64>, String);
+
+/// What the handlers of client `name` got: (key, offset, data), once
+/// there are at least `n`.
+async fn got(browser: &Browser, name: &str, n: usize) -> Vec<Row> {
+    let value = wait_client(
+        browser,
+        name,
+        &format!("{n} pushes handled"),
+        &format!("return s.got.length >= {n} ? s.got : null;"),
+    )
+    .await;
+    let rows: Vec<Row> = serde_json::from_value(value).expect("[key, offset, data] rows");
+    rows
+}
+
+/// The data `key`'s handler got, checking that its offsets (where it
+/// has them) increase.
+fn data_of(rows: &[Row], key: &str) -> Vec<String> {
+    let mine: Vec<_> = rows.iter().filter(|r| r.0 == key).collect();
+    for pair in mine.windows(2) {
+        let ordered = match (pair[0].1, pair[1].1) {
+            (Some(a), Some(b)) => a < b,
+            _ => true,
+        };
+        assert!(ordered, "{key}: offsets out of order or repeated: {rows:?}");
+    }
+    mine.iter().map(|r| r.2.clone()).collect()
+}
+
+/// The "recovered" and "gap" events of client `name`, once there are at
+/// least `n`.
+async fn events(browser: &Browser, name: &str, n: usize) -> Vec<Value> {
+    let value = wait_client(
+        browser,
+        name,
+        &format!("{n} recovered/gap events"),
+        &format!("return s.events.length >= {n} ? s.events : null;"),
+    )
+    .await;
+    value.as_array().cloned().expect("an array of events")
+}
+
+/// The requests client `name` sent with `code` (and `topic`), parsed.
+async fn sent(browser: &Browser, name: &str, code: u32, topic: Option<&str>) -> Vec<Value> {
+    let frames = with_client(browser, name, "return s.sent;").await;
+    frames
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(|f| serde_json::from_str::<Value>(f.as_str()?).ok())
+        .filter(|r| r["code"] == code && topic.is_none_or(|t| r["topic"] == t))
+        .collect()
+}
+
+fn strings(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|n| format!("{prefix}{n}")).collect()
+}
+
+/// The page's client loses its connection (cut from the page's side),
+/// 20 pushes are made meanwhile; it reconnects, resubscribes with
+/// `since`, and its handler gets all 20 in order and once, then live ones;
+/// "recovered" fires for the topic. A first subscribe sends no `since`; a
+/// topic without history gets none either and no event; a push the client
+/// already has (same or older offset) never reaches the handler again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_recovers_what_it_missed_while_disconnected() {
+    let d = Standalone::start(|c| {
+        c.history.topics = vec![PrefixRule {
+            prefix: "live.".into(),
+            size: 0,
+            ttl: Duration::from_secs(1),
+        }];
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    cuttable_client(&browser, &d.edge.ws_url(), "rc").await;
+    with_client(
+        &browser,
+        "rc",
+        "c.subscribe('news', s.record('news')); c.subscribe('live.tick', s.record('tick'));",
+    )
+    .await;
+    wait_client(&browser, "rc", "subscribed twice", "return s.joins >= 2;").await;
+    for text in strings("a", 0..3) {
+        d.push_http("", "news", text.as_bytes()).await;
+    }
+    d.push_http("", "live.tick", b"t0").await;
+    got(&browser, "rc", 4).await;
+
+    cut(&browser, "rc").await;
+    let missed = strings("m", 0..20);
+    for text in &missed {
+        d.push_http("", "news", text.as_bytes()).await;
+    }
+    d.push_http("", "live.tick", b"lost").await;
+    reconnect(&browser, "rc", 2).await;
+    wait_client(&browser, "rc", "subscribed again", "return s.joins >= 4;").await;
+    d.push_http("", "news", b"live").await;
+    d.push_http("", "live.tick", b"t1").await;
+    let rows = got(&browser, "rc", 4 + 20 + 2).await;
+
+    let mut expected = strings("a", 0..3);
+    expected.extend(missed.iter().cloned());
+    expected.push("live".to_owned());
+    assert_eq!(data_of(&rows, "news"), expected, "{rows:?}");
+    let news: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.0 == "news")
+        .map(|r| r.1.expect("news pushes carry offsets"))
+        .collect();
+    assert_eq!(news, (1..=24).collect::<Vec<u64>>(), "{rows:?}");
+    assert_eq!(data_of(&rows, "tick"), ["t0", "t1"], "{rows:?}");
+    assert!(rows.iter().filter(|r| r.0 == "tick").all(|r| r.1.is_none()));
+
+    let evs = events(&browser, "rc", 1).await;
+    assert_eq!(evs.len(), 1, "one event, for news only: {evs:?}");
+    let (event, topic, info) = (&evs[0][0], &evs[0][1], &evs[0][2]);
+    assert_eq!(
+        (event, topic),
+        (&json!("recovered"), &json!("news")),
+        "{evs:?}"
+    );
+    assert_eq!(info["private"], false, "{info}");
+    assert_eq!(info["since"]["offset"], 3, "{info}");
+    assert_eq!(info["offset"], 23, "{info}");
+    assert_eq!(info["epoch"], info["since"]["epoch"], "{info}");
+
+    let subs = sent(&browser, "rc", 1, Some("news")).await;
+    assert_eq!(subs.len(), 2, "{subs:?}");
+    assert!(
+        subs[0].get("since").is_none(),
+        "a first subscribe: {subs:?}"
+    );
+    assert_eq!(subs[1]["since"]["offset"], 3, "{subs:?}");
+    let ticks = sent(&browser, "rc", 1, Some("live.tick")).await;
+    assert!(
+        ticks.iter().all(|r| r.get("since").is_none()),
+        "no history, no since: {ticks:?}"
+    );
+
+    // Frames the client already has, as a reconnect race could bring them
+    // again: dropped before any handler.
+    with_client(
+        &browser,
+        "rc",
+        "for (const offset of [24, 7]) {\
+             const push = {code: 10001, topic: 'news', data: 'again ' + offset, offset: offset};\
+             s.socket.dispatchEvent(new MessageEvent('message', {data: JSON.stringify(push)}));\
+         }",
+    )
+    .await;
+    d.push_http("", "news", b"after").await;
+    let rows = got(&browser, "rc", 4 + 20 + 3).await;
+    let news = data_of(&rows, "news");
+    assert_eq!(news.last().map(String::as_str), Some("after"), "{rows:?}");
+    assert!(!news.iter().any(|t| t.starts_with("again")), "{rows:?}");
+    browser.close().await;
+}
+
+/// A standalone edge that restarts has lost its history (a new epoch):
+/// after the reconnect the client says "gap" for the public topic, the
+/// private topic and the user-wide pushes, and takes the live pushes of
+/// the new epoch (whose offsets start again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_is_told_of_a_gap_after_a_standalone_restart() {
+    let mut d = Standalone::start(|_| {}).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    cuttable_client(&browser, &d.edge.ws_url(), "gc").await;
+    with_client(
+        &browser,
+        "gc",
+        &format!(
+            "c.subscribe('news', s.record('news'));\
+             c.onUser(s.record('user'));\
+             c.login({:?}).then(() => c.subscribePrivate('inbox', s.record('inbox')));",
+            auth::hs256("gil")
+        ),
+    )
+    .await;
+    wait_client(&browser, "gc", "joined three times", "return s.joins >= 3;").await;
+    d.push_http("", "news", b"n1").await;
+    d.push_http("gil", "inbox", b"i1").await;
+    d.push_http("gil", "", b"u1").await;
+    got(&browser, "gc", 3).await;
+
+    let config = d.edge.stop().await;
+    d.edge = EdgeHandle::start_again(config).await;
+    let evs = events(&browser, "gc", 3).await;
+    let mut topics: Vec<String> = Vec::new();
+    for ev in &evs {
+        assert_eq!(ev[0], "gap", "{evs:?}");
+        let info = &ev[2];
+        assert_ne!(info["epoch"], info["since"]["epoch"], "{evs:?}");
+        assert_eq!(info["private"], !ev[1].is_string() || ev[1] == "inbox");
+        topics.push(ev[1].as_str().unwrap_or("(user)").to_owned());
+    }
+    topics.sort();
+    assert_eq!(topics, ["(user)", "inbox", "news"], "{evs:?}");
+
+    d.push_http("", "news", b"n2").await;
+    d.push_http("gil", "inbox", b"i2").await;
+    d.push_http("gil", "", b"u2").await;
+    let rows = got(&browser, "gc", 6).await;
+    // The new epoch's offsets start again: not taken for duplicates.
+    let data = |key: &str| {
+        rows.iter()
+            .filter(|r| r.0 == key)
+            .map(|r| r.2.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(data("news"), ["n1", "n2"], "{rows:?}");
+    assert_eq!(data("inbox"), ["i1", "i2"], "{rows:?}");
+    assert_eq!(data("user"), ["u1", "u2"], "{rows:?}");
+    browser.close().await;
+}
+
+/// A logged-in page that loses its connection gets back, through the
+/// login with `since`, the user-wide pushes it missed, and through the
+/// private subscribe with `since` its private topic's: each in order and
+/// once, nobody else's, then live ones; "recovered" fires for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_recovers_private_and_user_wide_pushes_through_login() {
+    let d = Standalone::start(|_| {}).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    cuttable_client(&browser, &d.edge.ws_url(), "pc").await;
+    with_client(
+        &browser,
+        "pc",
+        &format!(
+            "c.onUser(s.record('user'));\
+             c.login({:?}).then(() => c.subscribePrivate('inbox', s.record('inbox')));",
+            auth::hs256("ann")
+        ),
+    )
+    .await;
+    wait_client(
+        &browser,
+        "pc",
+        "logged in and subscribed",
+        "return s.joins >= 2;",
+    )
+    .await;
+    d.push_http("ann", "inbox", b"i0").await;
+    d.push_http("ann", "", b"u0").await;
+    got(&browser, "pc", 2).await;
+
+    cut(&browser, "pc").await;
+    let send = |uid: &str, topic: &str, text: &str| PushMsg::new(uid, topic, text.as_bytes());
+    d.push_batch_http(&[
+        send("ann", "inbox", "i1"),
+        send("ann", "", "u1"),
+        send("ann", "other", "o1"),
+        send("bob", "inbox", "not ann's"),
+        send("bob", "", "not ann's either"),
+        send("ann", "inbox", "i2"),
+        send("ann", "", "u2"),
+    ])
+    .await;
+    reconnect(&browser, "pc", 2).await;
+    let evs = events(&browser, "pc", 2).await;
+    got(&browser, "pc", 6).await;
+    d.push_http("ann", "inbox", b"i3").await;
+    d.push_http("ann", "", b"u3").await;
+    let rows = got(&browser, "pc", 8).await;
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    assert_eq!(
+        data_of(&rows, "inbox"),
+        ["i0", "i1", "i2", "i3"],
+        "{rows:?}"
+    );
+    assert_eq!(data_of(&rows, "user"), ["u0", "u1", "u2", "u3"], "{rows:?}");
+
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    let mut seen: Vec<(String, String)> = evs
+        .iter()
+        .map(|ev| {
+            assert_eq!(ev[2]["private"], true, "{ev}");
+            let topic = ev[1].as_str().unwrap_or("(user)").to_owned();
+            (ev[0].as_str().unwrap_or_default().to_owned(), topic)
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("recovered".to_owned(), "(user)".to_owned()),
+            ("recovered".to_owned(), "inbox".to_owned())
+        ]
+    );
+    // i0 was offset 1 and u0 offset 2 of ann's stream: both ask from 2,
+    // since the inbox had everything up to u0 too (its stream is in order).
+    let logins = sent(&browser, "pc", 3, None).await;
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    assert!(logins[0].get("since").is_none(), "{logins:?}");
+    assert_eq!(logins[1]["since"]["offset"], 2, "{logins:?}");
+    let inbox = sent(&browser, "pc", 5, Some("inbox")).await;
+    assert_eq!(inbox.len(), 2, "{inbox:?}");
+    assert!(inbox[0].get("since").is_none(), "{inbox:?}");
+    assert_eq!(inbox[1]["since"]["offset"], 2, "{inbox:?}");
     browser.close().await;
 }
