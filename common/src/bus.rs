@@ -684,7 +684,41 @@ impl Bus {
         match self {
             Bus::Local(local) => Ok(local.history(query)),
             Bus::Queued(queue) => Ok(queue.delivery.history(query)),
-            Bus::Nats(_) => Ok(None),
+            Bus::Nats(nats) => {
+                let (Some(history), Some(key)) = (&nats.history, query.key()) else {
+                    return Ok(None);
+                };
+                let Some(position) = history.position(key).await.map_err(BusError::NotStored)?
+                else {
+                    return Ok(None);
+                };
+                // All or nothing, as recoveries are: when `since` is no
+                // longer kept, the answer says so and lists nothing.
+                let read = history
+                    .read(
+                        key,
+                        query.since,
+                        Some(position.offset),
+                        crate::history::config::MAX_SIZE,
+                    )
+                    .await
+                    .map_err(BusError::NotStored)?;
+                let (complete, entries) = match read {
+                    crate::history::Read::Complete(entries) => (true, entries),
+                    crate::history::Read::Gap => (query.since >= position.offset, Vec::new()),
+                };
+                let entries = entries
+                    .into_iter()
+                    .filter(|entry| query.wants(&entry.push))
+                    .take(query.limit)
+                    .collect();
+                Ok(Some(Page {
+                    epoch: position.epoch,
+                    offset: position.offset,
+                    complete,
+                    entries,
+                }))
+            }
         }
     }
 

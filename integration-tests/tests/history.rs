@@ -549,3 +549,36 @@ async fn edge_ready(edge: &EdgeHandle) -> Option<bool> {
     let response = reqwest::get(&url).await.ok()?;
     Some(response.status().is_success())
 }
+
+/// A cluster's history API reads JetStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_history_api_reads_jetstream() {
+    let d = Cluster::start(1, |_| {}).await;
+    let offsets = push_all(&d, "t", texts("x", 0..3)).await;
+    let page = d
+        .api()
+        .get(&format!("/v1/history?topic=t&since={}", offsets[0]))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let page = page.json();
+    assert_eq!(
+        (page["offset"].as_u64(), &page["complete"]),
+        (Some(offsets[2]), &json!(true)),
+        "{page}"
+    );
+    let got: Vec<(u64, String)> = page["pushes"]
+        .as_array()
+        .expect("pushes")
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap_or(0),
+                p["data"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [(offsets[1], base64("x1")), (offsets[2], base64("x2"))]
+    );
+}

@@ -510,7 +510,7 @@ async fn drifted_streams_are_updated_or_named_in_the_error() {
         max_age: Duration::from_secs(5),
         republish: Some(republish.clone()),
         allow_direct: true,
-        storage: jetstream::stream::StorageType::Memory,
+        storage: jetstream::stream::StorageType::File,
         ..Default::default()
     })
     .await
@@ -536,7 +536,7 @@ async fn drifted_streams_are_updated_or_named_in_the_error() {
     js.create_stream(jetstream::stream::Config {
         name: "GPUSH_HISTORY_U".into(),
         subjects: vec!["gpush-h.u.>".into()],
-        storage: jetstream::stream::StorageType::Memory,
+        storage: jetstream::stream::StorageType::File,
         ..Default::default()
     })
     .await
@@ -563,10 +563,10 @@ async fn drifted_streams_are_updated_or_named_in_the_error() {
     js.delete_stream("GPUSH_HISTORY_U").await.expect("delete");
     history_again(&client).await;
 
-    // What JetStream cannot change in place (memory to file storage): an
+    // What JetStream cannot change in place (file to memory storage): an
     // error that names the stream.
     let file = HistoryConfig {
-        storage: gpush_common::history::Storage::File,
+        storage: gpush_common::history::Storage::Memory,
         ..HistoryConfig::default()
     };
     let started = timeout(
