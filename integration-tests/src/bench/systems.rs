@@ -331,6 +331,18 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .with_context(|| format!("no VmRSS in {path}"))
 }
 
+/// This process's open-files limit (the soft `RLIMIT_NOFILE`, from
+/// `/proc/self/limits`); the processes it starts inherit it. `None` when
+/// unlimited or unreadable.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+}
+
 /// A resident-memory reading once it stopped changing.
 #[derive(Debug, Clone, Copy)]
 pub struct SettledRss {
@@ -384,5 +396,11 @@ mod tests {
     fn own_rss_is_readable() {
         let rss = rss_bytes(std::process::id()).expect("VmRSS");
         assert!(rss > 100 * 1024, "{rss}");
+    }
+
+    #[test]
+    fn open_files_limit_is_readable() {
+        let limit = open_files_limit().expect("Max open files");
+        assert!(limit >= 64, "{limit}");
     }
 }

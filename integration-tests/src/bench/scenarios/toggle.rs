@@ -7,13 +7,21 @@
 //! subscribe to and unsubscribe from the same topic at the edge's default
 //! request rate. Both runs touch the topic's index shard, so the second
 //! run shows what a subscription change costs the fan-out of that topic.
+//! The toggling rows carry the quiet run's figures as their baseline, so
+//! the ratio column is busy / quiet.
+//!
+//! The edge holds every subscriber, every toggler, the push API's
+//! connection and its own listeners in one process, under the open-files
+//! limit it inherits; past that limit it cannot accept the push API's
+//! connection at all (the push times out). The run checks the sum first.
 
 use super::latency::{LatencyFigures, drive};
 use super::{Bench, FANOUT_TOPIC, LATENCY_RATE};
 use crate::bench::fleet::{Fleet, FleetSpec};
 use crate::bench::push::Pusher;
 use crate::bench::report::{Row, Unit};
-use crate::bench::systems::Standalone;
+use crate::bench::systems::{Standalone, open_files_limit};
+use anyhow::bail;
 use futures_util::{SinkExt, StreamExt};
 use gpush_edge::config::DEFAULT_REQUEST_RATE;
 use std::sync::Arc;
@@ -25,6 +33,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Clients toggling their subscription during the second run.
 pub const TOGGLERS: usize = 50;
+
+/// Descriptors the edge needs besides its WebSocket clients: stdio, log
+/// file, epoll, listeners, the push API's connections (about 15 in use).
+const EDGE_OWN_FDS: usize = 50;
 
 /// What the togglers did.
 #[derive(Debug, Default)]
@@ -70,13 +82,22 @@ async fn toggle(url: String, rate: u32, toggled: Arc<Toggled>) -> anyhow::Result
     }
 }
 
-fn add_rows(bench: &mut Bench, system: &str, figures: &LatencyFigures, note: String) {
-    for (name, value) in [
-        ("p50", figures.p50),
-        ("p99", figures.p99),
-        ("max", figures.max),
+/// Adds the latency rows of one run; `quiet` (the quiet run's figures)
+/// becomes the baseline of the toggling run's rows.
+fn add_rows(
+    bench: &mut Bench,
+    system: &str,
+    figures: &LatencyFigures,
+    quiet: Option<&LatencyFigures>,
+    note: String,
+) {
+    for (name, value, base) in [
+        ("p50", figures.p50, quiet.map(|q| q.p50)),
+        ("p99", figures.p99, quiet.map(|q| q.p99)),
+        ("max", figures.max, quiet.map(|q| q.max)),
     ] {
-        let mut row = Row::new("toggle", system, name, value as f64, Unit::Micros);
+        let mut row = Row::new("toggle", system, name, value as f64, Unit::Micros)
+            .baseline(base.map(|b| b as f64));
         if name == "p50" {
             row = row.note(note.clone());
         }
@@ -95,6 +116,14 @@ fn add_rows(bench: &mut Bench, system: &str, figures: &LatencyFigures, note: Str
 pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let subscribers = bench.sizes.toggle_subscribers;
     let run_for = bench.sizes.latency_run;
+    if let Some(limit) = open_files_limit()
+        && (subscribers + TOGGLERS + EDGE_OWN_FDS) as u64 > limit
+    {
+        bail!(
+            "{subscribers} subscribers + {TOGGLERS} togglers + {EDGE_OWN_FDS} descriptors of \
+             the edge's own exceed the open-files limit ({limit}) the edge inherits"
+        );
+    }
     eprintln!(
         "[toggle] standalone edge: {subscribers} subscribers, {LATENCY_RATE} pushes/s, \
          quiet then with {TOGGLERS} clients toggling at {DEFAULT_REQUEST_RATE}/s"
@@ -109,7 +138,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
 
     let quiet = drive(&mut fleet, &pusher, run_for).await?;
     let note = quiet.note.clone();
-    add_rows(bench, "quiet", &quiet, note);
+    add_rows(bench, "quiet", &quiet, None, note);
 
     fleet.reset().await?;
     let toggled = Arc::new(Toggled::default());
@@ -122,11 +151,11 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         ));
     }
     let busy = drive(&mut fleet, &pusher, run_for).await;
-    let failed = togglers
-        .try_join_next()
-        .into_iter()
-        .filter(|r| !matches!(r, Ok(Ok(()))))
-        .count();
+    // A toggler still running is fine; one that ended on an error is not.
+    let mut failed = 0;
+    while let Some(ended) = togglers.try_join_next() {
+        failed += usize::from(!matches!(ended, Ok(Ok(()))));
+    }
     togglers.abort_all();
     let busy = busy?;
     let sent = toggled.sent.load(Ordering::Relaxed);
@@ -137,7 +166,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         toggled.refused.load(Ordering::Relaxed),
         if failed > 0 { ", a toggler FAILED" } else { "" },
     );
-    add_rows(bench, "toggling", &busy, note);
+    add_rows(bench, "toggling", &busy, Some(&quiet), note);
     fleet.stop().await;
     edge.check_running()?;
     Ok(())
