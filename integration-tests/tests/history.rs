@@ -28,6 +28,15 @@ async fn join(client: &mut WsClient, request: Value) -> Value {
     reply
 }
 
+/// Subscribes to public `topic` with `since`; the reply.
+async fn resubscribe(client: &mut WsClient, topic: &str, since: Value) -> Value {
+    join(
+        client,
+        json!({"code": code::SUBSCRIBE, "topic": topic, "since": since}),
+    )
+    .await
+}
+
 /// The reply's position: (offset, epoch).
 fn position(reply: &Value) -> (u64, String) {
     let offset = reply["offset"]
@@ -104,11 +113,7 @@ async fn comes_back(d: &impl Deployment) {
 
     let missed = push_all(d, "news", texts("missed", 0..20)).await;
     let mut back = d.connect(1, "back").await;
-    let reply = join(
-        &mut back,
-        json!({"code": code::SUBSCRIBE, "topic": "news", "since": since(last, &epoch)}),
-    )
-    .await;
+    let reply = resubscribe(&mut back, "news", since(last, &epoch)).await;
     assert_eq!(reply["recovered"], true, "{reply}");
     assert_eq!(position(&reply), (missed[19], epoch.clone()), "{reply}");
     let recovered = pushes(&mut back, 20).await;
@@ -177,11 +182,7 @@ async fn recovery_under_a_stream_of_pushes_has_no_gap_and_no_duplicate() {
             .load(Ordering::Relaxed)
             .saturating_sub(1 + round % 10);
         let mut c = d.connect(0, &format!("round {round}")).await;
-        let reply = join(
-            &mut c,
-            json!({"code": code::SUBSCRIBE, "topic": "busy", "since": since(from, &epoch)}),
-        )
-        .await;
+        let reply = resubscribe(&mut c, "busy", since(from, &epoch)).await;
         assert_eq!(reply["recovered"], true, "{reply}");
         let (at, _) = position(&reply);
         // Everything up to the reply's offset, then live ones, contiguous.
@@ -216,11 +217,7 @@ async fn what_history_no_longer_holds_is_not_recovered() {
     ];
     for (label, from, recovered) in cases {
         let mut c = d.connect(0, label).await;
-        let reply = join(
-            &mut c,
-            json!({"code": code::SUBSCRIBE, "topic": "t", "since": from}),
-        )
-        .await;
+        let reply = resubscribe(&mut c, "t", from).await;
         assert_eq!(reply["recovered"], recovered, "{label}: {reply}");
         assert_eq!(position(&reply).0, 10, "{label}: {reply}");
         if recovered {
@@ -243,11 +240,7 @@ async fn a_restarted_standalone_edge_starts_a_new_epoch() {
     let d = Standalone::from_edge(EdgeHandle::start_again(config).await);
     push_all(&d, "t", texts("y", 0..3)).await;
     let mut b = d.connect(0, "b").await;
-    let reply = join(
-        &mut b,
-        json!({"code": code::SUBSCRIBE, "topic": "t", "since": since(2, &epoch)}),
-    )
-    .await;
+    let reply = resubscribe(&mut b, "t", since(2, &epoch)).await;
     assert_eq!(reply["recovered"], false, "{reply}");
     assert_ne!(position(&reply).1, epoch);
     b.expect_no_push(QUIET).await;
@@ -321,11 +314,7 @@ async fn topics_without_history_have_no_offsets() {
     })
     .await;
     let mut a = d.connect(0, "a").await;
-    let reply = join(
-        &mut a,
-        json!({"code": code::SUBSCRIBE, "topic": "live.eur", "since": since(1, "e")}),
-    )
-    .await;
+    let reply = resubscribe(&mut a, "live.eur", since(1, "e")).await;
     assert!(
         reply.get("offset").is_none() && reply.get("epoch").is_none(),
         "{reply}"
@@ -581,4 +570,73 @@ async fn a_clusters_history_api_reads_jetstream() {
         got,
         [(offsets[1], base64("x1")), (offsets[2], base64("x2"))]
     );
+}
+
+/// In a cluster: a client whose `since` was evicted past `history.size`,
+/// or belongs to a stream that was deleted and recreated (a new epoch),
+/// gets `recovered:false`; a client subscribed while its stream was
+/// recreated is told (10007) and goes on with the new stream's pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_says_when_history_was_evicted_or_recreated() {
+    let d = Cluster::start_with(
+        1,
+        |ingress| ingress.history.size = 5,
+        |edge| edge.history.size = 5,
+    )
+    .await;
+    let mut a = d.connect(0, "a").await;
+    let (_, epoch) = position(&join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
+    let first = push_all(&d, "t", texts("x", 0..10)).await;
+    let got = pushes(&mut a, 10).await;
+    assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), first);
+
+    // Evicted: size 5 keeps the last 5 only.
+    let mut late = d.connect(0, "late").await;
+    let reply = resubscribe(&mut late, "t", since(first[1], &epoch)).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    late.expect_no_push(QUIET).await;
+    let mut kept = d.connect(0, "kept").await;
+    let reply = resubscribe(&mut kept, "t", since(first[6], &epoch)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(
+        pushes(&mut kept, 3)
+            .await
+            .iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>(),
+        first[7..]
+    );
+
+    // The stream is deleted (an operator, or a NATS that lost its store).
+    let client = async_nats::connect(d.nats.url()).await.expect("nats");
+    async_nats::jetstream::new(client)
+        .delete_stream("GPUSH_HISTORY_D")
+        .await
+        .expect("delete the stream");
+    // The first push after it may find no stream (503) while ingress
+    // creates it again: push until one is stored.
+    let mut after = None;
+    for _ in 0..50 {
+        let body = json!({"topic": "t", "data": base64("new")}).to_string();
+        let reply = d.api().post("/v1/pushData", body, None).await;
+        if reply.status == 200 {
+            after = reply.json()["offset"].as_u64();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = after.expect("a push stored in the recreated stream");
+    // The live client is told, then gets the new stream's push.
+    let notice = a.next_text(TIMEOUT).await;
+    let notice: Value = serde_json::from_str(&notice).expect("json");
+    assert_eq!(
+        notice,
+        json!({"code": 10007, "topic": "t", "offset": first[9]})
+    );
+    assert_eq!(pushes(&mut a, 1).await, [(after, "new".to_owned())]);
+    // A client of the old epoch is not recovered.
+    let mut old = d.connect(0, "old epoch").await;
+    let reply = resubscribe(&mut old, "t", since(first[9], &epoch)).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(position(&reply).1, epoch, "{reply}");
 }
