@@ -141,6 +141,12 @@ impl Follower {
         }
     }
 
+    /// The last offset JetStream holds of `key`'s stream, if it answers.
+    pub(crate) async fn stored_through(&self, key: StreamKey<'_>) -> Option<u64> {
+        let js = self.js().await?;
+        js.position(key).await.ok().flatten().map(|p| p.offset)
+    }
+
     /// Reads what `key`'s stream holds after `since` up to `upto` from
     /// JetStream (a recovery the edge's copy cannot serve).
     pub(crate) async fn read(&self, key: StreamKey<'_>, since: u64, upto: u64, max: usize) -> Read {

@@ -464,26 +464,68 @@ async fn the_history_api_says_where_none_is_kept() {
     assert_eq!(status.code(), tonic::Code::NotFound);
 }
 
+/// NATS, etcd and ingress, and a relay to NATS that a test can cut: edges
+/// started through it lose their bus while everything else keeps it.
+struct Relayed {
+    nats: NatsServer,
+    etcd: Etcd,
+    /// Kept running for as long as the test.
+    _ingress: IngressHandle,
+    relay: CutRelay,
+    api: gpush_integration_tests::PushApi,
+}
+
+impl Relayed {
+    async fn start() -> Self {
+        let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
+        let ingress = IngressHandle::start(IngressConfig {
+            nats: NatsConfig::with_urls(vec![nats.url()]),
+            ..IngressConfig::default()
+        })
+        .await;
+        let relay = CutRelay::start(nats.addr()).await;
+        let api = gpush_integration_tests::PushApi::new(&ingress.http_base(), &ingress.grpc_url());
+        api.wait_for_status("/readyz", 200, TIMEOUT).await;
+        Self {
+            nats,
+            etcd,
+            _ingress: ingress,
+            relay,
+            api,
+        }
+    }
+
+    /// An edge on NATS directly, or through the relay.
+    async fn edge(&self, through_relay: bool) -> EdgeHandle {
+        let mut config = gpush_integration_tests::deploy::edge_test_config();
+        config.nats.nats_urls = vec![if through_relay {
+            self.relay.nats_url()
+        } else {
+            self.nats.url()
+        }];
+        config.etcd_endpoints = vec![self.etcd.url()];
+        EdgeHandle::start(config).await
+    }
+
+    /// Cuts the relay and waits until `edge` says it lost NATS.
+    async fn cut(&self, edge: &EdgeHandle) {
+        self.relay.cut();
+        gpush_integration_tests::wait_until(TIMEOUT, "the edge to lose NATS", || async {
+            edge_ready(edge).await == Some(false)
+        })
+        .await;
+    }
+}
+
 /// A cluster edge whose NATS connection was away while pushes were made
 /// recovers them from history by itself, in order, before the next live
 /// one: a quiet topic (nothing after the outage) when the connection comes
 /// back, a busy one at its next push. Its clients notice nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_that_missed_pushes_recovers_them_itself() {
-    let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
-    let ingress = IngressHandle::start(IngressConfig {
-        nats: NatsConfig::with_urls(vec![nats.url()]),
-        ..IngressConfig::default()
-    })
-    .await;
-    let relay = CutRelay::start(nats.addr()).await;
-    let mut config = gpush_integration_tests::deploy::edge_test_config();
-    config.nats.nats_urls = vec![relay.nats_url()];
-    config.etcd_endpoints = vec![etcd.url()];
-    let edge = EdgeHandle::start(config).await;
-    let api = gpush_integration_tests::PushApi::new(&ingress.http_base(), &ingress.grpc_url());
-    api.wait_for_status("/readyz", 200, TIMEOUT).await;
-
+    let r = Relayed::start().await;
+    let edge = r.edge(true).await;
+    let api = &r.api;
     let mut quiet = WsClient::connect(&edge.ws_url()).await.with_label("quiet");
     let mut busy = WsClient::connect(&edge.ws_url()).await.with_label("busy");
     join(
@@ -507,18 +549,14 @@ async fn an_edge_that_missed_pushes_recovers_them_itself() {
         [(before, "q-before".to_owned())]
     );
 
-    relay.cut();
-    gpush_integration_tests::wait_until(TIMEOUT, "the edge to lose NATS", || async {
-        edge_ready(&edge).await == Some(false)
-    })
-    .await;
+    r.cut(&edge).await;
     let mut missed_quiet = Vec::new();
     let mut missed_busy = Vec::new();
     for n in 0..5 {
         missed_quiet.push((push("quiet", format!("q{n}")).await, format!("q{n}")));
         missed_busy.push((push("busy", format!("b{n}")).await, format!("b{n}")));
     }
-    relay.restore();
+    r.relay.restore();
 
     // The quiet topic: recovered when the connection is back.
     assert_eq!(pushes(&mut quiet, 5).await, missed_quiet);
@@ -639,4 +677,51 @@ async fn a_cluster_says_when_history_was_evicted_or_recreated() {
     let reply = resubscribe(&mut old, "t", since(first[9], &epoch)).await;
     assert_eq!(reply["recovered"], false, "{reply}");
     assert_ne!(position(&reply).1, epoch, "{reply}");
+}
+
+/// A client that moves to an edge that is behind (its NATS connection was
+/// away while the client's old edge delivered more) waits for that edge to
+/// catch up instead of being told `recovered:false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moving_to_an_edge_that_is_behind_is_still_recovered() {
+    let r = Relayed::start().await;
+    let ahead = r.edge(false).await;
+    let behind = r.edge(true).await;
+    let api = &r.api;
+
+    // Both edges follow the topic.
+    let mut watcher = WsClient::connect(&behind.ws_url())
+        .await
+        .with_label("watcher");
+    join(&mut watcher, json!({"code": code::SUBSCRIBE, "topic": "t"})).await;
+    let mut mover = WsClient::connect(&ahead.ws_url()).await.with_label("mover");
+    let (_, epoch) =
+        position(&join(&mut mover, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
+
+    r.cut(&behind).await;
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let body = json!({"topic": "t", "data": base64(&format!("m{n}"))}).to_string();
+        let reply = api.post("/v1/pushData", body, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        sent.push((
+            reply.json()["offset"].as_u64().expect("offset"),
+            format!("m{n}"),
+        ));
+    }
+    let got = pushes(&mut mover, 5).await;
+    assert_eq!(got, sent);
+    drop(mover);
+    r.relay.restore();
+
+    // At once, before the edge that was away has necessarily caught up.
+    let mut moved = WsClient::connect(&behind.ws_url())
+        .await
+        .with_label("moved");
+    let reply = resubscribe(&mut moved, "t", since(sent[4].0, &epoch)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(position(&reply).0, sent[4].0, "{reply}");
+    moved.expect_no_push(QUIET).await;
+    // The watcher on that edge got them too, late and in order.
+    assert_eq!(pushes(&mut watcher, 5).await, sent);
 }

@@ -22,7 +22,7 @@ pub(super) const MAX_ATTEMPTS: u32 = 8;
 /// How long a join waits for this edge to deliver up to the client's
 /// `since` (it may have got it from another edge that was ahead), in
 /// steps of [`BEHIND_STEP`].
-const BEHIND_STEPS: u32 = 200;
+const BEHIND_STEPS: u32 = 600;
 /// One wait for the edge to catch up with a client's `since`.
 pub(super) const BEHIND_STEP: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -48,6 +48,8 @@ pub(super) struct Join {
     attempts: u32,
     /// Waits for this edge to reach the client's offset.
     behind: u32,
+    /// How far JetStream has the stream, when asked (cluster).
+    stored: Option<u64>,
 }
 
 impl Join {
@@ -67,6 +69,7 @@ impl Join {
             entries: Vec::new(),
             attempts: 0,
             behind: 0,
+            stored: None,
         }
     }
 
@@ -90,7 +93,17 @@ impl Join {
             // Delivered elsewhere but not here yet (wait), or an offset the
             // stream never reached (fail).
             self.behind += 1;
-            let held = history.last(key).is_some_and(|last| last >= self.cursor);
+            let mut held = history.last(key).is_some_and(|last| last >= self.cursor);
+            if let (false, Some(follower)) = (held, follower) {
+                // In a cluster another edge may have delivered it already:
+                // JetStream knows whether the stream got that far (asked
+                // every 20 steps). While it cannot be asked (this edge's
+                // NATS connection is coming back), keep waiting.
+                if self.behind % 20 == 1 {
+                    self.stored = follower.stored_through(key).await.or(self.stored);
+                }
+                held = self.stored.is_none_or(|stored| stored >= self.cursor);
+            }
             return if held && self.behind <= BEHIND_STEPS {
                 Step::Wait
             } else {
