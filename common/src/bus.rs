@@ -722,12 +722,16 @@ impl Bus {
         }
     }
 
-    /// Whether pushes can be published now.
+    /// Whether pushes can be published now: with history, once its
+    /// JetStream streams exist.
     pub fn is_ready(&self) -> bool {
         match self {
             Bus::Local(_) => true,
             Bus::Queued(queue) => !queue.tx.is_closed(),
-            Bus::Nats(nats) => nats.inner.client.connection_state() == State::Connected,
+            Bus::Nats(nats) => {
+                nats.inner.client.connection_state() == State::Connected
+                    && nats.history.as_ref().is_none_or(JetStreamHistory::is_ready)
+            }
         }
     }
 }

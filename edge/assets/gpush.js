@@ -49,8 +49,11 @@
  * topic no longer keeps history). "gap" fires when the edge answers
  * `recovered: false` (the history was lost, a new epoch, too much missed)
  * or does not say it recovered: the application reloads that topic's
- * state from its backend then, and only then. A push whose offset is not
- * greater than the last one seen for its topic (or for the user-wide
+ * state from its backend then, and only then. "gap" also fires (with
+ * `since` null) when the edge tells the connection it lost pushes of a
+ * stream it follows (push 10007: `offset` is the last one delivered). A
+ * push whose offset is not greater than the last one seen for its topic
+ * (or for the user-wide
  * pushes) is dropped: no handler gets a push twice. The positions of a
  * user's private topics and user-wide pushes move together: the edge sends
  * a stream's pushes in order, so any push (or reply offset) of the user's
@@ -85,6 +88,7 @@
     PUSH_PRIVATE: 10002,
     PUSH_EVERYONE: 10003,
     LOGIN_ENDED: 10004,
+    GAP: 10007,
     CONNECTED: 20000,
     SUBSCRIBED: 20001,
     UNSUBSCRIBED: 20002,
@@ -632,6 +636,31 @@
       this._emit(reply.recovered === true ? "recovered" : "gap", topic, info);
     }
 
+    /**
+     * Push 10007: the edge lost pushes of a stream this connection follows
+     * (after `offset`, the last one it delivered). A "gap" event for the
+     * topic, or for the user-wide pushes and every private topic joined
+     * here when `topic` is absent (the user's stream); the application
+     * reloads them. Live pushes go on.
+     */
+    _onGap(msg) {
+      const offset = typeof msg.offset === "number" ? msg.offset : null;
+      const keys = typeof msg.topic === "string"
+        ? ["t:" + msg.topic]
+        : Array.from(this._joined).filter(userKey);
+      for (const key of keys) {
+        if (!this._joined.has(key)) continue;
+        const pos = this._pos.get(key);
+        const info = {
+          private: key !== "t:" + msg.topic,
+          since: null,
+          offset: offset,
+          epoch: pos ? pos.epoch : null,
+        };
+        this._emit("gap", key === "u" ? null : key.slice(2), info);
+      }
+    }
+
     _onReply(reply) {
       this._emit("reply", reply);
       const entry = this._pending.get(reply.id);
@@ -812,6 +841,7 @@
       if (msg === null || typeof msg !== "object") return;
       if (msg.code >= 10001 && msg.code <= 10003) this._onPush(msg);
       else if (msg.code === CODE.LOGIN_ENDED) this._onLoginEnded(msg);
+      else if (msg.code === CODE.GAP) this._onGap(msg);
       else if (msg.code >= 20000) this._onReply(msg);
     }
 

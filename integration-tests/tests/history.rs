@@ -4,6 +4,7 @@
 //! order, before any live one and with none twice, or `recovered: false`.
 
 use gpush_common::config::sections::NatsConfig;
+use gpush_common::history::HistoryConfig;
 use gpush_common::history::config::PrefixRule;
 use gpush_ingress::IngressConfig;
 use gpush_integration_tests::api::PushMsg;
@@ -67,14 +68,14 @@ async fn pushes(client: &mut WsClient, n: usize) -> Vec<(u64, String)> {
 
 /// Pushes `texts` to public `topic`; each answer's offset.
 async fn push_all(
-    d: &impl Deployment,
+    api: &gpush_integration_tests::PushApi,
     topic: &str,
     texts: impl IntoIterator<Item = String>,
 ) -> Vec<u64> {
     let mut offsets = Vec::new();
     for text in texts {
         let body = json!({"topic": topic, "data": base64(&text)}).to_string();
-        let reply = d.api().post("/v1/pushData", body, None).await;
+        let reply = api.post("/v1/pushData", body, None).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         offsets.push(reply.json()["offset"].as_u64().expect("an offset"));
     }
@@ -101,7 +102,7 @@ async fn comes_back(d: &impl Deployment) {
         "no since, no recovered: {reply}"
     );
 
-    let offsets = push_all(d, "news", texts("n", 0..3)).await;
+    let offsets = push_all(d.api(), "news", texts("n", 0..3)).await;
     assert!(
         offsets[0] > start && offsets.windows(2).all(|w| w[0] < w[1]),
         "{offsets:?}"
@@ -111,7 +112,7 @@ async fn comes_back(d: &impl Deployment) {
     let last = got[2].0;
     a.close().await;
 
-    let missed = push_all(d, "news", texts("missed", 0..20)).await;
+    let missed = push_all(d.api(), "news", texts("missed", 0..20)).await;
     let mut back = d.connect(1, "back").await;
     let reply = resubscribe(&mut back, "news", since(last, &epoch)).await;
     assert_eq!(reply["recovered"], true, "{reply}");
@@ -124,7 +125,7 @@ async fn comes_back(d: &impl Deployment) {
         .collect();
     assert_eq!(recovered, expected);
 
-    let live = push_all(d, "news", ["live".to_owned()]).await;
+    let live = push_all(d.api(), "news", ["live".to_owned()]).await;
     assert_eq!(pushes(&mut back, 1).await, [(live[0], "live".to_owned())]);
     back.expect_no_push(QUIET).await;
 }
@@ -152,7 +153,7 @@ async fn recovery_under_a_stream_of_pushes_has_no_gap_and_no_duplicate() {
         )
         .await,
     );
-    push_all(d.as_ref(), "busy", texts("seed", 0..5)).await;
+    push_all(d.api(), "busy", texts("seed", 0..5)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     // The last offset the push API answered.
@@ -204,7 +205,7 @@ async fn what_history_no_longer_holds_is_not_recovered() {
     .await;
     let mut a = d.connect(0, "a").await;
     let (_, epoch) = position(&join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
-    push_all(&d, "t", texts("x", 0..10)).await;
+    push_all(d.api(), "t", texts("x", 0..10)).await;
 
     let cases = [
         // Offset 3 was evicted (size 5 keeps 6..=10).
@@ -234,11 +235,11 @@ async fn a_restarted_standalone_edge_starts_a_new_epoch() {
     let d = Standalone::start(|_| {}).await;
     let mut a = d.connect(0, "a").await;
     let (_, epoch) = position(&join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
-    push_all(&d, "t", texts("x", 0..3)).await;
+    push_all(d.api(), "t", texts("x", 0..3)).await;
     drop(a);
     let config = d.edge.stop().await;
     let d = Standalone::from_edge(EdgeHandle::start_again(config).await);
-    push_all(&d, "t", texts("y", 0..3)).await;
+    push_all(d.api(), "t", texts("y", 0..3)).await;
     let mut b = d.connect(0, "b").await;
     let reply = resubscribe(&mut b, "t", since(2, &epoch)).await;
     assert_eq!(reply["recovered"], false, "{reply}");
@@ -362,7 +363,7 @@ async fn a_malformed_since_is_a_bad_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_api_pages_through_what_is_kept() {
     let d = Standalone::start(|c| c.history.size = 4).await;
-    push_all(&d, "t", texts("x", 0..6)).await;
+    push_all(d.api(), "t", texts("x", 0..6)).await;
     d.push_batch_http(&[
         PushMsg::private("ann", "inbox", b"i1".to_vec()),
         PushMsg::user("ann", b"u1".to_vec()),
@@ -473,13 +474,22 @@ struct Relayed {
     _ingress: IngressHandle,
     relay: CutRelay,
     api: gpush_integration_tests::PushApi,
+    /// The `[history]` of every process.
+    history: HistoryConfig,
 }
 
 impl Relayed {
     async fn start() -> Self {
+        Self::start_with(HistoryConfig::default()).await
+    }
+
+    /// With this history config on ingress (edges get it from
+    /// [`Self::edge`]'s `history`).
+    async fn start_with(history: HistoryConfig) -> Self {
         let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
         let ingress = IngressHandle::start(IngressConfig {
             nats: NatsConfig::with_urls(vec![nats.url()]),
+            history: history.clone(),
             ..IngressConfig::default()
         })
         .await;
@@ -492,6 +502,7 @@ impl Relayed {
             _ingress: ingress,
             relay,
             api,
+            history,
         }
     }
 
@@ -504,6 +515,7 @@ impl Relayed {
             self.nats.url()
         }];
         config.etcd_endpoints = vec![self.etcd.url()];
+        config.history = self.history.clone();
         EdgeHandle::start(config).await
     }
 
@@ -581,7 +593,7 @@ async fn edge_ready(edge: &EdgeHandle) -> Option<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clusters_history_api_reads_jetstream() {
     let d = Cluster::start(1, |_| {}).await;
-    let offsets = push_all(&d, "t", texts("x", 0..3)).await;
+    let offsets = push_all(d.api(), "t", texts("x", 0..3)).await;
     let page = d
         .api()
         .get(&format!("/v1/history?topic=t&since={}", offsets[0]))
@@ -624,7 +636,7 @@ async fn a_cluster_says_when_history_was_evicted_or_recreated() {
     .await;
     let mut a = d.connect(0, "a").await;
     let (_, epoch) = position(&join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
-    let first = push_all(&d, "t", texts("x", 0..10)).await;
+    let first = push_all(d.api(), "t", texts("x", 0..10)).await;
     let got = pushes(&mut a, 10).await;
     assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), first);
 
@@ -724,4 +736,33 @@ async fn a_client_moving_to_an_edge_that_is_behind_is_still_recovered() {
     moved.expect_no_push(QUIET).await;
     // The watcher on that edge got them too, late and in order.
     assert_eq!(pushes(&mut watcher, 5).await, sent);
+}
+
+/// An edge that missed more pushes than history still holds tells each
+/// client following that stream (push 10007 with the last offset it
+/// delivered), then goes on with the live pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_missed_what_history_lost_tells_its_clients() {
+    let r = Relayed::start_with(HistoryConfig {
+        size: 2,
+        ..HistoryConfig::default()
+    })
+    .await;
+    let edge = r.edge(true).await;
+    let mut c = WsClient::connect(&edge.ws_url()).await.with_label("c");
+    join(&mut c, json!({"code": code::SUBSCRIBE, "topic": "t"})).await;
+    let before = push_all(&r.api, "t", ["before".to_owned()]).await;
+    assert_eq!(pushes(&mut c, 1).await, [(before[0], "before".to_owned())]);
+
+    r.cut(&edge).await;
+    push_all(&r.api, "t", texts("lost", 0..5)).await;
+    r.relay.restore();
+
+    let notice: Value = serde_json::from_str(&c.next_text(TIMEOUT).await).expect("json");
+    assert_eq!(
+        notice,
+        json!({"code": 10007, "topic": "t", "offset": before[0]})
+    );
+    let live = push_all(&r.api, "t", ["live".to_owned()]).await;
+    assert_eq!(pushes(&mut c, 1).await, [(live[0], "live".to_owned())]);
 }

@@ -265,6 +265,8 @@ struct Inner {
     replicas: usize,
     max_bytes: u64,
     timeout: Duration,
+    /// Set once every stream of the plan was made to match it.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// The name of the stream with `token` under subject prefix `prefix`.
@@ -355,6 +357,7 @@ impl JetStreamHistory {
                 replicas: config.replicas,
                 max_bytes: config.max_bytes,
                 timeout,
+                ready: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         Ok(history)
@@ -369,7 +372,16 @@ impl JetStreamHistory {
             let info = self.ensure_stream(stream).await?;
             Self::set_epoch(stream, &info);
         }
+        self.inner
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether every stream of the plan was made (a process is not ready
+    /// for pushes with history before).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn ensure_stream(&self, stream: &HistoryStream) -> Result<stream::Info, HistoryError> {
