@@ -171,7 +171,8 @@ impl Follower {
         };
         push.offset = position.offset;
         match StreamKey::of(push.route()) {
-            Some(key) if self.follows(key) => {
+            // `last` is Some only for followed streams on a cluster edge.
+            Some(key) if self.hub.history.last(key).is_some() => {
                 if self.before(key, position).await {
                     let previous = self.after(key, position);
                     self.hub.history.append_at(&push, position.offset, previous);
@@ -221,7 +222,7 @@ impl Follower {
     /// and delivers what was missed.
     pub(crate) async fn check(&self, key: StreamKey<'_>) {
         let history = &self.hub.history;
-        let Some(last) = history.last(key).filter(|_| history.follows(key)) else {
+        let Some(last) = history.last(key) else {
             return;
         };
         let Some(js) = self.js().await else { return };

@@ -295,9 +295,14 @@ impl MemoryHistory {
         })
     }
 
-    /// The last offset of `key`'s stream; None when it keeps no history.
+    /// The last offset of `key`'s stream; None when it keeps no history
+    /// (or, on a cluster edge, is not followed). Runs for every push a
+    /// cluster edge receives: no allocation beyond the key.
     pub fn last(&self, key: StreamKey<'_>) -> Option<u64> {
-        self.position(key).map(|p| p.offset)
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        self.log(&mut inner, key, now, self.writer)
+            .map(|log| log.last)
     }
 
     /// The pushes of `key`'s stream after `since` in `epoch`, up to and
