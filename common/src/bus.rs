@@ -705,7 +705,30 @@ impl Bus {
                     .map_err(BusError::NotStored)?;
                 let (complete, entries) = match read {
                     crate::history::Read::Complete(entries) => (true, entries),
-                    crate::history::Read::Gap => (query.since >= position.offset, Vec::new()),
+                    crate::history::Read::Gap => {
+                        // `since` is no longer kept (or is 0): what is kept,
+                        // from the oldest on, and `complete` false unless
+                        // nothing was kept after `since` to begin with.
+                        match history.oldest(key).await.map_err(BusError::NotStored)? {
+                            Some((first, oldest)) if first > query.since => {
+                                let rest = history
+                                    .read(
+                                        key,
+                                        first,
+                                        Some(position.offset),
+                                        crate::history::config::MAX_SIZE,
+                                    )
+                                    .await
+                                    .map_err(BusError::NotStored)?;
+                                let rest = match rest {
+                                    crate::history::Read::Complete(rest) => rest,
+                                    crate::history::Read::Gap => Vec::new(),
+                                };
+                                (false, oldest.into_iter().chain(rest).collect())
+                            }
+                            _ => (query.since >= position.offset, Vec::new()),
+                        }
+                    }
                 };
                 let entries = entries
                     .into_iter()

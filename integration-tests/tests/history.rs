@@ -620,6 +620,16 @@ async fn a_clusters_history_api_reads_jetstream() {
         got,
         [(offsets[1], base64("x1")), (offsets[2], base64("x2"))]
     );
+    // From 0: everything kept, without a proof that nothing older was lost.
+    let page = d.api().get("/v1/history?topic=t").await.json();
+    assert_eq!(page["complete"], false, "{page}");
+    let kept: Vec<u64> = page["pushes"]
+        .as_array()
+        .expect("pushes")
+        .iter()
+        .filter_map(|p| p["offset"].as_u64())
+        .collect();
+    assert_eq!(kept, offsets, "{page}");
 }
 
 /// In a cluster: a client whose `since` was evicted past `history.size`,

@@ -672,6 +672,50 @@ impl JetStreamHistory {
             .await
     }
 
+    /// The oldest message still stored of `key`'s stream: its offset, and
+    /// its push unless it is a marker. None when the stream keeps nothing
+    /// (or no history for `key`). For the history API, which lists what is
+    /// kept when `since` is not.
+    pub async fn oldest(
+        &self,
+        key: StreamKey<'_>,
+    ) -> Result<Option<(u64, Option<Entry>)>, HistoryError> {
+        let (Some(stream), Some(subject)) = (self.stream_of(key), self.storage_subject(key)) else {
+            return Ok(None);
+        };
+        let message = match stream
+            .handle
+            .direct_get_next_for_subject(&subject, Some(1))
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(HistoryError::Read {
+                    subject,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let live = match key {
+            StreamKey::Topic(topic) => self.inner.subjects.topic(topic),
+            StreamKey::User(uid) => self.inner.subjects.user(uid),
+        };
+        let reader = Reader {
+            history: self,
+            handle: &stream.handle,
+            subject: &subject,
+            live: &live,
+            key,
+            since: 0,
+            upto: u64::MAX,
+            max: 1,
+        };
+        let mut entries = Vec::with_capacity(1);
+        reader.take_stream_message(&mut entries, &message);
+        Ok(Some((message.sequence, entries.pop())))
+    }
+
     /// [`read`](Self::read) by a given method (to measure them).
     pub async fn read_using(
         &self,
