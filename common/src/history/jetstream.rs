@@ -482,10 +482,7 @@ impl JetStreamHistory {
     /// The subject `key`'s pushes are stored under; None: no history.
     pub fn storage_subject(&self, key: StreamKey<'_>) -> Option<String> {
         let stream = self.stream_of(key)?;
-        let live = match key {
-            StreamKey::Topic(topic) => self.inner.subjects.topic(topic),
-            StreamKey::User(uid) => self.inner.subjects.user(uid),
-        };
+        let live = self.live_subject(key);
         let rest = live.strip_prefix(self.inner.subjects.prefix())?;
         Some(format!("{}{}", stream.storage_prefix, &rest[1..]))
     }
@@ -697,10 +694,7 @@ impl JetStreamHistory {
                 });
             }
         };
-        let live = match key {
-            StreamKey::Topic(topic) => self.inner.subjects.topic(topic),
-            StreamKey::User(uid) => self.inner.subjects.user(uid),
-        };
+        let live = self.live_subject(key);
         let reader = Reader {
             history: self,
             handle: &stream.handle,
@@ -714,6 +708,14 @@ impl JetStreamHistory {
         let mut entries = Vec::with_capacity(1);
         reader.take_stream_message(&mut entries, &message);
         Ok(Some((message.sequence, entries.pop())))
+    }
+
+    /// The live subject `key`'s pushes are republished on.
+    fn live_subject(&self, key: StreamKey<'_>) -> String {
+        match key {
+            StreamKey::Topic(topic) => self.inner.subjects.topic(topic),
+            StreamKey::User(uid) => self.inner.subjects.user(uid),
+        }
     }
 
     /// [`read`](Self::read) by a given method (to measure them).
@@ -731,10 +733,7 @@ impl JetStreamHistory {
         if since == 0 {
             return Ok(Read::Gap);
         }
-        let live = match key {
-            StreamKey::Topic(topic) => self.inner.subjects.topic(topic),
-            StreamKey::User(uid) => self.inner.subjects.user(uid),
-        };
+        let live = self.live_subject(key);
         let reader = Reader {
             history: self,
             handle: &stream.handle,
