@@ -613,11 +613,13 @@ impl Pusher {
 
     /// Waits until ingress has acknowledged `n` more pushes than so far.
     pub async fn wait_acked(&self, n: usize, what: &str) {
+        self.wait_acked_within(n, crate::TIMEOUT, what).await;
+    }
+
+    /// [`Pusher::wait_acked`], panicking after `within`.
+    pub async fn wait_acked_within(&self, n: usize, within: Duration, what: &str) {
         let before = self.acked().len();
-        crate::wait_until(crate::TIMEOUT, what, || async {
-            self.acked().len() >= before + n
-        })
-        .await;
+        crate::wait_until(within, what, || async { self.acked().len() >= before + n }).await;
     }
 
     /// The sequence numbers acknowledged so far.
