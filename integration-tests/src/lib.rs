@@ -17,8 +17,10 @@
 //! - [`api`]: the push API client ([`PushApi`]): HTTP, gRPC, batch and the
 //!   legacy `order.Proxy` method, selected by [`Via`].
 //! - [`client`]: [`WsClient`], a WebSocket client of the client protocol.
-//! - [`roaming`]: a fleet of clients that follow `/v1/connect` and move
-//!   to another edge when theirs drains (rolling restarts).
+//! - [`roaming`]: a fleet of clients that follow `/v1/connect`, move to
+//!   another edge when theirs drains or dies and resubscribe there with
+//!   `since`, counting per client what they missed (rolling restarts, edge
+//!   crashes, NATS failovers); and a [`roaming::Pusher`] of numbered pushes.
 //! - [`silent`]: [`silent::SilentClient`], a hand-driven WebSocket client
 //!   that never answers pings (to test the idle timeout).
 //! - [`frames`]: protocol codes and the exact JSON of each kind of push.

@@ -351,6 +351,84 @@ impl NatsServer {
         nodes
     }
 
+    /// Starts `n` `nats-server` nodes routed to each other with JetStream
+    /// clustered over them (each node named `nats-<route port>`, its file
+    /// store in its scratch directory, kept across restarts), and waits
+    /// until every node has its routes and JetStream has a meta leader.
+    pub async fn cluster_jetstream(n: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes: Vec<Self> = route_ports
+            .iter()
+            .map(|&p| {
+                let mut node = Self::unstarted(Some((p, routes.clone())));
+                node.jetstream = true;
+                node
+            })
+            .collect();
+        futures_util::future::join_all(nodes.iter_mut().map(Self::spawn)).await;
+        for node in &nodes {
+            node.wait_routes(n - 1, START_TIMEOUT).await;
+        }
+        for node in &nodes {
+            node.wait_meta_leader(START_TIMEOUT).await;
+        }
+        nodes
+    }
+
+    /// This node's name in a JetStream cluster.
+    pub fn server_name(&self) -> Option<String> {
+        self.cluster
+            .as_ref()
+            .map(|(route_port, _)| format!("nats-{route_port}"))
+    }
+
+    /// The JetStream meta leader this node knows of (from `/jsz`).
+    pub async fn meta_leader(&self) -> Option<String> {
+        let jsz = self.monitor("/jsz").await;
+        jsz["meta_cluster"]["leader"]
+            .as_str()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// Waits until this node knows a JetStream meta leader. Panics after
+    /// `within`.
+    pub async fn wait_meta_leader(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.meta_leader().await.is_none() {
+            if Instant::now() >= deadline {
+                panic!(
+                    "nats-server {} has no JetStream meta leader after {within:?}",
+                    self.url()
+                );
+            }
+            sleep(POLL * 4).await;
+        }
+    }
+
+    /// The leader of each JetStream stream this node knows, by stream
+    /// name (from `/jsz?streams=1`, which lists the streams this node
+    /// holds a replica of).
+    pub async fn stream_leaders(&self) -> Vec<(String, String)> {
+        let jsz = self.monitor("/jsz?streams=1").await;
+        jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| {
+                Some((
+                    s["name"].as_str()?.to_owned(),
+                    s["cluster"]["leader"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
     fn unstarted(cluster: Option<(u16, Vec<String>)>) -> Self {
         Self {
             port: free_port(),
@@ -372,6 +450,9 @@ impl NatsServer {
         if self.jetstream {
             let store = self.server.dir.join("jetstream");
             command.arg("-js").arg("-sd").arg(store);
+        }
+        if let (true, Some(name)) = (self.jetstream, self.server_name()) {
+            command.args(["--server_name", &name]);
         }
         if let Some((route_port, routes)) = &self.cluster {
             let own = format!("nats-route://127.0.0.1:{route_port}");
@@ -1030,6 +1111,11 @@ impl EdgeProcess {
             .child
             .kill()
             .unwrap_or_else(|e| panic!("SIGKILL gpush-edge: {e}"));
+    }
+
+    /// Whether [`EdgeProcess::wait_exit`] saw the process exit.
+    pub fn has_exited(&self) -> bool {
+        self.exited.is_some()
     }
 
     /// Waits for the process to exit and returns its status. Panics (with
