@@ -907,6 +907,9 @@
         this._attempt = 0;
         this._schedule(Math.random() * this.options.drainJitter, info);
       } else {
+        // The edge may be dead (a crash is still listed until its lease
+        // runs out): with discovery, prefer another one.
+        this._avoid = this.url;
         this._retry(this._gen, null, info);
       }
     }

@@ -776,3 +776,21 @@ async fn an_edge_that_missed_what_history_lost_tells_its_clients() {
     let live = push_all(&r.api, "t", ["live".to_owned()]).await;
     assert_eq!(pushes(&mut c, 1).await, [(live[0], "live".to_owned())]);
 }
+
+/// A subscribe with `since` on a connection already subscribed to the
+/// topic (after a 10007, say) joins again from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_on_a_subscribed_topic_recovers_from_there() {
+    let d = Standalone::start(|_| {}).await;
+    let mut a = d.connect(0, "a").await;
+    let (_, epoch) = position(&join(&mut a, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
+    let offsets = push_all(d.api(), "t", texts("x", 0..3)).await;
+    assert_eq!(pushes(&mut a, 3).await.len(), 3);
+    let reply = resubscribe(&mut a, "t", since(offsets[0], &epoch)).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let again: Vec<u64> = pushes(&mut a, 2).await.iter().map(|p| p.0).collect();
+    assert_eq!(again, offsets[1..]);
+    let live = push_all(d.api(), "t", ["live".to_owned()]).await;
+    assert_eq!(pushes(&mut a, 1).await, [(live[0], "live".to_owned())]);
+    a.expect_no_push(QUIET).await;
+}

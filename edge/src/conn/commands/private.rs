@@ -30,6 +30,12 @@ impl<S: Socket> Session<S> {
         let interest = self.shared.interest.clone();
         let follower = interest.follower();
         let mut join = Join::new(&hub.history, key, since);
+        if join.recovered().is_some() && self.private.contains(&topic) {
+            // Subscribed already, and asking from `since` (after a 10007,
+            // say): join again from there. The bus subscription stays.
+            hub.unsubscribe_private(&uid, &topic, self.conn.id);
+            self.private.remove(&topic);
+        }
         let reply = |offset: u64, join: &Join| {
             self.joined_reply(Code::Subscribed, &topic, id, join, offset)
         };

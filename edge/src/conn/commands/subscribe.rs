@@ -31,6 +31,12 @@ impl<S: Socket> Session<S> {
         interest.follow(Key::Topic(topic.clone()), key).await;
         let follower = interest.follower();
         let mut join = Join::new(&hub.history, key, since);
+        if join.recovered().is_some() && self.public.contains(&topic) {
+            // Subscribed already, and asking from `since` (after a 10007,
+            // say): join again from there. The bus subscription stays.
+            hub.unsubscribe(&topic, self.conn.id);
+            self.public.remove(&topic);
+        }
         let reply = |offset: u64, join: &Join| {
             self.joined_reply(Code::Subscribed, &topic, id, join, offset)
         };
