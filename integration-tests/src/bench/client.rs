@@ -108,7 +108,10 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 enum Plan {
     Nothing,
-    Public { topic: String },
+    Public {
+        topic: String,
+        since: Option<String>,
+    },
     Private { uid: String, topic: String },
 }
 
@@ -118,6 +121,7 @@ impl Plan {
             SubscribeMode::None => Plan::Nothing,
             SubscribeMode::Public => Plan::Public {
                 topic: control::topic_name(&args.topic, args.topics, index),
+                since: args.since.clone(),
             },
             SubscribeMode::Private => Plan::Private {
                 uid: control::user_id(index),
@@ -216,8 +220,11 @@ async fn open(
     buf.drain(..head);
     match plan {
         Plan::Nothing => {}
-        Plan::Public { topic } => {
-            let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
+        Plan::Public { topic, since } => {
+            let subscribe = match since {
+                Some(since) => format!(r#"{{"code":1,"topic":"{topic}","since":{since}}}"#),
+                None => format!(r#"{{"code":1,"topic":"{topic}"}}"#),
+            };
             request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
         }
         Plan::Private { uid, topic } => {
