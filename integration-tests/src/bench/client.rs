@@ -112,7 +112,10 @@ enum Plan {
         topic: String,
         since: Option<String>,
     },
-    Private { uid: String, topic: String },
+    Private {
+        uid: String,
+        topic: String,
+    },
 }
 
 impl Plan {
@@ -587,6 +590,7 @@ async fn churn(args: &ClientArgs, run_for: Duration) -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 let plan = Plan::Public {
                     topic: control::topic_name(&args.topic, args.topics, args.first + n),
+                    since: None,
                 };
                 let src = args.src[n % args.src.len()];
                 n += workers;

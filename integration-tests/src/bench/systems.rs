@@ -167,11 +167,7 @@ impl Standalone {
     /// Starts a standalone edge with `history`. With `login`, a token is
     /// its own uid (`auth.insecure_token_is_uid`), so clients log in
     /// without JWTs.
-    pub async fn start(
-        bins: &Binaries,
-        login: bool,
-        history: HistoryMode,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(bins: &Binaries, login: bool, history: HistoryMode) -> anyhow::Result<Self> {
         let dir = Scratch::new("bench-standalone");
         let (ws, http, grpc) = (loopback(), loopback(), loopback());
         let mut args = strings(&["--standalone"]);

@@ -64,9 +64,7 @@ async fn position(http_base: &str) -> anyhow::Result<(serde_json::Value, u64)> {
 async fn storm(spec: &FleetSpec, expected: u64) -> anyhow::Result<StormFigures> {
     let started = Instant::now();
     let mut fleet = Fleet::start(spec).await?;
-    let wait = fleet
-        .wait_delivered(expected, STALL, started + LIMIT)
-        .await;
+    let wait = fleet.wait_delivered(expected, STALL, started + LIMIT).await;
     let secs = started.elapsed().as_secs_f64();
     let stats = fleet.stats().await?;
     let setup = fleet.setup.clone();
@@ -133,15 +131,13 @@ async fn measure(
             &recovered.note,
         ])),
     );
-    bench.report.add(
-        Row::new(
-            "storm",
-            system,
-            "recovered pushes/s",
-            (clients as u64 * MISSED) as f64 / recovered.secs.max(f64::EPSILON),
-            Unit::PerSec,
-        ),
-    );
+    bench.report.add(Row::new(
+        "storm",
+        system,
+        "recovered pushes/s",
+        (clients as u64 * MISSED) as f64 / recovered.secs.max(f64::EPSILON),
+        Unit::PerSec,
+    ));
     bench.report.add(
         Row::new(
             "storm",
