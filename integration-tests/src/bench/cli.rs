@@ -47,9 +47,48 @@ pub struct RunArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// History settings of the gpush systems started: `fanout` and
+    /// `ingress` run once per setting, in this order (`fanout
+    /// --history on,off` compares them in one run); the other scenarios
+    /// use the first.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
+    pub history: Vec<HistoryMode>,
     /// Scenarios to run, in this order [default: all].
     #[arg(value_enum)]
     pub scenarios: Vec<Scenario>,
+}
+
+/// The `[history]` section the bench gives gpush's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HistoryMode {
+    /// The defaults: history on (JetStream file storage in a cluster).
+    On,
+    /// `history.enabled = false`.
+    Off,
+    /// History on, `history.storage = "memory"` (a cluster's JetStream
+    /// streams in memory; a standalone edge keeps memory anyway).
+    Memory,
+}
+
+impl HistoryMode {
+    /// The config file lines for it (none for the defaults).
+    pub fn toml(self) -> &'static str {
+        match self {
+            HistoryMode::On => "",
+            HistoryMode::Off => "[history]\nenabled = false\n",
+            HistoryMode::Memory => "[history]\nstorage = \"memory\"\n",
+        }
+    }
+
+    /// The name of a system run with it in the report: `system` for the
+    /// defaults, else `system, history off` or `system, history memory`.
+    pub fn label(self, system: &str) -> String {
+        match self {
+            HistoryMode::On => system.to_owned(),
+            HistoryMode::Off => format!("{system}, history off"),
+            HistoryMode::Memory => format!("{system}, history memory"),
+        }
+    }
 }
 
 /// One benchmark scenario.
@@ -72,13 +111,16 @@ pub enum Scenario {
     /// Fan-out latency on a large topic, quiet and while 50 clients
     /// toggle their subscription to it.
     Toggle,
+    /// Many clients reconnecting at once, each recovering the pushes it
+    /// missed (subscribe with `since`).
+    Storm,
     /// The baseline raw server's idle, fanout and latency figures.
     Baseline,
 }
 
 impl Scenario {
     /// Every scenario, in the default order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Idle,
         Scenario::IdlePrivate,
         Scenario::Fanout,
@@ -87,6 +129,7 @@ impl Scenario {
         Scenario::Ingress,
         Scenario::Churn,
         Scenario::Toggle,
+        Scenario::Storm,
         Scenario::Baseline,
     ];
 
@@ -101,6 +144,7 @@ impl Scenario {
             Scenario::Ingress => "ingress",
             Scenario::Churn => "churn",
             Scenario::Toggle => "toggle",
+            Scenario::Storm => "storm",
             Scenario::Baseline => "baseline",
         }
     }
@@ -147,6 +191,10 @@ pub struct ClientArgs {
     /// Parse each push's send time and record latency.
     #[arg(long)]
     pub latency: bool,
+    /// Subscribe (public) with this `since`, `{"offset":N,"epoch":"E"}`:
+    /// the missed pushes arrive before the live ones and count as frames.
+    #[arg(long)]
+    pub since: Option<String>,
     /// Connection set-ups in flight at once.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,

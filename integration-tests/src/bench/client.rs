@@ -108,8 +108,14 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 enum Plan {
     Nothing,
-    Public { topic: String },
-    Private { uid: String, topic: String },
+    Public {
+        topic: String,
+        since: Option<String>,
+    },
+    Private {
+        uid: String,
+        topic: String,
+    },
 }
 
 impl Plan {
@@ -118,6 +124,7 @@ impl Plan {
             SubscribeMode::None => Plan::Nothing,
             SubscribeMode::Public => Plan::Public {
                 topic: control::topic_name(&args.topic, args.topics, index),
+                since: args.since.clone(),
             },
             SubscribeMode::Private => Plan::Private {
                 uid: control::user_id(index),
@@ -216,8 +223,11 @@ async fn open(
     buf.drain(..head);
     match plan {
         Plan::Nothing => {}
-        Plan::Public { topic } => {
-            let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
+        Plan::Public { topic, since } => {
+            let subscribe = match since {
+                Some(since) => format!(r#"{{"code":1,"topic":"{topic}","since":{since}}}"#),
+                None => format!(r#"{{"code":1,"topic":"{topic}"}}"#),
+            };
             request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
         }
         Plan::Private { uid, topic } => {
@@ -580,6 +590,7 @@ async fn churn(args: &ClientArgs, run_for: Duration) -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 let plan = Plan::Public {
                     topic: control::topic_name(&args.topic, args.topics, args.first + n),
+                    since: None,
                 };
                 let src = args.src[n % args.src.len()];
                 n += workers;

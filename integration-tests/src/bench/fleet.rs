@@ -61,6 +61,9 @@ pub struct FleetSpec {
     pub topics: usize,
     /// Record push-to-receive latency.
     pub latency: bool,
+    /// Public subscriptions ask for the pushes after this position,
+    /// `{"offset":N,"epoch":"E"}`.
+    pub since: Option<String>,
 }
 
 impl FleetSpec {
@@ -73,11 +76,12 @@ impl FleetSpec {
             topic: topic.to_owned(),
             topics: 1,
             latency: false,
+            since: None,
         }
     }
 
     /// Processes needed for `conns` connections.
-    fn processes(&self) -> usize {
+    pub fn processes(&self) -> usize {
         self.conns
             .div_ceil(MAX_CONNS_PER_CLIENT)
             .max(MIN_CLIENTS)
@@ -104,6 +108,9 @@ impl FleetSpec {
         ];
         if self.latency {
             args.push("--latency".to_owned());
+        }
+        if let Some(since) = &self.since {
+            args.extend(["--since".to_owned(), since.clone()]);
         }
         args
     }

@@ -74,7 +74,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Sizes::standard()
     };
     let started = Instant::now();
-    let mut bench = Bench::new(bins, sizes, Report::new(args.quick));
+    let mut bench = Bench::new(bins, sizes, Report::new(args.quick), args.history.clone());
     eprintln!("{}", bench.report.header());
     runtime.block_on(async {
         for scenario in scenarios {

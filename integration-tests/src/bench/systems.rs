@@ -5,6 +5,7 @@
 //! tail is shown when it fails) and is killed on `Drop`. Also: reading a
 //! process's resident memory.
 
+use crate::bench::cli::HistoryMode;
 use crate::procs::{
     LoggedChild, NatsServer, POLL, START_TIMEOUT, build_dir, free_port, scratch_dir, sibling_binary,
 };
@@ -141,6 +142,16 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// `--config <dir>/<name>` holding `toml`, or nothing when `toml` is empty.
+fn config_args(dir: &Scratch, name: &str, toml: &str) -> anyhow::Result<Vec<String>> {
+    if toml.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = dir.0.join(name);
+    std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
+    Ok(vec!["--config".to_owned(), path.display().to_string()])
+}
+
 /// `gpush-edge --standalone`: WebSocket and push API in one process.
 #[derive(Debug)]
 pub struct Standalone {
@@ -153,9 +164,10 @@ pub struct Standalone {
 }
 
 impl Standalone {
-    /// Starts a standalone edge. With `login`, a token is its own uid
-    /// (`auth.insecure_token_is_uid`), so clients log in without JWTs.
-    pub async fn start(bins: &Binaries, login: bool) -> anyhow::Result<Self> {
+    /// Starts a standalone edge with `history`. With `login`, a token is
+    /// its own uid (`auth.insecure_token_is_uid`), so clients log in
+    /// without JWTs.
+    pub async fn start(bins: &Binaries, login: bool, history: HistoryMode) -> anyhow::Result<Self> {
         let dir = Scratch::new("bench-standalone");
         let (ws, http, grpc) = (loopback(), loopback(), loopback());
         let mut args = strings(&["--standalone"]);
@@ -168,11 +180,11 @@ impl Standalone {
             &grpc.to_string(),
         ]));
         args.extend(strings(&EDGE_QUIET_FLAGS));
+        let mut toml = history.toml().to_owned();
         if login {
-            let config = dir.0.join("edge.toml");
-            std::fs::write(&config, "[auth]\ninsecure_token_is_uid = true\n")?;
-            args.extend(["--config".to_owned(), config.display().to_string()]);
+            toml.push_str("[auth]\ninsecure_token_is_uid = true\n");
         }
+        args.extend(config_args(&dir, "edge.toml", &toml)?);
         let proc = spawn_ws_http("gpush-edge", &bins.edge, &args, &dir, (ws, http)).await?;
         Ok(Self {
             proc,
@@ -210,13 +222,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts NATS and ingress (and an edge when `with_edge`) and waits
-    /// until each is connected to NATS.
-    pub async fn start(bins: &Binaries, with_edge: bool) -> anyhow::Result<Self> {
+    /// Starts NATS (with JetStream) and ingress (and an edge when
+    /// `with_edge`), both with `history`, and waits until each is
+    /// connected to NATS.
+    pub async fn start(
+        bins: &Binaries,
+        with_edge: bool,
+        history: HistoryMode,
+    ) -> anyhow::Result<Self> {
         let dir = Scratch::new("bench-cluster");
         let nats = NatsServer::start().await;
         let (http, grpc) = (loopback(), loopback());
-        let args = strings(&[
+        let config = config_args(&dir, "gpush.toml", history.toml())?;
+        let mut args = strings(&[
             "--http-addr",
             &http.to_string(),
             "--grpc-addr",
@@ -224,6 +242,7 @@ impl Cluster {
             "--nats-url",
             &nats.url(),
         ]);
+        args.extend(config.iter().cloned());
         let mut ingress = spawn("gpush-ingress", &bins.ingress, &args, &dir)?;
         ingress.try_wait_for_port(http).await?;
         wait_ok(&mut ingress, &format!("http://{http}/readyz")).await?;
@@ -231,6 +250,7 @@ impl Cluster {
             let ws = loopback();
             let mut args = strings(&["--ws-addr", &ws.to_string(), "--nats-url", &nats.url()]);
             args.extend(strings(&EDGE_QUIET_FLAGS));
+            args.extend(config);
             let mut edge = spawn("gpush-edge", &bins.edge, &args, &dir)?;
             edge.try_wait_for_port(ws).await?;
             wait_ok(&mut edge, &format!("http://{ws}/readyz")).await?;

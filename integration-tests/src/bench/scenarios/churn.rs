@@ -26,7 +26,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     eprintln!(
         "[churn] standalone edge: {PROCESSES} x {CONCURRENCY} cycles in flight for {run_for:?}"
     );
-    let mut edge = Standalone::start(&bench.bins, false).await?;
+    let mut edge = Standalone::start(&bench.bins, false, bench.history()).await?;
     let churn = fleet::churn(&edge.ws_url, run_for, PROCESSES, CONCURRENCY, SOURCES).await?;
     edge.check_running()?;
     let rate = churn.cycles as f64 / churn.secs.max(f64::EPSILON);

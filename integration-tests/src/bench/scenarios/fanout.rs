@@ -179,41 +179,49 @@ pub async fn measure_baseline(bench: &mut Bench) -> anyhow::Result<FanoutFigures
     Ok(figures)
 }
 
-/// Runs the fan-out scenario: baseline, standalone, cluster.
+/// Runs the fan-out scenario: baseline, then standalone and cluster with
+/// each of the run's history settings.
 pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let baseline = bench.baseline_fanout().await?.rate;
     let subscribers = bench.sizes.fanout_subscribers;
     let run_for = bench.sizes.fanout_run;
 
-    eprintln!("[fanout] standalone edge: {subscribers} subscribers");
-    let mut edge = Standalone::start(&bench.bins, false).await?;
-    let mut fleet = Fleet::start(&spec(&edge.ws_url, subscribers)).await?;
-    let figures = drive(&mut fleet, &Pusher::gpush(&edge.http_base), run_for).await?;
-    fleet.stop().await;
-    edge.check_running()?;
-    drop(edge);
-    add_rows(
-        bench,
-        "standalone",
-        &figures,
-        Some(baseline),
-        Some(TARGET_STANDALONE),
-    );
+    for history in bench.history.clone() {
+        let system = history.label("standalone");
+        eprintln!("[fanout] {system} edge: {subscribers} subscribers");
+        let mut edge = Standalone::start(&bench.bins, false, history).await?;
+        let mut fleet = Fleet::start(&spec(&edge.ws_url, subscribers)).await?;
+        let figures = drive(&mut fleet, &Pusher::gpush(&edge.http_base), run_for).await?;
+        fleet.stop().await;
+        edge.check_running()?;
+        drop(edge);
+        add_rows(
+            bench,
+            &system,
+            &figures,
+            Some(baseline),
+            Some(TARGET_STANDALONE),
+        );
+    }
 
-    eprintln!("[fanout] cluster (ingress -> NATS -> edge): {subscribers} subscribers");
-    let mut cluster = Cluster::start(&bench.bins, true).await?;
-    let ws_url = cluster.ws_url.clone().unwrap_or_default();
-    let mut fleet = Fleet::start(&spec(&ws_url, subscribers)).await?;
-    cluster.wait_subscribed(FANOUT_TOPIC).await;
-    let figures = drive(&mut fleet, &Pusher::gpush(&cluster.http_base), run_for).await?;
-    fleet.stop().await;
-    cluster.check_running()?;
-    add_rows(
-        bench,
-        "cluster",
-        &figures,
-        Some(baseline),
-        Some(TARGET_CLUSTER),
-    );
+    for history in bench.history.clone() {
+        let system = history.label("cluster");
+        eprintln!("[fanout] {system} (ingress -> NATS -> edge): {subscribers} subscribers");
+        let mut cluster = Cluster::start(&bench.bins, true, history).await?;
+        let ws_url = cluster.ws_url.clone().unwrap_or_default();
+        let mut fleet = Fleet::start(&spec(&ws_url, subscribers)).await?;
+        cluster.wait_subscribed(FANOUT_TOPIC).await;
+        let figures = drive(&mut fleet, &Pusher::gpush(&cluster.http_base), run_for).await?;
+        fleet.stop().await;
+        cluster.check_running()?;
+        drop(cluster);
+        add_rows(
+            bench,
+            &system,
+            &figures,
+            Some(baseline),
+            Some(TARGET_CLUSTER),
+        );
+    }
     Ok(())
 }

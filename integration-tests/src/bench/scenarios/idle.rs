@@ -102,7 +102,7 @@ pub async fn run(bench: &mut Bench, private: bool) -> anyhow::Result<()> {
     };
     let conns = bench.sizes.idle_conns;
     eprintln!("[{scenario}] standalone edge: {conns} connections");
-    let mut edge = Standalone::start(&bench.bins, private).await?;
+    let mut edge = Standalone::start(&bench.bins, private, bench.history()).await?;
     let spec = if private {
         FleetSpec {
             subscribe: SubscribeMode::Private,

@@ -8,6 +8,7 @@
 //! little of the two cores as it can.
 
 use super::Bench;
+use crate::bench::cli::HistoryMode;
 use crate::bench::http::{Connection, HttpError, post_request};
 use crate::bench::push::{batch_json, message_json};
 use crate::bench::report::{Row, Target, Unit};
@@ -119,11 +120,20 @@ async fn http_worker(addr: SocketAddr, request: Bytes, messages: u64, end: Insta
     tally
 }
 
-/// Runs the ingress scenario.
+/// Runs the ingress scenario with each of the run's history settings.
 pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
+    for history in bench.history.clone() {
+        run_with(bench, history).await?;
+    }
+    Ok(())
+}
+
+/// The ingress scenario's three measurements with `history`.
+async fn run_with(bench: &mut Bench, history: HistoryMode) -> anyhow::Result<()> {
     let run_for = bench.sizes.ingress_run;
-    eprintln!("[ingress] nats-server + gpush-ingress");
-    let mut cluster = Cluster::start(&bench.bins, false).await?;
+    let system = history.label("cluster");
+    eprintln!("[ingress] nats-server + gpush-ingress ({system})");
+    let mut cluster = Cluster::start(&bench.bins, false, history).await?;
     let addr: SocketAddr = cluster
         .http_base
         .trim_start_matches("http://")
@@ -141,7 +151,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     bench.report.add(
         Row::new(
             "ingress",
-            "cluster",
+            &system,
             "HTTP single pushes/s",
             rate,
             Unit::PerSec,
@@ -159,7 +169,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     bench.report.add(
         Row::new(
             "ingress",
-            "cluster",
+            &system,
             "HTTP batch messages/s",
             rate,
             Unit::PerSec,
@@ -198,7 +208,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     bench.report.add(
         Row::new(
             "ingress",
-            "cluster",
+            &system,
             "gRPC batch messages/s",
             rate,
             Unit::PerSec,

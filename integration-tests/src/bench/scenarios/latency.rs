@@ -178,7 +178,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let baseline = bench.baseline_latency().await?;
     let subscribers = bench.sizes.fanout_subscribers;
     eprintln!("[latency] standalone edge: {subscribers} subscribers, {LATENCY_RATE} pushes/s");
-    let mut edge = Standalone::start(&bench.bins, false).await?;
+    let mut edge = Standalone::start(&bench.bins, false, bench.history()).await?;
     let spec = FleetSpec {
         latency: true,
         ..FleetSpec::public(&edge.ws_url, subscribers, FANOUT_TOPIC)

@@ -9,9 +9,10 @@ pub mod idle;
 pub mod ingress;
 pub mod latency;
 pub mod private;
+pub mod storm;
 pub mod toggle;
 
-use crate::bench::cli::Scenario;
+use crate::bench::cli::{HistoryMode, Scenario};
 use crate::bench::report::Report;
 use crate::bench::systems::Binaries;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct Sizes {
     /// process, so the sum must stay under the open-files limit (checked
     /// before the run, see [`toggle::run`]).
     pub toggle_subscribers: usize,
+    /// Clients reconnecting at once in the storm scenario.
+    pub storm_clients: usize,
 }
 
 impl Sizes {
@@ -69,6 +72,7 @@ impl Sizes {
             // 20,000 subscribers, 50 togglers and the edge's own ~15
             // descriptors do not fit under a 20,000 open-files limit.
             toggle_subscribers: 19_900,
+            storm_clients: 15_000,
         }
     }
 
@@ -84,6 +88,7 @@ impl Sizes {
             ingress_run: Duration::from_secs(2),
             churn_run: Duration::from_secs(2),
             toggle_subscribers: 2_000,
+            storm_clients: 2_000,
         }
     }
 }
@@ -105,18 +110,36 @@ pub struct Bench {
     pub sizes: Sizes,
     /// The results so far.
     pub report: Report,
+    /// History settings to run `fanout` and `ingress` with (at least one).
+    pub history: Vec<HistoryMode>,
     baseline: BaselineFigures,
 }
 
 impl Bench {
-    /// A run with `sizes` on the binaries `bins`.
-    pub fn new(bins: Binaries, sizes: Sizes, report: Report) -> Self {
+    /// A run with `sizes` on the binaries `bins`, gpush with each of
+    /// `history` (the defaults when empty).
+    pub fn new(
+        bins: Binaries,
+        sizes: Sizes,
+        report: Report,
+        mut history: Vec<HistoryMode>,
+    ) -> Self {
+        history.dedup();
+        if history.is_empty() {
+            history.push(HistoryMode::On);
+        }
         Self {
             bins,
             sizes,
             report,
+            history,
             baseline: BaselineFigures::default(),
         }
+    }
+
+    /// The history setting of scenarios that run once.
+    pub fn history(&self) -> HistoryMode {
+        self.history[0]
     }
 
     /// Runs one scenario.
@@ -130,6 +153,7 @@ impl Bench {
             Scenario::Ingress => ingress::run(self).await,
             Scenario::Churn => churn::run(self).await,
             Scenario::Toggle => toggle::run(self).await,
+            Scenario::Storm => storm::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;

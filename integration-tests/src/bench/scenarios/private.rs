@@ -110,7 +110,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     eprintln!(
         "[private] standalone edge: {users} users, {PRIVATE_RATE} pushes/s in batches of {PRIVATE_BATCH}"
     );
-    let mut edge = Standalone::start(&bench.bins, true).await?;
+    let mut edge = Standalone::start(&bench.bins, true, bench.history()).await?;
     let spec = FleetSpec {
         subscribe: SubscribeMode::Private,
         latency: true,

@@ -128,7 +128,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         "[toggle] standalone edge: {subscribers} subscribers, {LATENCY_RATE} pushes/s, \
          quiet then with {TOGGLERS} clients toggling at {DEFAULT_REQUEST_RATE}/s"
     );
-    let mut edge = Standalone::start(&bench.bins, false).await?;
+    let mut edge = Standalone::start(&bench.bins, false, bench.history()).await?;
     let spec = FleetSpec {
         latency: true,
         ..FleetSpec::public(&edge.ws_url, subscribers, FANOUT_TOPIC)
