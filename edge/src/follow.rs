@@ -34,7 +34,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How long a join waits for JetStream to be reachable at start.
-const JETSTREAM_WAIT: Duration = Duration::from_secs(2);
+const JETSTREAM_WAIT: Duration = Duration::from_secs(5);
+/// Bound of each JetStream request of this edge.
+const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a join waits for a bus that is away to come back.
+const RECONNECT_WAIT: Duration = Duration::from_millis(300);
+/// How often it looks.
+const RECONNECT_POLL: Duration = Duration::from_millis(10);
 
 /// Opens the cluster's history (creating or updating its JetStream
 /// streams) and hands it to the followers, retrying while JetStream does
@@ -49,7 +55,7 @@ pub(crate) async fn open(
     let mut backoff =
         gpush_common::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match JetStreamHistory::new(client.clone(), &subjects, &config, JETSTREAM_WAIT).await {
+        match JetStreamHistory::new(client.clone(), &subjects, &config, JETSTREAM_TIMEOUT).await {
             Ok(js) => {
                 tracing::info!("history streams ready");
                 let _ = ready.send(Some(js));
@@ -105,12 +111,22 @@ impl Follower {
         self.hub.history.follows(key)
     }
 
-    /// JetStream, waiting a moment for it at start; None at once while
-    /// the bus is away (a join then carries no position rather than
-    /// waiting out a timeout).
+    /// JetStream, waiting a moment for it at start, and at most
+    /// [`RECONNECT_WAIT`] for a bus that is away (it may be reconnecting
+    /// this instant); None after that (a join then carries no position
+    /// rather than waiting out a timeout).
     async fn js(&self) -> Option<JetStreamHistory> {
-        if self.client.connection_state() != async_nats::connection::State::Connected {
-            return None;
+        let connected =
+            || self.client.connection_state() == async_nats::connection::State::Connected;
+        if !connected() {
+            let back = tokio::time::timeout(RECONNECT_WAIT, async {
+                while !connected() {
+                    tokio::time::sleep(RECONNECT_POLL).await;
+                }
+            });
+            if back.await.is_err() {
+                return None;
+            }
         }
         let mut js = self.js.clone();
         let ready = tokio::time::timeout(JETSTREAM_WAIT, js.wait_for(Option::is_some)).await;

@@ -715,7 +715,8 @@ async fn a_client_moving_to_an_edge_that_is_behind_is_still_recovered() {
     let mut watcher = WsClient::connect(&behind.ws_url())
         .await
         .with_label("watcher");
-    join(&mut watcher, json!({"code": code::SUBSCRIBE, "topic": "t"})).await;
+    let reply = join(&mut watcher, json!({"code": code::SUBSCRIBE, "topic": "t"})).await;
+    position(&reply); // followed: the edge has the stream's position
     let mut mover = WsClient::connect(&ahead.ws_url()).await.with_label("mover");
     let (_, epoch) =
         position(&join(&mut mover, json!({"code": code::SUBSCRIBE, "topic": "t"})).await);
@@ -735,8 +736,13 @@ async fn a_client_moving_to_an_edge_that_is_behind_is_still_recovered() {
     assert_eq!(got, sent);
     drop(mover);
     r.relay.restore();
+    gpush_integration_tests::wait_until(TIMEOUT, "the edge to be back on NATS", || async {
+        edge_ready(&behind).await == Some(true)
+    })
+    .await;
 
-    // At once, before the edge that was away has necessarily caught up.
+    // At once: the edge is back on NATS but has not caught up yet (it
+    // checks its streams on its next reconnect tick, within a second).
     let mut moved = WsClient::connect(&behind.ws_url())
         .await
         .with_label("moved");
