@@ -25,6 +25,8 @@
 //! - `outbox`: a connection's bounded outgoing queue, where a slow client
 //!   is cut.
 //! - `interest`: NATS subscriptions that follow local interest.
+//! - `follow`: a cluster edge following the history streams its clients
+//!   need (seeded from JetStream, gaps filled before the next push).
 //! - `auth`: login by JWT or webhook.
 //! - `registration`: the edge's etcd record and lease.
 //! - `metrics`: `GET /metrics`: reads the hub's counters and counts rare
