@@ -81,7 +81,15 @@ pub(crate) struct Follower {
     client: async_nats::Client,
     hub: Arc<Hub>,
     max_recover: usize,
+    /// When the streams' epochs were last read again: at most once per
+    /// [`EPOCH_CHECK`] for duplicates that follow a previous message (a
+    /// burst of them follows every gap filled), always for one that
+    /// starts its subject (as the first push of a recreated stream does).
+    epoch_checked: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
+
+/// Least time between two epoch checks.
+const EPOCH_CHECK: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +111,7 @@ impl Follower {
             client,
             hub,
             max_recover,
+            epoch_checked: Arc::default(),
         }
     }
 
@@ -298,6 +307,20 @@ impl Follower {
     /// recreated (a new epoch): then the copy restarts there and the
     /// followers are told (10007); otherwise it is a duplicate.
     async fn recreated(&self, key: StreamKey<'_>, last: u64, position: LivePosition) -> bool {
+        {
+            let now = tokio::time::Instant::now();
+            let mut checked = self
+                .epoch_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The first message of a subject in a (new) stream comes with
+            // no previous one: always worth a look. Others only so often.
+            let recent = checked.is_some_and(|at| now.duration_since(at) < EPOCH_CHECK);
+            if recent && position.previous != 0 {
+                return false;
+            }
+            *checked = Some(now);
+        }
         let Some(js) = self.js().await else {
             return false;
         };
