@@ -8,7 +8,7 @@
 //! subscriptions kept. When the edge's keepalive sweep finds the end
 //! past, it wakes the connection, which logs out and sends push 10004.
 
-use super::recovery::{BEHIND_STEP, Join, Step};
+use super::recovery::Join;
 use crate::conn::Session;
 use crate::conn::io::Socket;
 use crate::interest::Key;
@@ -70,22 +70,12 @@ impl<S: Socket> Session<S> {
         self.logout().await;
         let max_recover = self.shared.config.history.max_recover;
         loop {
-            let at = hub.stream_offset(key);
-            let user_wide = |entry: &gpush_common::history::Entry| entry.push.topic.is_empty();
-            let expected = match join
-                .catch_up(&hub.history, follower, key, at, max_recover, user_wide)
-                .await
-            {
-                Step::Join(expected) => expected,
-                Step::Wait => {
-                    tokio::time::sleep(BEHIND_STEP).await;
-                    continue;
-                }
-            };
-            let joined = |offset| {
-                self.queue(reply(offset, &join));
-                join.frames(format).for_each(|frame| self.queue(frame));
-            };
+            let expected = join
+                .expected(&hub, follower, key, max_recover, |entry| {
+                    entry.push.topic.is_empty()
+                })
+                .await;
+            let joined = |offset| self.queue_joined(reply(offset, &join), &join);
             if hub.login_at(&uid, &self.conn, expected, joined).is_ok() {
                 break;
             }

@@ -1,7 +1,7 @@
 //! Subscribe and unsubscribe to the logged-in user's private topics
 //! (codes 5 and 6), recorded in the hub's private index.
 
-use super::recovery::{BEHIND_STEP, Join, Step};
+use super::recovery::Join;
 use crate::conn::Session;
 use crate::conn::io::Socket;
 use crate::protocol::request::Since;
@@ -47,24 +47,13 @@ impl<S: Socket> Session<S> {
             return reply;
         }
         let max_recover = self.shared.config.history.max_recover;
-        let format = self.conn.format;
         loop {
-            let at = hub.stream_offset(key);
-            let wanted = |entry: &gpush_common::history::Entry| entry.push.topic == topic;
-            let expected = match join
-                .catch_up(&hub.history, follower, key, at, max_recover, wanted)
-                .await
-            {
-                Step::Join(expected) => expected,
-                Step::Wait => {
-                    tokio::time::sleep(BEHIND_STEP).await;
-                    continue;
-                }
-            };
-            let joined = |offset| {
-                self.queue(reply(offset, &join));
-                join.frames(format).for_each(|frame| self.queue(frame));
-            };
+            let expected = join
+                .expected(&hub, follower, key, max_recover, |entry| {
+                    entry.push.topic == topic
+                })
+                .await;
+            let joined = |offset| self.queue_joined(reply(offset, &join), &join);
             if hub
                 .subscribe_private_at(&uid, &topic, &self.conn, expected, joined)
                 .is_ok()

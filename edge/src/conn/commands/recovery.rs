@@ -11,7 +11,10 @@
 //! join is tried again ([`MAX_ATTEMPTS`] times, then the client is told
 //! that recovery failed: a stream that busy is better reloaded).
 
+use crate::conn::Session;
+use crate::conn::io::Socket;
 use crate::follow::Follower;
+use crate::hub::Hub;
 use crate::protocol::request::Since;
 use crate::protocol::{PushFrames, WireFormat};
 use bytes::Bytes;
@@ -24,11 +27,11 @@ pub(super) const MAX_ATTEMPTS: u32 = 8;
 /// steps of [`BEHIND_STEP`].
 const BEHIND_STEPS: u32 = 600;
 /// One wait for the edge to catch up with a client's `since`.
-pub(super) const BEHIND_STEP: std::time::Duration = std::time::Duration::from_millis(5);
+const BEHIND_STEP: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What a join does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Step {
+enum Step {
     /// Join if the stream is at this offset (None: wherever it is).
     Join(Option<u64>),
     /// The stream holds the client's offset but this edge has not
@@ -77,7 +80,31 @@ impl Join {
     /// hub now stands), keeping the entries `wanted` selects; what to do
     /// next: join at the offset read up to, join wherever the stream is (no
     /// recovery, or it failed), or wait for this edge to catch up.
-    pub(super) async fn catch_up(
+    /// The offset the join must find `key`'s stream at in the hub (None:
+    /// join wherever it is), with what lies between read: catches up with
+    /// where the hub stands now, waiting (bounded) while this edge is
+    /// behind the client. Called again after a join found the stream moved.
+    pub(super) async fn expected(
+        &mut self,
+        hub: &Hub,
+        follower: Option<&Follower>,
+        key: StreamKey<'_>,
+        max: usize,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> Option<u64> {
+        loop {
+            let at = hub.stream_offset(key);
+            match self
+                .catch_up(&hub.history, follower, key, at, max, &wanted)
+                .await
+            {
+                Step::Join(expected) => return expected,
+                Step::Wait => tokio::time::sleep(BEHIND_STEP).await,
+            }
+        }
+    }
+
+    async fn catch_up(
         &mut self,
         history: &MemoryHistory,
         follower: Option<&Follower>,
@@ -155,5 +182,15 @@ impl Join {
         self.entries
             .iter()
             .map(move |entry| PushFrames::new(&entry.push).get(format).clone())
+    }
+}
+
+impl<S: Socket> Session<S> {
+    /// Queues a join's reply, then the pushes it recovered: called under
+    /// the hub's index lock, so no live push of the stream comes between.
+    pub(super) fn queue_joined(&self, reply: Bytes, join: &Join) {
+        self.queue(reply);
+        join.frames(self.conn.format)
+            .for_each(|frame| self.queue(frame));
     }
 }

@@ -2,7 +2,7 @@
 //! the connection and in the hub's topic index, and followed by the bus.
 //! A subscribe with `since` recovers what was missed ([`super::recovery`]).
 
-use super::recovery::{BEHIND_STEP, Join, Step};
+use super::recovery::Join;
 use crate::conn::Session;
 use crate::conn::io::Socket;
 use crate::hub::NotAdded;
@@ -53,21 +53,10 @@ impl<S: Socket> Session<S> {
         let max_recover = self.shared.config.history.max_recover;
         let format = self.conn.format;
         let first = loop {
-            let at = hub.stream_offset(key);
-            let expected = match join
-                .catch_up(&hub.history, follower, key, at, max_recover, |_| true)
-                .await
-            {
-                Step::Join(expected) => expected,
-                Step::Wait => {
-                    tokio::time::sleep(BEHIND_STEP).await;
-                    continue;
-                }
-            };
-            let joined = |offset| {
-                self.queue(reply(offset, &join));
-                join.frames(format).for_each(|frame| self.queue(frame));
-            };
+            let expected = join
+                .expected(&hub, follower, key, max_recover, |_| true)
+                .await;
+            let joined = |offset| self.queue_joined(reply(offset, &join), &join);
             match hub.subscribe_at(&topic, &self.conn, max_topics, expected, joined) {
                 Ok((first, _)) => break first,
                 Err(NotAdded::Moved(_)) => continue,
