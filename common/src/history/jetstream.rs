@@ -916,6 +916,32 @@ impl Reader<'_> {
         }
     }
 
+    /// One message of a consumer read at `sequence`: while `first`, it must
+    /// be message `since` itself (JetStream starts at the oldest kept one
+    /// when `since` is gone); after it, each is taken. Some: the read ends
+    /// so.
+    fn consume(
+        &self,
+        entries: &mut Vec<Entry>,
+        first: &mut bool,
+        sequence: u64,
+        message: &async_nats::jetstream::Message,
+    ) -> Option<Outcome> {
+        if std::mem::take(first) {
+            return (sequence != self.since).then_some(Outcome::Gap);
+        }
+        match self.take(
+            entries,
+            sequence,
+            message.headers.as_ref(),
+            &message.payload,
+        ) {
+            Step::More => None,
+            Step::Done => Some(Outcome::Complete),
+            Step::TooMany => Some(Outcome::Gap),
+        }
+    }
+
     fn take_stream_message(&self, entries: &mut Vec<Entry>, message: &StreamMessage) -> Step {
         self.take(
             entries,
@@ -949,22 +975,8 @@ impl Reader<'_> {
             let message = message.map_err(|e| self.error(e))?;
             let info = message.info().map_err(|e| self.error(e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
-            if first {
-                if sequence != self.since {
-                    return Ok(Outcome::Gap);
-                }
-                first = false;
-            } else {
-                match self.take(
-                    entries,
-                    sequence,
-                    message.headers.as_ref(),
-                    &message.payload,
-                ) {
-                    Step::More => {}
-                    Step::Done => return Ok(Outcome::Complete),
-                    Step::TooMany => return Ok(Outcome::Gap),
-                }
+            if let Some(outcome) = self.consume(entries, &mut first, sequence, &message) {
+                return Ok(outcome);
             }
             if pending == 0 {
                 return Ok(Outcome::Complete);
@@ -1027,24 +1039,10 @@ impl Reader<'_> {
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| self.error(e))?;
                 let info = message.info().map_err(|e| self.error(e))?;
-                let sequence = info.stream_sequence;
                 got += 1;
-                if first {
-                    if sequence != self.since {
-                        return Ok(Outcome::Gap);
-                    }
-                    first = false;
-                    continue;
-                }
-                match self.take(
-                    entries,
-                    sequence,
-                    message.headers.as_ref(),
-                    &message.payload,
-                ) {
-                    Step::More => {}
-                    Step::Done => return Ok(Outcome::Complete),
-                    Step::TooMany => return Ok(Outcome::Gap),
+                let sequence = info.stream_sequence;
+                if let Some(outcome) = self.consume(entries, &mut first, sequence, &message) {
+                    return Ok(outcome);
                 }
             }
             if first {
