@@ -116,3 +116,11 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// `GET <base>/readyz`: its status code, 0 when unreachable.
+pub async fn readyz(base: &str) -> u16 {
+    match reqwest::get(format!("{base}/readyz")).await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}

@@ -512,6 +512,17 @@ impl NatsServer {
         }
     }
 
+    /// The index of the node of `nodes` that the connection named `name`
+    /// is on, if any.
+    pub async fn node_of(nodes: &[Self], name: &str) -> Option<usize> {
+        for (i, node) in nodes.iter().enumerate() {
+            if node.is_running() && node.client_names().await.iter().any(|n| n == name) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// The names of the client connections on this node (from `/connz`).
     pub async fn client_names(&self) -> Vec<String> {
         self.monitor("/connz").await["connections"]

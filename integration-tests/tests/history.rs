@@ -12,7 +12,7 @@ use gpush_integration_tests::cut::CutRelay;
 use gpush_integration_tests::frames::code;
 use gpush_integration_tests::servers::{EdgeHandle, IngressHandle};
 use gpush_integration_tests::{Cluster, Deployment, QUIET, Standalone, TIMEOUT, WsClient, auth};
-use gpush_integration_tests::{Etcd, NatsServer};
+use gpush_integration_tests::{Etcd, NatsServer, readyz};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -523,7 +523,7 @@ impl Relayed {
     async fn cut(&self, edge: &EdgeHandle) {
         self.relay.cut();
         gpush_integration_tests::wait_until(TIMEOUT, "the edge to lose NATS", || async {
-            edge_ready(edge).await == Some(false)
+            readyz(&format!("http://{}", edge.ws_addr())).await == 503
         })
         .await;
     }
@@ -579,14 +579,6 @@ async fn an_edge_that_missed_pushes_recovers_them_itself() {
     assert_eq!(pushes(&mut busy, 6).await, missed_busy);
     quiet.expect_no_push(QUIET).await;
     busy.expect_no_push(QUIET).await;
-}
-
-/// Whether the edge says it is ready (connected to NATS); None when it
-/// does not answer.
-async fn edge_ready(edge: &EdgeHandle) -> Option<bool> {
-    let url = format!("http://{}/readyz", edge.ws_addr());
-    let response = reqwest::get(&url).await.ok()?;
-    Some(response.status().is_success())
 }
 
 /// A cluster's history API reads JetStream.
@@ -737,7 +729,7 @@ async fn a_client_moving_to_an_edge_that_is_behind_is_still_recovered() {
     drop(mover);
     r.relay.restore();
     gpush_integration_tests::wait_until(TIMEOUT, "the edge to be back on NATS", || async {
-        edge_ready(&behind).await == Some(true)
+        readyz(&format!("http://{}", behind.ws_addr())).await == 200
     })
     .await;
 

@@ -39,30 +39,12 @@ fn nats_name(node_id: &str) -> String {
     format!("gpush-edge {node_id}")
 }
 
-/// The index of the node `name` is connected to, if any.
-async fn node_of(nodes: &[NatsServer], name: &str) -> Option<usize> {
-    for (i, node) in nodes.iter().enumerate() {
-        if node.is_running() && node.client_names().await.iter().any(|n| n == name) {
-            return Some(i);
-        }
-    }
-    None
-}
-
-/// GET `<base>/readyz`, status code (0 when unreachable).
-async fn readyz(base: &str) -> u16 {
-    match reqwest::get(format!("{base}/readyz")).await {
-        Ok(response) => response.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
 async fn wait_readyz(base: &str, status: u16, within: Duration) {
     wait_for(
         within,
         format!("{base}/readyz answering {status}"),
         || async {
-            let now = readyz(base).await;
+            let now = gpush_integration_tests::readyz(base).await;
             if now == status { Ok(()) } else { Err(now) }
         },
     )
@@ -222,9 +204,12 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
         vec![format!("{},{}", nodes[2].url(), nodes[1].url())],
     ))
     .await;
-    assert_eq!(node_of(&nodes, &nats_name("edge-a")).await, Some(1));
+    assert_eq!(
+        NatsServer::node_of(&nodes, &nats_name("edge-a")).await,
+        Some(1)
+    );
     assert!(matches!(
-        node_of(&nodes, &nats_name("edge-b")).await,
+        NatsServer::node_of(&nodes, &nats_name("edge-b")).await,
         Some(1 | 2)
     ));
 
@@ -241,7 +226,9 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
     nodes[1].stop();
     let a_base = format!("http://{}", edge_a.ws_addr());
     let moved_to = wait_for(FAILOVER, "edge-a reconnected to a node", || async {
-        node_of(&nodes, &nats_name("edge-a")).await.ok_or("none")
+        NatsServer::node_of(&nodes, &nats_name("edge-a"))
+            .await
+            .ok_or("none")
     })
     .await;
     assert_ne!(moved_to, 1);

@@ -55,23 +55,6 @@ fn edge_config(node_id: &str, nats_url: String) -> EdgeConfig {
     config
 }
 
-/// The index of the node the connection named `name` is on, if any.
-async fn node_of(nodes: &[NatsServer], name: &str) -> Option<usize> {
-    for (i, node) in nodes.iter().enumerate() {
-        if node.is_running() && node.client_names().await.iter().any(|n| n == name) {
-            return Some(i);
-        }
-    }
-    None
-}
-
-async fn readyz(base: &str) -> u16 {
-    match reqwest::get(format!("{base}/readyz")).await {
-        Ok(response) => response.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
 /// The value of the counter `name` in an edge's `/metrics`.
 async fn counter(edge: &EdgeHandle, name: &str) -> f64 {
     let url = format!("http://{}/metrics", edge.ws_addr());
@@ -106,18 +89,18 @@ async fn fail_over(
     base: &str,
     pusher: &Pusher,
 ) -> String {
-    assert_eq!(node_of(nodes, name).await, Some(killed));
+    assert_eq!(NatsServer::node_of(nodes, name).await, Some(killed));
     let refused_before = pusher.refused().len();
     let start = Instant::now();
     nodes[killed].stop();
     let moved_to = wait_for(FAILOVER, format!("{name} on another node"), || async {
-        node_of(nodes, name).await.ok_or("none")
+        NatsServer::node_of(nodes, name).await.ok_or("none")
     })
     .await;
     assert_ne!(moved_to, killed);
     let reconnected = start.elapsed();
     wait_until(FAILOVER, format!("{name} ready again"), || async {
-        readyz(base).await == 200
+        gpush_integration_tests::readyz(base).await == 200
     })
     .await;
     pusher
@@ -174,9 +157,15 @@ async fn nats_node_failovers_lose_no_push() {
     let other = (leader + 1) % nodes.len();
     let edge_a = EdgeHandle::start(edge_config("edge-a", nodes[leader].url())).await;
     let edge_b = EdgeHandle::start(edge_config("edge-b", nodes[other].url())).await;
-    assert_eq!(node_of(&nodes, "gpush-edge edge-a").await, Some(leader));
-    assert_eq!(node_of(&nodes, "gpush-edge edge-b").await, Some(other));
-    let ingress_on = node_of(&nodes, "gpush-ingress").await;
+    assert_eq!(
+        NatsServer::node_of(&nodes, "gpush-edge edge-a").await,
+        Some(leader)
+    );
+    assert_eq!(
+        NatsServer::node_of(&nodes, "gpush-edge edge-b").await,
+        Some(other)
+    );
+    let ingress_on = NatsServer::node_of(&nodes, "gpush-ingress").await;
     eprintln!(
         "nodes {names:?}; meta leader {:?}; stream leaders {leaders:?}; ingress on node \
          {ingress_on:?}, edge-a on node {leader}, edge-b on node {other}",
