@@ -26,12 +26,13 @@ pub const MAX_SIZE: usize = 1_000_000;
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// In the NATS servers' memory: lost when they all restart (a new
-    /// epoch). On nats-server 2.9 each store scans the stream to find the
-    /// subject's previous message, so it slows down as topics grow (3,800
-    /// stores/s fell to 290-420/s by 40,000 messages over 1,000 topics).
+    /// epoch). No faster than `file` in `gpush-bench --history
+    /// on,memory ingress`; and nats-server 2.9's memory store looks up a
+    /// subject's previous message by scanning the stream, so it slows as
+    /// topics grow (the ignored test `measure_interleaved_topics` in
+    /// `tests/history_jetstream.rs` shows it; not a benchmark figure).
     Memory,
-    /// On the NATS servers' disks: 29,000-42,000 stores/s on the same
-    /// test, and history survives a NATS restart.
+    /// On the NATS servers' disks: history survives a NATS restart.
     #[default]
     File,
 }
