@@ -7,6 +7,7 @@
 //! through [`LocalDelivery`], with the same routing and ordering.
 
 use crate::config::split_list;
+use crate::control::{Answer, Command, Gathered, Gathering, Part};
 use crate::envelope;
 use crate::history::jetstream::{HistoryError, JetStreamHistory};
 use crate::history::{Page, StreamKey};
@@ -36,6 +37,12 @@ pub trait LocalDelivery: Send + Sync + 'static {
     /// The history API's answer for `query`; None when that stream keeps
     /// no history. Must not block.
     fn history(&self, _query: &HistoryQuery) -> Option<Page> {
+        None
+    }
+
+    /// The local edge's node id and its answer to a server API command
+    /// (see [`crate::control`]); None when it takes none. Must not block.
+    fn control(&self, _command: &Command) -> Option<(String, Answer)> {
         None
     }
 }
@@ -743,6 +750,75 @@ impl Bus {
                 }))
             }
         }
+    }
+
+    /// Sends `command` to every edge and gathers their answers (see
+    /// [`crate::control`]) until every edge of `expected` (the registered
+    /// edges' node ids; None when unknown) has answered in full, or
+    /// `timeout` has passed; the edges of `expected` that did not answer
+    /// are named missing. Standalone, the local edge answers at once.
+    pub async fn control(
+        &self,
+        command: &Command,
+        expected: Option<Vec<String>>,
+        timeout: Duration,
+    ) -> Result<Gathered, BusError> {
+        let local = match self {
+            Bus::Local(local) => Some(local.control(command)),
+            Bus::Queued(queue) => Some(queue.delivery.control(command)),
+            Bus::Nats(_) => None,
+        };
+        if let Some(answer) = local {
+            let mut gathering = Gathering::default();
+            let Some((node, answer)) = answer else {
+                return Ok(gathering.finish(None));
+            };
+            let expected = [node.clone()];
+            gathering.add(Part {
+                node,
+                answer,
+                last: true,
+            });
+            return Ok(gathering.finish(Some(&expected)));
+        }
+        let Bus::Nats(nats) = self else {
+            unreachable!("local buses answered above")
+        };
+        let client = &nats.inner.client;
+        if client.connection_state() != State::Connected {
+            return Err(BusError::NotConnected);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let inbox = async_nats::Subject::from(client.new_inbox());
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(BusError::Subscribe)?;
+        // Commands are a few fields: encoding cannot fail.
+        let payload = serde_json::to_vec(command).unwrap_or_default();
+        client
+            .publish_with_reply(nats.inner.subjects.control(), inbox, payload.into())
+            .await
+            .map_err(BusError::Publish)?;
+        let mut gathering = Gathering::default();
+        let all_in = |gathering: &Gathering| {
+            expected
+                .as_deref()
+                .is_some_and(|expected| gathering.has_all(expected))
+        };
+        while !all_in(&gathering) {
+            tokio::select! {
+                reply = futures_util::StreamExt::next(&mut replies) => {
+                    let Some(reply) = reply else { break };
+                    match serde_json::from_slice::<Part>(&reply.payload) {
+                        Ok(part) => gathering.add(part),
+                        Err(e) => tracing::warn!(error = %e, "unreadable control answer"),
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Ok(gathering.finish(expected.as_deref()))
     }
 
     /// Whether pushes can be published now: with history, once its

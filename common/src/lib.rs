@@ -12,6 +12,9 @@
 //!   the `[history]` config.
 //! - [`bus`]: the publishing side of the bus: NATS, or in-process for
 //!   standalone mode.
+//! - [`control`]: the server API's commands to the edges (disconnect,
+//!   logout, subscribe a user; presence, online, topics) and how the
+//!   edges' answers are gathered.
 //! - [`registry`]: the etcd key and record an edge registers itself under.
 //! - [`backoff`]: the jittered, capped waits of every reconnect loop.
 //! - [`config`], [`telemetry`], [`shutdown`]: loading TOML config, tracing
@@ -27,6 +30,7 @@
 pub mod backoff;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod envelope;
 pub mod history;
 pub mod metrics;

@@ -6,6 +6,8 @@
 //! - `gpush.u.<bucket>.<uid>`: every push for one user (private topic or
 //!   user-wide; the edge filters by the connection's private
 //!   subscriptions). `<bucket>` is [`user_bucket`] of the uid.
+//! - `gpush.ctl`: the server API's commands to every edge (request/reply,
+//!   see [`crate::control`]).
 //!
 //! Edges subscribe to topic subjects one by one, but to users by bucket
 //! (`gpush.u.<bucket>.*`, for the buckets that hold a local user) and pick
@@ -190,6 +192,11 @@ impl Subjects {
             }
         }
         token.is_empty()
+    }
+
+    /// The subject every edge takes the server API's commands on.
+    pub fn control(&self) -> String {
+        format!("{}.ctl", self.prefix)
     }
 
     /// The subscription that receives every user subject of `bucket`.

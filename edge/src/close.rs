@@ -29,6 +29,9 @@ pub const SLOW_CONSUMER: u16 = 4001;
 /// Close code: the client kept sending requests over its rate limit
 /// (refused `request_burst` times without pausing for its bucket to refill).
 pub const TOO_MANY_REQUESTS: u16 = 4002;
+/// Close code: the server API disconnected the user (`POST /v1/disconnect`).
+/// The browser client does not reconnect by itself.
+pub const DISCONNECTED: u16 = 4003;
 
 /// Why a connection ended, and so what the edge sends and counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,10 @@ pub enum Close {
     /// 4002: the client kept sending over its request rate. Reconnect: yes,
     /// after a pause, sending slower.
     RateLimited,
+    /// 4003: the server API disconnected the user logged in on it; the
+    /// close reason is the call's `reason` when it gave one. Reconnect: no,
+    /// not by itself (the application decides).
+    ServerDisconnect,
 }
 
 impl Close {
@@ -87,6 +94,7 @@ impl Close {
             Close::InvalidUtf8 => INVALID_DATA,
             Close::Shutdown => GOING_AWAY,
             Close::RateLimited => TOO_MANY_REQUESTS,
+            Close::ServerDisconnect => DISCONNECTED,
         }
     }
 
@@ -104,6 +112,7 @@ impl Close {
             Close::InvalidUtf8 => "invalid UTF-8",
             Close::Shutdown => "server shutting down, reconnect to another edge",
             Close::RateLimited => "too many requests",
+            Close::ServerDisconnect => "disconnected by the server",
         }
     }
 
@@ -135,6 +144,7 @@ impl Close {
             }
             Close::Shutdown => Disconnect::Shutdown,
             Close::RateLimited => Disconnect::RateLimited,
+            Close::ServerDisconnect => Disconnect::Server,
         }
     }
 }
@@ -169,11 +179,13 @@ pub enum Disconnect {
     Shutdown,
     /// Closed with 4002: the client kept sending over its request rate.
     RateLimited,
+    /// Closed with 4003: the server API disconnected the user.
+    Server,
 }
 
 impl Disconnect {
     /// Every reason, in label order.
-    pub const ALL: [Disconnect; 7] = [
+    pub const ALL: [Disconnect; 8] = [
         Disconnect::ClientClose,
         Disconnect::ClientGone,
         Disconnect::SlowConsumer,
@@ -181,6 +193,7 @@ impl Disconnect {
         Disconnect::ProtocolError,
         Disconnect::Shutdown,
         Disconnect::RateLimited,
+        Disconnect::Server,
     ];
 
     /// The label value.
@@ -193,6 +206,7 @@ impl Disconnect {
             Disconnect::ProtocolError => "protocol_error",
             Disconnect::Shutdown => "shutdown",
             Disconnect::RateLimited => "rate_limited",
+            Disconnect::Server => "server_disconnect",
         }
     }
 }
@@ -213,6 +227,7 @@ mod tests {
                 Disconnect::RateLimited,
             ),
             (Close::TooBig, TOO_BIG, Disconnect::ProtocolError),
+            (Close::ServerDisconnect, DISCONNECTED, Disconnect::Server),
             (
                 Close::BadClientClose(BadClose::Code(1005)),
                 PROTOCOL_ERROR,

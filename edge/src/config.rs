@@ -65,6 +65,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default maximum number of connections in their handshake at once.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Default most connections logged in as one user on one edge: room for
+/// every tab and device of a person, not for a flood under one identity.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
 /// Default requests per second one connection may make, on average.
 pub const DEFAULT_REQUEST_RATE: u32 = 100;
 /// Default burst of requests one connection may make at once (and the
@@ -113,6 +116,9 @@ pub struct EdgeConfig {
     /// Maximum distinct public topics with a subscriber on this edge (each
     /// is a NATS subscription); a subscribe to one more gets 30005.
     pub max_topics: usize,
+    /// Maximum connections logged in as one user on this edge; one more
+    /// login as that user gets 30005 (the connection stays, logged out).
+    pub max_connections_per_user: usize,
     /// Maximum length of a topic or uid, in bytes; at most what keeps every
     /// NATS subject under its limit (1,276 with the default prefix).
     pub max_name_len: usize,
@@ -261,6 +267,7 @@ impl Default for EdgeConfig {
             shards: DEFAULT_SHARDS,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_topics: DEFAULT_MAX_TOPICS,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_name_len: DEFAULT_MAX_NAME_LEN,
             max_message: DEFAULT_MAX_MESSAGE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -325,6 +332,9 @@ impl EdgeConfig {
             "max_subscriptions must be > 0".into()
         });
         p.check(self.max_topics == 0, || "max_topics must be > 0".into());
+        p.check(self.max_connections_per_user == 0, || {
+            "max_connections_per_user must be > 0".into()
+        });
         p.check(self.max_name_len == 0, || "max_name_len must be > 0".into());
         p.check(self.max_message < 64, || "max_message must be >= 64".into());
         p.check(self.max_connections == 0, || {

@@ -27,6 +27,10 @@
 //! - `interest`: NATS subscriptions that follow local interest.
 //! - `follow`: a cluster edge following the history streams its clients
 //!   need (seeded from JetStream, gaps filled before the next push).
+//! - `control`: the server API's commands (disconnect, logout, subscribe a
+//!   user; presence, online, topics) taken from the control subject, or
+//!   from the embedded push API standalone; `hub/control` keeps what they
+//!   read and the orders they leave for connections.
 //! - `auth`: login by JWT or webhook.
 //! - `registration`: the edge's etcd record and lease.
 //! - `metrics`: `GET /metrics`: reads the hub's counters and counts rare
@@ -44,6 +48,7 @@ pub mod cli;
 pub mod close;
 pub mod config;
 mod conn;
+mod control;
 mod follow;
 mod hub;
 mod interest;
@@ -204,8 +209,8 @@ async fn run_node(
     let auth = Authenticator::new(&config.auth, config.max_name_len)?;
     let background = shutdown.child_token();
 
-    let (interest, nats) = if config.standalone {
-        (Interest::local(), None)
+    let (interest, nats, control_subjects) = if config.standalone {
+        (Interest::local(), None, None)
     } else {
         let client = gpush_common::bus::connect_nats(
             &config.nats.nats_urls,
@@ -229,13 +234,13 @@ async fn run_node(
         });
         let (interest, _) = interest::start(
             client.clone(),
-            subjects,
+            subjects.clone(),
             hub.clone(),
             follower,
             background.clone(),
         )
         .await;
-        (interest, Some(client))
+        (interest, Some(client), Some(subjects))
     };
 
     let registration = Registration {
@@ -260,18 +265,6 @@ async fn run_node(
         )
     });
 
-    let push_api = match listeners.push {
-        Some(push) if config.standalone => Some(standalone::serve_push_api(
-            push,
-            &config,
-            ws_addr,
-            registration,
-            hub.clone(),
-            background.clone(),
-        )?),
-        _ => None,
-    };
-
     let grace = config.shutdown_grace;
     let shared = Arc::new(EdgeState {
         node_id: node_id.clone(),
@@ -286,6 +279,22 @@ async fn run_node(
         flush_tick: Notify::new(),
         metrics,
     });
+    let push_api = match listeners.push {
+        Some(push) if shared.config.standalone => Some(standalone::serve_push_api(
+            push,
+            shared.clone(),
+            ws_addr,
+            registration,
+            background.clone(),
+        )?),
+        _ => None,
+    };
+    if let (Some(client), Some(subjects)) = (&shared.nats, control_subjects) {
+        tokio::spawn(
+            control::serve(client.clone(), subjects, shared.clone(), background.clone())
+                .in_current_span(),
+        );
+    }
     // Not a child of `shutdown`: draining needs the flush tick.
     let clocks = CancellationToken::new();
     tokio::spawn(timers(shared.clone(), clocks.clone()).in_current_span());

@@ -89,6 +89,8 @@ pub(crate) struct EdgeMetrics {
     handshakes: [Counter; Handshake::ALL.len()],
     disconnects: [Counter; Disconnect::ALL.len()],
     logins_expired: Counter,
+    logins_crowded: Counter,
+    control: [Counter; CONTROL_OPS.len()],
     /// Passed to the registration task.
     pub(crate) registration: RegistrationMetrics,
 }
@@ -102,6 +104,17 @@ fn series<const N: usize>(
 ) -> [Counter; N] {
     values.map(|value| family.get_or_create_owned(&[(label, value)]))
 }
+
+/// The `op` label values of `gpush_edge_control_commands_total`.
+const CONTROL_OPS: [&str; 7] = [
+    "disconnect",
+    "logout",
+    "subscribe",
+    "unsubscribe",
+    "presence",
+    "online",
+    "topics",
+];
 
 impl EdgeMetrics {
     /// Registers every edge metric: `hub`'s state and counts, the NATS
@@ -125,6 +138,18 @@ impl EdgeMetrics {
             "edge_logins_expired",
             "Logins ended because their token expired (push 10004), the connection kept",
             logins_expired.clone(),
+        );
+        let logins_crowded = Counter::default();
+        registry.register(
+            "edge_logins_crowded",
+            "Logins refused (30005) because the user had max_connections_per_user here",
+            logins_crowded.clone(),
+        );
+        let control = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "edge_control_commands",
+            "Server API commands this edge carried out, by op",
+            control.clone(),
         );
         let registration = RegistrationMetrics::default();
         registry.register(
@@ -161,6 +186,8 @@ impl EdgeMetrics {
                 Disconnect::ALL.map(Disconnect::as_str),
             ),
             logins_expired,
+            logins_crowded,
+            control: series(&control, "op", CONTROL_OPS),
             registry,
             registration,
         }
@@ -173,6 +200,20 @@ impl EdgeMetrics {
     /// Counts a connection that ended.
     pub(crate) fn disconnect(&self, reason: Disconnect) {
         self.disconnects[reason as usize].inc();
+    }
+
+    /// Counts a login refused by `max_connections_per_user`.
+    pub(crate) fn login_crowded(&self) {
+        self.logins_crowded.inc();
+    }
+
+    /// Counts a server API command (`op` as [`Command::name`]).
+    ///
+    /// [`Command::name`]: gpush_common::control::Command::name
+    pub(crate) fn control(&self, op: &str) {
+        if let Some(at) = CONTROL_OPS.iter().position(|o| *o == op) {
+            self.control[at].inc();
+        }
     }
 
     /// Counts a login ended at its token's expiry.

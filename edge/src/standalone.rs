@@ -3,11 +3,13 @@
 //! through a bounded queue, and `/v1/edges`, `/v1/connect` and `/v1/stats`
 //! describe this edge alone.
 
-use crate::config::EdgeConfig;
 use crate::hub::Hub;
 use crate::registration::Registration;
-use gpush_common::Bus;
-use gpush_common::bus::LocalQueue;
+use crate::state::EdgeState;
+use gpush_common::bus::{HistoryQuery, LocalQueue};
+use gpush_common::control::{Answer, Command};
+use gpush_common::history::Page;
+use gpush_common::{Bus, LocalDelivery, Push};
 use gpush_ingress::{EdgeDirectory, EdgeList, Edges, Pick};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,21 +39,47 @@ impl EdgeDirectory for SingleEdge {
     }
 }
 
-/// Starts the push API on `listeners`, publishing into `hub`, until
+/// The edge as the embedded push API's bus sees it: pushes and history
+/// go to its hub, server API commands to [`crate::control`].
+struct LocalEdge(Arc<EdgeState>);
+
+impl LocalDelivery for LocalEdge {
+    fn deliver(&self, push: &Push) {
+        self.0.hub.deliver(push);
+    }
+
+    fn stamp(&self, pushes: &mut [Push]) {
+        LocalDelivery::stamp(&*self.0.hub, pushes);
+    }
+
+    fn history(&self, query: &HistoryQuery) -> Option<Page> {
+        LocalDelivery::history(&*self.0.hub, query)
+    }
+
+    fn control(&self, command: &Command) -> Option<(String, Answer)> {
+        Some((
+            self.0.node_id.clone(),
+            crate::control::carry_out(&self.0, command),
+        ))
+    }
+}
+
+/// Starts the push API on `listeners`, publishing into the edge's hub, until
 /// `shutdown`. It serves TLS with the edge's certificate, so a demo page
 /// loaded over HTTPS may call it; no client certificates (that is
 /// ingress's `grpc_client_ca`).
 pub(crate) fn serve_push_api(
     listeners: gpush_ingress::Listeners,
-    config: &EdgeConfig,
+    shared: Arc<EdgeState>,
     ws_addr: SocketAddr,
     registration: Registration,
-    hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let config = &shared.config;
+    let hub = shared.hub.clone();
     let push_config = config.standalone_push_api(ws_addr, &registration.url);
     let bus = Bus::Queued(LocalQueue::start(
-        hub.clone(),
+        Arc::new(LocalEdge(shared.clone())),
         config.publish_queue_bytes,
         config.publish_timeout,
     ));

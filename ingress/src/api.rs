@@ -18,8 +18,9 @@ use crate::error::{ApiError, Field};
 use crate::metrics::{IngressMetrics, Transport};
 use bytes::Bytes;
 use gpush_common::bus::HistoryQuery;
+use gpush_common::control::{Command, Gathered, MAX_ONLINE_UIDS, MAX_TOPICS_LIMIT};
 use gpush_common::history::Page;
-use gpush_common::push::validate_optional_name;
+use gpush_common::push::{validate_name, validate_optional_name};
 use gpush_common::rate::TokenBucket;
 use gpush_common::{Bus, Push};
 use prometheus_client::registry::Registry;
@@ -206,6 +207,92 @@ impl PushApi {
             .ok_or(ApiError::NoHistory(what))
     }
 
+    /// The server API (see [`gpush_common::control`]): checks `command`
+    /// (names as for pushes, but a uid is required where it names a
+    /// user), sends it to every edge and gathers their answers within
+    /// `control_timeout`; `expected` names the registered edges (None:
+    /// unknown, without etcd).
+    pub async fn control(
+        &self,
+        command: Command,
+        expected: Option<Vec<String>>,
+    ) -> Result<Gathered, ApiError> {
+        self.check_command(&command)?;
+        let gathered = self
+            .inner
+            .bus
+            .control(&command, expected, self.inner.config.control_timeout)
+            .await?;
+        if let Some(error) = gathered.refusal() {
+            return Err(ApiError::EdgeRefused(error.to_owned()));
+        }
+        Ok(gathered)
+    }
+
+    fn check_command(&self, command: &Command) -> Result<(), ApiError> {
+        let max = self.inner.config.max_name_len;
+        let uid = |uid: &str| {
+            validate_name(uid, max).map_err(|error| ApiError::InvalidUid {
+                field: Field::new(None, "uid"),
+                error,
+            })
+        };
+        let topic = |topic: &str| {
+            validate_name(topic, max).map_err(|error| ApiError::InvalidTopic {
+                field: Field::new(None, "topic"),
+                error,
+            })
+        };
+        match command {
+            Command::Disconnect { uid: u, reason } => {
+                uid(u)?;
+                if reason.len() > MAX_CLOSE_REASON {
+                    return Err(ApiError::BadQuery(format!(
+                        "reason: at most {MAX_CLOSE_REASON} bytes (a close frame's reason)"
+                    )));
+                }
+                Ok(())
+            }
+            Command::Logout { uid: u } => uid(u),
+            Command::Subscribe {
+                uid: u, topic: t, ..
+            }
+            | Command::Unsubscribe {
+                uid: u, topic: t, ..
+            } => {
+                uid(u)?;
+                topic(t)
+            }
+            Command::Presence { topic: t, uid: u } => {
+                topic(t)?;
+                validate_optional_name(u, max).map_err(|error| ApiError::InvalidUid {
+                    field: Field::new(None, "uid"),
+                    error,
+                })
+            }
+            Command::Online { uids } => {
+                if uids.is_empty() || uids.len() > MAX_ONLINE_UIDS {
+                    return Err(ApiError::BadQuery(format!(
+                        "uid: give 1 to {MAX_ONLINE_UIDS} uids, comma-separated"
+                    )));
+                }
+                uids.iter().try_for_each(|u| uid(u))
+            }
+            Command::Topics { prefix, limit } => {
+                validate_optional_name(prefix, max).map_err(|error| ApiError::InvalidTopic {
+                    field: Field::new(None, "prefix"),
+                    error,
+                })?;
+                if !(1..=MAX_TOPICS_LIMIT).contains(limit) {
+                    return Err(ApiError::BadQuery(format!(
+                        "limit must be from 1 to {MAX_TOPICS_LIMIT}"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Takes `n` tokens from the push rate limit, or says when to retry.
     fn take_tokens(&self, n: usize) -> Result<(), ApiError> {
         let rate = self.inner.config.push_limit();
@@ -246,6 +333,9 @@ impl PushApi {
             .max(one)
     }
 }
+
+/// Longest `reason` of a disconnect: what a close frame can carry.
+pub const MAX_CLOSE_REASON: usize = 123;
 
 /// Most pushes one history API call returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;

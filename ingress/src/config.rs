@@ -90,6 +90,11 @@ pub struct PushApiConfig {
     pub max_connections: usize,
     /// Concurrent gRPC calls (HTTP/2 streams) on one connection.
     pub grpc_max_streams: u32,
+    /// How long a server API call (disconnect, presence, ...) waits for
+    /// every edge's answer; an edge that has not answered by then is named
+    /// in `missing`.
+    #[serde(with = "humantime_serde")]
+    pub control_timeout: Duration,
 }
 
 impl Default for PushApiConfig {
@@ -108,6 +113,7 @@ impl Default for PushApiConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             grpc_max_streams: DEFAULT_GRPC_MAX_STREAMS,
+            control_timeout: gpush_common::control::DEFAULT_CONTROL_TIMEOUT,
         }
     }
 }
@@ -137,6 +143,10 @@ impl PushApiConfig {
         problems.check(self.request_timeout.is_zero(), || {
             "request_timeout must be > 0".into()
         });
+        problems.check(
+            self.control_timeout.is_zero() || self.control_timeout >= self.request_timeout,
+            || "control_timeout must be > 0 and shorter than request_timeout".into(),
+        );
         let most = tokio::sync::Semaphore::MAX_PERMITS;
         problems.check(!(1..=most).contains(&self.max_connections), || {
             format!("max_connections must be from 1 to {most}")

@@ -130,6 +130,10 @@ pub enum ApiError {
     /// The history asked for is not kept (history off, or off for it).
     #[error("no history is kept for {0}")]
     NoHistory(String),
+    /// An edge refused a server API command (it checks names with its own
+    /// `max_name_len`).
+    #[error("an edge refused the command: {0}")]
+    EdgeRefused(String),
 }
 
 impl ApiError {
@@ -153,6 +157,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::BadQuery(_) => "bad_query",
             ApiError::NoHistory(_) => "no_history",
+            ApiError::EdgeRefused(_) => "edge_refused",
         }
     }
 
@@ -166,6 +171,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge { .. }
             | ApiError::BatchTooLarge { .. }
             | ApiError::BadQuery(_)
+            | ApiError::EdgeRefused(_)
             | ApiError::EmptyBatch => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -236,6 +242,7 @@ impl From<ApiError> for Status {
             | ApiError::PayloadTooLarge { .. }
             | ApiError::BatchTooLarge { .. }
             | ApiError::BadQuery(_)
+            | ApiError::EdgeRefused(_)
             | ApiError::EmptyBatch => Status::invalid_argument(message),
         }
     }

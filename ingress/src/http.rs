@@ -27,6 +27,7 @@
 //! empty no CORS header is sent and browsers refuse cross-origin calls.
 
 use crate::api::PushApi;
+use crate::control;
 use crate::edges::{ClusterStats, Edges};
 use crate::error::{ApiError, Field};
 use crate::metrics::Transport;
@@ -63,9 +64,9 @@ const URL_SAFE: GeneralPurpose = GeneralPurpose::new(
 );
 
 #[derive(Clone)]
-struct AppState {
-    api: PushApi,
-    edges: Edges,
+pub(crate) struct AppState {
+    pub(crate) api: PushApi,
+    pub(crate) edges: Edges,
 }
 
 /// How long a browser may cache a CORS preflight answer.
@@ -83,6 +84,14 @@ pub fn router(api: PushApi, edges: Edges) -> Router {
         .route("/v1/connect", get(connect))
         .route("/v1/stats", get(stats))
         .route("/v1/history", get(history))
+        .route("/v1/disconnect", post(control::disconnect))
+        .route("/v1/logout", post(control::logout))
+        .route("/v1/subscribe", post(control::subscribe))
+        .route("/v1/unsubscribe", post(control::unsubscribe))
+        .route("/v1/presence", get(control::presence))
+        .route("/v1/presence_stats", get(control::presence_stats))
+        .route("/v1/online", get(control::online))
+        .route("/v1/topics", get(control::topics))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -341,7 +350,7 @@ impl Accepted {
 /// Proof that the request carried the API key (or that none is needed).
 /// Extracted before the body, so an unauthenticated caller is refused
 /// without its body being read.
-struct Authorized;
+pub(crate) struct Authorized;
 
 impl FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
@@ -362,7 +371,7 @@ impl FromRequestParts<AppState> for Authorized {
 /// Turns an axum JSON rejection into our error: 413 for an over-long body,
 /// otherwise 400 `bad_json` with axum's message, which names the field
 /// (`messages[1].uid: invalid type ...`).
-fn json_error(api: &PushApi, rejection: JsonRejection) -> ApiError {
+pub(crate) fn json_error(api: &PushApi, rejection: JsonRejection) -> ApiError {
     match rejection {
         r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge {
             limit: api.request_limit(),

@@ -18,6 +18,9 @@
 //!   or a gRPC status.
 //! - [`http`]: the axum routes (push, health, readiness, edge listing,
 //!   stats, metrics).
+//! - `control`: the server API over HTTP (disconnect, logout, subscribe,
+//!   unsubscribe a user; presence, online, topics), answered by every
+//!   edge through the bus.
 //! - `grpc`: the tonic services, health and reflection.
 //! - `edges`: the live edge list, watched in etcd, behind [`EdgeDirectory`].
 //! - `metrics`: what the push API counts, for `GET /metrics`.
@@ -34,6 +37,7 @@ mod batch_scan;
 pub mod cli;
 pub mod config;
 mod connections;
+mod control;
 mod edges;
 mod error;
 mod grpc;

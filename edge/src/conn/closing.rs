@@ -20,6 +20,11 @@ impl<S: Socket> Session<S> {
     /// and, if the edge started the handshake, waits briefly for the
     /// client's; then the socket is dropped.
     pub(super) async fn finish(mut self, close: Close) {
+        // The disconnect call's reason, read before leaving forgets it.
+        let reason = (close == Close::ServerDisconnect)
+            .then(|| self.shared.hub.disconnect_reason(self.conn.id))
+            .flatten()
+            .filter(|reason| !reason.is_empty());
         self.leave().await;
         if !close.sends_frame() {
             return;
@@ -28,8 +33,9 @@ impl<S: Socket> Session<S> {
         if close != Close::SlowConsumer {
             self.conn.outbox.take(&mut self.pending);
         }
-        self.pending
-            .push_back(ws::close(close.code(), close.reason()));
+        // Cut at 123 bytes by `ws::close`.
+        let reason = reason.as_deref().unwrap_or(close.reason());
+        self.pending.push_back(ws::close(close.code(), reason));
         let stats = &self.shared.hub.stats;
         let written = write_all(
             &self.stream,

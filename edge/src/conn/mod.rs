@@ -179,6 +179,9 @@ impl<S: Socket> Session<S> {
                 // Boxed like requests: rare, and it awaits the bus.
                 Box::pin(self.end_expired_login()).await;
             }
+            if self.conn.ordered.load(std::sync::atomic::Ordering::Acquire) {
+                Box::pin(self.carry_out_orders()).await;
+            }
             // Frames not yet written: the socket is full; new frames wait in
             // the outbox (bounded) until it drains.
             let blocked = !self.pending.is_empty();

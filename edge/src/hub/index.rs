@@ -98,6 +98,8 @@ pub(crate) enum NotAdded {
     /// The key's offset is not the one expected: pushes were delivered
     /// since it was read.
     Moved(u64),
+    /// The key holds its maximum of members.
+    Crowded,
 }
 
 /// One shard of an [`Index`].
@@ -145,22 +147,24 @@ impl Index {
         conn: &Arc<ConnHandle>,
         max_keys: usize,
     ) -> Result<bool, Full> {
-        match self.add_at(key, conn, max_keys, None, || 0, |_| {}) {
+        match self.add_at(key, conn, max_keys, usize::MAX, None, || 0, |_| {}) {
             Ok((first, _)) => Ok(first),
             Err(_) => Err(Full),
         }
     }
 
     /// Adds `conn` under `key` if the key's offset is `expected` (any when
-    /// None), then calls `joined` with that offset, all under the shard's
+    /// None) and it has fewer than `max_members` others, then calls `joined` with that offset, all under the shard's
     /// lock, so that no push of the key is delivered between what `joined`
     /// queues and the first live push. A key without subscribers starts at
     /// `seed()`. Ok: (whether `key` had no subscriber before, its offset).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn add_at(
         &self,
         key: &str,
         conn: &Arc<ConnHandle>,
         max_keys: usize,
+        max_members: usize,
         expected: Option<u64>,
         seed: impl FnOnce() -> u64,
         joined: impl FnOnce(u64),
@@ -170,6 +174,9 @@ impl Index {
         if let Some(group) = shard.map.get_mut(key) {
             if expected.is_some_and(|e| e != group.offset) {
                 return Err(NotAdded::Moved(group.offset));
+            }
+            if group.members.len() >= max_members && !group.members.contains(&conn.id) {
+                return Err(NotAdded::Crowded);
             }
             if group.members.insert(Member(conn.clone())) {
                 shard.entries += 1;
@@ -259,6 +266,55 @@ impl Index {
         if let Some(group) = lock(self.shard(key)).map.get(key) {
             group.members.iter().for_each(|member| f(&member.0));
         }
+    }
+
+    /// The ids of `key`'s subscribers.
+    pub(super) fn ids(&self, key: &str) -> Vec<u64> {
+        lock(self.shard(key))
+            .map
+            .get(key)
+            .map(|group| group.members.iter().map(|member| member.0.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// `key`'s subscribers.
+    pub(super) fn members(&self, key: &str) -> Vec<Arc<ConnHandle>> {
+        lock(self.shard(key))
+            .map
+            .get(key)
+            .map(|group| {
+                group
+                    .members
+                    .iter()
+                    .map(|member| member.0.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many subscribers `key` has.
+    pub(super) fn len(&self, key: &str) -> usize {
+        lock(self.shard(key))
+            .map
+            .get(key)
+            .map_or(0, |group| group.members.len())
+    }
+
+    /// Every key starting with `prefix`, with its subscriber count; each
+    /// shard locked in turn.
+    pub(super) fn keys(&self, prefix: &str) -> Vec<(String, u64)> {
+        let mut keys = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            keys.extend(
+                shard
+                    .map
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(prefix))
+                    .map(|(key, group)| (key.to_string(), group.members.len() as u64)),
+            );
+        }
+        keys
     }
 
     /// (distinct keys, connections under all keys), each shard locked in

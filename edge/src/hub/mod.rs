@@ -22,8 +22,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod control;
 mod index;
 pub(crate) mod stats;
+
+pub(crate) use control::Order;
 
 use index::Index;
 /// Why a subscribe or login at an expected offset did not happen.
@@ -49,6 +52,9 @@ pub(crate) struct ConnHandle {
     /// sweep found it past (the connection then logs out). Set by the
     /// connection at each login; a refresh overwrites either.
     pub(crate) login_ends: AtomicU32,
+    /// Set when the server API left orders for it in the hub (see
+    /// [`Hub::order`]); in the struct's padding, so free.
+    pub(crate) ordered: std::sync::atomic::AtomicBool,
 }
 
 /// [`ConnHandle::login_ends`]: no end.
@@ -143,6 +149,12 @@ pub(crate) struct Hub {
     /// [`gpush_common::subject`]): the bus subscribes to a bucket while it
     /// is non-zero.
     user_buckets: Box<[AtomicU32]>,
+    /// Connection id -> the uid it is logged in as, for presence: kept
+    /// for logged-in connections only.
+    logins: Box<[Shard<u64, Arc<str>>]>,
+    /// Connection id -> the server API's orders it has not carried out
+    /// yet (at most [`MAX_ORDERS`] each).
+    orders: Box<[Shard<u64, Vec<Order>>]>,
     limits: QueueLimits,
     /// Origin of [`Hub::now_ms`].
     epoch: Instant,
@@ -168,6 +180,8 @@ impl Hub {
             users: Index::new(shards),
             private: Index::new(shards),
             user_buckets: (0..USER_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            logins: (0..shards).map(|_| Mutex::default()).collect(),
+            orders: (0..shards).map(|_| Mutex::default()).collect(),
             limits,
             epoch: Instant::now(),
             count: AtomicU64::new(0),
@@ -253,7 +267,7 @@ impl Hub {
     ) -> Result<(bool, u64), NotAdded> {
         let seed = || self.history.last(StreamKey::Topic(topic)).unwrap_or(0);
         self.topics
-            .add_at(topic, conn, max_topics, expected, seed, joined)
+            .add_at(topic, conn, max_topics, usize::MAX, expected, seed, joined)
     }
 
     /// Calls `f` with public `topic`'s offset under the index's lock
@@ -263,19 +277,25 @@ impl Hub {
     }
 
     /// Records `conn` as logged in as `uid` if the user's stream is at
-    /// `expected` (any when None), calling `joined` with the offset under
-    /// the index's lock. Ok: (first local connection, offset).
+    /// `expected` (any when None) and the user has fewer than `max_conns`
+    /// other connections here ([`NotAdded::Crowded`] otherwise), calling
+    /// `joined` with the offset under the index's lock. Ok: (first local
+    /// connection, offset).
     pub(crate) fn login_at(
         &self,
         uid: &str,
         conn: &Arc<ConnHandle>,
+        max_conns: usize,
         expected: Option<u64>,
         joined: impl FnOnce(u64),
     ) -> Result<(bool, u64), NotAdded> {
         let seed = || self.history.last(StreamKey::User(uid)).unwrap_or(0);
         let added = self
             .users
-            .add_at(uid, conn, usize::MAX, expected, seed, joined);
+            .add_at(uid, conn, usize::MAX, max_conns, expected, seed, joined);
+        if added.is_ok() {
+            self.record_login(conn.id, uid);
+        }
         if let Ok((true, _)) = added {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
         }
@@ -335,6 +355,7 @@ impl Hub {
             last_heard: AtomicU64::new(now),
             last_ping: AtomicU64::new(now),
             login_ends: AtomicU32::new(NO_LOGIN_END),
+            ordered: std::sync::atomic::AtomicBool::new(false),
         });
         lock(&self.conns[id as usize % self.conns.len()]).insert(id, conn.clone());
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +365,7 @@ impl Hub {
     /// Removes a connection from the everyone index. Its topic and user
     /// entries are removed by the connection itself (it knows them).
     pub(crate) fn disconnect(&self, id: u64) {
+        self.forget_orders(id);
         if lock(&self.conns[id as usize % self.conns.len()])
             .remove(&id)
             .is_some()
@@ -394,6 +416,7 @@ impl Hub {
     /// local connection.
     pub(crate) fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
         let first = self.users.add(uid, conn, usize::MAX) == Ok(true);
+        self.record_login(conn.id, uid);
         if first {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
         }
@@ -403,6 +426,7 @@ impl Hub {
     /// Forgets that connection `id` is logged in as `uid`; true if that
     /// left the uid's bucket without any local user.
     pub(crate) fn logout(&self, uid: &str, id: u64) -> bool {
+        self.forget_login(id);
         self.users.remove(uid, id)
             && self.user_buckets[usize::from(user_bucket(uid))].fetch_sub(1, Ordering::Relaxed) == 1
     }

@@ -29,8 +29,11 @@ pub const PUSH_LOGIN_ENDED: u32 = 10004;
 /// reloads. Sent by the edge to each affected connection.
 pub const PUSH_GAP: u32 = 10007;
 
-/// Why a login ended, in a 10004 push.
+/// Why a login ended, in a 10004 push: its token expired.
 pub const LOGIN_ENDED_EXPIRED: &str = "expired";
+/// Why a login ended, in a 10004 push: the server API logged the user out
+/// (`POST /v1/logout`). Clients do not log in again by themselves.
+pub const LOGIN_ENDED_LOGOUT: &str = "logout";
 
 /// The frames of one push, encoded at most once per wire format and shared
 /// by every connection it goes to.
@@ -132,9 +135,10 @@ pub fn msgpack_push(push: &Push) -> Vec<u8> {
 }
 
 /// The 10004 push telling a connection that `uid`'s login ended:
-/// `{"code":10004,"uid":U,"reason":"expired"}`, as JSON text (also on
-/// `gpush.raw` connections, like replies) or the same map in MessagePack.
-pub fn login_ended(uid: &str, format: WireFormat) -> Bytes {
+/// `{"code":10004,"uid":U,"reason":R}` (R: [`LOGIN_ENDED_EXPIRED`] or
+/// [`LOGIN_ENDED_LOGOUT`]), as JSON text (also on `gpush.raw`
+/// connections, like replies) or the same map in MessagePack.
+pub fn login_ended(uid: &str, reason: &'static str, format: WireFormat) -> Bytes {
     #[derive(Serialize)]
     struct LoginEnded<'a> {
         code: u32,
@@ -144,7 +148,7 @@ pub fn login_ended(uid: &str, format: WireFormat) -> Bytes {
     let push = LoginEnded {
         code: PUSH_LOGIN_ENDED,
         uid,
-        reason: LOGIN_ENDED_EXPIRED,
+        reason,
     };
     // Serialising a number and strings cannot fail.
     match format {
@@ -236,12 +240,12 @@ mod tests {
     fn login_ended_has_the_same_keys_in_every_format() {
         let expected = json!({"code": 10004, "uid": "ann", "reason": "expired"});
         for format in [WireFormat::Json, WireFormat::Raw] {
-            let frame = login_ended("ann", format);
+            let frame = login_ended("ann", LOGIN_ENDED_EXPIRED, format);
             assert_eq!(frame[0], 0x81, "{format:?}: a text frame");
             let got: Value = serde_json::from_slice(&frame[2..]).expect("json");
             assert_eq!(got, expected, "{format:?}");
         }
-        let frame = login_ended("ann", WireFormat::Msgpack);
+        let frame = login_ended("ann", LOGIN_ENDED_EXPIRED, WireFormat::Msgpack);
         assert_eq!(frame[0], 0x82, "a binary frame");
         let got: Value = rmp_serde::from_slice(&frame[2..]).expect("msgpack");
         assert_eq!(got, expected);

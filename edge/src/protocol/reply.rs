@@ -7,7 +7,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-/// Reply codes, as in the original gpush.
+/// Reply codes, as in the original gpush; and the server API's 10008 and
+/// 10009, which tell a client what the server changed (no request id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     /// 20000: sent once when the connection opens.
@@ -33,6 +34,12 @@ pub enum Code {
     /// 30006: the connection sends requests faster than `request_rate`;
     /// the request was not carried out.
     RateLimited,
+    /// 10008: the server API subscribed the connection to `topic`
+    /// (`private`, `keep`, and the stream's position where it keeps
+    /// history).
+    ServerSubscribed,
+    /// 10009: the server API unsubscribed the connection from `topic`.
+    ServerUnsubscribed,
 }
 
 impl Code {
@@ -50,6 +57,8 @@ impl Code {
             Code::InvalidTopic => 30004,
             Code::LimitReached => 30005,
             Code::RateLimited => 30006,
+            Code::ServerSubscribed => 10008,
+            Code::ServerUnsubscribed => 10009,
         }
     }
 
@@ -67,6 +76,8 @@ impl Code {
             Code::InvalidTopic => "invalid topic",
             Code::LimitReached => "limit reached",
             Code::RateLimited => "rate limited",
+            Code::ServerSubscribed => "subscribed by the server",
+            Code::ServerUnsubscribed => "unsubscribed by the server",
         }
     }
 }
@@ -90,6 +101,14 @@ pub struct Reply<'a> {
     epoch: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
+    /// On 10008 and 10009: whether the topic is one of the user's private
+    /// topics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private: Option<bool>,
+    /// On 10008: whether the client should subscribe again after a
+    /// reconnect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +127,8 @@ impl<'a> Reply<'a> {
             offset: None,
             epoch: None,
             recovered: None,
+            private: None,
+            keep: None,
             id: None,
             detail: None,
         }
@@ -142,6 +163,18 @@ impl<'a> Reply<'a> {
     /// Whether what was missed since the request's `since` follows.
     pub fn recovered(mut self, recovered: Option<bool>) -> Self {
         self.recovered = recovered;
+        self
+    }
+
+    /// Says whether the topic is private (10008, 10009).
+    pub fn private(mut self, private: bool) -> Self {
+        self.private = Some(private);
+        self
+    }
+
+    /// Says whether the client should keep the subscription (10008).
+    pub fn keep(mut self, keep: bool) -> Self {
+        self.keep = Some(keep);
         self
     }
 

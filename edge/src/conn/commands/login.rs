@@ -11,8 +11,9 @@
 use super::recovery::Join;
 use crate::conn::Session;
 use crate::conn::io::Socket;
+use crate::hub::NotAdded;
 use crate::interest::Key;
-use crate::protocol::push::login_ended;
+use crate::protocol::push::{LOGIN_ENDED_EXPIRED, login_ended};
 use crate::protocol::request::Since;
 use crate::protocol::{Code, Reply};
 use bytes::Bytes;
@@ -69,6 +70,7 @@ impl<S: Socket> Session<S> {
         }
         self.logout().await;
         let max_recover = self.shared.config.history.max_recover;
+        let max_conns = self.shared.config.max_connections_per_user;
         loop {
             let expected = join
                 .expected(&hub, follower, key, max_recover, |entry| {
@@ -76,8 +78,20 @@ impl<S: Socket> Session<S> {
                 })
                 .await;
             let joined = |offset| self.queue_joined(reply(offset, &join), &join);
-            if hub.login_at(&uid, &self.conn, expected, joined).is_ok() {
-                break;
+            match hub.login_at(&uid, &self.conn, max_conns, expected, joined) {
+                Ok(_) => break,
+                Err(NotAdded::Crowded) => {
+                    self.shared.metrics.login_crowded();
+                    return Reply::new(Code::LimitReached)
+                        .uid(&uid)
+                        .id(id)
+                        .detail(&format!(
+                            "at most {max_conns} connections per user on this edge \
+                             (max_connections_per_user)"
+                        ))
+                        .frame(format);
+                }
+                Err(_) => {}
             }
         }
         self.uid = Some(uid.as_str().into());
@@ -97,7 +111,7 @@ impl<S: Socket> Session<S> {
         if let Some(uid) = uid {
             tracing::debug!(uid = %uid, "login expired");
             self.shared.metrics.login_expired();
-            self.queue(login_ended(&uid, self.conn.format));
+            self.queue(login_ended(&uid, LOGIN_ENDED_EXPIRED, self.conn.format));
         }
     }
 

@@ -1,6 +1,7 @@
 //! Subscribe and unsubscribe to the logged-in user's private topics
 //! (codes 5 and 6), recorded in the hub's private index.
 
+use super::Origin;
 use super::recovery::Join;
 use crate::conn::Session;
 use crate::conn::io::Socket;
@@ -18,9 +19,10 @@ impl<S: Socket> Session<S> {
     pub(super) async fn subscribe_private(
         &mut self,
         topic: String,
-        id: Option<&Value>,
+        origin: Origin<'_>,
         since: Option<Since>,
     ) -> Bytes {
+        let id = origin.id();
         let uid = match self.private_uid(&topic, id) {
             Ok(uid) => uid.to_owned(),
             Err(reply) => return reply,
@@ -37,7 +39,7 @@ impl<S: Socket> Session<S> {
             self.private.remove(&topic);
         }
         let reply = |offset: u64, join: &Join| {
-            self.joined_reply(Code::Subscribed, &topic, id, join, offset)
+            self.joined_reply(origin.subscribed(true), &topic, join, offset)
         };
         if self.private.contains(&topic) {
             hub.with_user_offset(&uid, |offset| self.queue(reply(offset.unwrap_or(0), &join)));
@@ -65,8 +67,8 @@ impl<S: Socket> Session<S> {
         Bytes::new()
     }
 
-    pub(super) fn unsubscribe_private(&mut self, topic: String, id: Option<&Value>) -> Bytes {
-        let uid = match self.private_uid(&topic, id) {
+    pub(super) fn unsubscribe_private(&mut self, topic: String, origin: Origin<'_>) -> Bytes {
+        let uid = match self.private_uid(&topic, origin.id()) {
             Ok(uid) => uid,
             Err(reply) => return reply,
         };
@@ -76,9 +78,9 @@ impl<S: Socket> Session<S> {
                 .unsubscribe_private(uid, &topic, self.conn.id);
             self.private.remove(&topic);
         }
-        Reply::new(Code::Unsubscribed)
+        origin
+            .unsubscribed(true)
             .topic(&topic)
-            .id(id)
             .frame(self.conn.format)
     }
 

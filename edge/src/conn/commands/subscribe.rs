@@ -2,6 +2,7 @@
 //! the connection and in the hub's topic index, and followed by the bus.
 //! A subscribe with `since` recovers what was missed ([`super::recovery`]).
 
+use super::Origin;
 use super::recovery::Join;
 use crate::conn::Session;
 use crate::conn::io::Socket;
@@ -11,7 +12,6 @@ use crate::protocol::request::Since;
 use crate::protocol::{Code, Reply};
 use bytes::Bytes;
 use gpush_common::history::StreamKey;
-use serde_json::Value;
 
 impl<S: Socket> Session<S> {
     /// Subscribes; the reply (and any recovered pushes) are queued here,
@@ -19,9 +19,10 @@ impl<S: Socket> Session<S> {
     pub(super) async fn subscribe(
         &mut self,
         topic: String,
-        id: Option<&Value>,
+        origin: Origin<'_>,
         since: Option<Since>,
     ) -> Bytes {
+        let id = origin.id();
         if let Err(reply) = self.check_topic(&topic, id) {
             return reply;
         }
@@ -38,7 +39,7 @@ impl<S: Socket> Session<S> {
             self.public.remove(&topic);
         }
         let reply = |offset: u64, join: &Join| {
-            self.joined_reply(Code::Subscribed, &topic, id, join, offset)
+            self.joined_reply(origin.subscribed(false), &topic, join, offset)
         };
         if self.public.contains(&topic) {
             hub.with_topic_offset(&topic, |offset| {
@@ -59,7 +60,8 @@ impl<S: Socket> Session<S> {
             let joined = |offset| self.queue_joined(reply(offset, &join), &join);
             match hub.subscribe_at(&topic, &self.conn, max_topics, expected, joined) {
                 Ok((first, _)) => break first,
-                Err(NotAdded::Moved(_)) => continue,
+                // Topics take any number of subscribers.
+                Err(NotAdded::Moved(_) | NotAdded::Crowded) => continue,
                 Err(NotAdded::Full) => {
                     return Reply::new(Code::LimitReached)
                         .topic(&topic)
@@ -79,8 +81,8 @@ impl<S: Socket> Session<S> {
         Bytes::new()
     }
 
-    pub(super) async fn unsubscribe(&mut self, topic: String, id: Option<&Value>) -> Bytes {
-        if let Err(reply) = self.check_topic(&topic, id) {
+    pub(super) async fn unsubscribe(&mut self, topic: String, origin: Origin<'_>) -> Bytes {
+        if let Err(reply) = self.check_topic(&topic, origin.id()) {
             return reply;
         }
         if self.public.remove(&topic) && self.shared.hub.unsubscribe(&topic, self.conn.id) {
@@ -89,23 +91,22 @@ impl<S: Socket> Session<S> {
                 .release(Key::Topic(topic.clone()))
                 .await;
         }
-        Reply::new(Code::Unsubscribed)
+        origin
+            .unsubscribed(false)
             .topic(&topic)
-            .id(id)
             .frame(self.conn.format)
     }
 
-    /// The reply to a join of a stream at `offset`: its position where it
-    /// keeps history, and whether what was missed follows.
+    /// `reply` to a join of a stream at `offset`, with its position where
+    /// it keeps history and whether what was missed follows.
     pub(super) fn joined_reply(
         &self,
-        code: Code,
+        reply: Reply<'_>,
         topic: &str,
-        id: Option<&Value>,
         join: &Join,
         offset: u64,
     ) -> Bytes {
-        let mut reply = Reply::new(code).id(id).recovered(join.recovered());
+        let mut reply = reply.recovered(join.recovered());
         if !topic.is_empty() {
             reply = reply.topic(topic);
         }
