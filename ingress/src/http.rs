@@ -906,6 +906,27 @@ mod tests {
         );
         assert_eq!(call(&app, garbage).await.0, StatusCode::UNAUTHORIZED);
         assert!(rec.taken().is_empty());
+        // The server API too, before its body or query is read.
+        for path in [
+            "/v1/disconnect",
+            "/v1/logout",
+            "/v1/subscribe",
+            "/v1/unsubscribe",
+        ] {
+            let (status, json) = call(&app, post(path, r#"{"uid":"u","topic":"t"}"#)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(json["code"], "unauthorized", "{path}");
+        }
+        for path in [
+            "/v1/presence?topic=t",
+            "/v1/presence_stats?topic=t",
+            "/v1/online?uid=u",
+            "/v1/topics",
+        ] {
+            let (status, json) = call(&app, get(path)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(json["code"], "unauthorized", "{path}");
+        }
 
         let mut request = post("/v1/pushData", body);
         request.headers_mut().insert(
