@@ -13,7 +13,9 @@
 //! (a restarted standalone edge). The server API steers it: a disconnect
 //! (close 4003) closes it for good, a server logout ends its login
 //! without a new one, server subscriptions are kept across reconnects
-//! only with `keep`, and server unsubscribes end them.
+//! only with `keep`, and server unsubscribes end them. Where the edge's
+//! `[presence]` rule says so, it is told who joins and leaves a topic (or
+//! to ask, when too much changed at once) and asks presence().
 //!
 //! Chromium (Debian `chromium`) runs as a child process with a DevTools
 //! port; Debian's `chromedriver` attaches to it, and the test drives it
@@ -24,6 +26,7 @@
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use gpush_common::history::config::PrefixRule;
+use gpush_edge::EdgeConfig;
 use gpush_integration_tests::api::PushMsg;
 use gpush_integration_tests::auth::JWT_SECRET;
 use gpush_integration_tests::procs::{LoggedChild, find_program, free_port, scratch_dir};
@@ -1590,5 +1593,200 @@ async fn server_unsubscribe_ends_page_subscriptions() {
     assert_eq!(sent(&browser, "su", 5, None).await.len(), 1, "inbox, once");
     assert_eq!(subscribers(&d, "news").await, 0);
     assert_eq!(subscribers(&d, "alerts").await, 0);
+    browser.close().await;
+}
+
+/// The `[presence]` rule of the presence tests, as an operator writes it:
+/// events and queries for the "room." topics; windows of 2 s, so that a
+/// dozen joins made at once fall into at most two of them, and at most 3
+/// changes per topic and window.
+const PRESENCE_RULE: &str = r#"
+[presence]
+interval = "2s"
+max_changes = 3
+
+[[presence.topics]]
+prefix = "room."
+events = true
+query = true
+"#;
+
+/// Gives `config` the [`PRESENCE_RULE`]: the config is parsed from that
+/// TOML (so the test goes through the documented keys), then takes the
+/// test settings the harness gave `config` (standalone, NATS, auth,
+/// grace period).
+fn with_presence_rule(config: &mut EdgeConfig) {
+    let mut ruled: EdgeConfig = toml::from_str(PRESENCE_RULE)
+        .unwrap_or_else(|e| panic!("the [presence] rule is not edge config: {e}"));
+    ruled.standalone = config.standalone;
+    ruled.nats = config.nats.clone();
+    ruled.auth = config.auth.clone();
+    ruled.shutdown_grace = config.shutdown_grace;
+    *config = ruled;
+}
+
+/// Client `name`'s presence(`topic`): its answer, or `{"refused": code}`
+/// when it is rejected with the edge's reply.
+async fn ask_presence(browser: &Browser, name: &str, topic: &str) -> Value {
+    with_client(
+        browser,
+        name,
+        &format!(
+            "s.answer = null;\
+             c.presence({topic:?}).then((a) => {{ s.answer = a; }},\
+                 (e) => {{ s.answer = {{refused: e.reply ? e.reply.code : e.message}}; }});"
+        ),
+    )
+    .await;
+    wait_client(
+        browser,
+        name,
+        &format!("the presence of {topic}"),
+        "return s.answer;",
+    )
+    .await
+}
+
+/// Presence in the page, on an edge whose `[presence]` rule covers
+/// "room.": a client in room.1 is told "join" when another user's first
+/// connection subscribes and "leave" when that user's only connection
+/// closes; presence() answers the users with their connection counts and
+/// the anonymous connections (the demo page's); it is refused (30007,
+/// the error carrying the reply) for a topic without a rule and for one
+/// the client is not subscribed to. The demo page logs the join and the
+/// answer of its Presence button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_is_told_of_presence_and_asks_for_it() {
+    let d = Standalone::start(with_presence_rule).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    browser.subscribe("room.1").await;
+    let (pam, pat) = (auth::hs256("pam"), auth::hs256("pat"));
+    cuttable_client_with(&browser, &d.edge.ws_url(), "pa", Some(&pam)).await;
+    cuttable_client_with(&browser, &d.edge.ws_url(), "pb", Some(&pat)).await;
+    with_client(
+        &browser,
+        "pa",
+        "c.login().then(() => { c.subscribe('room.1'); c.subscribe('lobby'); });",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "pa",
+        "logged in and subscribed twice",
+        "return s.joins >= 3;",
+    )
+    .await;
+    with_client(
+        &browser,
+        "pb",
+        "c.login().then(() => c.subscribe('room.1'));",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "pa",
+        "told that pat joined room.1",
+        "return s.told.some((e) => e[0] === 'join' && e[1].topic === 'room.1' && e[1].uid === 'pat');",
+    )
+    .await;
+    wait_logged(&browser, "join", "pat joined room.1").await;
+
+    let answer = ask_presence(&browser, "pa", "room.1").await;
+    assert_eq!(
+        answer,
+        json!({"users": {"pam": 1, "pat": 1}, "anonymous": 1})
+    );
+    for topic in ["lobby", "room.2"] {
+        let answer = ask_presence(&browser, "pa", topic).await;
+        assert_eq!(answer, json!({"refused": 30007}), "{topic}");
+    }
+    browser.fill("topic", "room.1").await;
+    browser.click("presence").await;
+    for needle in ["pam (1)", "pat (1)", "1 anonymous"] {
+        wait_logged(&browser, "answer", needle).await;
+    }
+
+    with_client(&browser, "pb", "c.close();").await;
+    let left = wait_client(
+        &browser,
+        "pa",
+        "told that pat left room.1",
+        "return s.told.find((e) => e[0] === 'leave');",
+    )
+    .await;
+    assert_eq!(left, json!(["leave", {"topic": "room.1", "uid": "pat"}]));
+    let answer = ask_presence(&browser, "pa", "room.1").await;
+    assert_eq!(answer, json!({"users": {"pam": 1}, "anonymous": 1}));
+    browser.close().await;
+}
+
+/// A dozen users join a topic at once, more than `max_changes` in at
+/// least one window: the client already in it gets a "presence" event
+/// for the topic instead of that window's joins, and presence() lists
+/// them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_is_told_to_ask_when_presence_changes_too_much() {
+    let d = Standalone::start(with_presence_rule).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    let token = auth::hs256("obs");
+    cuttable_client_with(&browser, &d.edge.ws_url(), "ob", Some(&token)).await;
+    with_client(
+        &browser,
+        "ob",
+        "c.login().then(() => c.subscribe('room.crowd'));",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "ob",
+        "logged in and subscribed",
+        "return s.joins >= 2;",
+    )
+    .await;
+
+    let crowd: Vec<String> = (0..12).map(|i| format!("crowd{i}")).collect();
+    let tokens: Vec<String> = crowd.iter().map(|uid| auth::hs256(uid)).collect();
+    browser
+        .eval(
+            "const [url, tokens] = arguments;\
+             window.crowdSubs = 0;\
+             window.crowd = tokens.map((token) => {\
+                 const c = new GPush({url: url});\
+                 c.on('reply', (r) => { if (r.code === 20001) window.crowdSubs++; });\
+                 c.login(token).then(() => c.subscribe('room.crowd'));\
+                 return c;\
+             });",
+            vec![json!(d.edge.ws_url()), json!(tokens)],
+        )
+        .await;
+    browser
+        .wait_for(
+            "the crowd subscribed",
+            "return window.crowdSubs >= 12;",
+            vec![],
+        )
+        .await;
+    let infos = told(&browser, "ob", "presence", 1).await;
+    assert_eq!(infos[0], json!({"topic": "room.crowd"}), "{infos:?}");
+    let joins = with_client(
+        &browser,
+        "ob",
+        "return s.told.filter((e) => e[0] === 'join' && e[1].uid.startsWith('crowd')).length;",
+    )
+    .await;
+    assert!(
+        joins.as_u64() < Some(12),
+        "a window's joins were replaced: {joins}"
+    );
+
+    let answer = ask_presence(&browser, "ob", "room.crowd").await;
+    let mut users: serde_json::Map<String, Value> =
+        crowd.iter().map(|uid| (uid.clone(), json!(1))).collect();
+    users.insert("obs".to_owned(), json!(1));
+    assert_eq!(answer, json!({"users": users, "anonymous": 0}));
     browser.close().await;
 }
