@@ -14,10 +14,11 @@
  * a close with 1001 (the edge is draining) reconnects at once, through
  * discovery when configured, so another edge is chosen. A text "ping" every
  * `pingInterval` must be answered within `pongTimeout` or the connection is
- * replaced.
+ * replaced. A close with 4003 (the server API disconnected the user) is
+ * the end: see The server below.
  *
  * Requests return promises that resolve with the edge's reply, reject with
- * an Error carrying `.reply` when the edge refuses (30001-30006), and reject
+ * an Error carrying `.reply` when the edge refuses (30001-30007), and reject
  * when the client is closed. Requests made while disconnected are sent once
  * connected. When a connection is lost before a reply came, the request is
  * given again to the next connection (subscriptions, login) or settled
@@ -69,6 +70,44 @@
  * reconnect, and logs in again after a 10004. `login()` with no argument
  * takes its token from `getToken`.
  *
+ * The server. A backend steers its clients through the server API; the
+ * client follows and says so:
+ *
+ *   c.on("disconnected", ({code, reason}) => ...)        // close 4003
+ *   c.on("loggedout", ({uid, reason}) => ...)            // 10004 "logout"
+ *   c.on("subscribed", ({topic, private, keep}) => ...)  // 10008
+ *   c.on("unsubscribed", ({topic, private}) => ...)      // 10009
+ *
+ * After a 4003 (`reason` is the close frame's) the client is closed as
+ * by close(): it does not reconnect by itself, and waiting requests are
+ * rejected; the application decides (connect() starts again with what
+ * the client kept, a new GPush starts afresh). After a server logout
+ * (10004 with reason "logout"; "expired" stays for expiries) the login is
+ * over as after logout(): private subscriptions dropped, and no new login
+ * even with `getToken`, until the application calls login(). A topic the
+ * server subscribed the connection to (10008) is recorded like a
+ * subscribe reply (its position: recovery works for it), and its pushes
+ * go to the "push" event (and to a handler, where the application
+ * subscribed to it too). With `keep` it is kept exactly like one of the
+ * application's: sent again after every reconnect (a private one after the
+ * login), listed by topics() or privateTopics(); without, it lasts as long
+ * as the connection: the server decides again on the next one. An
+ * unsubscribe by the server (10009) ends it, kept or not, and ends one the
+ * application made too (its waiting promise is rejected).
+ *
+ * Presence, for topics where the edge's `[presence]` rule enables it:
+ *
+ *   c.on("join", ({topic, uid}) => ...)    // 10005: uid's first connection subscribed
+ *   c.on("leave", ({topic, uid}) => ...)   // 10006: uid's last one left
+ *   c.on("presence", ({topic}) => ...)     // 10010: too many changes: ask
+ *   c.presence("room").then(({users, anonymous}) => ...)  // request 7
+ *
+ * `users` maps every uid subscribed to the topic (cluster-wide) to its
+ * number of connections, `anonymous` counts the connections without a
+ * login. presence() is refused (30007 "not allowed") unless the rule
+ * allows the query and this connection is subscribed to the topic; asked
+ * while disconnected, it is sent once connected (after the subscriptions).
+ *
  * Private and user-wide pushes (10002) are never handed over between
  * users: from a login() or logout() call until the edge's login reply, the
  * client drops them (they belong to the previous login).
@@ -84,28 +123,40 @@
     LOGOUT: 4,
     SUBSCRIBE_PRIVATE: 5,
     UNSUBSCRIBE_PRIVATE: 6,
+    PRESENCE: 7,
     PUSH_PUBLIC: 10001,
     PUSH_PRIVATE: 10002,
     PUSH_EVERYONE: 10003,
     LOGIN_ENDED: 10004,
+    JOINED: 10005,
+    LEFT: 10006,
     GAP: 10007,
+    SERVER_SUBSCRIBED: 10008,
+    SERVER_UNSUBSCRIBED: 10009,
+    PRESENCE_CHANGED: 10010,
     CONNECTED: 20000,
     SUBSCRIBED: 20001,
     UNSUBSCRIBED: 20002,
     LOGGED_IN: 20003,
     LOGGED_OUT: 20004,
+    PRESENCE_ANSWER: 20005,
     BAD_REQUEST: 30001,
     NOT_LOGGED_IN: 30002,
     AUTH_FAILED: 30003,
     INVALID_TOPIC: 30004,
     LIMIT_REACHED: 30005,
     RATE_LIMITED: 30006,
+    NOT_ALLOWED: 30007,
   });
 
   /** Close code of an edge that shuts down: go to another edge. */
   const GOING_AWAY = 1001;
   /** Close code this client uses when it gives up on a silent connection. */
   const KEEPALIVE_CLOSE = 4000;
+  /** Close code of the server API's disconnect: do not reconnect by itself. */
+  const SERVER_DISCONNECT = 4003;
+  /** The reason of a 10004 that the server API sent (not an expiry). */
+  const LOGOUT_REASON = "logout";
   /** The longest setTimeout delay browsers honour, in ms. */
   const MAX_TIMER = 2147483647;
 
@@ -207,7 +258,11 @@
       this._login = null; // its item
       this._loggedIn = false;
       this._expires = null; // unix seconds the login expires at, or null
-      this._pending = new Map(); // request id -> {code, topic, item, waiters, key, since}
+      this._pending = new Map(); // request id -> {code, topic, item, waiters, key, since, query}
+      this._queries = []; // queries (presence) waiting for a connection
+      // Server subscriptions (10008) without `keep`: stream key ->
+      // {topic, private}; they last as long as the connection.
+      this._server = new Map();
       // Recovery: stream key (see streamKey) -> {offset, epoch}, the last
       // position seen; the uid the private and user-wide ones belong to;
       // the keys joined on the current connection (no since for those).
@@ -230,9 +285,13 @@
     /**
      * Listens to "state" (state, info), "open" ({url, nodeId}), "close"
      * ({code, reason}), "push" (push, data), "reply" (reply), "expired"
-     * ({uid, reason}: push 10004, the login ended), "recovered" (topic,
-     * info) and "gap" (topic, info) (see Recovery above) or "error" (Error).
-     * Returns a function that removes the listener.
+     * ({uid, reason}: push 10004, the login expired), "recovered" (topic,
+     * info) and "gap" (topic, info) (see Recovery above), "disconnected"
+     * ({code, reason}), "loggedout" ({uid, reason}), "subscribed" ({topic,
+     * private, keep}) and "unsubscribed" ({topic, private}) (see The
+     * server above), "join" and "leave" ({topic, uid}) and "presence"
+     * ({topic}) (see Presence above), or "error" (Error). Returns a
+     * function that removes the listener.
      */
     on(event, fn) {
       if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -273,6 +332,7 @@
     /** Unsubscribes from public `topic`. */
     unsubscribe(topic) {
       this._forget(streamKey(CODE.SUBSCRIBE, topic));
+      this._server.delete(streamKey(CODE.SUBSCRIBE, topic));
       return this._drop(this._public, topic, CODE.UNSUBSCRIBE);
     }
 
@@ -322,6 +382,7 @@
     /** Unsubscribes from private `topic`. */
     unsubscribePrivate(topic) {
       this._forget(streamKey(CODE.SUBSCRIBE_PRIVATE, topic));
+      this._server.delete(streamKey(CODE.SUBSCRIBE_PRIVATE, topic));
       return this._drop(this._private, topic, CODE.UNSUBSCRIBE_PRIVATE);
     }
 
@@ -347,6 +408,21 @@
       return () => this._everyone.delete(handler);
     }
 
+    /**
+     * Asks who is subscribed to public `topic` (request 7, see Presence
+     * above): resolves with {users: {uid: connections}, anonymous}.
+     */
+    presence(topic) {
+      if (typeof topic !== "string" || topic === "") {
+        return Promise.reject(new Error("gpush: topic must be a non-empty string"));
+      }
+      const answer = (reply) => ({
+        users: reply.users && typeof reply.users === "object" ? reply.users : {},
+        anonymous: typeof reply.anonymous === "number" ? reply.anonymous : 0,
+      });
+      return this._query(CODE.PRESENCE, topic, answer);
+    }
+
     /** Connects (again) now; done by the constructor unless autoConnect is false. */
     connect() {
       this._closed = false;
@@ -357,6 +433,14 @@
 
     /** Closes for good: no reconnect; waiting requests are rejected. */
     close() {
+      this._stop("client closed", {});
+    }
+
+    /**
+     * Ends the client for good (close(), or a 4003 from the server): no
+     * reconnect until connect(); waiting requests are rejected with `why`.
+     */
+    _stop(why, info) {
       this._closed = true;
       this._gen++;
       for (const name of Object.keys(this._timers)) this._clearTimer(name);
@@ -370,15 +454,17 @@
           // Already closing.
         }
       }
-      for (const entry of this._pending.values()) {
-        for (const w of entry.waiters) w.reject(new Error("gpush: client closed"));
+      const queries = Array.from(this._pending.values()).concat(this._queries.splice(0));
+      for (const entry of queries) {
+        for (const w of entry.waiters) w.reject(new Error("gpush: " + why));
       }
       this._pending.clear();
       const items = [this._login].concat(Array.from(this._public.values()), Array.from(this._private.values()));
-      for (const it of items) this._rejectItem(it, "client closed");
+      for (const it of items) this._rejectItem(it, why);
       this._setLoggedIn(false);
       this.uid = null;
-      this._setState("closed");
+      this._dropServer(() => true);
+      this._setState("closed", info);
     }
 
     // ---- requests -------------------------------------------------------
@@ -396,6 +482,8 @@
       const next = item(handler);
       if (previous) next.waiters = previous.waiters.splice(0);
       map.set(topic, next);
+      // Wanted now by the application: kept, even if the server made it.
+      this._server.delete(streamKey(code, topic));
       return this._ask(next, () => {
         if (ready) this._flush(next, code, topic);
       });
@@ -414,6 +502,23 @@
         it.waiters.push({resolve: resolve, reject: reject});
         if (this._isOpen()) send();
       });
+    }
+
+    /**
+     * A query (presence): sent now or once connected, again on the next
+     * connection when this one is lost before the reply; resolves with
+     * `answer(reply)`.
+     */
+    _query(code, topic, answer) {
+      return new Promise((resolve, reject) => {
+        const query = {code: code, topic: topic, answer: answer, waiters: [{resolve: resolve, reject: reject}]};
+        if (this._isOpen()) this._sendQuery(query);
+        else this._queries.push(query);
+      });
+    }
+
+    _sendQuery(query) {
+      this._send(query.code, query.topic, undefined, null, query.waiters).query = query;
     }
 
     /** A request with no state to restore (unsubscribe, logout). */
@@ -502,27 +607,140 @@
       }, Math.min(delay, MAX_TIMER));
     }
 
-    /** Push 10004: the edge ended the login (its token expired). */
+    /**
+     * Push 10004: the edge ended the login. Its token expired: event
+     * "expired", and with `getToken` the client logs in again. Or the
+     * server API logged the user out (reason "logout"): event
+     * "loggedout", and the login is over as after logout(), whatever
+     * `getToken` could give.
+     */
     _onLoginEnded(msg) {
       if (!this._loggedIn || msg.uid !== this.uid) return;
+      const logout = msg.reason === LOGOUT_REASON;
       this._setLoggedIn(false);
       this.uid = null;
-      this._emit("expired", {uid: msg.uid, reason: msg.reason});
+      const end = {uid: msg.uid, reason: msg.reason};
       // The edge dropped the login and the private subscriptions: the next
-      // login and private subscribes recover what comes meanwhile.
+      // login and private subscribes recover what comes meanwhile; the
+      // server's connection-long ones are gone for good.
       for (const key of Array.from(this._joined)) if (userKey(key)) this._joined.delete(key);
-      if (this.options.getToken && this._login) {
+      this._dropServer(userKey);
+      if (!logout && this.options.getToken && this._login) {
+        this._emit("expired", end);
         // Log in again with a fresh token; private subscriptions follow.
         this._token = null;
         this._sendLogin();
         return;
       }
+      // A login the edge takes after the logout (a refresh on its way)
+      // would undo it: its reply is answered with a logout.
+      if (logout) this._revoke(CODE.LOGIN, undefined, "logged out by the server");
       // The edge dropped the private subscriptions: so does the client.
+      const why = logout ? "logged out by the server" : "login expired";
       this._token = null;
+      this._rejectItem(this._login, why);
       this._login = null;
       this._forgetUser();
-      for (const it of this._private.values()) this._rejectItem(it, "login expired");
+      for (const it of this._private.values()) this._rejectItem(it, why);
       this._private.clear();
+      this._emit(logout ? "loggedout" : "expired", end);
+    }
+
+    // ---- the server's subscriptions and presence ------------------------
+
+    /** Whether a `code` request for `topic` awaits the edge's reply. */
+    _inFlight(code, topic) {
+      for (const entry of this._pending.values()) {
+        if (entry.code === code && entry.topic === topic) return true;
+      }
+      return false;
+    }
+
+    /**
+     * The `code` requests for `topic` on their way are undone by what the
+     * server did meanwhile: the edge carries them out after it, so their
+     * success is undone in turn (see _onReply), and their waiters are
+     * rejected with `why`.
+     */
+    _revoke(code, topic, why) {
+      for (const entry of this._pending.values()) {
+        if (entry.code === code && entry.topic === topic) entry.revoked = why;
+      }
+    }
+
+    /** Forgets the server's connection-long subscriptions whose key passes `which`. */
+    _dropServer(which) {
+      for (const key of Array.from(this._server.keys())) {
+        if (!which(key)) continue;
+        this._server.delete(key);
+        this._forget(key);
+      }
+    }
+
+    /**
+     * Push 10008: the server subscribed this connection to `msg.topic`
+     * (see The server above). Where it crosses an unsubscribe of the
+     * application's (on its way: the edge carries it out after this), the
+     * unsubscribe wins and the topic is not recorded.
+     */
+    _onServerSubscribed(msg) {
+      if (typeof msg.topic !== "string") return;
+      const priv = msg.private === true;
+      // Sent to the previous login, before the edge answered this one.
+      if (priv && !this._loggedIn) return;
+      const topic = msg.topic;
+      const keep = msg.keep === true;
+      const code = priv ? CODE.SUBSCRIBE_PRIVATE : CODE.SUBSCRIBE;
+      const map = priv ? this._private : this._public;
+      const key = streamKey(code, topic);
+      const dropping = this._inFlight(priv ? CODE.UNSUBSCRIBE_PRIVATE : CODE.UNSUBSCRIBE, topic);
+      if (!dropping) {
+        if (map.has(topic)) {
+          // The application's own: it stays as it is.
+        } else if (keep) {
+          map.set(topic, item(null));
+          this._server.delete(key);
+        } else {
+          this._server.set(key, {topic: topic, private: priv});
+        }
+        this._joinedStream({code: code, topic: topic, key: key, since: null}, msg);
+      }
+      this._emit("subscribed", {topic: topic, private: priv, keep: keep});
+    }
+
+    /**
+     * Push 10009: the server unsubscribed this connection from
+     * `msg.topic`: forgotten, whoever made it. Where it crosses a
+     * subscribe of the application's (on its way: the edge carries it out
+     * after this), the unsubscribe wins: that subscribe is rejected and
+     * undone once the edge accepted it.
+     */
+    _onServerUnsubscribed(msg) {
+      if (typeof msg.topic !== "string") return;
+      const priv = msg.private === true;
+      if (priv && !this._loggedIn) return;
+      const topic = msg.topic;
+      const code = priv ? CODE.SUBSCRIBE_PRIVATE : CODE.SUBSCRIBE;
+      const map = priv ? this._private : this._public;
+      const key = streamKey(code, topic);
+      const why = "unsubscribed by the server";
+      this._server.delete(key);
+      this._forget(key);
+      const it = map.get(topic);
+      map.delete(topic);
+      this._rejectItem(it, why);
+      this._revoke(code, topic, why);
+      this._emit("unsubscribed", {topic: topic, private: priv});
+    }
+
+    /** Pushes 10005, 10006 and 10010: events "join", "leave", "presence". */
+    _onPresence(msg) {
+      if (typeof msg.topic !== "string") return;
+      if (msg.code === CODE.PRESENCE_CHANGED) {
+        this._emit("presence", {topic: msg.topic});
+      } else if (typeof msg.uid === "string") {
+        this._emit(msg.code === CODE.JOINED ? "join" : "leave", {topic: msg.topic, uid: msg.uid});
+      }
     }
 
     _send(code, topic, data, it, waiters, refresh) {
@@ -536,7 +754,7 @@
       const pos = key === null || this._joined.has(key) ? undefined : this._pos.get(key);
       const since = pos ? {offset: pos.offset, epoch: pos.epoch} : null;
       if (since) request.since = since;
-      this._pending.set(id, {
+      const entry = {
         code: code,
         topic: topic,
         item: it,
@@ -545,12 +763,16 @@
         refresh: !!refresh,
         key: key,
         since: since,
-      });
+        query: null,
+        revoked: null, // why the server undid it (see _revoke)
+      };
+      this._pending.set(id, entry);
       try {
         this._ws.send(JSON.stringify(request));
       } catch (e) {
         // The socket is going; onclose hands the request to the next one.
       }
+      return entry;
     }
 
     _rejectItem(it, why) {
@@ -575,10 +797,14 @@
       this._joined.delete(key);
     }
 
-    /** Forgets the positions of the user's stream (logout, another user). */
+    /**
+     * Forgets the positions of the user's stream (logout, another user),
+     * and the server's connection-long subscriptions to its private topics.
+     */
     _forgetUser() {
       for (const key of Array.from(this._pos.keys())) if (userKey(key)) this._pos.delete(key);
       for (const key of Array.from(this._joined)) if (userKey(key)) this._joined.delete(key);
+      for (const key of Array.from(this._server.keys())) if (userKey(key)) this._server.delete(key);
       this._posUid = null;
     }
 
@@ -667,6 +893,10 @@
       if (entry === undefined) return;
       this._pending.delete(reply.id);
       const ok = reply.code >= 20000 && reply.code < 30000;
+      if (entry.revoked !== null) {
+        this._undo(entry, ok);
+        return;
+      }
       if (ok && entry.key !== null && this._current(entry)) this._joinedStream(entry, reply);
       if (entry.code === CODE.LOGIN && entry.item === this._login && entry.refresh) {
         // A refresh: refused, the login stays until the edge ends it.
@@ -689,11 +919,29 @@
         }
       }
       if (ok) {
-        for (const w of entry.waiters) w.resolve(reply);
+        const value = entry.query ? entry.query.answer(reply) : reply;
+        for (const w of entry.waiters) w.resolve(value);
       } else {
         const error = refusal(reply, entry.request);
         if (entry.waiters.length === 0) this._emit("error", error);
         for (const w of entry.waiters) w.reject(error);
+      }
+    }
+
+    /**
+     * The reply to a request the server undid meanwhile (see _revoke):
+     * where the edge took it (`ok`), it is undone unless the application
+     * asked for the same again since (that request follows this one).
+     */
+    _undo(entry, ok) {
+      for (const w of entry.waiters) w.reject(new Error("gpush: " + entry.revoked));
+      if (!ok || !this._isOpen()) return;
+      if (entry.code === CODE.LOGIN && this._login === null) {
+        this._send(CODE.LOGOUT, undefined, undefined, null, []);
+      } else if (entry.code === CODE.SUBSCRIBE && !this._public.has(entry.topic)) {
+        this._send(CODE.UNSUBSCRIBE, entry.topic, undefined, null, []);
+      } else if (entry.code === CODE.SUBSCRIBE_PRIVATE && !this._private.has(entry.topic)) {
+        this._send(CODE.UNSUBSCRIBE_PRIVATE, entry.topic, undefined, null, []);
       }
     }
 
@@ -823,6 +1071,8 @@
       // every public subscription.
       if (this._login !== null) this._sendLogin();
       for (const [topic, it] of this._public) this._flush(it, CODE.SUBSCRIBE, topic);
+      // Queries after the subscriptions they may need.
+      for (const query of this._queries.splice(0)) this._sendQuery(query);
       this._startKeepalive(ws);
     }
 
@@ -842,7 +1092,11 @@
       if (msg.code >= 10001 && msg.code <= 10003) this._onPush(msg);
       else if (msg.code === CODE.LOGIN_ENDED) this._onLoginEnded(msg);
       else if (msg.code === CODE.GAP) this._onGap(msg);
-      else if (msg.code >= 20000) this._onReply(msg);
+      else if (msg.code === CODE.SERVER_SUBSCRIBED) this._onServerSubscribed(msg);
+      else if (msg.code === CODE.SERVER_UNSUBSCRIBED) this._onServerUnsubscribed(msg);
+      else if (msg.code === CODE.JOINED || msg.code === CODE.LEFT || msg.code === CODE.PRESENCE_CHANGED) {
+        this._onPresence(msg);
+      } else if (msg.code >= 20000) this._onReply(msg);
     }
 
     _startKeepalive(ws) {
@@ -890,17 +1144,29 @@
       this._setLoggedIn(false);
       this.uid = null;
       this._joined.clear();
+      // The server's subscriptions without `keep` end with the connection.
+      this._dropServer(() => true);
       // Unanswered requests: what is still wanted goes to the next
-      // connection with its waiters; the rest is settled with null.
+      // connection with its waiters, queries too; the rest is settled
+      // with null (or rejected, where the server undid it).
+      const queries = [];
       for (const entry of this._pending.values()) {
-        if (this._current(entry)) entry.item.waiters.unshift(...entry.waiters);
+        if (entry.query) queries.push(entry.query);
+        else if (entry.revoked !== null) for (const w of entry.waiters) w.reject(new Error("gpush: " + entry.revoked));
+        else if (this._current(entry)) entry.item.waiters.unshift(...entry.waiters);
         else for (const w of entry.waiters) w.resolve(null);
       }
       this._pending.clear();
+      this._queries = queries.concat(this._queries);
       const info = {code: event.code, reason: event.reason || ""};
       this._emit("close", info);
       if (this._closed) return;
-      if (event.code === GOING_AWAY) {
+      if (event.code === SERVER_DISCONNECT) {
+        // The server API disconnected the user: closed as by close(); the
+        // application decides what comes next.
+        this._stop("disconnected by the server" + (info.reason ? ": " + info.reason : ""), info);
+        this._emit("disconnected", info);
+      } else if (event.code === GOING_AWAY) {
         // Draining edge: go at once (a little jitter spreads the herd),
         // through discovery, to another edge.
         this._avoid = this.url;

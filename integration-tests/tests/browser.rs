@@ -10,7 +10,12 @@
 //! After a lost connection it resubscribes and logs in with `since`: the
 //! pushes missed meanwhile reach the handlers in order and once, with a
 //! "recovered" event per topic, or a "gap" event when the history is gone
-//! (a restarted standalone edge).
+//! (a restarted standalone edge). The server API steers it: a disconnect
+//! (close 4003) closes it for good, a server logout ends its login
+//! without a new one, server subscriptions are kept across reconnects
+//! only with `keep`, and server unsubscribes end them. Where the edge's
+//! `[presence]` rule says so, it is told who joins and leaves a topic (or
+//! to ask, when too much changed at once) and asks presence().
 //!
 //! Chromium (Debian `chromium`) runs as a child process with a DevTools
 //! port; Debian's `chromedriver` attaches to it, and the test drives it
@@ -21,6 +26,7 @@
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use gpush_common::history::config::PrefixRule;
+use gpush_edge::EdgeConfig;
 use gpush_integration_tests::api::PushMsg;
 use gpush_integration_tests::auth::JWT_SECRET;
 use gpush_integration_tests::procs::{LoggedChild, find_program, free_port, scratch_dir};
@@ -716,28 +722,54 @@ async fn private_pushes_are_not_handed_to_the_next_user() {
 /// be cut: its WebSocket goes to a closed port while
 /// `window[name + "State"].offline` is true. The state also records what
 /// the handlers made with `record(key)` got (`got`: `[key, offset, data]`),
-/// the "recovered" and "gap" events (`events`: `[event, topic, info]`), the
-/// requests sent (`sent`) and the number of 20001 and 20003 replies
-/// (`joins`). Reconnects wait 100 to 300 ms.
+/// every push (`pushes`: `[code, topic, offset, data]`), the "recovered"
+/// and "gap" events (`events`: `[event, topic, info]`), the server's and
+/// presence events and "expired" (`told`: `[event, info]`), the requests
+/// sent (`sent`), the WebSockets made (`sockets`) and the number of 20001
+/// and 20003 replies (`joins`). Reconnects wait 100 to 300 ms.
 async fn cuttable_client(browser: &Browser, ws_url: &str, name: &str) {
+    cuttable_client_with(browser, ws_url, name, None).await;
+}
+
+/// [`cuttable_client`], with a `getToken` that gives `token` when there
+/// is one (counting its calls in `tokens`); while `hold` is set in the
+/// state, it gives a promise that never settles.
+async fn cuttable_client_with(browser: &Browser, ws_url: &str, name: &str, token: Option<&str>) {
     browser
         .eval(
-            "const [url, name] = arguments;\
-             const s = {offline: false, socket: null, got: [], events: [], sent: [], joins: 0};\
+            "const [url, name, token] = arguments;\
+             const s = {offline: false, socket: null, sockets: 0, got: [], pushes: [], events: [],\
+                 told: [], sent: [], joins: 0, tokens: 0, hold: false};\
              window[name + 'State'] = s;\
              class Cuttable extends WebSocket {\
-                 constructor(u, p) { super(s.offline ? 'ws://127.0.0.1:9/ws' : u, p); s.socket = this; }\
+                 constructor(u, p) {\
+                     super(s.offline ? 'ws://127.0.0.1:9/ws' : u, p);\
+                     s.socket = this;\
+                     s.sockets++;\
+                 }\
                  send(frame) { s.sent.push(frame); super.send(frame); }\
              }\
-             const c = new GPush({url: url, WebSocket: Cuttable, reconnectInitial: 100, reconnectMax: 300});\
+             const options = {url: url, WebSocket: Cuttable, reconnectInitial: 100, reconnectMax: 300};\
+             if (token !== null) options.getToken = () => {\
+                 s.tokens++;\
+                 return s.hold ? new Promise(() => {}) : Promise.resolve(token);\
+             };\
+             const c = new GPush(options);\
              s.record = (key) => (data, push) => s.got.push([key,\
                  push.offset === undefined ? null : push.offset,\
                  typeof data === 'string' ? data : JSON.stringify(data)]);\
+             c.on('push', (push, data) => s.pushes.push([push.code, push.topic === undefined ? null : push.topic,\
+                 push.offset === undefined ? null : push.offset,\
+                 typeof data === 'string' ? data : JSON.stringify(data)]));\
              c.on('recovered', (topic, info) => s.events.push(['recovered', topic, info]));\
              c.on('gap', (topic, info) => s.events.push(['gap', topic, info]));\
+             for (const event of ['disconnected', 'loggedout', 'expired', 'subscribed', 'unsubscribed',\
+                     'join', 'leave', 'presence']) {\
+                 c.on(event, (info) => s.told.push([event, info]));\
+             }\
              c.on('reply', (r) => { if (r.code === 20001 || r.code === 20003) s.joins++; });\
              window[name] = c;",
-            vec![json!(ws_url), json!(name)],
+            vec![json!(ws_url), json!(name), json!(token)],
         )
         .await;
 }
@@ -1092,5 +1124,669 @@ async fn page_recovers_private_and_user_wide_pushes_through_login() {
     assert_eq!(inbox.len(), 2, "{inbox:?}");
     assert!(inbox[0].get("since").is_none(), "{inbox:?}");
     assert_eq!(inbox[1]["since"]["offset"], 2, "{inbox:?}");
+    browser.close().await;
+}
+
+/// How long a client is watched for what must not happen (a reconnect, a
+/// login, a push): a dozen backoff steps of the test clients (100 to
+/// 300 ms).
+const QUIET: Duration = Duration::from_secs(3);
+
+/// `POST <path>` with `body` on the server API of `d`: its JSON answer,
+/// which must be a 200.
+async fn server_post(d: &impl Deployment, path: &str, body: Value) -> Value {
+    let reply = d.api().post(path, body.to_string(), None).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{} POST {path} {body}: {}",
+        d.name(),
+        reply.body
+    );
+    reply.json()
+}
+
+/// `GET <path>` on the server API of `d`: its JSON answer, which must be
+/// a 200 with every edge in it.
+async fn server_get(d: &impl Deployment, path: &str) -> Value {
+    let reply = d.api().get(path).await;
+    assert_eq!(reply.status, 200, "{} GET {path}: {}", d.name(), reply.body);
+    let answer = reply.json();
+    assert_eq!(answer["missing"], json!([]), "GET {path}: {answer}");
+    answer
+}
+
+/// Connections logged in as `uid`, on every edge (`GET /v1/online`).
+async fn online(d: &impl Deployment, uid: &str) -> u64 {
+    let answer = server_get(d, &format!("/v1/online?uid={uid}")).await;
+    answer["online"][uid]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count for {uid}: {answer}"))
+}
+
+/// Connections subscribed to public `topic`, on every edge
+/// (`GET /v1/presence`).
+async fn subscribers(d: &impl Deployment, topic: &str) -> u64 {
+    let answer = server_get(d, &format!("/v1/presence?topic={topic}")).await;
+    answer["connections"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no connection count for {topic}: {answer}"))
+}
+
+/// The infos of client `name`'s `event` events (`told` of
+/// [`cuttable_client`]), once there are at least `n`.
+async fn told(browser: &Browser, name: &str, event: &str, n: usize) -> Vec<Value> {
+    let value = wait_client(
+        browser,
+        name,
+        &format!("{n} {event:?} events"),
+        &format!(
+            "const infos = s.told.filter((e) => e[0] === {event:?}).map((e) => e[1]);\
+             return infos.length >= {n} ? infos : null;"
+        ),
+    )
+    .await;
+    value.as_array().cloned().expect("an array of infos")
+}
+
+/// The data of the pushes to `topic` client `name` got (any handler or
+/// none: its "push" event), once there are at least `n`.
+async fn pushed(browser: &Browser, name: &str, topic: &str, n: usize) -> Vec<String> {
+    let value = wait_client(
+        browser,
+        name,
+        &format!("{n} pushes to {topic:?}"),
+        &format!(
+            "const data = s.pushes.filter((p) => p[1] === {topic:?}).map((p) => p[3]);\
+             return data.length >= {n} ? data : null;"
+        ),
+    )
+    .await;
+    serde_json::from_value(value).expect("push data")
+}
+
+/// Waits until the demo page's client is logged in as `uid`.
+async fn wait_page_uid(browser: &Browser, uid: &str) {
+    browser
+        .wait_for(
+            &format!("the demo page logged in as {uid}"),
+            "return window.gpush.state === 'open' && document.getElementById('uid').textContent === arguments[0];",
+            vec![json!(uid)],
+        )
+        .await;
+}
+
+/// Waits until the demo page has logged a `event` event whose text
+/// contains `needle`.
+async fn wait_logged(browser: &Browser, event: &str, needle: &str) {
+    browser
+        .wait_for(
+            &format!("the demo page logs {event:?} with {needle:?}"),
+            "return Array.from(document.querySelectorAll(`#log li[data-event=\"${arguments[0]}\"]`))\
+                 .some((li) => li.textContent.includes(arguments[1]));",
+            vec![json!(event), json!(needle)],
+        )
+        .await;
+}
+
+/// The server API disconnects a user (close 4003, here through ingress
+/// to a clustered edge): the page's client ends closed, as after
+/// close(), with a "disconnected" event carrying the call's reason, and
+/// a login waiting for its token is rejected. Nothing comes back by
+/// itself: no new WebSocket, no new login, the user offline, although
+/// the client's backoff would have tried a dozen times meanwhile. The
+/// application decides: connect() connects and logs in again. The demo
+/// page, logged in as the same user, logs the event and connects again
+/// with its Connect button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_disconnect_closes_the_page_client_for_good() {
+    let cluster = Cluster::start(1, |edge| edge.demo_page = Some(true)).await;
+    let browser = Browser::start().await;
+    browser.open(&cluster.edges[0].page_url()).await;
+    browser.wait_open().await;
+    let token = auth::hs256("dan");
+    browser.fill("token", &token).await;
+    browser.click("login").await;
+    wait_page_uid(&browser, "dan").await;
+    cuttable_client_with(&browser, &cluster.edges[0].ws_url(), "dc", Some(&token)).await;
+    with_client(
+        &browser,
+        "dc",
+        "c.login(); c.subscribe('news', s.record('news'));",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "dc",
+        "logged in and subscribed",
+        "return c.uid === 'dan' && s.joins >= 2;",
+    )
+    .await;
+    assert_eq!(online(&cluster, "dan").await, 2);
+    // A new login waits for its token when the server disconnects (the
+    // edge still has the first one).
+    with_client(
+        &browser,
+        "dc",
+        "s.hold = true; s.rejected = null;\
+         c.login().catch((e) => { s.rejected = e.message; });",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "dc",
+        "getToken asked again",
+        "return s.tokens >= 2;",
+    )
+    .await;
+
+    let body = json!({"uid": "dan", "reason": "banned for a test"});
+    let answer = server_post(&cluster, "/v1/disconnect", body).await;
+    assert_eq!(answer["connections"], 2, "{answer}");
+    let infos = told(&browser, "dc", "disconnected", 1).await;
+    assert_eq!(
+        infos,
+        [json!({"code": 4003, "reason": "banned for a test"})],
+        "{infos:?}"
+    );
+    let now = with_client(&browser, "dc", "return [c.state, s.rejected];").await;
+    assert_eq!(
+        now,
+        json!([
+            "closed",
+            "gpush: disconnected by the server: banned for a test"
+        ])
+    );
+
+    sleep(QUIET).await;
+    let after = with_client(
+        &browser,
+        "dc",
+        "return [c.state, c.connects, s.sockets, s.tokens];",
+    )
+    .await;
+    assert_eq!(after, json!(["closed", 1, 1, 2]), "came back by itself");
+    let page = browser
+        .eval(
+            "return [window.gpush.state, window.gpush.connects];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        page,
+        json!(["closed", 1]),
+        "the demo page came back by itself"
+    );
+    assert_eq!(online(&cluster, "dan").await, 0);
+    wait_logged(&browser, "disconnected", "banned for a test").await;
+    browser.click("connect").await;
+    wait_page_uid(&browser, "dan").await;
+
+    with_client(&browser, "dc", "s.hold = false; c.connect();").await;
+    wait_client(
+        &browser,
+        "dc",
+        "connected, logged in and subscribed again",
+        "return c.state === 'open' && c.uid === 'dan' && s.joins >= 4;",
+    )
+    .await;
+    assert_eq!(online(&cluster, "dan").await, 2);
+    browser.close().await;
+}
+
+/// The server API logs a user out (10004, reason "logout"): the page's
+/// client says "loggedout" (not "expired"), has no uid and drops its
+/// private subscription, and although it has `getToken` it does not log
+/// in again: the user stays offline, getToken is not asked. The
+/// connection and its public subscription stay. login() logs in again,
+/// without the dropped private subscription. The demo page, logged in as
+/// the same user, logs the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_logout_ends_the_page_login_for_good() {
+    let d = Standalone::start(|_| {}).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    let token = auth::hs256("lou");
+    browser.fill("token", &token).await;
+    browser.click("login").await;
+    wait_page_uid(&browser, "lou").await;
+    cuttable_client_with(&browser, &d.edge.ws_url(), "lo", Some(&token)).await;
+    with_client(
+        &browser,
+        "lo",
+        "c.login().then(() => c.subscribePrivate('inbox', s.record('inbox')));\
+         c.subscribe('news', s.record('news'));",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "lo",
+        "logged in and subscribed twice",
+        "return s.joins >= 3;",
+    )
+    .await;
+    d.push_http("lou", "inbox", b"i1").await;
+    d.push_http("", "news", b"n1").await;
+    got(&browser, "lo", 2).await;
+    assert_eq!(online(&d, "lou").await, 2);
+
+    let answer = server_post(&d, "/v1/logout", json!({"uid": "lou"})).await;
+    assert_eq!(answer["connections"], 2, "{answer}");
+    wait_logged(&browser, "loggedout", "lou").await;
+    let infos = told(&browser, "lo", "loggedout", 1).await;
+    assert_eq!(infos, [json!({"uid": "lou", "reason": "logout"})]);
+    let now = with_client(
+        &browser,
+        "lo",
+        "return [c.state, c.uid, c.topics(), c.privateTopics()];",
+    )
+    .await;
+    assert_eq!(now, json!(["open", null, ["news"], []]));
+
+    sleep(QUIET).await;
+    assert_eq!(online(&d, "lou").await, 0, "logged in again by itself");
+    let after = with_client(
+        &browser,
+        "lo",
+        "return [c.uid, s.tokens, c.connects, s.told.filter((e) => e[0] === 'expired').length];",
+    )
+    .await;
+    assert_eq!(after, json!([null, 1, 1, 0]));
+    d.push_http("", "news", b"n2").await;
+    let rows = got(&browser, "lo", 3).await;
+    assert_eq!(data_of(&rows, "news"), ["n1", "n2"], "{rows:?}");
+
+    with_client(&browser, "lo", "c.login();").await;
+    wait_client(&browser, "lo", "logged in again", "return c.uid === 'lou';").await;
+    assert_eq!(online(&d, "lou").await, 1);
+    let inbox = sent(&browser, "lo", 5, Some("inbox")).await;
+    assert_eq!(inbox.len(), 1, "the dropped one was sent again: {inbox:?}");
+    browser.close().await;
+}
+
+/// Server subscriptions (10008) in the page, public and private, with
+/// and without `keep`: the client says "subscribed", lists the kept ones
+/// as its own, and their pushes reach its "push" event. Its connection is
+/// lost and made again (cut from the page's side) while pushes are
+/// made: the kept ones are subscribed again (the private one after the
+/// login) with `since` from the positions the 10008s and pushes gave, so
+/// what was missed is recovered, in order and once, and live pushes
+/// follow. The ones without `keep` are not subscribed again (the server
+/// decides again): the edge lost the client's subscriber of them. The
+/// demo page, logged in as the same user, logs the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_subscriptions_survive_a_reconnect_only_with_keep() {
+    let d = Standalone::start(|_| {}).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    let token = auth::hs256("sam");
+    browser.fill("token", &token).await;
+    browser.click("login").await;
+    wait_page_uid(&browser, "sam").await;
+    cuttable_client_with(&browser, &d.edge.ws_url(), "sk", Some(&token)).await;
+    with_client(&browser, "sk", "c.login();").await;
+    wait_client(&browser, "sk", "logged in", "return c.uid === 'sam';").await;
+    let subscriptions = [
+        ("alerts", true, true),
+        ("orders", false, true),
+        ("flash", true, false),
+        ("bulletin", false, false),
+    ];
+    for (topic, public, keep) in subscriptions {
+        let body = json!({"uid": "sam", "topic": topic, "public": public, "keep": keep});
+        let answer = server_post(&d, "/v1/subscribe", body).await;
+        assert_eq!(answer["connections"], 2, "{topic}: {answer}");
+    }
+    wait_logged(&browser, "subscribed", "alerts (kept across reconnects)").await;
+    wait_logged(
+        &browser,
+        "subscribed",
+        "private bulletin (this connection only)",
+    )
+    .await;
+    let infos = told(&browser, "sk", "subscribed", 4).await;
+    let expected: Vec<Value> = subscriptions
+        .iter()
+        .map(|(topic, public, keep)| json!({"topic": topic, "private": !public, "keep": keep}))
+        .collect();
+    assert_eq!(infos, expected);
+    let lists = with_client(&browser, "sk", "return [c.topics(), c.privateTopics()];").await;
+    assert_eq!(lists, json!([["alerts"], ["orders"]]));
+    d.push_http("", "alerts", b"a1").await;
+    d.push_http("sam", "orders", b"o1").await;
+    d.push_http("", "flash", b"f1").await;
+    d.push_http("sam", "bulletin", b"b1").await;
+    for topic in ["alerts", "orders", "flash", "bulletin"] {
+        pushed(&browser, "sk", topic, 1).await;
+    }
+    assert_eq!(subscribers(&d, "flash").await, 2);
+
+    cut(&browser, "sk").await;
+    d.push_http("", "alerts", b"a2").await;
+    d.push_http("sam", "orders", b"o2").await;
+    reconnect(&browser, "sk", 2).await;
+    let evs = events(&browser, "sk", 3).await;
+    let mut recovered: Vec<String> = evs
+        .iter()
+        .map(|ev| {
+            assert_eq!(ev[0], "recovered", "{evs:?}");
+            ev[1].as_str().unwrap_or("(user)").to_owned()
+        })
+        .collect();
+    recovered.sort();
+    assert_eq!(recovered, ["(user)", "alerts", "orders"], "{evs:?}");
+    d.push_http("", "flash", b"f2").await;
+    d.push_http("sam", "bulletin", b"b2").await;
+    d.push_http("", "alerts", b"a3").await;
+    d.push_http("sam", "orders", b"o3").await;
+    assert_eq!(
+        pushed(&browser, "sk", "alerts", 3).await,
+        ["a1", "a2", "a3"]
+    );
+    assert_eq!(
+        pushed(&browser, "sk", "orders", 3).await,
+        ["o1", "o2", "o3"]
+    );
+    assert_eq!(pushed(&browser, "sk", "flash", 1).await, ["f1"]);
+    assert_eq!(pushed(&browser, "sk", "bulletin", 1).await, ["b1"]);
+    // The demo page's connection (never lost) keeps both; of the
+    // client's, only the kept one is back.
+    assert_eq!(subscribers(&d, "alerts").await, 2);
+    assert_eq!(subscribers(&d, "flash").await, 1);
+
+    // What the client sent: the kept ones once, after the reconnect, with
+    // `since`; the private one after the login; the others never.
+    let frames: Vec<Value> = sent(&browser, "sk", 1, None)
+        .await
+        .into_iter()
+        .chain(sent(&browser, "sk", 5, None).await)
+        .collect();
+    let topics: Vec<&str> = frames.iter().filter_map(|f| f["topic"].as_str()).collect();
+    assert_eq!(topics, ["alerts", "orders"], "{frames:?}");
+    assert!(
+        frames.iter().all(|f| f["since"]["offset"].is_u64()),
+        "{frames:?}"
+    );
+    let order = with_client(
+        &browser,
+        "sk",
+        "const codes = s.sent.map((f) => JSON.parse(f).code);\
+         return [codes.lastIndexOf(3), codes.indexOf(5)];",
+    )
+    .await;
+    assert!(order[0].as_i64() < order[1].as_i64(), "{order}");
+    browser.close().await;
+}
+
+/// Server unsubscribes (10009) in the page: of a public topic and a
+/// private one the application subscribed itself, and of a public one
+/// the server subscribed with `keep`. The client says "unsubscribed" for
+/// each, forgets them all, their pushes no longer arrive, and after a
+/// reconnect none is subscribed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_unsubscribe_ends_page_subscriptions() {
+    let d = Standalone::start(|_| {}).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    let token = auth::hs256("uma");
+    cuttable_client_with(&browser, &d.edge.ws_url(), "su", Some(&token)).await;
+    with_client(
+        &browser,
+        "su",
+        "c.login().then(() => c.subscribePrivate('inbox', s.record('inbox')));\
+         c.subscribe('news', s.record('news'));",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "su",
+        "logged in and subscribed twice",
+        "return s.joins >= 3;",
+    )
+    .await;
+    let body = json!({"uid": "uma", "topic": "alerts", "public": true, "keep": true});
+    server_post(&d, "/v1/subscribe", body).await;
+    told(&browser, "su", "subscribed", 1).await;
+    d.push_http("", "news", b"n1").await;
+    d.push_http("", "alerts", b"a1").await;
+    d.push_http("uma", "inbox", b"i1").await;
+    for topic in ["news", "alerts", "inbox"] {
+        pushed(&browser, "su", topic, 1).await;
+    }
+
+    for (topic, public) in [("news", true), ("alerts", true), ("inbox", false)] {
+        let body = json!({"uid": "uma", "topic": topic, "public": public});
+        let answer = server_post(&d, "/v1/unsubscribe", body).await;
+        assert_eq!(answer["connections"], 1, "{topic}: {answer}");
+    }
+    let infos = told(&browser, "su", "unsubscribed", 3).await;
+    assert_eq!(
+        infos,
+        [
+            json!({"topic": "news", "private": false}),
+            json!({"topic": "alerts", "private": false}),
+            json!({"topic": "inbox", "private": true}),
+        ]
+    );
+    let lists = with_client(&browser, "su", "return [c.topics(), c.privateTopics()];").await;
+    assert_eq!(lists, json!([[], []]));
+    d.push_http("", "news", b"n2").await;
+    d.push_http("", "alerts", b"a2").await;
+    d.push_http("uma", "inbox", b"i2").await;
+    sleep(QUIET).await;
+    let all = with_client(&browser, "su", "return s.pushes.map((p) => p[3]);").await;
+    assert_eq!(all, json!(["n1", "a1", "i1"]));
+
+    cut(&browser, "su").await;
+    reconnect(&browser, "su", 2).await;
+    wait_client(
+        &browser,
+        "su",
+        "logged in again",
+        "return c.uid === 'uma' && s.joins >= 4;",
+    )
+    .await;
+    assert_eq!(sent(&browser, "su", 1, None).await.len(), 1, "news, once");
+    assert_eq!(sent(&browser, "su", 5, None).await.len(), 1, "inbox, once");
+    assert_eq!(subscribers(&d, "news").await, 0);
+    assert_eq!(subscribers(&d, "alerts").await, 0);
+    browser.close().await;
+}
+
+/// The `[presence]` rule of the presence tests, as an operator writes it:
+/// events and queries for the "room." topics; windows of 2 s, so that a
+/// dozen joins made at once fall into at most two of them, and at most 3
+/// changes per topic and window.
+const PRESENCE_RULE: &str = r#"
+[presence]
+interval = "2s"
+max_changes = 3
+
+[[presence.topics]]
+prefix = "room."
+events = true
+query = true
+"#;
+
+/// Gives `config` the [`PRESENCE_RULE`]: the config is parsed from that
+/// TOML (so the test goes through the documented keys), then takes the
+/// test settings the harness gave `config` (standalone, NATS, auth,
+/// grace period).
+fn with_presence_rule(config: &mut EdgeConfig) {
+    let mut ruled: EdgeConfig = toml::from_str(PRESENCE_RULE)
+        .unwrap_or_else(|e| panic!("the [presence] rule is not edge config: {e}"));
+    ruled.standalone = config.standalone;
+    ruled.nats = config.nats.clone();
+    ruled.auth = config.auth.clone();
+    ruled.shutdown_grace = config.shutdown_grace;
+    *config = ruled;
+}
+
+/// Client `name`'s presence(`topic`): its answer, or `{"refused": code}`
+/// when it is rejected with the edge's reply.
+async fn ask_presence(browser: &Browser, name: &str, topic: &str) -> Value {
+    with_client(
+        browser,
+        name,
+        &format!(
+            "s.answer = null;\
+             c.presence({topic:?}).then((a) => {{ s.answer = a; }},\
+                 (e) => {{ s.answer = {{refused: e.reply ? e.reply.code : e.message}}; }});"
+        ),
+    )
+    .await;
+    wait_client(
+        browser,
+        name,
+        &format!("the presence of {topic}"),
+        "return s.answer;",
+    )
+    .await
+}
+
+/// Presence in the page, on an edge whose `[presence]` rule covers
+/// "room.": a client in room.1 is told "join" when another user's first
+/// connection subscribes and "leave" when that user's only connection
+/// closes; presence() answers the users with their connection counts and
+/// the anonymous connections (the demo page's); it is refused (30007,
+/// the error carrying the reply) for a topic without a rule and for one
+/// the client is not subscribed to. The demo page logs the join and the
+/// answer of its Presence button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_is_told_of_presence_and_asks_for_it() {
+    let d = Standalone::start(with_presence_rule).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    browser.subscribe("room.1").await;
+    let (pam, pat) = (auth::hs256("pam"), auth::hs256("pat"));
+    cuttable_client_with(&browser, &d.edge.ws_url(), "pa", Some(&pam)).await;
+    cuttable_client_with(&browser, &d.edge.ws_url(), "pb", Some(&pat)).await;
+    with_client(
+        &browser,
+        "pa",
+        "c.login().then(() => { c.subscribe('room.1'); c.subscribe('lobby'); });",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "pa",
+        "logged in and subscribed twice",
+        "return s.joins >= 3;",
+    )
+    .await;
+    with_client(
+        &browser,
+        "pb",
+        "c.login().then(() => c.subscribe('room.1'));",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "pa",
+        "told that pat joined room.1",
+        "return s.told.some((e) => e[0] === 'join' && e[1].topic === 'room.1' && e[1].uid === 'pat');",
+    )
+    .await;
+    wait_logged(&browser, "join", "pat joined room.1").await;
+
+    let answer = ask_presence(&browser, "pa", "room.1").await;
+    assert_eq!(
+        answer,
+        json!({"users": {"pam": 1, "pat": 1}, "anonymous": 1})
+    );
+    for topic in ["lobby", "room.2"] {
+        let answer = ask_presence(&browser, "pa", topic).await;
+        assert_eq!(answer, json!({"refused": 30007}), "{topic}");
+    }
+    browser.fill("topic", "room.1").await;
+    browser.click("presence").await;
+    for needle in ["pam (1)", "pat (1)", "1 anonymous"] {
+        wait_logged(&browser, "answer", needle).await;
+    }
+
+    with_client(&browser, "pb", "c.close();").await;
+    let left = wait_client(
+        &browser,
+        "pa",
+        "told that pat left room.1",
+        "return s.told.find((e) => e[0] === 'leave');",
+    )
+    .await;
+    assert_eq!(left, json!(["leave", {"topic": "room.1", "uid": "pat"}]));
+    let answer = ask_presence(&browser, "pa", "room.1").await;
+    assert_eq!(answer, json!({"users": {"pam": 1}, "anonymous": 1}));
+    browser.close().await;
+}
+
+/// A dozen users join a topic at once, more than `max_changes` in at
+/// least one window: the client already in it gets a "presence" event
+/// for the topic instead of that window's joins, and presence() lists
+/// them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_is_told_to_ask_when_presence_changes_too_much() {
+    let d = Standalone::start(with_presence_rule).await;
+    let browser = Browser::start().await;
+    browser.open(&d.edge.page_url()).await;
+    browser.wait_open().await;
+    let token = auth::hs256("obs");
+    cuttable_client_with(&browser, &d.edge.ws_url(), "ob", Some(&token)).await;
+    with_client(
+        &browser,
+        "ob",
+        "c.login().then(() => c.subscribe('room.crowd'));",
+    )
+    .await;
+    wait_client(
+        &browser,
+        "ob",
+        "logged in and subscribed",
+        "return s.joins >= 2;",
+    )
+    .await;
+
+    let crowd: Vec<String> = (0..12).map(|i| format!("crowd{i}")).collect();
+    let tokens: Vec<String> = crowd.iter().map(|uid| auth::hs256(uid)).collect();
+    browser
+        .eval(
+            "const [url, tokens] = arguments;\
+             window.crowdSubs = 0;\
+             window.crowd = tokens.map((token) => {\
+                 const c = new GPush({url: url});\
+                 c.on('reply', (r) => { if (r.code === 20001) window.crowdSubs++; });\
+                 c.login(token).then(() => c.subscribe('room.crowd'));\
+                 return c;\
+             });",
+            vec![json!(d.edge.ws_url()), json!(tokens)],
+        )
+        .await;
+    browser
+        .wait_for(
+            "the crowd subscribed",
+            "return window.crowdSubs >= 12;",
+            vec![],
+        )
+        .await;
+    let infos = told(&browser, "ob", "presence", 1).await;
+    assert_eq!(infos[0], json!({"topic": "room.crowd"}), "{infos:?}");
+    let joins = with_client(
+        &browser,
+        "ob",
+        "return s.told.filter((e) => e[0] === 'join' && e[1].uid.startsWith('crowd')).length;",
+    )
+    .await;
+    assert!(
+        joins.as_u64() < Some(12),
+        "a window's joins were replaced: {joins}"
+    );
+
+    let answer = ask_presence(&browser, "ob", "room.crowd").await;
+    let mut users: serde_json::Map<String, Value> =
+        crowd.iter().map(|uid| (uid.clone(), json!(1))).collect();
+    users.insert("obs".to_owned(), json!(1));
+    assert_eq!(answer, json!({"users": users, "anonymous": 0}));
     browser.close().await;
 }
