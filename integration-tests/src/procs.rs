@@ -723,6 +723,14 @@ pub struct Etcd {
     client: etcd_client::Client,
 }
 
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Etcd {
     /// Starts a single-member etcd and waits until a KV read succeeds.
     pub async fn start() -> Self {
