@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .bytes(".")
+        // Maps in answers keep their keys sorted, as the HTTP API's do.
+        .btree_map(".")
         .file_descriptor_set_path(out.join("gpush_descriptor.bin"))
         .compile_with_config(
             config,

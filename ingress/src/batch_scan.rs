@@ -1,13 +1,15 @@
-//! Counting a gRPC `PushBatch`'s messages before prost decodes them.
+//! Counting a gRPC `PushBatch`'s messages (and an `Online` call's uids)
+//! before prost decodes them.
 //!
 //! prost decodes a `repeated` field completely, allocating every element,
 //! and only then could the handler compare the count with `max_batch`:
 //! 46 MiB of empty messages became over half a GiB of `PushRequest`s.
 //! [`BatchGuard`] sits in front of the `gpush.v1.Push` service (behind the
-//! API key check): for `PushBatch` it reads the request body frame by
-//! frame, keeping the chunks as they are, while a [`Scanner`] walks the
-//! protobuf and counts the top-level `messages` entries (field 1) without
-//! allocating anything per element. At `max_batch + 1` it answers
+//! API key check): for `PushBatch` and `Online` it reads the request body
+//! frame by frame, keeping the chunks as they are, while a [`Scanner`]
+//! walks the protobuf and counts the top-level entries of field 1
+//! (`messages`, `uids`) without allocating anything per element. At
+//! `max_batch + 1` messages (or [`MAX_ONLINE_UIDS`] + 1 uids) it answers
 //! `INVALID_ARGUMENT` and reads no further; otherwise the chunks go on to
 //! tonic unchanged. A message over the decoding limit is refused from its
 //! 5-byte gRPC header, before its body is read.
@@ -15,6 +17,7 @@
 use crate::error::ApiError;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use gpush_common::control::MAX_ONLINE_UIDS;
 use http_body_util::BodyExt as _;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -23,10 +26,39 @@ use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
-/// The method whose body is scanned.
+/// The methods whose bodies are scanned.
 const PUSH_BATCH: &str = "/gpush.v1.Push/PushBatch";
-/// Tag of `PushBatchRequest.messages`: field 1, length-delimited.
+const ONLINE: &str = "/gpush.v1.Push/Online";
+/// Tag of the counted field (`PushBatchRequest.messages`,
+/// `OnlineRequest.uids`): field 1, length-delimited.
 const MESSAGES_TAG: u64 = (1 << 3) | 2;
+
+/// What is counted in one method's request: its message name (for
+/// errors), the most entries allowed and the error beyond them.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    message: &'static str,
+    max: usize,
+    over: fn(usize) -> ApiError,
+}
+
+impl Counted {
+    fn batch(max_batch: usize) -> Self {
+        Counted {
+            message: "PushBatchRequest",
+            max: max_batch,
+            over: |max| ApiError::BatchTooLarge { max },
+        }
+    }
+
+    fn online() -> Self {
+        Counted {
+            message: "OnlineRequest",
+            max: MAX_ONLINE_UIDS,
+            over: |max| ApiError::BadQuery(format!("uids: at most {max} in one call")),
+        }
+    }
+}
 
 /// Wraps the `gpush.v1.Push` service; see the module doc.
 #[derive(Debug, Clone)]
@@ -69,17 +101,19 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != PUSH_BATCH {
-            return Box::pin(self.inner.call(request));
-        }
+        let counted = match request.uri().path() {
+            PUSH_BATCH => Counted::batch(self.max_batch),
+            ONLINE => Counted::online(),
+            _ => return Box::pin(self.inner.call(request)),
+        };
         // The ready service answers this call; a fresh clone waits for
         // the next (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (max_batch, max_message) = (self.max_batch, self.max_message);
+        let max_message = self.max_message;
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            match scan(body, max_batch, max_message).await {
+            match scan(body, counted, max_message).await {
                 Ok(chunks) => {
                     let body = Body::new(Chunks(chunks.into()));
                     inner.call(http::Request::from_parts(parts, body)).await
@@ -92,7 +126,7 @@ where
 
 /// Reads `body` while scanning it; its chunks, or the status that refuses
 /// it.
-async fn scan(mut body: Body, max_batch: usize, max_message: usize) -> Result<Vec<Bytes>, Status> {
+async fn scan(mut body: Body, counted: Counted, max_message: usize) -> Result<Vec<Bytes>, Status> {
     let mut scanner = Scanner::new(max_message);
     let mut chunks = Vec::new();
     // A unary call's body is one message and its 5-byte header.
@@ -105,13 +139,13 @@ async fn scan(mut body: Body, max_batch: usize, max_message: usize) -> Result<Ve
         };
         read += data.len() as u64;
         if read > most {
-            return Err(Refused::TooLarge(read.saturating_sub(5)).status(max_message));
+            return Err(Refused::TooLarge(read.saturating_sub(5)).status(counted, max_message));
         }
         if let Err(refused) = scanner.feed(&data) {
-            return Err(refused.status(max_message));
+            return Err(refused.status(counted, max_message));
         }
-        if scanner.messages > max_batch {
-            return Err(ApiError::BatchTooLarge { max: max_batch }.into());
+        if scanner.messages > counted.max {
+            return Err((counted.over)(counted.max).into());
         }
         chunks.push(data);
     }
@@ -151,15 +185,16 @@ enum Refused {
 }
 
 impl Refused {
-    fn status(self, max_message: usize) -> Status {
+    fn status(self, counted: Counted, max_message: usize) -> Status {
         match self {
             Refused::TooLarge(len) => Status::out_of_range(format!(
                 "message is {len} bytes, the limit is {max_message} (max_grpc_message)"
             )),
             Refused::Compressed => Status::unimplemented("compressed messages are not accepted"),
-            Refused::Malformed(why) => {
-                Status::invalid_argument(format!("PushBatchRequest is not valid protobuf: {why}"))
-            }
+            Refused::Malformed(why) => Status::invalid_argument(format!(
+                "{} is not valid protobuf: {why}",
+                counted.message
+            )),
         }
     }
 }

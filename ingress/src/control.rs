@@ -1,5 +1,6 @@
-//! The server API over HTTP: steer a user's connections and ask who is
-//! connected, across every edge (see [`gpush_common::control`]).
+//! The server API: steer a user's connections and ask who is connected,
+//! across every edge (see [`gpush_common::control`]); the HTTP routes here,
+//! the same calls over gRPC in `crate::grpc`.
 //!
 //! | call | body / query | answer |
 //! |---|---|---|
@@ -15,7 +16,15 @@
 //! Every answer also names the edges that answered (`edges`) and those
 //! registered in etcd that did not within `control_timeout` (`missing`);
 //! `complete` is true when every registered edge answered.
+//!
+//! gRPC serves the same calls (`gpush.v1.Push/Disconnect` ...
+//! `/Topics`, see `crate::grpc`): both transports go through [`Control`],
+//! which checks a call, asks the edges and merges their answers into the
+//! answer types below; each transport only reads its request and writes
+//! the answer in its own encoding.
 
+use crate::api::PushApi;
+use crate::edges::Edges;
 use crate::error::ApiError;
 use crate::http::{AppState, Authorized, json_error};
 use crate::metrics::Transport;
@@ -28,19 +37,19 @@ use std::collections::BTreeMap;
 
 /// What every answer carries about the edges asked.
 #[derive(Debug, Serialize)]
-struct Edges {
+pub(crate) struct EdgesAsked {
     /// The edges that answered.
-    edges: Vec<String>,
+    pub(crate) edges: Vec<String>,
     /// Registered edges that did not answer within `control_timeout`.
-    missing: Vec<String>,
+    pub(crate) missing: Vec<String>,
     /// Every registered edge answered (false without etcd: the registered
     /// edges are unknown).
-    complete: bool,
+    pub(crate) complete: bool,
 }
 
-impl Edges {
+impl EdgesAsked {
     fn of(gathered: &Gathered) -> Self {
-        Edges {
+        EdgesAsked {
             edges: gathered.answers.keys().cloned().collect(),
             missing: gathered.missing.clone(),
             complete: gathered.missing.is_empty() && gathered.expected_known,
@@ -53,33 +62,204 @@ impl Edges {
 pub(crate) struct Reached {
     code: &'static str,
     /// Connections told, on every edge that answered.
-    connections: u64,
+    pub(crate) connections: u64,
     #[serde(flatten)]
+    pub(crate) edges: EdgesAsked,
+}
+
+/// The answer to a presence call.
+#[derive(Debug, Serialize)]
+pub(crate) struct Presence {
+    code: &'static str,
+    pub(crate) topic: String,
+    /// uid -> connections subscribed, over every edge.
+    pub(crate) users: BTreeMap<String, u64>,
+    /// Connections subscribed without a login.
+    pub(crate) anonymous: u64,
+    /// Every subscribed connection.
+    pub(crate) connections: u64,
+    #[serde(flatten)]
+    pub(crate) edges: EdgesAsked,
+}
+
+/// The answer to a presence_stats call.
+#[derive(Debug, Serialize)]
+pub(crate) struct PresenceStats {
+    code: &'static str,
+    pub(crate) topic: String,
+    /// Distinct users subscribed, over every edge.
+    pub(crate) users: u64,
+    /// Connections subscribed.
+    pub(crate) connections: u64,
+    /// Of them, without a login.
+    pub(crate) anonymous: u64,
+    #[serde(flatten)]
+    pub(crate) edges: EdgesAsked,
+}
+
+/// The answer to an online call.
+#[derive(Debug, Serialize)]
+pub(crate) struct Online {
+    code: &'static str,
+    /// uid -> connections logged in as it (0: offline).
+    pub(crate) online: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub(crate) edges: EdgesAsked,
+}
+
+/// One topic of a topics answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct TopicCount {
+    pub(crate) topic: String,
+    pub(crate) subscribers: u64,
+}
+
+/// The answer to a topics call.
+#[derive(Debug, Serialize)]
+pub(crate) struct Topics {
+    code: &'static str,
+    /// Busiest first.
+    pub(crate) topics: Vec<TopicCount>,
+    /// More topics matched than listed.
+    pub(crate) truncated: bool,
+    #[serde(flatten)]
+    pub(crate) edges: EdgesAsked,
+}
+
+/// The server API, whatever the transport: checks a call (through
+/// [`PushApi::control`]), sends it to every edge, the registered ones
+/// expected, and merges the answers. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Control {
+    api: PushApi,
     edges: Edges,
 }
 
-/// Sends `command` to the edges: the registered ones are expected.
-pub(crate) async fn gather(state: &AppState, command: Command) -> Result<Gathered, ApiError> {
-    let expected = state.edges.list().map(|list| {
-        list.edges
-            .into_iter()
-            .map(|edge| edge.node_id)
-            .collect::<Vec<_>>()
-    });
-    state
-        .api
-        .control(command, expected)
-        .await
-        .map_err(|e| state.api.refused(Transport::Http, e))
+impl Control {
+    /// The server API of `api`, expecting the edges `edges` lists.
+    pub(crate) fn new(api: PushApi, edges: Edges) -> Self {
+        Self { api, edges }
+    }
+
+    /// Sends `command` to the edges; a refusal is counted for `transport`.
+    async fn gather(&self, transport: Transport, command: Command) -> Result<Gathered, ApiError> {
+        let expected = self.edges.list().map(|list| {
+            list.edges
+                .into_iter()
+                .map(|edge| edge.node_id)
+                .collect::<Vec<_>>()
+        });
+        self.api
+            .control(command, expected)
+            .await
+            .map_err(|e| self.api.refused(transport, e))
+    }
+
+    /// Disconnect, logout, subscribe or unsubscribe: connections reached.
+    pub(crate) async fn reached(
+        &self,
+        transport: Transport,
+        command: Command,
+    ) -> Result<Reached, ApiError> {
+        let gathered = self.gather(transport, command).await?;
+        Ok(Reached {
+            code: "ok",
+            connections: gathered.reached(),
+            edges: EdgesAsked::of(&gathered),
+        })
+    }
+
+    /// The users subscribed to `topic` (only `uid` when not empty).
+    pub(crate) async fn presence(
+        &self,
+        transport: Transport,
+        topic: String,
+        uid: String,
+    ) -> Result<Presence, ApiError> {
+        let command = Command::Presence {
+            topic: topic.clone(),
+            uid,
+        };
+        let gathered = self.gather(transport, command).await?;
+        let (users, anonymous) = gathered.presence();
+        Ok(Presence {
+            code: "ok",
+            topic,
+            connections: users.values().sum::<u64>() + anonymous,
+            users,
+            anonymous,
+            edges: EdgesAsked::of(&gathered),
+        })
+    }
+
+    /// `topic`'s subscribers, counted.
+    pub(crate) async fn presence_stats(
+        &self,
+        transport: Transport,
+        topic: String,
+    ) -> Result<PresenceStats, ApiError> {
+        let command = Command::Presence {
+            topic: topic.clone(),
+            uid: String::new(),
+        };
+        let gathered = self.gather(transport, command).await?;
+        let (users, anonymous) = gathered.presence();
+        Ok(PresenceStats {
+            code: "ok",
+            topic,
+            users: users.len() as u64,
+            connections: users.values().sum::<u64>() + anonymous,
+            anonymous,
+            edges: EdgesAsked::of(&gathered),
+        })
+    }
+
+    /// Connections of each of `uids` (duplicates asked once).
+    pub(crate) async fn online(
+        &self,
+        transport: Transport,
+        mut uids: Vec<String>,
+    ) -> Result<Online, ApiError> {
+        uids.sort();
+        uids.dedup();
+        let gathered = self
+            .gather(transport, Command::Online { uids: uids.clone() })
+            .await?;
+        Ok(Online {
+            code: "ok",
+            online: gathered.online(&uids),
+            edges: EdgesAsked::of(&gathered),
+        })
+    }
+
+    /// Topics starting with `prefix`, busiest first, at most `limit`
+    /// (None: [`DEFAULT_TOPICS_LIMIT`]).
+    pub(crate) async fn topics(
+        &self,
+        transport: Transport,
+        prefix: String,
+        limit: Option<usize>,
+    ) -> Result<Topics, ApiError> {
+        let limit = limit.unwrap_or(DEFAULT_TOPICS_LIMIT);
+        let gathered = self
+            .gather(transport, Command::Topics { prefix, limit })
+            .await?;
+        let (topics, truncated) = gathered.topics(limit);
+        Ok(Topics {
+            code: "ok",
+            topics: topics
+                .into_iter()
+                .map(|(topic, subscribers)| TopicCount { topic, subscribers })
+                .collect(),
+            truncated,
+            edges: EdgesAsked::of(&gathered),
+        })
+    }
 }
 
-async fn reached(state: &AppState, command: Command) -> Result<Json<Reached>, ApiError> {
-    let gathered = gather(state, command).await?;
-    Ok(Json(Reached {
-        code: "ok",
-        connections: gathered.reached(),
-        edges: Edges::of(&gathered),
-    }))
+/// The server API of an HTTP call.
+fn control(state: &AppState) -> Control {
+    Control::new(state.api.clone(), state.edges.clone())
 }
 
 /// Reads a JSON body, refusing it as every push route does.
@@ -115,7 +295,11 @@ pub(crate) async fn disconnect(
     request: Result<Json<DisconnectBody>, JsonRejection>,
 ) -> Result<Json<Reached>, ApiError> {
     let DisconnectBody { uid, reason } = body(&state, request)?;
-    reached(&state, Command::Disconnect { uid, reason }).await
+    let command = Command::Disconnect { uid, reason };
+    control(&state)
+        .reached(Transport::Http, command)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,7 +315,11 @@ pub(crate) async fn logout(
     request: Result<Json<LogoutBody>, JsonRejection>,
 ) -> Result<Json<Reached>, ApiError> {
     let LogoutBody { uid } = body(&state, request)?;
-    reached(&state, Command::Logout { uid }).await
+    let command = Command::Logout { uid };
+    control(&state)
+        .reached(Transport::Http, command)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,7 +351,10 @@ pub(crate) async fn subscribe(
         public,
         keep,
     };
-    reached(&state, command).await
+    control(&state)
+        .reached(Transport::Http, command)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,7 +373,11 @@ pub(crate) async fn unsubscribe(
     request: Result<Json<UnsubscribeBody>, JsonRejection>,
 ) -> Result<Json<Reached>, ApiError> {
     let UnsubscribeBody { uid, topic, public } = body(&state, request)?;
-    reached(&state, Command::Unsubscribe { uid, topic, public }).await
+    let command = Command::Unsubscribe { uid, topic, public };
+    control(&state)
+        .reached(Transport::Http, command)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,20 +388,6 @@ pub(crate) struct PresenceParams {
     uid: String,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct Presence {
-    code: &'static str,
-    topic: String,
-    /// uid -> connections subscribed, over every edge.
-    users: BTreeMap<String, u64>,
-    /// Connections subscribed without a login.
-    anonymous: u64,
-    /// Every subscribed connection.
-    connections: u64,
-    #[serde(flatten)]
-    edges: Edges,
-}
-
 /// `GET /v1/presence?topic=T[&uid=U]`.
 pub(crate) async fn presence(
     State(state): State<AppState>,
@@ -214,43 +395,16 @@ pub(crate) async fn presence(
     params: Result<Query<PresenceParams>, QueryRejection>,
 ) -> Result<Json<Presence>, ApiError> {
     let PresenceParams { topic, uid } = query(&state, params)?;
-    let gathered = gather(
-        &state,
-        Command::Presence {
-            topic: topic.clone(),
-            uid,
-        },
-    )
-    .await?;
-    let (users, anonymous) = gathered.presence();
-    Ok(Json(Presence {
-        code: "ok",
-        topic,
-        connections: users.values().sum::<u64>() + anonymous,
-        users,
-        anonymous,
-        edges: Edges::of(&gathered),
-    }))
+    control(&state)
+        .presence(Transport::Http, topic, uid)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StatsParams {
     topic: String,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct PresenceStats {
-    code: &'static str,
-    topic: String,
-    /// Distinct users subscribed, over every edge.
-    users: u64,
-    /// Connections subscribed.
-    connections: u64,
-    /// Of them, without a login.
-    anonymous: u64,
-    #[serde(flatten)]
-    edges: Edges,
 }
 
 /// `GET /v1/presence_stats?topic=T`: counts only.
@@ -260,35 +414,16 @@ pub(crate) async fn presence_stats(
     params: Result<Query<StatsParams>, QueryRejection>,
 ) -> Result<Json<PresenceStats>, ApiError> {
     let StatsParams { topic } = query(&state, params)?;
-    let command = Command::Presence {
-        topic: topic.clone(),
-        uid: String::new(),
-    };
-    let gathered = gather(&state, command).await?;
-    let (users, anonymous) = gathered.presence();
-    Ok(Json(PresenceStats {
-        code: "ok",
-        topic,
-        users: users.len() as u64,
-        connections: users.values().sum::<u64>() + anonymous,
-        anonymous,
-        edges: Edges::of(&gathered),
-    }))
+    control(&state)
+        .presence_stats(Transport::Http, topic)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OnlineParams {
     uid: String,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct Online {
-    code: &'static str,
-    /// uid -> connections logged in as it (0: offline).
-    online: BTreeMap<String, u64>,
-    #[serde(flatten)]
-    edges: Edges,
 }
 
 /// `GET /v1/online?uid=U1,U2,...`.
@@ -298,19 +433,15 @@ pub(crate) async fn online(
     params: Result<Query<OnlineParams>, QueryRejection>,
 ) -> Result<Json<Online>, ApiError> {
     let OnlineParams { uid } = query(&state, params)?;
-    let mut uids: Vec<String> = uid
+    let uids = uid
         .split(',')
         .filter(|u| !u.is_empty())
         .map(str::to_owned)
         .collect();
-    uids.sort();
-    uids.dedup();
-    let gathered = gather(&state, Command::Online { uids: uids.clone() }).await?;
-    Ok(Json(Online {
-        code: "ok",
-        online: gathered.online(&uids),
-        edges: Edges::of(&gathered),
-    }))
+    control(&state)
+        .online(Transport::Http, uids)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,23 +452,6 @@ pub(crate) struct TopicsParams {
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
-struct TopicCount {
-    topic: String,
-    subscribers: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct Topics {
-    code: &'static str,
-    /// Busiest first.
-    topics: Vec<TopicCount>,
-    /// More topics matched than listed.
-    truncated: bool,
-    #[serde(flatten)]
-    edges: Edges,
-}
-
 /// `GET /v1/topics[?prefix=P][&limit=L]`.
 pub(crate) async fn topics(
     State(state): State<AppState>,
@@ -345,16 +459,8 @@ pub(crate) async fn topics(
     params: Result<Query<TopicsParams>, QueryRejection>,
 ) -> Result<Json<Topics>, ApiError> {
     let TopicsParams { prefix, limit } = query(&state, params)?;
-    let limit = limit.unwrap_or(DEFAULT_TOPICS_LIMIT);
-    let gathered = gather(&state, Command::Topics { prefix, limit }).await?;
-    let (topics, truncated) = gathered.topics(limit);
-    Ok(Json(Topics {
-        code: "ok",
-        topics: topics
-            .into_iter()
-            .map(|(topic, subscribers)| TopicCount { topic, subscribers })
-            .collect(),
-        truncated,
-        edges: Edges::of(&gathered),
-    }))
+    control(&state)
+        .topics(Transport::Http, prefix, limit)
+        .await
+        .map(Json)
 }

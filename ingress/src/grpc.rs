@@ -1,6 +1,11 @@
 //! The gRPC push API (tonic).
 //!
-//! - `gpush.v1.Push/PushData` and `/PushBatch`;
+//! - `gpush.v1.Push/PushData` and `/PushBatch`, `/History`;
+//! - the server API in the same service: `/Disconnect`, `/Logout`,
+//!   `/Subscribe`, `/Unsubscribe`, `/Presence`, `/PresenceStats`,
+//!   `/Online`, `/Topics`, the calls of `POST /v1/disconnect` ...
+//!   `GET /v1/topics` with the same fields, checks and answers (both go
+//!   through `crate::control::Control`);
 //! - `order.Proxy/PushData`, the original gpush method, unchanged;
 //! - `grpc.health.v1.Health`: the push services are `SERVING` while the bus
 //!   is connected (as `/readyz`), the server itself (`""`) always;
@@ -19,7 +24,8 @@
 //! (`authorization` metadata, `Bearer <key>`) is checked by an interceptor
 //! on the request headers, before the body. A `PushBatch` is counted as
 //! it arrives ([`crate::batch_scan`]) and refused at `max_batch + 1`
-//! messages, before prost allocates them. At most `max_connections`
+//! messages, before prost allocates them; so is an `Online` call at its
+//! 1,001st uid. At most `max_connections`
 //! connections are open at once (apart from the HTTP API's), and each must
 //! send the HTTP/2 preface within `header_read_timeout`
 //! ([`crate::connections`]). Each connection carries at most
@@ -31,10 +37,13 @@
 use crate::api::PushApi;
 use crate::batch_scan::BatchGuard;
 use crate::connections;
+use crate::control::{Control, EdgesAsked};
+use crate::edges::Edges;
 use crate::error::ApiError;
 use crate::metrics::Transport;
 use crate::tls::TlsListener;
 use gpush_common::Push;
+use gpush_common::control::Command;
 use gpush_common::tls::ServerConfig;
 use gpush_proto::order::proxy_server::{Proxy, ProxyServer};
 use gpush_proto::v1::push_server::{Push as PushService, PushServer};
@@ -57,10 +66,12 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping's answer may take before the connection is closed.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Implements both push services over one [`PushApi`].
+/// Implements both push services over one [`PushApi`], and the server
+/// API over its [`Control`].
 #[derive(Clone)]
 struct Handler {
     api: PushApi,
+    control: Control,
 }
 
 impl Handler {
@@ -85,6 +96,22 @@ impl Handler {
             .map(|(i, m)| self.api.check(Some(i), m.uid, m.topic, m.data))
             .collect::<Result<Vec<Push>, _>>()?;
         self.api.publish(Transport::Grpc, &pushes).await
+    }
+
+    /// Disconnect, logout, subscribe or unsubscribe.
+    async fn reached(&self, command: Command) -> Result<Response<v1::ReachedReply>, Status> {
+        let answer = self.control.reached(Transport::Grpc, command).await?;
+        let EdgesAsked {
+            edges,
+            missing,
+            complete,
+        } = answer.edges;
+        Ok(Response::new(v1::ReachedReply {
+            connections: answer.connections,
+            edges,
+            missing,
+            complete,
+        }))
     }
 
     /// Counts a refused call; the gRPC status for it.
@@ -151,6 +178,141 @@ impl PushService for Handler {
                 .collect(),
         }))
     }
+
+    async fn disconnect(
+        &self,
+        request: Request<v1::DisconnectRequest>,
+    ) -> Result<Response<v1::ReachedReply>, Status> {
+        let v1::DisconnectRequest { uid, reason } = request.into_inner();
+        self.reached(Command::Disconnect { uid, reason }).await
+    }
+
+    async fn logout(
+        &self,
+        request: Request<v1::LogoutRequest>,
+    ) -> Result<Response<v1::ReachedReply>, Status> {
+        let v1::LogoutRequest { uid } = request.into_inner();
+        self.reached(Command::Logout { uid }).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<v1::ReachedReply>, Status> {
+        let v1::SubscribeRequest {
+            uid,
+            topic,
+            public,
+            keep,
+        } = request.into_inner();
+        self.reached(Command::Subscribe {
+            uid,
+            topic,
+            public,
+            keep,
+        })
+        .await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<v1::UnsubscribeRequest>,
+    ) -> Result<Response<v1::ReachedReply>, Status> {
+        let v1::UnsubscribeRequest { uid, topic, public } = request.into_inner();
+        self.reached(Command::Unsubscribe { uid, topic, public })
+            .await
+    }
+
+    async fn presence(
+        &self,
+        request: Request<v1::PresenceRequest>,
+    ) -> Result<Response<v1::PresenceReply>, Status> {
+        let v1::PresenceRequest { topic, uid } = request.into_inner();
+        let answer = self.control.presence(Transport::Grpc, topic, uid).await?;
+        let EdgesAsked {
+            edges,
+            missing,
+            complete,
+        } = answer.edges;
+        Ok(Response::new(v1::PresenceReply {
+            topic: answer.topic,
+            users: answer.users,
+            anonymous: answer.anonymous,
+            connections: answer.connections,
+            edges,
+            missing,
+            complete,
+        }))
+    }
+
+    async fn presence_stats(
+        &self,
+        request: Request<v1::PresenceStatsRequest>,
+    ) -> Result<Response<v1::PresenceStatsReply>, Status> {
+        let v1::PresenceStatsRequest { topic } = request.into_inner();
+        let answer = self.control.presence_stats(Transport::Grpc, topic).await?;
+        let EdgesAsked {
+            edges,
+            missing,
+            complete,
+        } = answer.edges;
+        Ok(Response::new(v1::PresenceStatsReply {
+            topic: answer.topic,
+            users: answer.users,
+            connections: answer.connections,
+            anonymous: answer.anonymous,
+            edges,
+            missing,
+            complete,
+        }))
+    }
+
+    async fn online(
+        &self,
+        request: Request<v1::OnlineRequest>,
+    ) -> Result<Response<v1::OnlineReply>, Status> {
+        let v1::OnlineRequest { uids } = request.into_inner();
+        let answer = self.control.online(Transport::Grpc, uids).await?;
+        let EdgesAsked {
+            edges,
+            missing,
+            complete,
+        } = answer.edges;
+        Ok(Response::new(v1::OnlineReply {
+            online: answer.online,
+            edges,
+            missing,
+            complete,
+        }))
+    }
+
+    async fn topics(
+        &self,
+        request: Request<v1::TopicsRequest>,
+    ) -> Result<Response<v1::TopicsReply>, Status> {
+        let v1::TopicsRequest { prefix, limit } = request.into_inner();
+        let limit = (limit != 0).then_some(limit as usize);
+        let answer = self.control.topics(Transport::Grpc, prefix, limit).await?;
+        let EdgesAsked {
+            edges,
+            missing,
+            complete,
+        } = answer.edges;
+        Ok(Response::new(v1::TopicsReply {
+            topics: answer
+                .topics
+                .into_iter()
+                .map(|t| v1::TopicCount {
+                    topic: t.topic,
+                    subscribers: t.subscribers,
+                })
+                .collect(),
+            truncated: answer.truncated,
+            edges,
+            missing,
+            complete,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -175,16 +337,21 @@ fn reply(offsets: Vec<u64>) -> v1::PushReply {
 }
 
 /// Serves the gRPC push API on `listener` until `shutdown`, over TLS with
-/// `tls` when given (see [`crate::tls`]).
+/// `tls` when given (see [`crate::tls`]); the server API expects the edges
+/// `edges` lists to answer.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     api: PushApi,
+    edges: Edges,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = api.grpc_message_limit();
     let config = api.config().clone();
-    let handler = Handler { api: api.clone() };
+    let handler = Handler {
+        api: api.clone(),
+        control: Control::new(api.clone(), edges),
+    };
     let push = BatchGuard::new(
         PushServer::new(handler.clone()).max_decoding_message_size(limit),
         config.max_batch,

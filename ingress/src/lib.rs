@@ -18,10 +18,11 @@
 //!   or a gRPC status.
 //! - [`http`]: the axum routes (push, health, readiness, edge listing,
 //!   stats, metrics).
-//! - `control`: the server API over HTTP (disconnect, logout, subscribe,
+//! - `control`: the server API (disconnect, logout, subscribe,
 //!   unsubscribe a user; presence, online, topics), answered by every
-//!   edge through the bus.
-//! - `grpc`: the tonic services, health and reflection.
+//!   edge through the bus, and its HTTP routes.
+//! - `grpc`: the tonic services (push, history and the server API),
+//!   health and reflection.
 //! - `edges`: the live edge list, watched in etcd, behind [`EdgeDirectory`].
 //! - `metrics`: what the push API counts, for `GET /metrics`.
 //! - `connections`: the push API's connections: a cap on how many are
@@ -223,7 +224,7 @@ pub async fn serve(
     let shutdown = shutdown.child_token();
     let _stop = shutdown.clone().drop_guard();
     let api = PushApi::new(bus, push);
-    let router = http::router(api.clone(), edges);
+    let router = http::router(api.clone(), edges.clone());
     let slots = Arc::new(Semaphore::new(api.config().max_connections));
     let incoming = match tls.http {
         Some(config) => connections::Incoming::Tls(tls::TlsListener::capped(
@@ -242,7 +243,7 @@ pub async fn serve(
         anyhow::Ok(())
     };
     let grpc = async {
-        grpc::serve(listeners.grpc, tls.grpc, api, shutdown.clone())
+        grpc::serve(listeners.grpc, tls.grpc, api, edges, shutdown.clone())
             .await
             .context("gRPC push API failed")
     };

@@ -1,5 +1,7 @@
 //! A client of the push API: HTTP, gRPC (`gpush.v1.Push`) and the legacy
-//! `order.Proxy/PushData`, served by ingress and by a standalone edge.
+//! `order.Proxy/PushData`, served by ingress and by a standalone edge; and
+//! of the server API over both ([`PushApi::control_grpc`] makes an HTTP
+//! call's gRPC twin, so tests compare the two).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -414,6 +416,126 @@ impl PushApi {
     pub async fn push_legacy_grpc(&self, uid: &str, topic: &str, data: &[u8]) {
         self.send(Via::LegacyGrpc, &[PushMsg::new(uid, topic, data)])
             .await;
+    }
+
+    /// The gRPC twin of a server API call: `path` is the HTTP route (with
+    /// its query string, for the GET calls), `body` the HTTP body (POST
+    /// calls; ignored for GET). The fields go into the method's request
+    /// (`/v1/online?uid=a,b` becomes `OnlineRequest { uids: [a, b] }`,
+    /// `/v1/topics` without `limit` a limit of 0), the API key, when there
+    /// is one, into the metadata; the answer comes back as the HTTP answer
+    /// would read, without its `"code": "ok"`. Panics on a path that is
+    /// not a server API call.
+    pub async fn control_grpc(&self, path: &str, body: &Value) -> Result<Value, tonic::Status> {
+        use gpush_proto::v1;
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut fields = body.as_object().cloned().unwrap_or_default();
+        if !query.is_empty() {
+            let url = reqwest::Url::parse(&format!("http://query/?{query}")).expect("query");
+            for (key, value) in url.query_pairs() {
+                fields.insert(key.into_owned(), Value::String(value.into_owned()));
+            }
+        }
+        let text = |key: &str| fields.get(key).and_then(Value::as_str).unwrap_or_default();
+        let string = |key: &str| text(key).to_owned();
+        let flag = |key: &str| fields.get(key).and_then(Value::as_bool).unwrap_or(false);
+        let mut grpc = self.grpc();
+        let edges = |edges: Vec<String>, missing: Vec<String>, complete: bool| json!({"edges": edges, "missing": missing, "complete": complete});
+        let reached = |r: v1::ReachedReply| {
+            let mut answer = edges(r.edges, r.missing, r.complete);
+            answer["connections"] = json!(r.connections);
+            answer
+        };
+        let answer = match route {
+            "/v1/disconnect" => {
+                let request = v1::DisconnectRequest {
+                    uid: string("uid"),
+                    reason: string("reason"),
+                };
+                reached(grpc.disconnect(self.keyed(request)).await?.into_inner())
+            }
+            "/v1/logout" => {
+                let request = v1::LogoutRequest { uid: string("uid") };
+                reached(grpc.logout(self.keyed(request)).await?.into_inner())
+            }
+            "/v1/subscribe" => {
+                let request = v1::SubscribeRequest {
+                    uid: string("uid"),
+                    topic: string("topic"),
+                    public: flag("public"),
+                    keep: flag("keep"),
+                };
+                reached(grpc.subscribe(self.keyed(request)).await?.into_inner())
+            }
+            "/v1/unsubscribe" => {
+                let request = v1::UnsubscribeRequest {
+                    uid: string("uid"),
+                    topic: string("topic"),
+                    public: flag("public"),
+                };
+                reached(grpc.unsubscribe(self.keyed(request)).await?.into_inner())
+            }
+            "/v1/presence" => {
+                let request = v1::PresenceRequest {
+                    topic: string("topic"),
+                    uid: string("uid"),
+                };
+                let r = grpc.presence(self.keyed(request)).await?.into_inner();
+                let mut answer = edges(r.edges, r.missing, r.complete);
+                answer["topic"] = json!(r.topic);
+                answer["users"] = json!(r.users);
+                answer["anonymous"] = json!(r.anonymous);
+                answer["connections"] = json!(r.connections);
+                answer
+            }
+            "/v1/presence_stats" => {
+                let request = v1::PresenceStatsRequest {
+                    topic: string("topic"),
+                };
+                let r = grpc.presence_stats(self.keyed(request)).await?.into_inner();
+                let mut answer = edges(r.edges, r.missing, r.complete);
+                answer["topic"] = json!(r.topic);
+                answer["users"] = json!(r.users);
+                answer["anonymous"] = json!(r.anonymous);
+                answer["connections"] = json!(r.connections);
+                answer
+            }
+            "/v1/online" => {
+                let uids = text("uid")
+                    .split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let request = v1::OnlineRequest { uids };
+                let r = grpc.online(self.keyed(request)).await?.into_inner();
+                let mut answer = edges(r.edges, r.missing, r.complete);
+                answer["online"] = json!(r.online);
+                answer
+            }
+            "/v1/topics" => {
+                let limit = text("limit");
+                let request = v1::TopicsRequest {
+                    prefix: string("prefix"),
+                    limit: if limit.is_empty() {
+                        0
+                    } else {
+                        limit.parse().expect("limit: a number")
+                    },
+                };
+                let r = grpc.topics(self.keyed(request)).await?.into_inner();
+                let topics: Vec<Value> = r
+                    .topics
+                    .into_iter()
+                    .map(|t| json!({"topic": t.topic, "subscribers": t.subscribers}))
+                    .collect();
+                let mut answer = edges(r.edges, r.missing, r.complete);
+                answer["topics"] = json!(topics);
+                answer["truncated"] = json!(r.truncated);
+                answer
+            }
+            other => panic!("{other}: not a server API call"),
+        };
+        Ok(answer)
     }
 
     /// Polls `GET /v1/edges` until `ok(body)` holds and returns the body.

@@ -175,6 +175,43 @@ impl LoggedChild {
         );
     }
 
+    /// Freezes the process (SIGSTOP): its sockets stay open but nothing is
+    /// read or answered, like a hung server or a silent network partition.
+    /// Returns once every thread of the process is stopped; panics when
+    /// that takes longer than [`crate::TIMEOUT`]. A frozen process is
+    /// still killed by [`Self::kill`] and on `Drop` (SIGKILL ends a stopped
+    /// process too).
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.pid());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.filter_map(Result::ok).all(|task| {
+                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                        // The state follows the ")" that closes the name.
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + crate::TIMEOUT;
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} ({}) did not stop after SIGSTOP",
+                self.what,
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
     /// Kills the process and reaps it; does nothing when it has exited.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -533,38 +570,17 @@ impl NatsServer {
             .collect()
     }
 
-    /// Freezes the server (SIGSTOP): its sockets stay open but nothing is
-    /// read or answered, like a hung server or a silent network partition.
-    /// Returns once every thread of the process is stopped.
+    /// Freezes the server (SIGSTOP, see [`LoggedChild::freeze`]): its
+    /// sockets stay open but nothing is read or answered, like a hung
+    /// server or a silent network partition. Returns once every thread of
+    /// the process is stopped.
     pub fn freeze(&self) {
-        let proc = self.running();
-        proc.signal("STOP");
-        let tasks = format!("/proc/{}/task", proc.pid());
-        let stopped = || {
-            std::fs::read_dir(&tasks).is_ok_and(|dir| {
-                dir.filter_map(Result::ok).all(|task| {
-                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                        // The state follows the ")" that closes the name.
-                        stat.rsplit_once(')')
-                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-                    })
-                })
-            })
-        };
-        let deadline = std::time::Instant::now() + crate::TIMEOUT;
-        while !stopped() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server {} did not stop after SIGSTOP",
-                self.url()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.running().freeze();
     }
 
     /// Resumes a frozen server (SIGCONT).
     pub fn thaw(&self) {
-        self.running().signal("CONT");
+        self.running().thaw();
     }
 
     fn running(&self) -> &LoggedChild {
@@ -705,6 +721,14 @@ impl EtcdMember {
 pub struct Etcd {
     members: Vec<EtcdMember>,
     client: etcd_client::Client,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Etcd {
@@ -1064,6 +1088,19 @@ impl EdgeProcess {
     /// Runs an edge registered in `etcd` as `node_id`, on NATS `nats`, with
     /// a 3 s lease and a 2 s shutdown grace period.
     pub async fn clustered(nats: &NatsServer, etcd: &Etcd, node_id: &str) -> Self {
+        Self::clustered_with(nats, etcd, node_id, "3s", &[]).await
+    }
+
+    /// Like [`Self::clustered`], with a lease of `lease_ttl` (a duration
+    /// such as `"30s"`: an edge frozen for longer drops out of etcd) and
+    /// `extra` flags added (`--jwt-secret`, ...).
+    pub async fn clustered_with(
+        nats: &NatsServer,
+        etcd: &Etcd,
+        node_id: &str,
+        lease_ttl: &str,
+        extra: &[&str],
+    ) -> Self {
         let ws_addr = format!("127.0.0.1:{}", free_port());
         let public_url = format!("ws://{ws_addr}/ws");
         let args: Vec<String> = [
@@ -1078,11 +1115,12 @@ impl EdgeProcess {
             "--public-url",
             &public_url,
             "--lease-ttl",
-            "3s",
+            lease_ttl,
             "--shutdown-grace",
             "2s",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         Self::spawn(&args).await
@@ -1101,6 +1139,17 @@ impl EdgeProcess {
     /// The tail of the process's log, for failure messages.
     pub fn log_tail(&self) -> String {
         self.proc.log_tail()
+    }
+
+    /// Freezes the process (SIGSTOP, see [`LoggedChild::freeze`]); it is
+    /// still killed on `Drop`, frozen or not.
+    pub fn freeze(&self) {
+        self.proc.freeze();
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        self.proc.thaw();
     }
 
     /// Sends SIGTERM (via `kill -TERM`), starting a graceful shutdown.

@@ -1,13 +1,31 @@
 //! The server API (disconnect, logout, subscribe, unsubscribe, presence,
 //! presence_stats, online, topics) against a three-edge cluster and a
-//! standalone edge: every call reaches every edge, answers add up across
-//! edges, and the clients are told what changed with the documented codes.
+//! standalone edge, over HTTP and over gRPC: every call reaches every edge,
+//! answers add up across edges, the clients are told what changed with the
+//! documented codes, and gRPC answers what HTTP answers (and refuses what
+//! it refuses, with the same message).
 
 use gpush_integration_tests::deploy::{Cluster, Deployment, Standalone};
 use gpush_integration_tests::{WsClient, auth, client::close_code, frames};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
+use tonic::Code;
+
+/// Which transport carries the server API calls of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Http,
+    Grpc,
+}
+
+/// An HTTP answer without its `"code": "ok"`, as gRPC answers read.
+fn without_code(mut answer: Value) -> Value {
+    if let Some(fields) = answer.as_object_mut() {
+        fields.remove("code");
+    }
+    answer
+}
 
 /// The next text message of `client`, as JSON.
 async fn next_json(client: &mut WsClient) -> Value {
@@ -15,20 +33,72 @@ async fn next_json(client: &mut WsClient) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", client.label()))
 }
 
-async fn post(d: &impl Deployment, path: &str, body: Value) -> Value {
-    let reply = d.api().post(path, body.to_string(), None).await;
-    assert_eq!(reply.status, 200, "{} {path}: {}", d.name(), reply.body);
-    reply.json()
+/// A call that steers connections, over `api`.
+async fn post(d: &impl Deployment, api: Api, path: &str, body: Value) -> Value {
+    match api {
+        Api::Http => {
+            let reply = d.api().post(path, body.to_string(), None).await;
+            assert_eq!(reply.status, 200, "{} {path}: {}", d.name(), reply.body);
+            assert_eq!(reply.json()["code"], "ok");
+            without_code(reply.json())
+        }
+        Api::Grpc => d
+            .api()
+            .control_grpc(path, &body)
+            .await
+            .unwrap_or_else(|e| panic!("{} gRPC {path} {body}: {e}", d.name())),
+    }
 }
 
-async fn get(d: &impl Deployment, path: &str) -> Value {
+/// A question, over `api`; over gRPC it is asked over HTTP too and the
+/// answers must match.
+async fn get(d: &impl Deployment, api: Api, path: &str) -> Value {
     let reply = d.api().get(path).await;
     assert_eq!(reply.status, 200, "{} {path}: {}", d.name(), reply.body);
-    reply.json()
+    assert_eq!(reply.json()["code"], "ok");
+    let http = without_code(reply.json());
+    match api {
+        Api::Http => http,
+        Api::Grpc => {
+            let grpc = d
+                .api()
+                .control_grpc(path, &Value::Null)
+                .await
+                .unwrap_or_else(|e| panic!("{} gRPC {path}: {e}", d.name()));
+            assert_eq!(grpc, http, "{} {path}: gRPC and HTTP answers", d.name());
+            grpc
+        }
+    }
 }
 
-/// Every call, on `d` (edges wrap around when it has fewer than 3).
-async fn every_call(d: &impl Deployment) {
+/// A bad call: refused over HTTP with 400 and `code`, and (with `api`
+/// gRPC) over gRPC with `INVALID_ARGUMENT` and the same message.
+async fn refused(d: &impl Deployment, api: Api, path: &str, body: Option<Value>, code: &str) {
+    let reply = match &body {
+        Some(body) => d.api().post(path, body.to_string(), None).await,
+        None => d.api().get(path).await,
+    };
+    assert_eq!(reply.status, 400, "{path} {body:?}: {}", reply.body);
+    let error = reply.json();
+    assert_eq!(error["code"], code, "{path} {body:?}");
+    if api == Api::Grpc {
+        let status = d
+            .api()
+            .control_grpc(path, &body.unwrap_or(Value::Null))
+            .await
+            .expect_err("refused over gRPC too");
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert_eq!(
+            json!(status.message()),
+            error["message"],
+            "{path}: the same message"
+        );
+    }
+}
+
+/// Every call over `api`, on `d` (edges wrap around when it has fewer
+/// than 3).
+async fn every_call(d: &impl Deployment, api: Api) {
     let n = d.edge_count();
     // ann on every edge, bob on edge 1, an anonymous client on edge 2; all
     // in "room".
@@ -45,28 +115,28 @@ async fn every_call(d: &impl Deployment) {
     let mut anon = d.connect(2, "anonymous").await;
     anon.must_subscribe("room").await;
 
-    let presence = get(d, "/v1/presence?topic=room").await;
+    let presence = get(d, api, "/v1/presence?topic=room").await;
     assert_eq!(presence["users"], json!({"ann": 3, "bob": 1}), "{presence}");
     assert_eq!(presence["anonymous"], 1);
     assert_eq!(presence["connections"], 5);
     assert_eq!(presence["missing"], json!([]));
     assert_eq!(presence["complete"], true, "{presence}");
     assert_eq!(presence["edges"].as_array().map(Vec::len), Some(n));
-    let only = get(d, "/v1/presence?topic=room&uid=bob").await;
+    let only = get(d, api, "/v1/presence?topic=room&uid=bob").await;
     assert_eq!(only["users"], json!({"bob": 1}), "{only}");
-    let stats = get(d, "/v1/presence_stats?topic=room").await;
+    let stats = get(d, api, "/v1/presence_stats?topic=room").await;
     assert_eq!(
         (&stats["users"], &stats["connections"], &stats["anonymous"]),
         (&json!(2), &json!(5), &json!(1)),
         "{stats}"
     );
-    let online = get(d, "/v1/online?uid=ann,bob,carl").await;
+    let online = get(d, api, "/v1/online?uid=ann,bob,carl").await;
     assert_eq!(
         online["online"],
         json!({"ann": 3, "bob": 1, "carl": 0}),
         "{online}"
     );
-    let topics = get(d, "/v1/topics?prefix=ro").await;
+    let topics = get(d, api, "/v1/topics?prefix=ro").await;
     assert_eq!(
         topics["topics"],
         json!([{"topic": "room", "subscribers": 5}]),
@@ -74,7 +144,13 @@ async fn every_call(d: &impl Deployment) {
     );
 
     // Server-side private subscribe: told with 10008, then pushes arrive.
-    let reached = post(d, "/v1/subscribe", json!({"uid": "ann", "topic": "inbox"})).await;
+    let reached = post(
+        d,
+        api,
+        "/v1/subscribe",
+        json!({"uid": "ann", "topic": "inbox"}),
+    )
+    .await;
     assert_eq!(reached["connections"], 3, "{reached}");
     for client in &mut ann {
         let told = next_json(client).await;
@@ -97,6 +173,7 @@ async fn every_call(d: &impl Deployment) {
     }
     let reached = post(
         d,
+        api,
         "/v1/unsubscribe",
         json!({"uid": "ann", "topic": "inbox"}),
     )
@@ -111,7 +188,7 @@ async fn every_call(d: &impl Deployment) {
     }
     // Public, kept across reconnects.
     let body = json!({"uid": "bob", "topic": "news", "public": true, "keep": true});
-    assert_eq!(post(d, "/v1/subscribe", body).await["connections"], 1);
+    assert_eq!(post(d, api, "/v1/subscribe", body).await["connections"], 1);
     let told = next_json(&mut bob).await;
     assert_eq!(
         (&told["code"], &told["private"], &told["keep"]),
@@ -124,7 +201,7 @@ async fn every_call(d: &impl Deployment) {
 
     // Logout: 10004 with reason "logout"; the connections stay.
     assert_eq!(
-        post(d, "/v1/logout", json!({"uid": "ann"})).await["connections"],
+        post(d, api, "/v1/logout", json!({"uid": "ann"})).await["connections"],
         3
     );
     for client in &mut ann {
@@ -135,7 +212,7 @@ async fn every_call(d: &impl Deployment) {
             "{told}"
         );
     }
-    let online = get(d, "/v1/online?uid=ann").await;
+    let online = get(d, api, "/v1/online?uid=ann").await;
     assert_eq!(online["online"], json!({"ann": 0}), "{online}");
 
     // Disconnect: every connection of ann closes with 4003 and the reason.
@@ -145,6 +222,7 @@ async fn every_call(d: &impl Deployment) {
     let started = Instant::now();
     let reached = post(
         d,
+        api,
         "/v1/disconnect",
         json!({"uid": "ann", "reason": "banned"}),
     )
@@ -165,33 +243,66 @@ async fn every_call(d: &impl Deployment) {
         d.name(),
         started.elapsed()
     );
-    let stats = get(d, "/v1/presence_stats?topic=room").await;
+    let stats = get(d, api, "/v1/presence_stats?topic=room").await;
     assert_eq!(stats["connections"], 2, "{stats}");
     gpush_integration_tests::client::expect_all_quiet([&mut bob, &mut anon]).await;
 
-    // Bad calls: 400 with a JSON code, nothing done.
+    // Bad calls: 400 with a JSON code (INVALID_ARGUMENT), nothing done.
     for (path, body, code) in [
-        ("/v1/disconnect", json!({}), "bad_json"),
         ("/v1/disconnect", json!({"uid": ""}), "invalid_uid"),
         (
-            "/v1/subscribe",
-            json!({"uid": "bob", "topic": "t", "x": 1}),
-            "bad_json",
+            "/v1/disconnect",
+            json!({"uid": "bob", "reason": "r".repeat(124)}),
+            "bad_query",
         ),
         ("/v1/logout", json!({"uid": "a\u{1}"}), "invalid_uid"),
+        (
+            "/v1/subscribe",
+            json!({"uid": "bob", "topic": ""}),
+            "invalid_topic",
+        ),
     ] {
-        let reply = d.api().post(path, body.to_string(), None).await;
-        assert_eq!(reply.status, 400, "{path} {body}: {}", reply.body);
-        assert_eq!(reply.json()["code"], code, "{path} {body}");
+        refused(d, api, path, Some(body), code).await;
     }
     for (path, code) in [
-        ("/v1/presence", "bad_query"),
+        ("/v1/presence?topic=", "invalid_topic"),
+        ("/v1/presence_stats?topic=a%00b", "invalid_topic"),
         ("/v1/online?uid=", "bad_query"),
-        ("/v1/topics?limit=0", "bad_query"),
+        ("/v1/topics?limit=10001", "bad_query"),
     ] {
-        let reply = d.api().get(path).await;
-        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
-        assert_eq!(reply.json()["code"], code, "{path}");
+        refused(d, api, path, None, code).await;
+    }
+    // What only one transport can say wrong.
+    match api {
+        Api::Http => {
+            for (path, body) in [
+                ("/v1/disconnect", json!({})),
+                ("/v1/subscribe", json!({"uid": "bob", "topic": "t", "x": 1})),
+            ] {
+                let reply = d.api().post(path, body.to_string(), None).await;
+                assert_eq!(reply.status, 400, "{path} {body}: {}", reply.body);
+                assert_eq!(reply.json()["code"], "bad_json", "{path} {body}");
+            }
+            // A missing field (gRPC has none: it reads as empty), and a
+            // limit of 0 (gRPC's "none given").
+            for path in ["/v1/presence", "/v1/topics?limit=0"] {
+                let reply = d.api().get(path).await;
+                assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+                assert_eq!(reply.json()["code"], "bad_query", "{path}: {}", reply.body);
+            }
+        }
+        Api::Grpc => {
+            // 1,001 uids: refused before they are decoded.
+            let uids: Vec<String> = (0..1001).map(|n| format!("u{n}")).collect();
+            let request = gpush_proto::v1::OnlineRequest { uids };
+            let status = d
+                .api()
+                .grpc()
+                .online(request)
+                .await
+                .expect_err("1,001 uids");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        }
     }
     bob.must_subscribe("still-here").await;
 }
@@ -200,12 +311,87 @@ async fn every_call(d: &impl Deployment) {
 async fn every_call_on_a_three_edge_cluster() {
     gpush_integration_tests::init_tracing();
     let cluster = Cluster::start(3, |_| {}).await;
-    every_call(&cluster).await;
+    every_call(&cluster, Api::Http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_standalone() {
     gpush_integration_tests::init_tracing();
     let standalone = Standalone::start(|_| {}).await;
-    every_call(&standalone).await;
+    every_call(&standalone, Api::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_over_grpc_on_a_three_edge_cluster() {
+    gpush_integration_tests::init_tracing();
+    let cluster = Cluster::start(3, |_| {}).await;
+    every_call(&cluster, Api::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_over_grpc_standalone() {
+    gpush_integration_tests::init_tracing();
+    let standalone = Standalone::start(|_| {}).await;
+    every_call(&standalone, Api::Grpc).await;
+}
+
+const API_KEY: &str = "control-key";
+
+/// Every server API method over gRPC: UNAUTHENTICATED without the key
+/// (and nothing done: the user stays connected), answered with it.
+async fn grpc_needs_the_key(d: &impl Deployment) {
+    let mut ann = d.connect(0, "ann").await;
+    ann.must_login(&auth::hs256("ann"), "ann").await;
+    ann.must_subscribe("room").await;
+    let calls = [
+        ("/v1/disconnect", json!({"uid": "ann"})),
+        ("/v1/logout", json!({"uid": "ann"})),
+        ("/v1/subscribe", json!({"uid": "ann", "topic": "t"})),
+        (
+            "/v1/unsubscribe",
+            json!({"uid": "ann", "topic": "room", "public": true}),
+        ),
+        ("/v1/presence?topic=room", Value::Null),
+        ("/v1/presence_stats?topic=room", Value::Null),
+        ("/v1/online?uid=ann", Value::Null),
+        ("/v1/topics", Value::Null),
+    ];
+    let without = d.api().clone().with_api_key(None);
+    let wrong = d.api().clone().with_api_key(Some("wrong".into()));
+    for (path, body) in &calls {
+        for api in [&without, &wrong] {
+            let status = api
+                .control_grpc(path, body)
+                .await
+                .expect_err("refused without the key");
+            assert_eq!(status.code(), Code::Unauthenticated, "{path}: {status:?}");
+        }
+        if body.is_null() {
+            let reply = d.api().get(path).await;
+            assert_eq!(reply.status, 401, "HTTP {path}: {}", reply.body);
+        }
+    }
+    ann.expect_no_push(gpush_integration_tests::QUIET).await;
+    let keyed = d.api().clone().with_api_key(Some(API_KEY.into()));
+    let presence = keyed
+        .control_grpc("/v1/presence?topic=room", &Value::Null)
+        .await
+        .expect("with the key");
+    assert_eq!(presence["users"], json!({"ann": 1}), "{presence}");
+    let reached = keyed
+        .control_grpc("/v1/logout", &json!({"uid": "ann"}))
+        .await
+        .expect("with the key");
+    assert_eq!(reached["connections"], 1, "{reached}");
+    assert_eq!(next_json(&mut ann).await["code"], 10004);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_need_the_api_key() {
+    gpush_integration_tests::init_tracing();
+    let cluster = Cluster::start_with(3, |c| c.push.api_key = Some(API_KEY.into()), |_| {}).await;
+    grpc_needs_the_key(&cluster).await;
+    drop(cluster);
+    let standalone = Standalone::start(|c| c.push.api_key = Some(API_KEY.into())).await;
+    grpc_needs_the_key(&standalone).await;
 }

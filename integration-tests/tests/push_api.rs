@@ -323,6 +323,46 @@ async fn grpc_health_and_reflection_are_served() {
             "reflection v1 lacks {name}: {names:?}"
         );
     }
+    // The descriptor set describes every method, the server API's too.
+    let methods = [
+        "PushData",
+        "PushBatch",
+        "History",
+        "Disconnect",
+        "Logout",
+        "Subscribe",
+        "Unsubscribe",
+        "Presence",
+        "PresenceStats",
+        "Online",
+        "Topics",
+    ];
+    let requests = methods.map(|method| v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(format!(
+                "gpush.v1.Push.{method}"
+            )),
+        ),
+    });
+    let mut responses = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures_util::stream::iter(requests))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    for method in methods {
+        let response = responses
+            .message()
+            .await
+            .expect("reflection v1 response")
+            .expect("a reflection v1 response");
+        match response.message_response {
+            Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(
+                files,
+            )) if !files.file_descriptor_proto.is_empty() => {}
+            other => panic!("reflection v1: no file for gpush.v1.Push.{method}: {other:?}"),
+        }
+    }
 
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),

@@ -1,6 +1,8 @@
 //! Generated protobuf and gRPC code of the gpush push API.
 //!
-//! - [`v1`]: package `gpush.v1`, service `Push` (`PushData`, `PushBatch`).
+//! - [`v1`]: package `gpush.v1`, service `Push`: `PushData`, `PushBatch`,
+//!   `History`, and the server API (`Disconnect`, `Logout`, `Subscribe`,
+//!   `Unsubscribe`, `Presence`, `PresenceStats`, `Online`, `Topics`).
 //! - [`order`]: package `order`, service `Proxy` with `PushData`: the original
 //!   Go gpush method, kept so existing callers work unchanged.
 //! - [`FILE_DESCRIPTOR_SET`]: both files, for gRPC server reflection.

@@ -114,13 +114,17 @@ pub enum Scenario {
     /// Many clients reconnecting at once, each recovering the pushes it
     /// missed (subscribe with `since`).
     Storm,
+    /// The server API on a topic with many subscribers spread over three
+    /// edges: presence, presence_stats and topics answer time and size,
+    /// and how soon a disconnect closes a user's connections.
+    Presence,
     /// The baseline raw server's idle, fanout and latency figures.
     Baseline,
 }
 
 impl Scenario {
     /// Every scenario, in the default order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Idle,
         Scenario::IdlePrivate,
         Scenario::Fanout,
@@ -130,6 +134,7 @@ impl Scenario {
         Scenario::Churn,
         Scenario::Toggle,
         Scenario::Storm,
+        Scenario::Presence,
         Scenario::Baseline,
     ];
 
@@ -145,6 +150,7 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::Toggle => "toggle",
             Scenario::Storm => "storm",
+            Scenario::Presence => "presence",
             Scenario::Baseline => "baseline",
         }
     }
@@ -160,6 +166,9 @@ pub enum SubscribeMode {
     /// Log in as [`user_id`](crate::bench::control::user_id) (code 3, the
     /// token is the uid) and subscribe to a private topic (code 5).
     Private,
+    /// Log in as [`user_id`](crate::bench::control::user_id) and subscribe
+    /// to a public topic (code 1): a user in the topic's presence.
+    PublicUser,
 }
 
 /// Flags of a load-client process.

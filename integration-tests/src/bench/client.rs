@@ -116,6 +116,10 @@ enum Plan {
         uid: String,
         topic: String,
     },
+    PublicUser {
+        uid: String,
+        topic: String,
+    },
 }
 
 impl Plan {
@@ -129,6 +133,10 @@ impl Plan {
             SubscribeMode::Private => Plan::Private {
                 uid: control::user_id(index),
                 topic: args.topic.clone(),
+            },
+            SubscribeMode::PublicUser => Plan::PublicUser {
+                uid: control::user_id(index),
+                topic: control::topic_name(&args.topic, args.topics, index),
             },
         }
     }
@@ -236,8 +244,51 @@ async fn open(
             let subscribe = format!(r#"{{"code":5,"topic":"{topic}"}}"#);
             request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
         }
+        Plan::PublicUser { uid, topic } => {
+            let login = format!(r#"{{"code":3,"data":"{uid}"}}"#);
+            request(&mut stream, &mut buf, &login, LOGGED_IN).await?;
+            let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
+            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+        }
     }
     Ok((stream, buf))
+}
+
+/// One connection of the coordinator itself (not of a client process):
+/// to `url` from 127.0.0.1, logged in as `uid` (the token is the uid)
+/// and subscribed to public `topic`. Returns the stream and whatever
+/// arrived after the last reply, for [`close_of`].
+pub async fn open_user(url: &str, uid: &str, topic: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let endpoint = Endpoint::parse(url)?;
+    let plan = Plan::PublicUser {
+        uid: uid.to_owned(),
+        topic: topic.to_owned(),
+    };
+    open_in_time(&endpoint, Ipv4Addr::LOCALHOST, &plan)
+        .await
+        .map_err(|e| anyhow::anyhow!("{url} as {uid}: {e}"))
+}
+
+/// Reads a connection opened by [`open_user`] (`early`: what arrived
+/// after its set-up) until its close frame, discarding other frames;
+/// returns the close code and when the frame was read. An error when the
+/// connection ends without a close frame or `deadline` passes first.
+pub async fn close_of(
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> anyhow::Result<(Option<u16>, Instant)> {
+    loop {
+        while let Some((frame, used)) = wire::next_frame(&buf)? {
+            if frame.opcode == OP_CLOSE {
+                return Ok((frame.close_code(), Instant::now()));
+            }
+            buf.drain(..used);
+        }
+        tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buf))
+            .await
+            .map_err(|_| anyhow::anyhow!("no close frame in time"))??;
+    }
 }
 
 async fn open_in_time(
@@ -514,6 +565,7 @@ async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
             match opened {
                 Ok((stream, early)) => {
                     let _ = done.send(Ok(()));
+                    // Only private pushes name their user.
                     let me = match plan {
                         Plan::Private { uid, .. } => Some(uid),
                         _ => None,

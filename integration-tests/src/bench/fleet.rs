@@ -64,6 +64,10 @@ pub struct FleetSpec {
     /// Public subscriptions ask for the pushes after this position,
     /// `{"offset":N,"epoch":"E"}`.
     pub since: Option<String>,
+    /// Index of the fleet's first connection (names its users and
+    /// topics): fleets on different edges with distinct users start
+    /// where the previous one ended.
+    pub first: usize,
 }
 
 impl FleetSpec {
@@ -77,6 +81,7 @@ impl FleetSpec {
             topics: 1,
             latency: false,
             since: None,
+            first: 0,
         }
     }
 
@@ -99,6 +104,7 @@ impl FleetSpec {
                 SubscribeMode::None => "none",
                 SubscribeMode::Public => "public",
                 SubscribeMode::Private => "private",
+                SubscribeMode::PublicUser => "public-user",
             }
             .to_owned(),
             "--topic".to_owned(),
@@ -226,7 +232,7 @@ impl Fleet {
             changed: Notify::new(),
         });
         let mut clients = Vec::with_capacity(processes);
-        let mut first = 0;
+        let mut first = spec.first;
         for slot in 0..processes {
             let conns = spec.conns / processes + usize::from(slot < spec.conns % processes);
             let mut args = spec.common_args();

@@ -1,13 +1,14 @@
 //! The systems under test, each started as child processes on free
 //! loopback ports: a standalone edge, a cluster (real `nats-server`,
-//! `gpush-ingress`, optionally a `gpush-edge` on NATS), and the baseline
-//! raw server. Every process logs to a file in a scratch directory (its
+//! `gpush-ingress`, optionally a `gpush-edge` on NATS), a cluster of
+//! several edges registered in `etcd`, and the baseline raw server. Every process logs to a file in a scratch directory (its
 //! tail is shown when it fails) and is killed on `Drop`. Also: reading a
 //! process's resident memory.
 
 use crate::bench::cli::HistoryMode;
 use crate::procs::{
-    LoggedChild, NatsServer, POLL, START_TIMEOUT, build_dir, free_port, scratch_dir, sibling_binary,
+    Etcd, LoggedChild, NatsServer, POLL, START_TIMEOUT, build_dir, free_port, scratch_dir,
+    sibling_binary,
 };
 use anyhow::{Context as _, bail};
 use std::net::SocketAddr;
@@ -284,6 +285,132 @@ impl Cluster {
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         self.ingress.check_running()?;
         if let Some(edge) = &mut self.edge {
+            edge.check_running()?;
+        }
+        Ok(())
+    }
+}
+
+/// A cluster whose edges ingress knows: `nats-server`, `etcd`,
+/// `gpush-ingress` watching etcd, and `n` `gpush-edge` processes
+/// registered in etcd as `edge-0`, `edge-1`, ... (so the server API
+/// expects each of them and answers as soon as all did).
+#[derive(Debug)]
+pub struct EtcdCluster {
+    // Dropped in this order: edges and ingress before the bus and etcd.
+    edges: Vec<LoggedChild>,
+    ingress: LoggedChild,
+    _etcd: Etcd,
+    _nats: NatsServer,
+    /// `http://127.0.0.1:<port>` of ingress's push API.
+    pub http_base: String,
+    /// `http://127.0.0.1:<port>` of ingress's gRPC API.
+    pub grpc_url: String,
+    /// `ws://127.0.0.1:<port>/ws` of each edge, in node id order.
+    pub ws_urls: Vec<String>,
+    _dir: Scratch,
+}
+
+impl EtcdCluster {
+    /// Starts NATS (with JetStream), etcd, ingress and `n` edges, all with
+    /// `history`; with `login`, a token is its own uid
+    /// (`auth.insecure_token_is_uid`). Waits until ingress lists every
+    /// edge.
+    pub async fn start(
+        bins: &Binaries,
+        n: usize,
+        login: bool,
+        history: HistoryMode,
+    ) -> anyhow::Result<Self> {
+        let dir = Scratch::new("bench-etcd-cluster");
+        let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
+        let (http, grpc) = (loopback(), loopback());
+        let mut args = strings(&[
+            "--http-addr",
+            &http.to_string(),
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--nats-url",
+            &nats.url(),
+            "--etcd-endpoints",
+            &etcd.url(),
+        ]);
+        args.extend(config_args(&dir, "ingress.toml", history.toml())?);
+        let mut ingress = spawn("gpush-ingress", &bins.ingress, &args, &dir)?;
+        ingress.try_wait_for_port(http).await?;
+        wait_ok(&mut ingress, &format!("http://{http}/readyz")).await?;
+        let mut toml = history.toml().to_owned();
+        if login {
+            toml.push_str("[auth]\ninsecure_token_is_uid = true\n");
+        }
+        let config = config_args(&dir, "edge.toml", &toml)?;
+        let (mut edges, mut ws_urls) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            let ws = loopback();
+            let url = format!("ws://{ws}/ws");
+            let mut args = strings(&[
+                "--ws-addr",
+                &ws.to_string(),
+                "--nats-url",
+                &nats.url(),
+                "--etcd-endpoints",
+                &etcd.url(),
+                "--node-id",
+                &format!("edge-{i}"),
+                "--public-url",
+                &url,
+            ]);
+            args.extend(strings(&EDGE_QUIET_FLAGS));
+            args.extend(config.iter().cloned());
+            let mut edge = spawn(&format!("gpush-edge-{i}"), &bins.edge, &args, &dir)?;
+            edge.try_wait_for_port(ws).await?;
+            wait_ok(&mut edge, &format!("http://{ws}/readyz")).await?;
+            edges.push(edge);
+            ws_urls.push(url);
+        }
+        let mut cluster = Self {
+            edges,
+            ingress,
+            _etcd: etcd,
+            _nats: nats,
+            http_base: format!("http://{http}"),
+            grpc_url: format!("http://{grpc}"),
+            ws_urls,
+            _dir: dir,
+        };
+        cluster.wait_listed(n).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until `GET /v1/edges` lists `n` edges.
+    async fn wait_listed(&mut self, n: usize) -> anyhow::Result<()> {
+        let url = format!("{}/v1/edges", self.http_base);
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.check_running()?;
+            let listed = match timeout(POLL * 20, http.get(&url).send()).await {
+                Ok(Ok(response)) => response
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|body| body["edges"].as_array().map(Vec::len)),
+                _ => None,
+            };
+            if listed == Some(n) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("ingress lists {listed:?} edges, not {n}, after {START_TIMEOUT:?}");
+            }
+            sleep(POLL * 4).await;
+        }
+    }
+
+    /// An error when a process of the cluster has died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.ingress.check_running()?;
+        for edge in &mut self.edges {
             edge.check_running()?;
         }
         Ok(())

@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod idle;
 pub mod ingress;
 pub mod latency;
+pub mod presence;
 pub mod private;
 pub mod storm;
 pub mod toggle;
@@ -55,6 +56,9 @@ pub struct Sizes {
     pub toggle_subscribers: usize,
     /// Clients reconnecting at once in the storm scenario.
     pub storm_clients: usize,
+    /// Users subscribed to the presence scenario's topic, spread over its
+    /// [`presence::EDGES`] edges.
+    pub presence_subscribers: usize,
 }
 
 impl Sizes {
@@ -73,6 +77,7 @@ impl Sizes {
             // descriptors do not fit under a 20,000 open-files limit.
             toggle_subscribers: 19_900,
             storm_clients: 15_000,
+            presence_subscribers: 50_000,
         }
     }
 
@@ -89,6 +94,7 @@ impl Sizes {
             churn_run: Duration::from_secs(2),
             toggle_subscribers: 2_000,
             storm_clients: 2_000,
+            presence_subscribers: 3_000,
         }
     }
 }
@@ -154,6 +160,7 @@ impl Bench {
             Scenario::Churn => churn::run(self).await,
             Scenario::Toggle => toggle::run(self).await,
             Scenario::Storm => storm::run(self).await,
+            Scenario::Presence => presence::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;
