@@ -366,12 +366,26 @@ impl Collector for PresenceCollector {
         let presence = &self.presence;
         let stats = &presence.stats;
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (entries, pending) = presence.counts();
         encode_gauge(
             &mut encoder,
             "edge_presence_entries",
             "Tracked (group, user) entries of the presence view: a group is a topic with \
              presence and a local subscriber, or the logged-in users.",
-            gauge(presence.entries()),
+            gauge(entries),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "edge_presence_pending",
+            "Presence groups waiting for their seed (the other edges' state).",
+            gauge(pending),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "edge_presence_edges",
+            "Other edges this edge's presence tracker knows alive (heard within three of \
+             their heartbeats).",
+            gauge(presence.live_ids().len()),
         )?;
         encode_gauge(
             &mut encoder,

@@ -413,7 +413,10 @@ impl Presence {
             // No edge is forgotten while its seed goes in.
             let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
             changes.retain(|(ix, _)| nodes.nodes.contains_key(ix));
-            self.with_group(key, |group| group.seed(&changes, &self.budget, now));
+            let local_news = *key == GroupKey::Users;
+            self.with_group(key, |group| {
+                group.seed(&changes, local_news, &self.budget, now)
+            });
         }
         self.synced.notify_waiters();
     }
@@ -748,11 +751,15 @@ impl Presence {
         hub.presence_changes(topic, &frames);
     }
 
-    /// Tracked (group, user) entries now, every shard locked in turn.
-    pub(crate) fn entries(&self) -> usize {
-        let mut entries = 0;
-        self.each_group(|_, group| entries += group.len());
-        entries
+    /// Tracked (group, user) entries now, and the groups waiting for
+    /// their seed; every shard locked in turn.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let (mut entries, mut pending) = (0, 0);
+        self.each_group(|_, group| {
+            entries += group.len();
+            pending += usize::from(!group.synced());
+        });
+        (entries, pending)
     }
 }
 
@@ -897,7 +904,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("ann", false)]
         );
-        assert_eq!(presence.entries(), 0);
+        assert_eq!(presence.counts(), (0, 0));
         assert_eq!(presence.query("chat.1", QUERY_WAIT).await, (vec![], 0));
     }
 

@@ -294,7 +294,19 @@ impl Group {
     /// Applies the seed (each answering edge's state, as a full change)
     /// and then the changes buffered meanwhile. False when the buffer
     /// overflowed: the group stays pending, to be gathered again.
-    pub(super) fn seed(&mut self, seeds: &[(NodeIx, Change)], budget: &Budget, now: u32) -> bool {
+    ///
+    /// What a group's first seed brings is not news: a topic's subscribers
+    /// ask (request code 7). With `local_news` (the logged-in users), this
+    /// edge's own users whom no other edge holds still are: their first
+    /// login was here, while the seed was gathered. The changes buffered
+    /// meanwhile are news either way.
+    pub(super) fn seed(
+        &mut self,
+        seeds: &[(NodeIx, Change)],
+        local_news: bool,
+        budget: &Budget,
+        now: u32,
+    ) -> bool {
         let sync = std::mem::replace(&mut self.sync, Sync::Done);
         let Sync::Pending {
             buffer,
@@ -318,15 +330,18 @@ impl Group {
         for (ix, change) in seeds {
             self.apply(*ix, change, budget, now);
         }
+        if first {
+            for entry in self.entries.values_mut() {
+                entry.announced = if local_news {
+                    entry.remote_total > 0
+                } else {
+                    entry.present()
+                };
+            }
+        }
+        // What changed while the seed was gathered is news.
         for (ix, change) in &buffer {
             self.apply(*ix, change, budget, now);
-        }
-        if first {
-            // What was there before this edge looked is not news to its
-            // subscribers: they ask (request code 7).
-            for entry in self.entries.values_mut() {
-                entry.announced = entry.present();
-            }
         }
         true
     }
@@ -645,16 +660,29 @@ mod tests {
             full: true,
             ..change(7, &[("ann", 1), ("carl", 2)], Some(1))
         };
-        assert!(group.seed(&[(1, seed)], &budget, 0));
+        assert!(group.seed(&[(1, seed)], false, &budget, 0));
         assert!(group.synced());
         let (users, anonymous) = group.presence();
         let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
         assert_eq!(names, ["ann", "bob", "carl", "me"]);
         assert_eq!(anonymous, 1);
-        assert!(
-            group.window(&budget).changes.is_empty(),
-            "the first seed is not news"
+        assert_eq!(
+            group.window(&budget).changes,
+            [("bob".into(), true)],
+            "the first seed is not news, what came after it is"
         );
+        // For the logged-in users, this edge's own user nobody else holds
+        // is.
+        let mut users = Group::new(true);
+        assert!(users.start_sync());
+        users.local(Some("me"), true, &budget, 0);
+        users.local(Some("ann"), true, &budget, 0);
+        let seed = Change {
+            full: true,
+            ..change(3, &[("ann", 1)], None)
+        };
+        assert!(users.seed(&[(1, seed)], true, &budget, 0));
+        assert_eq!(users.window(&budget).changes, [("me".into(), true)]);
         // A resync announces what it changes.
         group.resync();
         assert!(group.start_sync());
@@ -662,7 +690,7 @@ mod tests {
             full: true,
             ..change(20, &[("ann", 1)], Some(0))
         };
-        assert!(group.seed(&[(1, seed)], &budget, 0));
+        assert!(group.seed(&[(1, seed)], false, &budget, 0));
         let mut changes = group.window(&budget).changes;
         changes.sort();
         assert_eq!(changes, [("bob".into(), false), ("carl".into(), false)]);
@@ -679,10 +707,10 @@ mod tests {
         let mut change = change(1, &[], None);
         change.users = big;
         group.receive(1, change, &budget, 0);
-        assert!(!group.seed(&[], &budget, 0));
+        assert!(!group.seed(&[], false, &budget, 0));
         assert!(!group.synced());
         assert!(group.start_sync(), "gathered again");
-        assert!(group.seed(&[], &budget, 0));
+        assert!(group.seed(&[], false, &budget, 0));
     }
 
     #[test]
