@@ -413,10 +413,7 @@ impl Presence {
             // No edge is forgotten while its seed goes in.
             let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
             changes.retain(|(ix, _)| nodes.nodes.contains_key(ix));
-            let local_news = *key == GroupKey::Users;
-            self.with_group(key, |group| {
-                group.seed(&changes, local_news, &self.budget, now)
-            });
+            self.with_group(key, |group| group.seed(&changes, &self.budget, now));
         }
         self.synced.notify_waiters();
     }

@@ -295,18 +295,12 @@ impl Group {
     /// and then the changes buffered meanwhile. False when the buffer
     /// overflowed: the group stays pending, to be gathered again.
     ///
-    /// What a group's first seed brings is not news: a topic's subscribers
-    /// ask (request code 7). With `local_news` (the logged-in users), this
-    /// edge's own users whom no other edge holds still are: their first
-    /// login was here, while the seed was gathered. The changes buffered
-    /// meanwhile are news either way.
-    pub(super) fn seed(
-        &mut self,
-        seeds: &[(NodeIx, Change)],
-        local_news: bool,
-        budget: &Budget,
-        now: u32,
-    ) -> bool {
+    /// What a group's first seed brings is not news: it was there before
+    /// this edge looked (a topic's subscribers ask, request code 7). What
+    /// happened here since the group began is: this edge's own users whom
+    /// no other edge holds (they joined, or logged in, here while the seed
+    /// was gathered), and the changes buffered meanwhile.
+    pub(super) fn seed(&mut self, seeds: &[(NodeIx, Change)], budget: &Budget, now: u32) -> bool {
         let sync = std::mem::replace(&mut self.sync, Sync::Done);
         let Sync::Pending {
             buffer,
@@ -332,11 +326,7 @@ impl Group {
         }
         if first {
             for entry in self.entries.values_mut() {
-                entry.announced = if local_news {
-                    entry.remote_total > 0
-                } else {
-                    entry.present()
-                };
+                entry.announced = entry.remote_total > 0;
             }
         }
         // What changed while the seed was gathered is news.
@@ -660,19 +650,20 @@ mod tests {
             full: true,
             ..change(7, &[("ann", 1), ("carl", 2)], Some(1))
         };
-        assert!(group.seed(&[(1, seed)], false, &budget, 0));
+        assert!(group.seed(&[(1, seed)], &budget, 0));
         assert!(group.synced());
         let (users, anonymous) = group.presence();
         let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
         assert_eq!(names, ["ann", "bob", "carl", "me"]);
         assert_eq!(anonymous, 1);
+        let mut news = group.window(&budget).changes;
+        news.sort();
         assert_eq!(
-            group.window(&budget).changes,
-            [("bob".into(), true)],
-            "the first seed is not news, what came after it is"
+            news,
+            [("bob".into(), true), ("me".into(), true)],
+            "the seed is not news; what came after it, and this edge's own user, are"
         );
-        // For the logged-in users, this edge's own user nobody else holds
-        // is.
+        // This edge's own user another edge holds too is not.
         let mut users = Group::new(true);
         assert!(users.start_sync());
         users.local(Some("me"), true, &budget, 0);
@@ -681,7 +672,7 @@ mod tests {
             full: true,
             ..change(3, &[("ann", 1)], None)
         };
-        assert!(users.seed(&[(1, seed)], true, &budget, 0));
+        assert!(users.seed(&[(1, seed)], &budget, 0));
         assert_eq!(users.window(&budget).changes, [("me".into(), true)]);
         // A resync announces what it changes.
         group.resync();
@@ -690,7 +681,7 @@ mod tests {
             full: true,
             ..change(20, &[("ann", 1)], Some(0))
         };
-        assert!(group.seed(&[(1, seed)], false, &budget, 0));
+        assert!(group.seed(&[(1, seed)], &budget, 0));
         let mut changes = group.window(&budget).changes;
         changes.sort();
         assert_eq!(changes, [("bob".into(), false), ("carl".into(), false)]);
@@ -707,10 +698,10 @@ mod tests {
         let mut change = change(1, &[], None);
         change.users = big;
         group.receive(1, change, &budget, 0);
-        assert!(!group.seed(&[], false, &budget, 0));
+        assert!(!group.seed(&[], &budget, 0));
         assert!(!group.synced());
         assert!(group.start_sync(), "gathered again");
-        assert!(group.seed(&[], false, &budget, 0));
+        assert!(group.seed(&[], &budget, 0));
     }
 
     #[test]
