@@ -97,6 +97,9 @@ impl Cluster {
         let mut connects = self.connects();
         let syncs = Arc::new(Semaphore::new(MAX_SYNCS));
         let (synced_tx, mut synced) = mpsc::channel::<()>(MAX_SYNCS);
+        // Whether groups may wait for a seed: looked for (every group
+        // scanned) only then, not on every message.
+        let mut look = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -125,6 +128,8 @@ impl Cluster {
                         events.send(taken, &presence.stats).await;
                     }
                     self.beat(false, false).await;
+                    // Seeds that failed are tried again.
+                    look = true;
                 }
                 Some(message) = heartbeats.next() => {
                     if presence.heartbeat(&message.payload) {
@@ -134,10 +139,13 @@ impl Cluster {
                 Some(message) = next(&mut users) => {
                     presence.receive(&GroupKey::Users, &message.payload);
                 }
-                () = presence.wake.notified() => {}
-                Some(()) = synced.recv() => {}
+                () = presence.wake.notified() => look = true,
+                Some(()) = synced.recv() => look = true,
             }
-            self.start_syncs(&syncs, &synced_tx, Instant::now() >= settled_at);
+            if look {
+                look = false;
+                self.start_syncs(&syncs, &synced_tx, Instant::now() >= settled_at);
+            }
         }
         let tick = presence.window(&self.hub, max_bytes(&self.client));
         self.carry_out(tick).await;

@@ -686,10 +686,9 @@ impl Presence {
             let mut shard = lock(shard);
             shard.retain(|topic, group| {
                 let window = group.window(&self.budget);
-                let key = GroupKey::Topic(topic.to_string());
                 if self.clustered && (!window.local.is_empty() || window.anonymous.is_some()) {
                     self.numbered(
-                        &key,
+                        &GroupKey::Topic(topic.to_string()),
                         window.local,
                         window.anonymous,
                         false,
@@ -702,7 +701,7 @@ impl Presence {
                 {
                     tick.pushes.push((topic.to_string(), window.changes));
                 }
-                hub.has_topic(topic) || !group.locally_empty()
+                !group.locally_empty() || hub.has_topic(topic)
             });
         }
         if let Some(users) = &self.users {

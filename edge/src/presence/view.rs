@@ -27,7 +27,8 @@ pub(crate) const ENTRY_BYTES: usize = 96;
 /// Bytes per other edge holding a tracked user.
 pub(crate) const REMOTE_BYTES: usize = 8;
 /// Most bytes of changes buffered for one pending group (its seed is being
-/// gathered); beyond it the buffer is dropped and the seed gathered again.
+/// gathered); beyond it, or beyond the view's budget (which the buffers
+/// count in), the buffer is dropped and the seed gathered again.
 pub(crate) const MAX_SYNC_BUFFER: usize = 4 * 1024 * 1024;
 
 /// What every group's tracked users may take together.
@@ -53,6 +54,17 @@ impl Budget {
         if self.used.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max {
             self.used.fetch_sub(bytes, Ordering::Relaxed);
             self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Takes `bytes` for changes buffered while a seed is gathered, unless
+    /// the budget is spent (not counted as a refusal: the seed is
+    /// gathered again).
+    fn take_buffer(&self, bytes: usize) -> bool {
+        if self.used.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
         true
@@ -157,6 +169,8 @@ pub(super) struct Group {
     entries: HashMap<Box<str>, Entry>,
     anonymous_local: u32,
     anonymous_dirty: bool,
+    /// This edge's connections in the group, logged in or not.
+    local_total: u32,
     nodes: Vec<NodeState>,
     /// Some user's presence may have flipped since the last window.
     dirty: bool,
@@ -173,6 +187,7 @@ impl Group {
             entries: HashMap::new(),
             anonymous_local: 0,
             anonymous_dirty: false,
+            local_total: 0,
             nodes: Vec::new(),
             dirty: false,
             local_dirty: false,
@@ -197,9 +212,7 @@ impl Group {
 
     /// Whether this edge has no connection in the group.
     pub(super) fn locally_empty(&self) -> bool {
-        self.anonymous_local == 0
-            && !self.local_dirty
-            && self.entries.values().all(|e| e.local == 0)
+        self.local_total == 0 && !self.local_dirty
     }
 
     /// Marks a pending group's seed as being gathered; false when it is
@@ -246,6 +259,7 @@ impl Group {
             }
         };
         self.local_dirty = true;
+        step(&mut self.local_total);
         let Some(uid) = uid else {
             step(&mut self.anonymous_local);
             self.anonymous_dirty = true;
@@ -279,11 +293,14 @@ impl Group {
                 if *overflowed {
                     return;
                 }
-                *bytes += change.bytes();
-                if *bytes > MAX_SYNC_BUFFER {
+                let size = change.bytes();
+                if *bytes + size > MAX_SYNC_BUFFER || !budget.take_buffer(size) {
+                    budget.give(*bytes);
+                    *bytes = 0;
                     *buffer = Vec::new();
                     *overflowed = true;
                 } else {
+                    *bytes += size;
                     buffer.push((ix, change));
                 }
             }
@@ -304,6 +321,7 @@ impl Group {
         let sync = std::mem::replace(&mut self.sync, Sync::Done);
         let Sync::Pending {
             buffer,
+            bytes,
             overflowed,
             first,
             ..
@@ -311,6 +329,7 @@ impl Group {
         else {
             return true;
         };
+        budget.give(bytes);
         if overflowed {
             self.sync = Sync::Pending {
                 buffer: Vec::new(),
@@ -448,8 +467,15 @@ impl Group {
     pub(super) fn remove_node(&mut self, ix: NodeIx, budget: &Budget, now: u32) {
         self.clear(ix, budget, now);
         self.nodes.retain(|n| n.ix != ix);
-        if let Sync::Pending { buffer, .. } = &mut self.sync {
-            buffer.retain(|(n, _)| *n != ix);
+        if let Sync::Pending { buffer, bytes, .. } = &mut self.sync {
+            buffer.retain(|(n, change)| {
+                let keep = *n != ix;
+                if !keep {
+                    *bytes -= change.bytes();
+                    budget.give(change.bytes());
+                }
+                keep
+            });
         }
     }
 
