@@ -114,13 +114,17 @@ pub enum Scenario {
     /// Many clients reconnecting at once, each recovering the pushes it
     /// missed (subscribe with `since`).
     Storm,
+    /// A presence topic with many subscribers over two edges while
+    /// clients churn through it: presence pushes and bytes each
+    /// subscriber receives per second against the churn rate.
+    PresenceChurn,
     /// The baseline raw server's idle, fanout and latency figures.
     Baseline,
 }
 
 impl Scenario {
     /// Every scenario, in the default order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Idle,
         Scenario::IdlePrivate,
         Scenario::Fanout,
@@ -130,6 +134,7 @@ impl Scenario {
         Scenario::Churn,
         Scenario::Toggle,
         Scenario::Storm,
+        Scenario::PresenceChurn,
         Scenario::Baseline,
     ];
 
@@ -145,6 +150,7 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::Toggle => "toggle",
             Scenario::Storm => "storm",
+            Scenario::PresenceChurn => "presence-churn",
             Scenario::Baseline => "baseline",
         }
     }
@@ -160,6 +166,9 @@ pub enum SubscribeMode {
     /// Log in as [`user_id`](crate::bench::control::user_id) (code 3, the
     /// token is the uid) and subscribe to a private topic (code 5).
     Private,
+    /// Log in as [`user_id`](crate::bench::control::user_id) and subscribe
+    /// to a public topic (code 1): a user in the topic's presence.
+    Presence,
 }
 
 /// Flags of a load-client process.
@@ -201,6 +210,10 @@ pub struct ClientArgs {
     /// Churn for this many seconds instead of holding connections.
     #[arg(long)]
     pub churn_secs: Option<f64>,
+    /// Churning: how long each connection stays after its set-up before
+    /// it closes, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub hold_ms: u64,
     /// Interval of progress reports, milliseconds.
     #[arg(long, default_value_t = 5)]
     pub progress_ms: u64,

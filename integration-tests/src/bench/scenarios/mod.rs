@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod idle;
 pub mod ingress;
 pub mod latency;
+pub mod presence_churn;
 pub mod private;
 pub mod storm;
 pub mod toggle;
@@ -55,6 +56,11 @@ pub struct Sizes {
     pub toggle_subscribers: usize,
     /// Clients reconnecting at once in the storm scenario.
     pub storm_clients: usize,
+    /// Subscribers of the presence topic in the presence-churn scenario
+    /// (half on each of its two edges).
+    pub presence_subscribers: usize,
+    /// Time of each churn rate of the presence-churn scenario.
+    pub presence_run: Duration,
 }
 
 impl Sizes {
@@ -73,6 +79,8 @@ impl Sizes {
             // descriptors do not fit under a 20,000 open-files limit.
             toggle_subscribers: 19_900,
             storm_clients: 15_000,
+            presence_subscribers: 10_000,
+            presence_run: Duration::from_secs(10),
         }
     }
 
@@ -89,6 +97,8 @@ impl Sizes {
             churn_run: Duration::from_secs(2),
             toggle_subscribers: 2_000,
             storm_clients: 2_000,
+            presence_subscribers: 2_000,
+            presence_run: Duration::from_secs(4),
         }
     }
 }
@@ -154,6 +164,7 @@ impl Bench {
             Scenario::Churn => churn::run(self).await,
             Scenario::Toggle => toggle::run(self).await,
             Scenario::Storm => storm::run(self).await,
+            Scenario::PresenceChurn => presence_churn::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;
