@@ -355,18 +355,22 @@ async fn run_node(
             interval: config.presence.interval,
             heartbeat: config.presence.heartbeat,
         };
-        tokio::spawn(cluster.run(background.clone()).in_current_span())
+        presence
+            .active()
+            .then(|| tokio::spawn(cluster.run(background.clone()).in_current_span()))
     } else {
-        tokio::spawn(
-            presence::cluster::run_local(
-                presence.clone(),
-                hub.clone(),
-                events,
-                shared.config.presence.interval,
-                background.clone(),
+        presence.active().then(|| {
+            tokio::spawn(
+                presence::cluster::run_local(
+                    presence.clone(),
+                    hub.clone(),
+                    events,
+                    shared.config.presence.interval,
+                    background.clone(),
+                )
+                .in_current_span(),
             )
-            .in_current_span(),
-        )
+        })
     };
     // Not a child of `shutdown`: draining needs the flush tick.
     let clocks = CancellationToken::new();
@@ -411,7 +415,9 @@ async fn run_node(
     background.cancel();
     clocks.cancel();
     // The last window: this edge's users leave everywhere; then bye.
-    let _ = presence_task.await;
+    if let Some(task) = presence_task {
+        let _ = task.await;
+    }
     events_stop.cancel();
     if let Some(webhook) = webhook {
         let _ = webhook.await;

@@ -34,6 +34,19 @@
 //! online events on) whose rendezvous hash with the uid is highest, so a
 //! user's events come from one view in order.
 //!
+//! Not "the edge whose local change caused it": when a client moves from
+//! edge A to edge B (A drains, say), A sees her last connection go while
+//! its view still lacks B's, and B sees her first one come while its view
+//! still holds A's: A would publish "offline" and nobody "online". One
+//! view per user gets the final state right. Each transition is then
+//! published once while the edges agree on who is alive. For about one
+//! heartbeat they may not: when an edge starts, or stops (it says bye
+//! after its last window), a user's event may be published twice. When an
+//! edge dies, the edge that takes over its users republishes the state of
+//! those whose presence flipped within the liveness timeout and two
+//! windows (duplicates rather than losses). Events are states with a time
+//! (`at`): a backend keeps the latest per uid.
+//!
 //! [`Command::Tracked`]: gpush_common::control::Command::Tracked
 
 pub(crate) mod cluster;
@@ -209,6 +222,18 @@ impl Presence {
             epoch: Instant::now(),
             stats: PresenceStats::default(),
         }
+    }
+
+    /// Whether anything is tracked at all: without a `[presence]` rule and
+    /// without online events or the cluster-wide user limit the edge runs
+    /// no presence task (no heartbeat either).
+    pub(crate) fn active(&self) -> bool {
+        self.users.is_some()
+            || self
+                .config
+                .topics
+                .iter()
+                .any(|rule| rule.events || rule.query)
     }
 
     /// Whether `topic` is tracked: its rule has `events` or `query`.
