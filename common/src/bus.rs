@@ -784,41 +784,14 @@ impl Bus {
         let Bus::Nats(nats) = self else {
             unreachable!("local buses answered above")
         };
-        let client = &nats.inner.client;
-        if client.connection_state() != State::Connected {
-            return Err(BusError::NotConnected);
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let inbox = async_nats::Subject::from(client.new_inbox());
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(BusError::Subscribe)?;
-        // Commands are a few fields: encoding cannot fail.
-        let payload = serde_json::to_vec(command).unwrap_or_default();
-        client
-            .publish_with_reply(nats.inner.subjects.control(), inbox, payload.into())
-            .await
-            .map_err(BusError::Publish)?;
-        let mut gathering = Gathering::default();
-        let all_in = |gathering: &Gathering| {
-            expected
-                .as_deref()
-                .is_some_and(|expected| gathering.has_all(expected))
-        };
-        while !all_in(&gathering) {
-            tokio::select! {
-                reply = futures_util::StreamExt::next(&mut replies) => {
-                    let Some(reply) = reply else { break };
-                    match serde_json::from_slice::<Part>(&reply.payload) {
-                        Ok(part) => gathering.add(part),
-                        Err(e) => tracing::warn!(error = %e, "unreadable control answer"),
-                    }
-                }
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        Ok(gathering.finish(expected.as_deref()))
+        gather(
+            &nats.inner.client,
+            nats.inner.subjects.control(),
+            command,
+            expected,
+            timeout,
+        )
+        .await
     }
 
     /// Whether pushes can be published now: with history, once its
@@ -833,6 +806,54 @@ impl Bus {
             }
         }
     }
+}
+
+/// Sends `command` on the control `subject` with a reply inbox and gathers
+/// the answers' parts (see [`crate::control`]) until every edge of
+/// `expected` (None: unknown) has answered in full, or `timeout` has
+/// passed. The server API asks the edges this way ([`Bus::control`]), and
+/// so does an edge that seeds its presence view from the others.
+pub async fn gather(
+    client: &async_nats::Client,
+    subject: String,
+    command: &Command,
+    expected: Option<Vec<String>>,
+    timeout: Duration,
+) -> Result<Gathered, BusError> {
+    if client.connection_state() != State::Connected {
+        return Err(BusError::NotConnected);
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let inbox = async_nats::Subject::from(client.new_inbox());
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(BusError::Subscribe)?;
+    // Commands are a few fields: encoding cannot fail.
+    let payload = serde_json::to_vec(command).unwrap_or_default();
+    client
+        .publish_with_reply(subject, inbox, payload.into())
+        .await
+        .map_err(BusError::Publish)?;
+    let mut gathering = Gathering::default();
+    let all_in = |gathering: &Gathering| {
+        expected
+            .as_deref()
+            .is_some_and(|expected| gathering.has_all(expected))
+    };
+    while !all_in(&gathering) {
+        tokio::select! {
+            reply = futures_util::StreamExt::next(&mut replies) => {
+                let Some(reply) = reply else { break };
+                match serde_json::from_slice::<Part>(&reply.payload) {
+                    Ok(part) => gathering.add(part),
+                    Err(e) => tracing::warn!(error = %e, "unreadable control answer"),
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok(gathering.finish(expected.as_deref()))
 }
 
 /// Connects to NATS at `urls` (comma-separated list or several entries),

@@ -96,6 +96,15 @@ pub enum Command {
         /// At most this many.
         limit: usize,
     },
+    /// The edge's own presence of `topic` (or of the logged-in users) as
+    /// its presence tracker numbers it: what another edge seeds its view
+    /// with before it follows the changes published on the presence
+    /// subject (see the edge's `presence` module).
+    Tracked {
+        /// The public topic; None: the logged-in users.
+        #[serde(default)]
+        topic: Option<String>,
+    },
 }
 
 impl Command {
@@ -109,6 +118,7 @@ impl Command {
             Command::Presence { .. } => "presence",
             Command::Online { .. } => "online",
             Command::Topics { .. } => "topics",
+            Command::Tracked { .. } => "tracked",
         }
     }
 }
@@ -141,6 +151,21 @@ pub enum Answer {
         topics: Vec<(String, u64)>,
         /// More topics matched than the edge reports.
         truncated: bool,
+    },
+    /// An edge's own presence of a topic or of the logged-in users, as
+    /// its tracker numbers it (see [`Command::Tracked`]), or a part of it.
+    Tracked {
+        /// When the answering edge's tracker started (unix microseconds):
+        /// tells an edge restarted under the same node id from the one
+        /// before.
+        started: u64,
+        /// The number of the answering edge's last presence change this
+        /// answer includes: its changes numbered up to it are in here.
+        seq: u64,
+        /// (uid, connections) pairs.
+        users: Vec<(String, u64)>,
+        /// Connections subscribed without a login (topics only).
+        anonymous: u64,
     },
     /// The edge could not carry out the command (it could not be read).
     Refused {
@@ -200,6 +225,21 @@ pub fn split(node: &str, answer: Answer, max_bytes: usize) -> Vec<Part> {
         Answer::Topics { topics, truncated } => chunks(topics)
             .into_iter()
             .map(|topics| Answer::Topics { topics, truncated })
+            .collect(),
+        Answer::Tracked {
+            started,
+            seq,
+            users,
+            anonymous,
+        } => chunks(users)
+            .into_iter()
+            .enumerate()
+            .map(|(n, users)| Answer::Tracked {
+                started,
+                seq,
+                users,
+                anonymous: if n == 0 { anonymous } else { 0 },
+            })
             .collect(),
         other => vec![other],
     };
@@ -313,6 +353,54 @@ impl Gathered {
             truncated = true;
         }
         (topics, truncated)
+    }
+}
+
+/// One edge's answer to [`Command::Tracked`], its parts merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tracked {
+    /// The answering edge's node id.
+    pub node: String,
+    /// When its tracker started (unix microseconds).
+    pub started: u64,
+    /// Its last change included.
+    pub seq: u64,
+    /// (uid, connections) pairs.
+    pub users: Vec<(String, u64)>,
+    /// Connections without a login.
+    pub anonymous: u64,
+}
+
+impl Gathered {
+    /// Each edge's answer to [`Command::Tracked`], its parts merged.
+    pub fn tracked(self) -> Vec<Tracked> {
+        let mut all = Vec::with_capacity(self.answers.len());
+        for (node, answers) in self.answers {
+            let mut merged = Tracked {
+                node,
+                ..Tracked::default()
+            };
+            let mut any = false;
+            for answer in answers {
+                if let Answer::Tracked {
+                    started,
+                    seq,
+                    users,
+                    anonymous,
+                } = answer
+                {
+                    any = true;
+                    merged.started = started;
+                    merged.seq = seq;
+                    merged.anonymous += anonymous;
+                    merged.users.extend(users);
+                }
+            }
+            if any {
+                all.push(merged);
+            }
+        }
+        all
     }
 }
 
@@ -442,6 +530,36 @@ mod tests {
             (vec![("t1".into(), 6), ("t2".into(), 5)], false)
         );
         assert_eq!(gathered.topics(1), (vec![("t1".into(), 6)], true));
+    }
+
+    #[test]
+    fn tracked_answers_split_and_merge_with_their_numbers() {
+        let users: Vec<(String, u64)> = (0..2_000).map(|n| (format!("u{n}"), 2)).collect();
+        let answer = Answer::Tracked {
+            started: 11,
+            seq: 42,
+            users: users.clone(),
+            anonymous: 3,
+        };
+        let parts = split("edge-1", answer, 8 * 1024);
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let mut gathering = Gathering::default();
+        for part in parts {
+            gathering.add(part);
+        }
+        let tracked = gathering.finish(None).tracked();
+        assert_eq!(
+            tracked,
+            [Tracked {
+                node: "edge-1".into(),
+                started: 11,
+                seq: 42,
+                users,
+                anonymous: 3,
+            }]
+        );
+        let command: Command = serde_json::from_str(r#"{"op":"tracked"}"#).expect("parse");
+        assert_eq!(command, Command::Tracked { topic: None });
     }
 
     #[test]

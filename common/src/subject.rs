@@ -8,6 +8,11 @@
 //!   subscriptions). `<bucket>` is [`user_bucket`] of the uid.
 //! - `gpush.ctl`: the server API's commands to every edge (request/reply,
 //!   see [`crate::control`]).
+//! - `gpush.pr.t.<topic>`: the presence changes of a public topic, as each
+//!   edge publishes its own (edges with a subscriber of the topic listen);
+//!   `gpush.pr.u`: each edge's changes of its logged-in users;
+//!   `gpush.pr.hb`: every edge's heartbeat (see the edge's `presence`).
+//! - `gpush.events.online`: user online/offline events for backends.
 //!
 //! Edges subscribe to topic subjects one by one, but to users by bucket
 //! (`gpush.u.<bucket>.*`, for the buckets that hold a local user) and pick
@@ -199,6 +204,31 @@ impl Subjects {
         format!("{}.ctl", self.prefix)
     }
 
+    /// The subject of public topic `topic`'s presence changes.
+    pub fn presence_topic(&self, topic: &str) -> String {
+        self.build(&["pr", "t"], topic)
+    }
+
+    /// The subject of the edges' changes of their logged-in users.
+    pub fn presence_users(&self) -> String {
+        format!("{}.pr.u", self.prefix)
+    }
+
+    /// The subject of the edges' presence heartbeats.
+    pub fn presence_heartbeat(&self) -> String {
+        format!("{}.pr.hb", self.prefix)
+    }
+
+    /// The subject of user online/offline events.
+    pub fn online_events(&self) -> String {
+        format!("{}.events.online", self.prefix)
+    }
+
+    /// Every events subject (what the events stream keeps).
+    pub fn events(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
     /// The subscription that receives every user subject of `bucket`.
     pub fn user_bucket(&self, bucket: u16) -> String {
         format!("{}.u.{bucket}.*", self.prefix)
@@ -263,6 +293,11 @@ mod tests {
         let bucket = user_bucket("u-1_x");
         assert_eq!(s.user("u-1_x"), format!("gpush.u.{bucket}.u-1_x"));
         assert_eq!(s.user_bucket(bucket), format!("gpush.u.{bucket}.*"));
+        assert_eq!(s.presence_topic("chat.1"), "gpush.pr.t.chat%2E1");
+        assert_eq!(s.presence_users(), "gpush.pr.u");
+        assert_eq!(s.presence_heartbeat(), "gpush.pr.hb");
+        assert_eq!(s.online_events(), "gpush.events.online");
+        assert_eq!(s.events(), "gpush.events.>");
         assert_eq!(
             s.for_route(Route::User {
                 uid: "7",
@@ -373,6 +408,7 @@ mod tests {
             assert!(s.user(&name).len() <= s.longest(max), "{prefix}");
             assert!(s.user(&name).len() <= MAX_SUBJECT_LEN, "{prefix}");
             assert!(s.topic(&name).len() <= MAX_SUBJECT_LEN, "{prefix}");
+            assert!(s.presence_topic(&name).len() <= s.longest(max), "{prefix}");
             assert!(
                 s.longest(max + 1) > MAX_SUBJECT_LEN,
                 "{prefix}: {max} is the largest"
@@ -532,6 +568,21 @@ mod tests {
                 }
                 prop_assert!(!nats_matches(&topic, &user), "{} got {}", topic, user);
                 prop_assert!(!nats_matches(&topic, &everyone), "{} got {}", topic, everyone);
+            }
+
+            #[test]
+            fn presence_subjects_are_literal_and_apart(
+                s in subjects(),
+                a in any_name(),
+                b in any_name(),
+            ) {
+                let (pa, pb) = (s.presence_topic(&a), s.presence_topic(&b));
+                assert_literal(&s, &pa, 3)?;
+                prop_assert_eq!(a == b, pa == pb);
+                for other in [s.presence_users(), s.presence_heartbeat(), s.topic(&a), s.everyone()] {
+                    prop_assert!(!nats_matches(&other, &pa), "{} got {}", other, pa);
+                    prop_assert!(!nats_matches(&pa, &other), "{} got {}", pa, other);
+                }
             }
         }
     }

@@ -143,17 +143,7 @@ impl Authenticator {
         };
         let webhook = match &config.webhook_url {
             Some(url) => {
-                // No redirects: a redirect would re-send the user's token to
-                // wherever the webhook points, and let that host choose the
-                // uid. No proxy from the environment either: the webhook is
-                // reached directly, as configured.
-                let client = reqwest::Client::builder()
-                    .timeout(config.webhook_timeout)
-                    .connect_timeout(config.webhook_timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .no_proxy()
-                    .build()
-                    .map_err(|e| AuthSetupError::Client(e.to_string()))?;
+                let client = webhook_client(config.webhook_timeout)?;
                 Some(Webhook {
                     client,
                     url: url.clone(),
@@ -223,6 +213,23 @@ impl Authenticator {
     pub(crate) fn ends_at(&self, expires: u64) -> u64 {
         expires.saturating_add(self.leeway)
     }
+}
+
+/// The HTTP client of a webhook the edge calls (auth, events): each call
+/// bounded by `timeout`. No redirects: a redirect would re-send what the
+/// edge sends (a user's token) to wherever the webhook points, and let that
+/// host answer (choose the uid). No proxy from the environment either: the
+/// webhook is reached directly, as configured.
+pub(crate) fn webhook_client(
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, AuthSetupError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| AuthSetupError::Client(e.to_string()))
 }
 
 /// Now, in unix seconds.

@@ -1,4 +1,14 @@
 //! Edge configuration: TOML file, then `GPUSH_*` env vars and flags.
+//! `presence`: the `[presence]` and `[events]` sections.
+
+mod presence;
+
+pub use presence::{
+    DEFAULT_EVENTS_MAX_AGE, DEFAULT_EVENTS_WEBHOOK_BATCH, DEFAULT_EVENTS_WEBHOOK_QUEUE_BYTES,
+    DEFAULT_EVENTS_WEBHOOK_TIMEOUT, DEFAULT_PRESENCE_HEARTBEAT, DEFAULT_PRESENCE_INTERVAL,
+    DEFAULT_PRESENCE_MAX_BYTES, DEFAULT_PRESENCE_MAX_CHANGES, EventsConfig, LIVENESS_HEARTBEATS,
+    PresenceConfig, PresenceRule, UserLimitScope,
+};
 
 use gpush_common::bus::MAX_LOCAL_QUEUE_BYTES;
 use gpush_common::config::sections::{LogConfig, NatsConfig, TlsConfig};
@@ -119,6 +129,12 @@ pub struct EdgeConfig {
     /// Maximum connections logged in as one user on this edge; one more
     /// login as that user gets 30005 (the connection stays, logged out).
     pub max_connections_per_user: usize,
+    /// `edge`: `max_connections_per_user` counts this edge's connections;
+    /// `cluster`: also all edges' together, as this edge's presence
+    /// tracker knows them (up to about two `presence.interval`s late, so
+    /// logins on several edges at once may pass it by a few). `cluster`
+    /// makes every edge track every logged-in user of the cluster.
+    pub max_connections_per_user_scope: UserLimitScope,
     /// Maximum length of a topic or uid, in bytes; at most what keeps every
     /// NATS subject under its limit (1,276 with the default prefix).
     pub max_name_len: usize,
@@ -176,6 +192,11 @@ pub struct EdgeConfig {
     pub history: HistoryConfig,
     /// Standalone push API limits and API key.
     pub push: PushApiConfig,
+    /// Who joins and leaves topics (`[presence]`): pushes 10005, 10006,
+    /// 10010 and request code 7, per topic prefix.
+    pub presence: PresenceConfig,
+    /// User online/offline events for backends (`[events]`).
+    pub events: EventsConfig,
     /// Standalone: how long a publish may take.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -268,6 +289,7 @@ impl Default for EdgeConfig {
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_topics: DEFAULT_MAX_TOPICS,
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+            max_connections_per_user_scope: UserLimitScope::default(),
             max_name_len: DEFAULT_MAX_NAME_LEN,
             max_message: DEFAULT_MAX_MESSAGE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -284,6 +306,8 @@ impl Default for EdgeConfig {
             auth: AuthConfig::default(),
             history: HistoryConfig::default(),
             push: PushApiConfig::default(),
+            presence: PresenceConfig::default(),
+            events: EventsConfig::default(),
             publish_timeout: gpush_common::bus::DEFAULT_PUBLISH_TIMEOUT,
             publish_queue_bytes: gpush_common::bus::DEFAULT_LOCAL_QUEUE_BYTES,
             log: LogConfig::default(),
@@ -432,6 +456,8 @@ impl EdgeConfig {
                 || format!("auth.webhook_url {url:?} must be an http:// or https:// URL"),
             );
         }
+        self.presence.check(self.max_name_len, &mut p);
+        self.events.check(self.standalone, &mut p);
         self.tls.check(&mut p);
         if self.standalone {
             self.push.validate(&mut p);

@@ -10,6 +10,7 @@
 //! carried out (a disconnect closes within a write of the close frame).
 
 use crate::hub::{Hub, Order};
+use crate::presence::Presence;
 use crate::state::EdgeState;
 use futures_util::StreamExt;
 use gpush_common::Subjects;
@@ -21,12 +22,18 @@ use tokio_util::sync::CancellationToken;
 /// Carries out `command` on this edge and counts it.
 pub(crate) fn carry_out(shared: &EdgeState, command: &Command) -> Answer {
     shared.metrics.control(command.name());
-    answer(&shared.hub, command, shared.config.max_name_len)
+    answer(
+        &shared.hub,
+        &shared.presence,
+        command,
+        shared.config.max_name_len,
+    )
 }
 
-/// The answer of this edge's hub to `command`; names are checked as the
-/// client protocol checks them (at most `max_name_len` bytes).
-fn answer(hub: &Hub, command: &Command, max_name_len: usize) -> Answer {
+/// The answer of this edge's hub (or, for [`Command::Tracked`], of its
+/// presence tracker) to `command`; names are checked as the client
+/// protocol checks them (at most `max_name_len` bytes).
+fn answer(hub: &Hub, presence: &Presence, command: &Command, max_name_len: usize) -> Answer {
     if let Err(error) = check(command, max_name_len) {
         return Answer::Refused { error };
     }
@@ -75,6 +82,7 @@ fn answer(hub: &Hub, command: &Command, max_name_len: usize) -> Answer {
             let (topics, truncated) = hub.topic_list(prefix, (*limit).min(MAX_TOPICS_LIMIT));
             Answer::Topics { topics, truncated }
         }
+        Command::Tracked { topic } => presence.tracked(topic.as_deref()),
     }
 }
 
@@ -98,6 +106,7 @@ fn check(command: &Command, max_name_len: usize) -> Result<(), String> {
             }
         }
         Command::Online { uids } => uids.iter().try_for_each(|uid| name("uid", uid)),
+        Command::Tracked { topic } => topic.as_deref().map_or(Ok(()), |t| name("topic", t)),
         Command::Topics { prefix, .. } => {
             if prefix.len() > max_name_len {
                 Err(format!("prefix longer than {max_name_len} bytes"))

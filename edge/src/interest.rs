@@ -20,6 +20,11 @@
 //! mode there is no NATS: pushes reach the hub directly and every method
 //! here is a no-op.
 //!
+//! A topic with presence also has a presence subject (see
+//! [`crate::presence`]), subscribed when the topic's presence group is
+//! seeded and released with the topic's own subject; its messages go to
+//! the presence tracker.
+//!
 //! While NATS is away the client holds its commands in a bounded buffer and
 //! a subscribe blocks once that is full, which would stall the manager and
 //! with it every connection that subscribes. So the manager waits at most
@@ -29,6 +34,7 @@
 
 use crate::follow::Follower;
 use crate::hub::Hub;
+use crate::presence::{GroupKey, Presence};
 use futures_util::StreamExt;
 use gpush_common::bus::ServerEcho;
 use gpush_common::history::StreamKey;
@@ -63,6 +69,9 @@ pub(crate) enum Key {
     Topic(String),
     /// A user bucket (private topics and user-wide pushes of its users).
     UserBucket(u16),
+    /// A public topic's presence changes (the edges' own, see
+    /// [`crate::presence`]).
+    Presence(String),
 }
 
 impl Key {
@@ -142,6 +151,7 @@ pub(crate) async fn start(
     client: async_nats::Client,
     subjects: Subjects,
     hub: Arc<Hub>,
+    presence: Arc<Presence>,
     follower: Option<Follower>,
     shutdown: CancellationToken,
 ) -> (Interest, JoinHandle<()>) {
@@ -154,6 +164,7 @@ pub(crate) async fn start(
         client,
         subjects,
         hub,
+        presence,
         active: HashMap::new(),
         pending: HashMap::new(),
         echo,
@@ -187,6 +198,7 @@ struct Manager {
     echo: Option<ServerEcho>,
     subjects: Subjects,
     hub: Arc<Hub>,
+    presence: Arc<Presence>,
     /// Subject -> the task reading it.
     active: HashMap<String, Reader>,
     /// Subjects wanted but not yet handed to the client, because NATS was
@@ -232,7 +244,7 @@ impl Manager {
                     }
                     Request::Release(key) => {
                         let wanted = match &key {
-                            Key::Topic(topic) => self.hub.has_topic(topic),
+                            Key::Topic(topic) | Key::Presence(topic) => self.hub.has_topic(topic),
                             Key::UserBucket(bucket) => self.hub.has_user_bucket(*bucket),
                         };
                         if !wanted {
@@ -243,6 +255,14 @@ impl Manager {
                                 reader.task.abort();
                                 // What arrives on it is no longer seen here.
                                 self.hub.history.forget(|stream| key.carries(stream));
+                            }
+                            if let Key::Topic(topic) = &key {
+                                // The topic's presence goes with it.
+                                let presence = self.subjects.presence_topic(topic);
+                                self.pending.remove(&presence);
+                                if let Some(reader) = self.active.remove(&presence) {
+                                    reader.task.abort();
+                                }
                             }
                         }
                     }
@@ -305,6 +325,7 @@ impl Manager {
         match key {
             Key::Topic(topic) => self.subjects.topic(topic),
             Key::UserBucket(bucket) => self.subjects.user_bucket(*bucket),
+            Key::Presence(topic) => self.subjects.presence_topic(topic),
         }
     }
 
@@ -361,6 +382,7 @@ impl Manager {
                 let (check, checks) = mpsc::channel(1);
                 let reader = ReaderTask {
                     hub: self.hub.clone(),
+                    presence: self.presence.clone(),
                     subjects: self.subjects.clone(),
                     follower: self.follower.clone(),
                     key: key.clone(),
@@ -386,6 +408,7 @@ impl Manager {
 /// What one subscription's reader needs.
 struct ReaderTask {
     hub: Arc<Hub>,
+    presence: Arc<Presence>,
     subjects: Subjects,
     follower: Option<Follower>,
     /// What the subscription is for (None: everyone).
@@ -410,6 +433,11 @@ impl ReaderTask {
     }
 
     async fn message(&self, message: async_nats::Message) {
+        if let Some(Key::Presence(topic)) = &self.key {
+            self.presence
+                .receive(&GroupKey::Topic(topic.clone()), &message.payload);
+            return;
+        }
         let position = live_position(message.headers.as_ref());
         if let (Some(follower), Some(position)) = (&self.follower, position)
             && position.marker

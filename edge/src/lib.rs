@@ -31,6 +31,10 @@
 //!   user; presence, online, topics) taken from the control subject, or
 //!   from the embedded push API standalone; `hub/control` keeps what they
 //!   read and the orders they leave for connections.
+//! - `presence`: who joins and leaves topics and who is logged in,
+//!   cluster-wide: the edges' changes and heartbeats on NATS, the
+//!   coalesced 10005/10006/10010 pushes, request code 7's answers, the
+//!   online events (NATS, JetStream, or a webhook standalone).
 //! - `auth`: login by JWT or webhook.
 //! - `registration`: the edge's etcd record and lease.
 //! - `metrics`: `GET /metrics`: reads the hub's counters and counts rare
@@ -54,6 +58,7 @@ mod hub;
 mod interest;
 mod metrics;
 mod outbox;
+mod presence;
 pub mod protocol;
 mod registration;
 mod server;
@@ -70,6 +75,8 @@ use crate::hub::Hub;
 use crate::interest::Interest;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
+use crate::presence::Presence;
+use crate::presence::events::Events;
 use crate::registration::Registration;
 use crate::state::EdgeState;
 use gpush_common::Subjects;
@@ -208,6 +215,15 @@ async fn run_node(
     let hub = Arc::new(hub);
     let auth = Authenticator::new(&config.auth, config.max_name_len)?;
     let background = shutdown.child_token();
+    let presence = Arc::new(Presence::new(presence::Settings {
+        node_id: node_id.clone(),
+        config: config.presence.clone(),
+        clustered: !config.standalone,
+        online: config.events.online,
+        user_limit_cluster: config.max_connections_per_user_scope
+            == config::UserLimitScope::Cluster,
+        shards: config.shards,
+    }));
 
     let (interest, nats, control_subjects) = if config.standalone {
         (Interest::local(), None, None)
@@ -236,6 +252,7 @@ async fn run_node(
             client.clone(),
             subjects.clone(),
             hub.clone(),
+            presence.clone(),
             follower,
             background.clone(),
         )
@@ -250,7 +267,7 @@ async fn run_node(
         ttl: config.lease_ttl,
         started_at: now_us() / 1_000_000,
     };
-    let metrics = EdgeMetrics::new(hub.clone(), nats.clone());
+    let metrics = EdgeMetrics::new(hub.clone(), presence.clone(), nats.clone());
     let deregister = CancellationToken::new();
     let registered = (!config.standalone && !config.etcd_endpoints.is_empty()).then(|| {
         tokio::spawn(
@@ -272,6 +289,7 @@ async fn run_node(
         limits,
         hub: hub.clone(),
         interest,
+        presence: presence.clone(),
         auth,
         nats,
         shutdown: shutdown.clone(),
@@ -289,12 +307,71 @@ async fn run_node(
         )?),
         _ => None,
     };
-    if let (Some(client), Some(subjects)) = (&shared.nats, control_subjects) {
+    // The webhook's sender outlives `background`: the last window (every
+    // user gone) still reaches it.
+    let events_stop = CancellationToken::new();
+    let (events, webhook) = match presence::events::webhook(
+        &shared.config.events,
+        presence.clone(),
+        events_stop.clone(),
+    )? {
+        Some((events, task)) => (Some(events), Some(task)),
+        None => (None, None),
+    };
+    let presence_task = if let (Some(client), Some(subjects)) = (&shared.nats, control_subjects) {
         tokio::spawn(
-            control::serve(client.clone(), subjects, shared.clone(), background.clone())
-                .in_current_span(),
+            control::serve(
+                client.clone(),
+                subjects.clone(),
+                shared.clone(),
+                background.clone(),
+            )
+            .in_current_span(),
         );
-    }
+        let config = &shared.config;
+        let events = config.events.online.then(|| Events::Nats {
+            client: client.clone(),
+            subject: subjects.online_events(),
+        });
+        if config.events.online && config.history.enabled {
+            tokio::spawn(
+                presence::events::keep_stream(
+                    client.clone(),
+                    subjects.clone(),
+                    config.history.clone(),
+                    config.events.max_age,
+                    background.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+        let cluster = presence::cluster::Cluster {
+            presence: presence.clone(),
+            hub: hub.clone(),
+            client: client.clone(),
+            subjects,
+            interest: shared.interest.clone(),
+            events,
+            interval: config.presence.interval,
+            heartbeat: config.presence.heartbeat,
+        };
+        presence
+            .active()
+            .then(|| tokio::spawn(cluster.run(background.clone()).in_current_span()))
+    } else {
+        presence.active().then(|| {
+            tokio::spawn(
+                presence::cluster::run_local(
+                    presence.clone(),
+                    hub.clone(),
+                    events,
+                    shared.config.presence.interval,
+                    background.clone(),
+                )
+                .in_current_span(),
+            )
+        })
+    };
     // Not a child of `shutdown`: draining needs the flush tick.
     let clocks = CancellationToken::new();
     tokio::spawn(timers(shared.clone(), clocks.clone()).in_current_span());
@@ -337,6 +414,14 @@ async fn run_node(
     }
     background.cancel();
     clocks.cancel();
+    // The last window: this edge's users leave everywhere; then bye.
+    if let Some(task) = presence_task {
+        let _ = task.await;
+    }
+    events_stop.cancel();
+    if let Some(webhook) = webhook {
+        let _ = webhook.await;
+    }
     if let Some(push_api) = push_api {
         let _ = push_api.await;
     }

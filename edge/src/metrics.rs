@@ -14,6 +14,7 @@
 use crate::close::Disconnect;
 use crate::hub::Hub;
 use crate::hub::stats::BATCH_BUCKETS;
+use crate::presence::Presence;
 use gpush_common::metrics::{Labels, PUSH_KINDS, encode_counter, encode_gauge};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -106,7 +107,7 @@ fn series<const N: usize>(
 }
 
 /// The `op` label values of `gpush_edge_control_commands_total`.
-const CONTROL_OPS: [&str; 7] = [
+const CONTROL_OPS: [&str; 8] = [
     "disconnect",
     "logout",
     "subscribe",
@@ -114,12 +115,17 @@ const CONTROL_OPS: [&str; 7] = [
     "presence",
     "online",
     "topics",
+    "tracked",
 ];
 
 impl EdgeMetrics {
     /// Registers every edge metric: `hub`'s state and counts, the NATS
     /// client's figures (None in standalone mode) and the counters here.
-    pub(crate) fn new(hub: Arc<Hub>, nats: Option<async_nats::Client>) -> Self {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        presence: Arc<Presence>,
+        nats: Option<async_nats::Client>,
+    ) -> Self {
         let mut registry = gpush_common::metrics::new_registry();
         let handshakes = Family::<Labels<1>, Counter>::default();
         registry.register(
@@ -175,6 +181,7 @@ impl EdgeMetrics {
             hub.stats.latency.histogram(),
         );
         registry.register_collector(Box::new(HubCollector { hub }));
+        registry.register_collector(Box::new(PresenceCollector { presence }));
         if let Some(client) = nats {
             gpush_common::metrics::register_bus(&mut registry, client);
         }
@@ -345,5 +352,97 @@ impl Collector for HubCollector {
                 MetricType::Histogram,
             )?
             .encode_histogram::<NoLabelSet>(writes.frames as f64, writes.flushes, &buckets, None)
+    }
+}
+
+/// Reads the presence tracker at scrape time.
+#[derive(Debug)]
+struct PresenceCollector {
+    presence: Arc<Presence>,
+}
+
+impl Collector for PresenceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let presence = &self.presence;
+        let stats = &presence.stats;
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (entries, pending) = presence.counts();
+        encode_gauge(
+            &mut encoder,
+            "edge_presence_entries",
+            "Tracked (group, user) entries of the presence view: a group is a topic with \
+             presence and a local subscriber, or the logged-in users.",
+            gauge(entries),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "edge_presence_pending",
+            "Presence groups waiting for their seed (the other edges' state).",
+            gauge(pending),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "edge_presence_edges",
+            "Other edges this edge's presence tracker knows alive (heard within three of \
+             their heartbeats).",
+            gauge(presence.live_ids().len()),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "edge_presence_view_bytes",
+            "Estimated bytes of the presence view (bounded by presence.max_bytes).",
+            gauge(presence.budget.used()),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_presence_view_refused",
+            "Other edges' users left out of the presence view: presence.max_bytes reached.",
+            None,
+            presence.budget.refused.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_presence_windows",
+            "Windows of a topic whose changes were pushed as 10005/10006 frames (one per \
+             topic and window, framed once for all its subscribers).",
+            None,
+            stats.windows.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_presence_changes",
+            "10005/10006 frames framed (each sent to every local subscriber of its topic).",
+            None,
+            stats.changes.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_presence_overflows",
+            "Windows of a topic with more than presence.max_changes changes: one 10010 instead.",
+            None,
+            stats.overflows.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_presence_edges_expired",
+            "Other edges taken for dead (silent for three presence heartbeats).",
+            None,
+            stats.expired.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_online_events",
+            "User online/offline events this edge published (or queued for the webhook).",
+            None,
+            stats.events.load(Ordering::Relaxed),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "edge_online_events_dropped",
+            "Online events dropped: the webhook queue was full (oldest first), or the \
+             webhook refused a batch for good (4xx).",
+            None,
+            stats.events_dropped.load(Ordering::Relaxed),
+        )
     }
 }

@@ -6,6 +6,7 @@ use crate::hub::Hub;
 use crate::interest::Interest;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::QueueLimits;
+use crate::presence::Presence;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ pub(crate) struct EdgeState {
     pub(crate) hub: Arc<Hub>,
     /// Bus subscriptions that follow local interest.
     pub(crate) interest: Interest,
+    /// Who joins and leaves topics, and who is logged in, cluster-wide.
+    pub(crate) presence: Arc<Presence>,
     pub(crate) auth: Authenticator,
     /// The NATS client, None in standalone mode.
     pub(crate) nats: Option<async_nats::Client>,

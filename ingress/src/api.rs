@@ -290,6 +290,9 @@ impl PushApi {
                 }
                 Ok(())
             }
+            // Edges ask each other this; the server API does not, but a
+            // well-formed one is harmless.
+            Command::Tracked { topic: t } => t.as_deref().map_or(Ok(()), topic),
         }
     }
 

@@ -763,6 +763,7 @@ fn canonical(request: &ClientRequest) -> Map<String, Value> {
         Command::Logout => (protocol::LOGOUT, None, None),
         Command::SubscribePrivate(topic) => (protocol::SUBSCRIBE_PRIVATE, Some(topic), None),
         Command::UnsubscribePrivate(topic) => (protocol::UNSUBSCRIBE_PRIVATE, Some(topic), None),
+        Command::Presence(topic) => (protocol::PRESENCE, Some(topic), None),
     };
     let mut object = Map::new();
     object.insert("code".into(), code.into());
@@ -799,6 +800,7 @@ fn request_seeds() -> Vec<(String, Vec<u8>)> {
             json!({"code": 5, "topic": "inbox", "id": -3}),
         ),
         ("unsubscribe-private", json!({"code": 6, "topic": "inbox"})),
+        ("presence", json!({"code": 7, "topic": "chat.1", "id": 2})),
         (
             "subscribe-tricky-topic",
             json!({"code": 1, "topic": "a.b *>%2E\u{e4}\u{6f22}\u{1f980}"}),

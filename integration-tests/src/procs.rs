@@ -1165,6 +1165,11 @@ impl EdgeProcess {
         );
     }
 
+    /// Sends `signal` (a `kill -<signal>` name, such as `STOP` or `CONT`).
+    pub fn signal(&self, signal: &str) {
+        self.proc.signal(signal);
+    }
+
     /// Sends SIGKILL: the process dies without any clean-up.
     pub fn sigkill(&mut self) {
         self.proc

@@ -269,16 +269,112 @@ struct Inner {
     ready: std::sync::atomic::AtomicBool,
 }
 
-/// The name of the stream with `token` under subject prefix `prefix`.
-pub fn stream_name(prefix: &str, token: &str) -> String {
-    let prefix: String = prefix
+/// A subject prefix as the start of a stream name: upper case, `.` and
+/// `-` as `_`.
+fn stream_prefix(prefix: &str) -> String {
+    prefix
         .chars()
         .map(|c| match c {
             '.' | '-' => '_',
             c => c.to_ascii_uppercase(),
         })
-        .collect();
-    format!("{prefix}_HISTORY_{}", token.to_ascii_uppercase())
+        .collect()
+}
+
+/// The name of the stream with `token` under subject prefix `prefix`.
+pub fn stream_name(prefix: &str, token: &str) -> String {
+    format!(
+        "{}_HISTORY_{}",
+        stream_prefix(prefix),
+        token.to_ascii_uppercase()
+    )
+}
+
+/// The name of the events stream under subject prefix `prefix`:
+/// `<PREFIX>_EVENTS`.
+pub fn events_stream_name(prefix: &str) -> String {
+    format!("{}_EVENTS", stream_prefix(prefix))
+}
+
+/// Makes the events stream exist as `config` and `max_age` say: the
+/// stream `<PREFIX>_EVENTS` over every events subject (`<prefix>.events.>`,
+/// see [`Subjects::events`]) with `config`'s storage, replicas and
+/// `max_bytes`, keeping each event for `max_age`. Created when missing,
+/// updated when its config drifted. Events are published with core NATS
+/// (a backend subscribed to the subject gets them as they happen); the
+/// stream keeps what reaches it for backends that read later.
+pub async fn ensure_events_stream(
+    client: async_nats::Client,
+    subjects: &Subjects,
+    config: &HistoryConfig,
+    max_age: Duration,
+    timeout: Duration,
+) -> Result<stream::Info, HistoryError> {
+    let name = events_stream_name(subjects.prefix());
+    let fail = |action: &'static str, detail: String| HistoryError::Stream {
+        stream: name.clone(),
+        action,
+        detail,
+    };
+    let js = jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client);
+    let apply = |wanted: &mut stream::Config| {
+        wanted.subjects = vec![subjects.events()];
+        wanted.max_age = max_age;
+        wanted.duplicate_window = max_age.min(DUPLICATE_WINDOW);
+        wanted.max_bytes = i64::try_from(config.max_bytes).unwrap_or(i64::MAX);
+        wanted.storage = match config.storage {
+            Storage::Memory => stream::StorageType::Memory,
+            Storage::File => stream::StorageType::File,
+        };
+        wanted.num_replicas = config.replicas;
+        wanted.allow_direct = true;
+        wanted.discard = stream::DiscardPolicy::Old;
+        wanted.retention = stream::RetentionPolicy::Limits;
+    };
+    match js.get_stream(&name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| fail("info", e.to_string()))?
+                .clone();
+            let mut wanted = info.config.clone();
+            apply(&mut wanted);
+            if wanted == info.config {
+                return Ok(info);
+            }
+            tracing::info!(stream = %name, "updating events stream config");
+            js.update_stream(wanted)
+                .await
+                .map_err(|e| fail("update", format!("{e} (delete the stream to recreate it)")))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref js_error)
+                    if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            let mut config = stream::Config {
+                name: name.clone(),
+                ..Default::default()
+            };
+            apply(&mut config);
+            tracing::info!(stream = %name, "creating events stream");
+            let mut created = js
+                .create_stream(config)
+                .await
+                .map_err(|e| fail("create", e.to_string()))?;
+            created
+                .info()
+                .await
+                .cloned()
+                .map_err(|e| fail("info", e.to_string()))
+        }
+        Err(e) => Err(fail("info", e.to_string())),
+    }
 }
 
 /// The epoch of a stream created at `created_ns` (Unix nanoseconds).
@@ -1066,6 +1162,11 @@ mod tests {
         assert_eq!(
             stream_name("tenant-1.gpush", "p00ff"),
             "TENANT_1_GPUSH_HISTORY_P00FF"
+        );
+        assert_eq!(events_stream_name("gpush"), "GPUSH_EVENTS");
+        assert_eq!(
+            events_stream_name("tenant-1.gpush"),
+            "TENANT_1_GPUSH_EVENTS"
         );
     }
 

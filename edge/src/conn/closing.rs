@@ -70,7 +70,11 @@ impl<S: Socket> Session<S> {
     async fn leave(&mut self) {
         self.shared.hub.disconnect(self.conn.id);
         self.logout().await;
+        let presence = &self.shared.presence;
         for topic in std::mem::take(&mut self.public).0 {
+            if presence.tracks(&topic) {
+                presence.topic_changed(&topic, None, false);
+            }
             if self.shared.hub.unsubscribe(&topic, self.conn.id) {
                 self.shared.interest.release(Key::Topic(topic.into())).await;
             }

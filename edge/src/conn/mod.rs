@@ -408,6 +408,14 @@ mod tests {
         };
         let limits = QueueLimits { bytes: 1 << 20 };
         let hub = Arc::new(crate::hub::Hub::new(4, limits));
+        let presence = Arc::new(crate::presence::Presence::new(crate::presence::Settings {
+            node_id: "test".into(),
+            config: config.presence.clone(),
+            clustered: false,
+            online: false,
+            user_limit_cluster: false,
+            shards: 4,
+        }));
         let shared = Arc::new(crate::state::EdgeState {
             node_id: "test".into(),
             auth: crate::auth::Authenticator::new(&config.auth, 64).expect("auth"),
@@ -415,11 +423,12 @@ mod tests {
             limits,
             hub: hub.clone(),
             interest: crate::interest::Interest::local(),
+            presence: presence.clone(),
             nats: None,
             shutdown: Default::default(),
             tracker: Default::default(),
             flush_tick: Default::default(),
-            metrics: crate::metrics::EdgeMetrics::new(hub.clone(), None),
+            metrics: crate::metrics::EdgeMetrics::new(hub.clone(), presence, None),
         });
         let conn = hub.connect(crate::protocol::WireFormat::Json);
         let future = super::serve(server, bytes::Bytes::new(), conn, shared);

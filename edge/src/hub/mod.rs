@@ -11,6 +11,7 @@
 
 use crate::close::Close;
 use crate::outbox::{Outbox, Pushed, QueueLimits};
+use crate::protocol::push::PresenceFrames;
 use crate::protocol::{PushFrames, WireFormat};
 use gpush_common::history::{MemoryHistory, StreamKey};
 use gpush_common::metrics::push_kind;
@@ -251,6 +252,26 @@ impl Hub {
             StreamKey::User(uid) => self.users.for_each(uid, send),
         }
         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues one coalescing window's presence frames of `topic` (see
+    /// [`crate::presence`]) to every local subscriber of it: the same
+    /// bytes for every connection of a wire format.
+    pub(crate) fn presence_changes(&self, topic: &str, frames: &PresenceFrames<'_>) {
+        let mut slow = 0u64;
+        self.topics.for_each(topic, |conn| {
+            if conn
+                .outbox
+                .push(frames.get(conn.format).clone(), self.limits)
+                == Pushed::Overflowed
+            {
+                slow += 1;
+            }
+        });
+        if slow > 0 {
+            self.stats.slow_consumers.fetch_add(slow, Ordering::Relaxed);
+            tracing::info!(slow, "closing slow consumers");
+        }
     }
 
     /// Subscribes `conn` to public `topic` if the topic is at offset

@@ -21,8 +21,8 @@ pub mod request;
 pub use push::PushFrames;
 pub use reply::{Code, Reply};
 pub use request::{
-    BadRequest, Command, LOGIN, LOGOUT, Request, SUBSCRIBE, SUBSCRIBE_PRIVATE, UNSUBSCRIBE,
-    UNSUBSCRIBE_PRIVATE, parse_msgpack_request, parse_request,
+    BadRequest, Command, LOGIN, LOGOUT, PRESENCE, Request, SUBSCRIBE, SUBSCRIBE_PRIVATE,
+    UNSUBSCRIBE, UNSUBSCRIBE_PRIVATE, parse_msgpack_request, parse_request,
 };
 
 /// How pushes are framed for one connection, chosen by subprotocol.

@@ -29,6 +29,19 @@ pub const PUSH_LOGIN_ENDED: u32 = 10004;
 /// reloads. Sent by the edge to each affected connection.
 pub const PUSH_GAP: u32 = 10007;
 
+/// Push code: user `uid` joined public topic `topic`: its first connection
+/// (on any edge of the cluster) subscribed to it. Sent to the topic's
+/// subscribers when its `[presence]` rule has `events`, at the end of the
+/// coalescing window the change fell in.
+pub const PUSH_JOINED: u32 = 10005;
+/// Push code: user `uid` left public topic `topic`: its last connection
+/// subscribed to it (cluster-wide) unsubscribed, logged out or closed.
+pub const PUSH_LEFT: u32 = 10006;
+/// Push code: topic `topic`'s presence changed more than `max_changes`
+/// times within one coalescing window: that window's 10005/10006 are not
+/// sent; ask for the presence (request code 7).
+pub const PUSH_PRESENCE_CHANGED: u32 = 10010;
+
 /// Why a login ended, in a 10004 push: its token expired.
 pub const LOGIN_ENDED_EXPIRED: &str = "expired";
 /// Why a login ended, in a 10004 push: the server API logged the user out
@@ -185,6 +198,96 @@ pub fn gap(topic: Option<&str>, offset: u64, format: WireFormat) -> Bytes {
     }
 }
 
+/// One coalescing window's presence changes of one topic, as its
+/// subscribers get them: a 10005 or 10006 frame per change (uid, joined),
+/// or a single 10010 when there were too many. All of them are encoded at
+/// most once per wire format, into one buffer (the frames back to back)
+/// that every subscriber's queue shares.
+#[derive(Debug)]
+pub struct PresenceFrames<'a> {
+    topic: &'a str,
+    /// None: too many changes (10010).
+    changes: Option<&'a [(String, bool)]>,
+    json: OnceCell<Bytes>,
+    msgpack: OnceCell<Bytes>,
+}
+
+impl<'a> PresenceFrames<'a> {
+    /// The frames of `changes` (uid, joined) of `topic`.
+    pub fn changes(topic: &'a str, changes: &'a [(String, bool)]) -> Self {
+        Self {
+            topic,
+            changes: Some(changes),
+            json: OnceCell::new(),
+            msgpack: OnceCell::new(),
+        }
+    }
+
+    /// The 10010 frame of `topic`.
+    pub fn overflow(topic: &'a str) -> Self {
+        Self {
+            topic,
+            changes: None,
+            json: OnceCell::new(),
+            msgpack: OnceCell::new(),
+        }
+    }
+
+    /// How many frames the buffer holds.
+    pub fn len(&self) -> usize {
+        self.changes.map_or(1, <[_]>::len)
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_some_and(<[_]>::is_empty)
+    }
+
+    /// The buffer for connections speaking `format`: JSON text frames on
+    /// JSON and raw connections (like replies), MessagePack binary frames
+    /// on MessagePack ones.
+    pub fn get(&self, format: WireFormat) -> &Bytes {
+        match format {
+            WireFormat::Json | WireFormat::Raw => self.json.get_or_init(|| self.encode(false)),
+            WireFormat::Msgpack => self.msgpack.get_or_init(|| self.encode(true)),
+        }
+    }
+
+    fn encode(&self, msgpack: bool) -> Bytes {
+        #[derive(Serialize)]
+        struct Change<'a> {
+            code: u32,
+            topic: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            uid: Option<&'a str>,
+        }
+        let one = |change: &Change<'_>| {
+            // Serialising a number and strings cannot fail.
+            if msgpack {
+                ws::binary(&rmp_serde::to_vec_named(change).unwrap_or_default())
+            } else {
+                ws::text(&serde_json::to_vec(change).unwrap_or_default())
+            }
+        };
+        let Some(changes) = self.changes else {
+            return one(&Change {
+                code: PUSH_PRESENCE_CHANGED,
+                topic: self.topic,
+                uid: None,
+            });
+        };
+        let mut out = Vec::with_capacity(changes.len() * (self.topic.len() + 48));
+        for (uid, joined) in changes {
+            out.extend_from_slice(&one(&Change {
+                code: if *joined { PUSH_JOINED } else { PUSH_LEFT },
+                topic: self.topic,
+                uid: Some(uid),
+            }));
+        }
+        Bytes::from(out)
+    }
+}
+
 #[derive(Serialize)]
 struct MsgpackPush<'a> {
     code: u32,
@@ -249,6 +352,76 @@ mod tests {
         assert_eq!(frame[0], 0x82, "a binary frame");
         let got: Value = rmp_serde::from_slice(&frame[2..]).expect("msgpack");
         assert_eq!(got, expected);
+    }
+
+    /// The WebSocket frames back to back in `buffer`: (opcode, payload).
+    fn split_frames(mut buffer: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !buffer.is_empty() {
+            let opcode = buffer[0] & 0x0f;
+            let (len, header) = match buffer[1] {
+                126 => (usize::from(u16::from_be_bytes([buffer[2], buffer[3]])), 4),
+                n => (usize::from(n), 2),
+            };
+            frames.push((opcode, buffer[header..header + len].to_vec()));
+            buffer = &buffer[header + len..];
+        }
+        frames
+    }
+
+    #[test]
+    fn presence_changes_are_framed_once_per_format_back_to_back() {
+        let changes = [("ann".to_owned(), true), ("bob".to_owned(), false)];
+        let frames = PresenceFrames::changes("chat.1", &changes);
+        assert_eq!(frames.len(), 2);
+        let json = frames.get(WireFormat::Json).clone();
+        assert_eq!(
+            json.as_ptr(),
+            frames.get(WireFormat::Raw).as_ptr(),
+            "raw connections share the JSON frames"
+        );
+        let expected = [
+            json!({"code": 10005, "topic": "chat.1", "uid": "ann"}),
+            json!({"code": 10006, "topic": "chat.1", "uid": "bob"}),
+        ];
+        let text = split_frames(&json);
+        assert_eq!(text.len(), 2);
+        for ((opcode, payload), expected) in text.iter().zip(&expected) {
+            assert_eq!(*opcode, 1, "a text frame");
+            let got: Value = serde_json::from_slice(payload).expect("json");
+            assert_eq!(&got, expected);
+        }
+        let binary = frames.get(WireFormat::Msgpack).clone();
+        assert_eq!(binary.as_ptr(), frames.get(WireFormat::Msgpack).as_ptr());
+        let packed = split_frames(&binary);
+        assert_eq!(packed.len(), 2);
+        for ((opcode, payload), expected) in packed.iter().zip(&expected) {
+            assert_eq!(*opcode, 2, "a binary frame");
+            let got: Value = rmp_serde::from_slice(payload).expect("msgpack");
+            assert_eq!(&got, expected);
+        }
+        // Exact bytes of one MessagePack change: a map of three, the code
+        // as uint16.
+        assert_eq!(
+            packed[0].1,
+            [&b"\x83\xa4code\xcd\x27\x15\xa5topic\xa6chat.1\xa3uid\xa3ann"[..]].concat()
+        );
+    }
+
+    #[test]
+    fn an_overflowing_window_is_one_10010_frame() {
+        let frames = PresenceFrames::overflow("chat.1");
+        assert_eq!(frames.len(), 1);
+        let json = split_frames(frames.get(WireFormat::Json));
+        assert_eq!(json.len(), 1);
+        let got: Value = serde_json::from_slice(&json[0].1).expect("json");
+        assert_eq!(got, json!({"code": 10010, "topic": "chat.1"}));
+        let packed = split_frames(frames.get(WireFormat::Msgpack));
+        assert_eq!(
+            packed,
+            [(2, b"\x82\xa4code\xcd\x27\x1a\xa5topic\xa6chat.1".to_vec())]
+        );
+        assert!(PresenceFrames::changes("t", &[]).is_empty());
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub enum Code {
     ServerSubscribed,
     /// 10009: the server API unsubscribed the connection from `topic`.
     ServerUnsubscribed,
+    /// 20005: a topic's presence (request code 7): `users` (uid ->
+    /// connections) and `anonymous`, cluster-wide.
+    Presence,
+    /// 30007: the request is not allowed here (`detail` says why): a
+    /// presence query on a topic whose `[presence]` rule does not allow
+    /// queries, or that the connection is not subscribed to.
+    NotAllowed,
 }
 
 impl Code {
@@ -59,6 +66,8 @@ impl Code {
             Code::RateLimited => 30006,
             Code::ServerSubscribed => 10008,
             Code::ServerUnsubscribed => 10009,
+            Code::Presence => 20005,
+            Code::NotAllowed => 30007,
         }
     }
 
@@ -78,6 +87,8 @@ impl Code {
             Code::RateLimited => "rate limited",
             Code::ServerSubscribed => "subscribed by the server",
             Code::ServerUnsubscribed => "unsubscribed by the server",
+            Code::Presence => "presence",
+            Code::NotAllowed => "not allowed",
         }
     }
 }
@@ -109,6 +120,12 @@ pub struct Reply<'a> {
     /// reconnect.
     #[serde(skip_serializing_if = "Option::is_none")]
     keep: Option<bool>,
+    /// On 20005: uid -> connections subscribed, cluster-wide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<UsersMap<'a>>,
+    /// On 20005: connections subscribed without a login, cluster-wide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anonymous: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,9 +146,19 @@ impl<'a> Reply<'a> {
             recovered: None,
             private: None,
             keep: None,
+            users: None,
+            anonymous: None,
             id: None,
             detail: None,
         }
+    }
+
+    /// A topic's presence (20005): `users` as (uid, connections) pairs,
+    /// written as a map in their order, and the anonymous connections.
+    pub fn presence(mut self, users: &'a [(String, u64)], anonymous: u64) -> Self {
+        self.users = Some(UsersMap(users));
+        self.anonymous = Some(anonymous);
+        self
     }
 
     /// Adds the topic the request named.
@@ -203,6 +230,22 @@ impl<'a> Reply<'a> {
     }
 }
 
+/// (uid, connections) pairs serialised as a map (JSON object, MessagePack
+/// map) without building one.
+#[derive(Debug, Clone, Copy)]
+struct UsersMap<'a>(&'a [(String, u64)]);
+
+impl Serialize for UsersMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (uid, connections) in self.0 {
+            map.serialize_entry(uid, connections)?;
+        }
+        map.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +291,34 @@ mod tests {
         assert_eq!(
             &hello[..],
             b"\x82\x1b\x82\xa4code\xcd\x4e\x20\xa7message\xa9connected"
+        );
+    }
+
+    #[test]
+    fn presence_replies_carry_a_users_map_in_both_formats() {
+        let id = json!(3);
+        let users = [("ann".to_owned(), 2), ("bob".to_owned(), 1)];
+        let reply = Reply::new(Code::Presence)
+            .topic("chat.1")
+            .presence(&users, 4)
+            .id(Some(&id));
+        let json = reply.frame(WireFormat::Json);
+        assert_eq!(
+            &json[2..],
+            br#"{"code":20005,"message":"presence","topic":"chat.1","users":{"ann":2,"bob":1},"anonymous":4,"id":3}"#
+        );
+        let frame = reply.frame(WireFormat::Msgpack);
+        assert_eq!(frame[0], 0x82, "a binary frame");
+        let decoded: Value = rmp_serde::from_slice(&frame[2..]).expect("msgpack");
+        let expected: Value = serde_json::from_slice(&json[2..]).expect("json");
+        assert_eq!(decoded, expected);
+        let refused = Reply::new(Code::NotAllowed)
+            .topic("t")
+            .detail("why")
+            .frame(WireFormat::Json);
+        assert_eq!(
+            &refused[2..],
+            br#"{"code":30007,"message":"not allowed","topic":"t","detail":"why"}"#
         );
     }
 }

@@ -18,6 +18,10 @@ pub const LOGOUT: i64 = 4;
 pub const SUBSCRIBE_PRIVATE: i64 = 5;
 /// Request code: unsubscribe from a private topic (needs login).
 pub const UNSUBSCRIBE_PRIVATE: i64 = 6;
+/// Request code: who is subscribed to a public topic, cluster-wide (reply
+/// 20005; 30007 unless the topic's `[presence]` rule allows queries and
+/// the connection is subscribed to it).
+pub const PRESENCE: i64 = 7;
 
 /// How deeply a MessagePack request may nest, as serde_json limits JSON.
 /// Requests hardly nest at all; the bound keeps decoding off deep stacks.
@@ -38,6 +42,8 @@ pub enum Command {
     SubscribePrivate(String),
     /// Code 6.
     UnsubscribePrivate(String),
+    /// Code 7.
+    Presence(String),
 }
 
 /// A parsed request: the command and the `id` to echo.
@@ -169,7 +175,8 @@ fn request_from_object(mut object: Map<String, Value>) -> Result<Request, BadReq
         LOGOUT => Command::Logout,
         SUBSCRIBE_PRIVATE => Command::SubscribePrivate(topic()?),
         UNSUBSCRIBE_PRIVATE => Command::UnsubscribePrivate(topic()?),
-        other => return Err(bad(id, format!("unknown code {other} (expected 1-6)"))),
+        PRESENCE => Command::Presence(topic()?),
+        other => return Err(bad(id, format!("unknown code {other} (expected 1-7)"))),
     };
     let since = match command {
         Command::Subscribe(_) | Command::SubscribePrivate(_) | Command::Login(_) => {
@@ -297,6 +304,7 @@ mod tests {
                 r#"{"code":6,"topic":"p"}"#,
                 Command::UnsubscribePrivate("p".into()),
             ),
+            (r#"{"code":7,"topic":"t"}"#, Command::Presence("t".into())),
         ];
         for (text, command) in cases {
             assert_eq!(parse(text).expect(text).command, command);
@@ -374,6 +382,8 @@ mod tests {
             r#"{"code":4,"topic":5}"#,
             r#"{"code":5,"topic":"p","extra":[1,{"a":null}]}"#,
             r#"{"code":6,"topic":"p","id":-3}"#,
+            r#"{"code":7,"topic":"chat.1","id":9}"#,
+            r#"{"code":7,"id":9}"#,
             r#"{"topic":"a","id":"x"}"#,
             r#"{"code":"1","id":"x"}"#,
             r#"{"code":1.0,"topic":"a"}"#,

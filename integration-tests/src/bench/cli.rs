@@ -118,13 +118,17 @@ pub enum Scenario {
     /// edges: presence, presence_stats and topics answer time and size,
     /// and how soon a disconnect closes a user's connections.
     Presence,
+    /// A presence topic with many subscribers over two edges while
+    /// clients churn through it: presence pushes and bytes each
+    /// subscriber receives per second against the churn rate.
+    PresenceChurn,
     /// The baseline raw server's idle, fanout and latency figures.
     Baseline,
 }
 
 impl Scenario {
     /// Every scenario, in the default order.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Idle,
         Scenario::IdlePrivate,
         Scenario::Fanout,
@@ -135,6 +139,7 @@ impl Scenario {
         Scenario::Toggle,
         Scenario::Storm,
         Scenario::Presence,
+        Scenario::PresenceChurn,
         Scenario::Baseline,
     ];
 
@@ -151,6 +156,7 @@ impl Scenario {
             Scenario::Toggle => "toggle",
             Scenario::Storm => "storm",
             Scenario::Presence => "presence",
+            Scenario::PresenceChurn => "presence-churn",
             Scenario::Baseline => "baseline",
         }
     }
@@ -210,6 +216,10 @@ pub struct ClientArgs {
     /// Churn for this many seconds instead of holding connections.
     #[arg(long)]
     pub churn_secs: Option<f64>,
+    /// Churning: how long each connection stays after its set-up before
+    /// it closes, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub hold_ms: u64,
     /// Interval of progress reports, milliseconds.
     #[arg(long, default_value_t = 5)]
     pub progress_ms: u64,

@@ -40,6 +40,8 @@ const SUBSCRIBED: u64 = 20001;
 const LOGGED_IN: u64 = 20003;
 /// Sent once when a connection opens; not an answer to anything.
 const CONNECTED: u64 = 20000;
+/// Presence push: too many changes in one window of the topic.
+const PRESENCE_CHANGED: u64 = 10010;
 
 /// Microseconds since the Unix epoch: the clock in push payloads, shared
 /// by every process on the machine.
@@ -306,6 +308,8 @@ async fn open_in_time(
 struct Counters {
     measure_latency: bool,
     frames: Cell<u64>,
+    bytes: Cell<u64>,
+    presence_overflows: Cell<u64>,
     misdelivered: Cell<u64>,
     unparsed: Cell<u64>,
     /// Cumulative: not zeroed by a reset, so a connection lost during a
@@ -321,6 +325,8 @@ impl Counters {
         Self {
             measure_latency,
             frames: Cell::new(0),
+            bytes: Cell::new(0),
+            presence_overflows: Cell::new(0),
             misdelivered: Cell::new(0),
             unparsed: Cell::new(0),
             closed: Cell::new(0),
@@ -332,6 +338,8 @@ impl Counters {
 
     fn reset(&self) {
         self.frames.set(0);
+        self.bytes.set(0);
+        self.presence_overflows.set(0);
         self.misdelivered.set(0);
         self.unparsed.set(0);
         *self.latency.borrow_mut() = Histogram::default();
@@ -340,6 +348,8 @@ impl Counters {
     fn stats(&self) -> Stats {
         Stats {
             frames: self.frames.get(),
+            bytes: self.bytes.get(),
+            presence_overflows: self.presence_overflows.get(),
             misdelivered: self.misdelivered.get(),
             unparsed: self.unparsed.get(),
             closed: self.closed.get(),
@@ -353,9 +363,16 @@ impl Counters {
         *self.close_reasons.borrow_mut().entry(reason).or_default() += 1;
     }
 
-    /// Counts one push frame received at `now` (unix micros).
-    fn push(&self, payload: &[u8], me: Option<&[u8]>, now: u64) {
+    /// Counts one push frame of `size` bytes received at `now` (unix
+    /// micros).
+    fn push(&self, payload: &[u8], size: usize, me: Option<&[u8]>, now: u64) {
         self.frames.set(self.frames.get() + 1);
+        self.bytes.set(self.bytes.get() + size as u64);
+        if wire::u64_after(payload, b"\"code\":") == Some(PRESENCE_CHANGED) {
+            self.presence_overflows
+                .set(self.presence_overflows.get() + 1);
+            return;
+        }
         if self.measure_latency {
             match wire::u64_after(payload, b"\"t\":") {
                 Some(sent) => self.latency.borrow_mut().record(now.saturating_sub(sent)),
@@ -414,7 +431,7 @@ impl Receiver {
                 Ok(Some((frame, used))) => {
                     at += used;
                     match frame.opcode {
-                        OP_TEXT => counters.push(frame.payload, me, now),
+                        OP_TEXT => counters.push(frame.payload, used, me, now),
                         OP_PING => {
                             pongs.extend_from_slice(&wire::client_frame(OP_PONG, frame.payload))
                         }
@@ -626,8 +643,9 @@ async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
     std::process::exit(0)
 }
 
-/// Opens, subscribes and closes connections for `run_for`, with
-/// `args.concurrency` cycles in flight, rotating over the source addresses.
+/// Opens, sets up (as `args.subscribe` says), holds for `args.hold_ms` and
+/// closes connections for `run_for`, with `args.concurrency` cycles in
+/// flight, rotating over the source addresses.
 async fn churn(args: &ClientArgs, run_for: Duration) -> anyhow::Result<()> {
     let endpoint = Rc::new(Endpoint::parse(&args.url)?);
     let result = Rc::new(RefCell::new(Churn::default()));
@@ -639,27 +657,32 @@ async fn churn(args: &ClientArgs, run_for: Duration) -> anyhow::Result<()> {
         let (endpoint, result, args) = (endpoint.clone(), result.clone(), args.clone());
         tasks.push(spawn_local(async move {
             let mut n = worker;
+            let hold = Duration::from_millis(args.hold_ms);
             while Instant::now() < deadline {
-                let plan = Plan::Public {
-                    topic: control::topic_name(&args.topic, args.topics, args.first + n),
-                    since: None,
-                };
+                let plan = Plan::for_connection(&args, args.first + n);
                 let src = args.src[n % args.src.len()];
                 n += workers;
                 let began = Instant::now();
                 let outcome = open_in_time(&endpoint, src, &plan).await;
-                let mut result = result.borrow_mut();
-                match outcome {
-                    Ok((stream, _)) => {
-                        drop(stream);
-                        result.cycles += 1;
-                        result.cycle_time.record(began.elapsed().as_micros() as u64);
+                let stream = {
+                    let mut result = result.borrow_mut();
+                    match outcome {
+                        Ok((stream, _)) => {
+                            result.cycles += 1;
+                            result.cycle_time.record(began.elapsed().as_micros() as u64);
+                            stream
+                        }
+                        Err(e) => {
+                            result.failed += 1;
+                            result.first_error.get_or_insert_with(|| e.to_string());
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        result.failed += 1;
-                        result.first_error.get_or_insert_with(|| e.to_string());
-                    }
+                };
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
                 }
+                drop(stream);
             }
         }));
     }
@@ -701,6 +724,23 @@ mod tests {
         receiver.me = Some(b"u2".to_vec().into_boxed_slice());
         assert!(receiver.absorb(&push, &counters, 350).is_ok());
         assert_eq!(counters.misdelivered.get(), 1);
+    }
+
+    #[test]
+    fn presence_frames_count_their_bytes_and_overflows() {
+        let counters = Counters::new(false);
+        let joined = wire::server_text(br#"{"code":10005,"topic":"room","uid":"u1"}"#);
+        let overflow = wire::server_text(br#"{"code":10010,"topic":"room"}"#);
+        let mut receiver = Receiver {
+            partial: Vec::new(),
+            me: None,
+            pongs: Vec::new(),
+        };
+        let stream = [&joined[..], &overflow[..]].concat();
+        assert!(receiver.absorb(&stream, &counters, 0).is_ok());
+        let stats = counters.stats();
+        assert_eq!((stats.frames, stats.presence_overflows), (2, 1));
+        assert_eq!(stats.bytes, stream.len() as u64);
     }
 
     #[test]

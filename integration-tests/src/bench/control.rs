@@ -89,6 +89,13 @@ impl Setup {
 pub struct Stats {
     /// Push frames received.
     pub frames: u64,
+    /// Bytes of the push frames received (WebSocket headers included).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Of `frames`, presence frames telling that too many changed at once
+    /// (10010).
+    #[serde(default)]
+    pub presence_overflows: u64,
     /// Push frames whose payload named another user.
     pub misdelivered: u64,
     /// Push frames whose send time could not be found.
@@ -105,6 +112,8 @@ impl Stats {
     /// Adds another client's counters.
     pub fn merge(&mut self, other: &Stats) {
         self.frames += other.frames;
+        self.bytes += other.bytes;
+        self.presence_overflows += other.presence_overflows;
         self.misdelivered += other.misdelivered;
         self.unparsed += other.unparsed;
         self.closed += other.closed;

@@ -364,6 +364,30 @@ pub async fn churn(
     concurrency: usize,
     sources: usize,
 ) -> anyhow::Result<Churn> {
+    let plan = [
+        "--subscribe",
+        "public",
+        "--topic",
+        "churn",
+        "--topics",
+        "100",
+    ]
+    .map(str::to_owned);
+    churn_with(url, run_for, processes, concurrency, sources, 0, &plan).await
+}
+
+/// [`churn`] with the clients' set-up flags `plan` (what each cycle
+/// subscribes to, how long it holds), numbering the first process's
+/// cycles from `first` (users and topics are named after it).
+pub async fn churn_with(
+    url: &str,
+    run_for: Duration,
+    processes: usize,
+    concurrency: usize,
+    sources: usize,
+    first: usize,
+    plan: &[String],
+) -> anyhow::Result<Churn> {
     let progress = Arc::new(Progress {
         frames: (0..processes).map(|_| AtomicU64::new(0)).collect(),
         changed: Notify::new(),
@@ -371,26 +395,22 @@ pub async fn churn(
     let mut clients = Vec::with_capacity(processes);
     for slot in 0..processes {
         let src: Vec<String> = (0..sources).map(|_| next_source().to_string()).collect();
-        let args = [
+        let mut args = [
             "client",
             "--url",
             url,
             "--src",
             &src.join(","),
-            "--subscribe",
-            "public",
-            "--topic",
-            "churn",
-            "--topics",
-            "100",
             "--first",
-            &(slot * 1_000_000).to_string(),
+            &(first + slot * 1_000_000).to_string(),
             "--concurrency",
             &concurrency.to_string(),
             "--churn-secs",
             &run_for.as_secs_f64().to_string(),
         ]
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .to_vec();
+        args.extend_from_slice(plan);
         clients.push(Client::spawn(&args, progress.clone(), slot)?);
     }
     let deadline = Instant::now() + run_for + READY_TIMEOUT;

@@ -417,6 +417,73 @@ impl EtcdCluster {
     }
 }
 
+/// NATS (with JetStream) and `n` `gpush-edge`s on it, `edge-0`,
+/// `edge-1`...: no ingress and no etcd (the edges find each other on NATS,
+/// as their presence trackers do). A login token is its own uid.
+#[derive(Debug)]
+pub struct EdgeCluster {
+    _nats: NatsServer,
+    edges: Vec<LoggedChild>,
+    /// `ws://127.0.0.1:<port>/ws` of each edge.
+    pub ws_urls: Vec<String>,
+    _dir: Scratch,
+}
+
+impl EdgeCluster {
+    /// Starts NATS and `n` edges with `history` and the config lines
+    /// `toml`, and waits until each is connected to NATS.
+    pub async fn start(
+        bins: &Binaries,
+        n: usize,
+        history: HistoryMode,
+        toml: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = Scratch::new("bench-edges");
+        let nats = NatsServer::start().await;
+        let mut config = format!("{toml}\n{}", history.toml());
+        config.push_str("[auth]\ninsecure_token_is_uid = true\n");
+        let config = config_args(&dir, "edge.toml", &config)?;
+        let mut edges = Vec::with_capacity(n);
+        let mut ws_urls = Vec::with_capacity(n);
+        for i in 0..n {
+            let ws = loopback();
+            let mut args = strings(&[
+                "--ws-addr",
+                &ws.to_string(),
+                "--nats-url",
+                &nats.url(),
+                "--node-id",
+                &format!("edge-{i}"),
+            ]);
+            args.extend(strings(&EDGE_QUIET_FLAGS));
+            args.extend(config.iter().cloned());
+            let mut edge = spawn(&format!("gpush-edge-{i}"), &bins.edge, &args, &dir)?;
+            edge.try_wait_for_port(ws).await?;
+            wait_ok(&mut edge, &format!("http://{ws}/readyz")).await?;
+            edges.push(edge);
+            ws_urls.push(format!("ws://{ws}/ws"));
+        }
+        Ok(Self {
+            _nats: nats,
+            edges,
+            ws_urls,
+            _dir: dir,
+        })
+    }
+
+    /// The edges' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.edges.iter().map(LoggedChild::pid).collect()
+    }
+
+    /// An error when an edge has died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.edges
+            .iter_mut()
+            .try_for_each(LoggedChild::check_running)
+    }
+}
+
 /// The baseline raw server (`gpush-bench serve-baseline`).
 #[derive(Debug)]
 pub struct Baseline {

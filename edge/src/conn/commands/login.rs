@@ -71,6 +71,19 @@ impl<S: Socket> Session<S> {
         self.logout().await;
         let max_recover = self.shared.config.history.max_recover;
         let max_conns = self.shared.config.max_connections_per_user;
+        if let Some(elsewhere) = self.shared.presence.connections_elsewhere(&uid)
+            && hub.user_connection_count(&uid) + elsewhere >= max_conns as u64
+        {
+            self.shared.metrics.login_crowded();
+            return Reply::new(Code::LimitReached)
+                .uid(&uid)
+                .id(id)
+                .detail(&format!(
+                    "at most {max_conns} connections per user in the cluster \
+                     (max_connections_per_user, scope cluster)"
+                ))
+                .frame(format);
+        }
         loop {
             let expected = join
                 .expected(&hub, follower, key, max_recover, |entry| {
@@ -95,6 +108,7 @@ impl<S: Socket> Session<S> {
             }
         }
         self.uid = Some(uid.as_str().into());
+        self.presence_login(None, Some(&uid));
         self.conn.set_login_end(ends);
         self.shared
             .interest
@@ -119,6 +133,7 @@ impl<S: Socket> Session<S> {
     pub(in crate::conn) async fn logout(&mut self) {
         self.conn.set_login_end(None);
         let Some(uid) = self.uid.take() else { return };
+        self.presence_login(Some(&uid), None);
         for topic in std::mem::take(&mut self.private).0 {
             self.shared
                 .hub

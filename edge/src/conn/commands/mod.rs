@@ -4,6 +4,7 @@
 
 mod login;
 mod orders;
+mod presence;
 mod private;
 mod recovery;
 mod subscribe;
@@ -76,6 +77,7 @@ impl<S: Socket> Session<S> {
             Command::UnsubscribePrivate(topic) => {
                 self.unsubscribe_private(topic, Origin::Client(id))
             }
+            Command::Presence(topic) => self.presence_query(topic, id).await,
         }
     }
 

@@ -37,6 +37,7 @@ impl<S: Socket> Session<S> {
             // say): join again from there. The bus subscription stays.
             hub.unsubscribe(&topic, self.conn.id);
             self.public.remove(&topic);
+            self.presence_topic(&topic, false);
         }
         let reply = |offset: u64, join: &Join| {
             self.joined_reply(origin.subscribed(false), &topic, join, offset)
@@ -75,6 +76,7 @@ impl<S: Socket> Session<S> {
             }
         };
         self.public.insert(&topic);
+        self.presence_topic(&topic, true);
         if first {
             self.shared.interest.ensure(Key::Topic(topic.clone())).await;
         }
@@ -85,11 +87,14 @@ impl<S: Socket> Session<S> {
         if let Err(reply) = self.check_topic(&topic, origin.id()) {
             return reply;
         }
-        if self.public.remove(&topic) && self.shared.hub.unsubscribe(&topic, self.conn.id) {
-            self.shared
-                .interest
-                .release(Key::Topic(topic.clone()))
-                .await;
+        if self.public.remove(&topic) {
+            self.presence_topic(&topic, false);
+            if self.shared.hub.unsubscribe(&topic, self.conn.id) {
+                self.shared
+                    .interest
+                    .release(Key::Topic(topic.clone()))
+                    .await;
+            }
         }
         origin
             .unsubscribed(false)

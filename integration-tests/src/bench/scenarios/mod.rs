@@ -9,6 +9,7 @@ pub mod idle;
 pub mod ingress;
 pub mod latency;
 pub mod presence;
+pub mod presence_churn;
 pub mod private;
 pub mod storm;
 pub mod toggle;
@@ -59,6 +60,11 @@ pub struct Sizes {
     /// Users subscribed to the presence scenario's topic, spread over its
     /// [`presence::EDGES`] edges.
     pub presence_subscribers: usize,
+    /// Subscribers of the presence topic in the presence-churn scenario
+    /// (half on each of its two edges).
+    pub churn_presence_subscribers: usize,
+    /// Time of each churn rate of the presence-churn scenario.
+    pub presence_run: Duration,
 }
 
 impl Sizes {
@@ -78,6 +84,8 @@ impl Sizes {
             toggle_subscribers: 19_900,
             storm_clients: 15_000,
             presence_subscribers: 50_000,
+            churn_presence_subscribers: 10_000,
+            presence_run: Duration::from_secs(10),
         }
     }
 
@@ -95,6 +103,8 @@ impl Sizes {
             toggle_subscribers: 2_000,
             storm_clients: 2_000,
             presence_subscribers: 3_000,
+            churn_presence_subscribers: 2_000,
+            presence_run: Duration::from_secs(4),
         }
     }
 }
@@ -161,6 +171,7 @@ impl Bench {
             Scenario::Toggle => toggle::run(self).await,
             Scenario::Storm => storm::run(self).await,
             Scenario::Presence => presence::run(self).await,
+            Scenario::PresenceChurn => presence_churn::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;
