@@ -558,6 +558,11 @@ pub enum BusError {
     /// back; they may or may not have been delivered.
     #[error("bus publish not confirmed: {0}")]
     Unconfirmed(&'static str),
+    /// The edges' answers to a control command passed the bytes the
+    /// caller holds (the push API's `control_max_bytes`); what came was
+    /// dropped.
+    #[error("the edges' answer exceeds {0} bytes")]
+    AnswerTooLarge(usize),
     /// JetStream did not confirm storing a push with history (no stream,
     /// an error reply, or no ack within the timeout); the call's other
     /// pushes may or may not be stored and delivered.
@@ -757,11 +762,13 @@ impl Bus {
     /// edges' node ids; None when unknown) has answered in full, or
     /// `timeout` has passed; the edges of `expected` that did not answer
     /// are named missing. Standalone, the local edge answers at once.
+    /// Answers over `max_bytes` fail the call ([`BusError::AnswerTooLarge`]).
     pub async fn control(
         &self,
         command: &Command,
         expected: Option<Vec<String>>,
         timeout: Duration,
+        max_bytes: usize,
     ) -> Result<Gathered, BusError> {
         let local = match self {
             Bus::Local(local) => Some(local.control(command)),
@@ -773,6 +780,9 @@ impl Bus {
             let Some((node, answer)) = answer else {
                 return Ok(gathering.finish(None));
             };
+            if answer.approx_bytes() > max_bytes {
+                return Err(BusError::AnswerTooLarge(max_bytes));
+            }
             let expected = [node.clone()];
             gathering.add(Part {
                 node,
@@ -790,6 +800,7 @@ impl Bus {
             command,
             expected,
             timeout,
+            max_bytes,
         )
         .await
     }
@@ -811,7 +822,8 @@ impl Bus {
 /// Sends `command` on the control `subject` with a reply inbox and gathers
 /// the answers' parts (see [`crate::control`]) until every edge of
 /// `expected` (None: unknown) has answered in full, or `timeout` has
-/// passed. The server API asks the edges this way ([`Bus::control`]), and
+/// passed; more than `max_bytes` of answers fail it
+/// ([`BusError::AnswerTooLarge`]). The server API asks the edges this way ([`Bus::control`]), and
 /// so does an edge that seeds its presence view from the others.
 pub async fn gather(
     client: &async_nats::Client,
@@ -819,6 +831,7 @@ pub async fn gather(
     command: &Command,
     expected: Option<Vec<String>>,
     timeout: Duration,
+    max_bytes: usize,
 ) -> Result<Gathered, BusError> {
     if client.connection_state() != State::Connected {
         return Err(BusError::NotConnected);
@@ -836,6 +849,7 @@ pub async fn gather(
         .await
         .map_err(BusError::Publish)?;
     let mut gathering = Gathering::default();
+    let mut received = 0_usize;
     let all_in = |gathering: &Gathering| {
         expected
             .as_deref()
@@ -845,6 +859,10 @@ pub async fn gather(
         tokio::select! {
             reply = futures_util::StreamExt::next(&mut replies) => {
                 let Some(reply) = reply else { break };
+                received = received.saturating_add(reply.payload.len());
+                if received > max_bytes {
+                    return Err(BusError::AnswerTooLarge(max_bytes));
+                }
                 match serde_json::from_slice::<Part>(&reply.payload) {
                     Ok(part) => gathering.add(part),
                     Err(e) => tracing::warn!(error = %e, "unreadable control answer"),

@@ -26,6 +26,12 @@ pub const DEFAULT_TOPICS_LIMIT: usize = 100;
 /// Largest `limit` of `GET /v1/topics`; also the most topics one edge
 /// reports (beyond it the answer says `truncated`).
 pub const MAX_TOPICS_LIMIT: usize = 10_000;
+/// Default most bytes of answers one gather keeps (the parts as
+/// received, all edges together): a presence of a topic with a million
+/// users is about 20 MiB. Beyond it the call fails
+/// ([`crate::BusError::AnswerTooLarge`]) instead of holding an unbounded
+/// answer in memory.
+pub const DEFAULT_CONTROL_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Most uids one `GET /v1/online` call may name.
 pub const MAX_ONLINE_UIDS: usize = 1_000;
 
@@ -172,6 +178,26 @@ pub enum Answer {
         /// Why.
         error: String,
     },
+}
+
+impl Answer {
+    /// About the bytes of this answer in JSON, as it travels between an
+    /// edge and ingress (names counted as their bytes plus the entry's
+    /// syntax).
+    pub fn approx_bytes(&self) -> usize {
+        let entries = |list: &[(String, u64)]| {
+            list.iter()
+                .map(|(name, _)| name.len() + ENTRY_OVERHEAD)
+                .sum::<usize>()
+        };
+        PART_OVERHEAD
+            + match self {
+                Answer::Presence { users, .. } => entries(users),
+                Answer::Topics { topics, .. } => entries(topics),
+                Answer::Online { counts } => counts.len() * 21,
+                _ => 0,
+            }
+    }
 }
 
 /// What an edge sends on the reply subject: its node id and one part of

@@ -221,8 +221,17 @@ impl PushApi {
         let gathered = self
             .inner
             .bus
-            .control(&command, expected, self.inner.config.control_timeout)
-            .await?;
+            .control(
+                &command,
+                expected,
+                self.inner.config.control_timeout,
+                self.inner.config.control_max_bytes,
+            )
+            .await
+            .map_err(|e| match e {
+                gpush_common::BusError::AnswerTooLarge(max) => ApiError::AnswerTooLarge { max },
+                other => ApiError::Bus(other),
+            })?;
         if let Some(error) = gathered.refusal() {
             return Err(ApiError::EdgeRefused(error.to_owned()));
         }

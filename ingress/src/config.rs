@@ -95,6 +95,10 @@ pub struct PushApiConfig {
     /// in `missing`.
     #[serde(with = "humantime_serde")]
     pub control_timeout: Duration,
+    /// Most bytes of the edges' answers one server API call holds (a
+    /// presence of 50,000 users is about 0.5 MiB); over it the call gets
+    /// 413 `answer_too_large` / `RESOURCE_EXHAUSTED`.
+    pub control_max_bytes: usize,
 }
 
 impl Default for PushApiConfig {
@@ -114,6 +118,7 @@ impl Default for PushApiConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             grpc_max_streams: DEFAULT_GRPC_MAX_STREAMS,
             control_timeout: gpush_common::control::DEFAULT_CONTROL_TIMEOUT,
+            control_max_bytes: gpush_common::control::DEFAULT_CONTROL_MAX_BYTES,
         }
     }
 }
@@ -147,6 +152,9 @@ impl PushApiConfig {
             self.control_timeout.is_zero() || self.control_timeout >= self.request_timeout,
             || "control_timeout must be > 0 and shorter than request_timeout".into(),
         );
+        problems.check(self.control_max_bytes < 4096, || {
+            "control_max_bytes must be >= 4096".into()
+        });
         let most = tokio::sync::Semaphore::MAX_PERMITS;
         problems.check(!(1..=most).contains(&self.max_connections), || {
             format!("max_connections must be from 1 to {most}")

@@ -130,6 +130,10 @@ pub enum ApiError {
     /// The history asked for is not kept (history off, or off for it).
     #[error("no history is kept for {0}")]
     NoHistory(String),
+    /// The edges' answer to a server API call is larger than ingress
+    /// holds; ask for less (one uid, a topic prefix).
+    #[error("the edges' answer exceeds {max} bytes; ask for less (a uid, a prefix)")]
+    AnswerTooLarge { max: usize },
     /// An edge refused a server API command (it checks names with its own
     /// `max_name_len`).
     #[error("an edge refused the command: {0}")]
@@ -158,6 +162,7 @@ impl ApiError {
             ApiError::BadQuery(_) => "bad_query",
             ApiError::NoHistory(_) => "no_history",
             ApiError::EdgeRefused(_) => "edge_refused",
+            ApiError::AnswerTooLarge { .. } => "answer_too_large",
         }
     }
 
@@ -173,7 +178,9 @@ impl ApiError {
             | ApiError::BadQuery(_)
             | ApiError::EdgeRefused(_)
             | ApiError::EmptyBatch => StatusCode::BAD_REQUEST,
-            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTooLarge { .. } | ApiError::AnswerTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -232,9 +239,9 @@ impl From<ApiError> for Status {
             }
             ApiError::NotFound | ApiError::NoHistory(_) => Status::not_found(message),
             ApiError::RequestTimeout { .. } => Status::deadline_exceeded(message),
-            ApiError::BodyTooLarge { .. } | ApiError::RateLimited { .. } => {
-                Status::resource_exhausted(message)
-            }
+            ApiError::BodyTooLarge { .. }
+            | ApiError::RateLimited { .. }
+            | ApiError::AnswerTooLarge { .. } => Status::resource_exhausted(message),
             ApiError::BadJson(_)
             | ApiError::BadBase64 { .. }
             | ApiError::InvalidTopic { .. }

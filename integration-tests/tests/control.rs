@@ -395,3 +395,53 @@ async fn grpc_calls_need_the_api_key() {
     let standalone = Standalone::start(|c| c.push.api_key = Some(API_KEY.into())).await;
     grpc_needs_the_key(&standalone).await;
 }
+
+/// An answer over `push.control_max_bytes` is refused (413
+/// `answer_too_large`, gRPC `RESOURCE_EXHAUSTED`) instead of being held;
+/// smaller questions on the same topic are answered.
+async fn answers_over_the_bound_are_refused(d: &impl Deployment) {
+    // About 8 KiB of answers: over the 4 KiB bound.
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let uid = format!("user-with-a-rather-long-name-{i:03}");
+        let mut client = d.connect(i, &uid).await;
+        client.must_login(&auth::hs256(&uid), &uid).await;
+        client.must_subscribe("crowded").await;
+        clients.push(client);
+    }
+    for path in [
+        "/v1/presence?topic=crowded",
+        "/v1/presence_stats?topic=crowded",
+    ] {
+        let reply = d.api().get(path).await;
+        assert_eq!(reply.status, 413, "{} {path}: {}", d.name(), reply.body);
+        assert_eq!(reply.json()["code"], "answer_too_large", "{path}");
+        let status = d
+            .api()
+            .control_grpc(path, &Value::Null)
+            .await
+            .expect_err("refused over gRPC too");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{path}: {status:?}");
+    }
+    let one = get(
+        d,
+        Api::Http,
+        "/v1/presence?topic=crowded&uid=user-with-a-rather-long-name-007",
+    )
+    .await;
+    assert_eq!(
+        one["users"],
+        json!({"user-with-a-rather-long-name-007": 1}),
+        "{one}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_control_max_bytes_are_refused() {
+    gpush_integration_tests::init_tracing();
+    let cluster = Cluster::start_with(3, |c| c.push.control_max_bytes = 4096, |_| {}).await;
+    answers_over_the_bound_are_refused(&cluster).await;
+    drop(cluster);
+    let standalone = Standalone::start(|c| c.push.control_max_bytes = 4096).await;
+    answers_over_the_bound_are_refused(&standalone).await;
+}

@@ -269,6 +269,7 @@ impl Seed {
             &command,
             expected,
             DEFAULT_CONTROL_TIMEOUT,
+            gpush_common::control::DEFAULT_CONTROL_MAX_BYTES,
         )
         .await;
         match gathered {
