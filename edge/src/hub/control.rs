@@ -108,17 +108,27 @@ impl Hub {
     }
 
     /// Leaves `order` for `conn` and wakes it; false when it already has
-    /// [`MAX_ORDERS`] waiting. A disconnect also closes its outbox (4003),
-    /// so it ends at once, behind what is queued.
+    /// [`MAX_ORDERS`] waiting, or has left the hub (closing: a late order
+    /// would never be taken). A disconnect also closes its outbox (4003),
+    /// so it ends at once, behind what is queued; it always gets in (the
+    /// orders waiting before it no longer matter).
     pub(crate) fn order(&self, conn: &ConnHandle, order: Order) -> bool {
         let disconnect = matches!(order, Order::Disconnect(_));
         {
             let mut orders = lock(&self.orders[conn.id as usize % self.orders.len()]);
             let waiting = orders.entry(conn.id).or_default();
-            if waiting.len() >= MAX_ORDERS {
+            if disconnect {
+                waiting.clear();
+            } else if waiting.len() >= MAX_ORDERS {
                 return false;
             }
             waiting.push(order);
+        }
+        // `disconnect` removes the connection, then forgets its orders:
+        // an order left after both is taken back here.
+        if !lock(&self.conns[conn.id as usize % self.conns.len()]).contains_key(&conn.id) {
+            self.forget_orders(conn.id);
+            return false;
         }
         if disconnect {
             conn.outbox.close(Close::ServerDisconnect);
@@ -215,6 +225,19 @@ mod tests {
             assert!(hub.order(&a, logout()));
         }
         assert!(!hub.order(&a, logout()), "the bound holds");
+        let b = hub.connect(WireFormat::Json);
+        for _ in 0..MAX_ORDERS {
+            assert!(hub.order(&b, logout()));
+        }
+        assert!(
+            hub.order(&b, Order::Disconnect("full".into())),
+            "a disconnect always gets in"
+        );
+        assert_eq!(b.outbox.closing(), Some(Close::ServerDisconnect));
+        assert_eq!(hub.take_orders(b.id), [Order::Disconnect("full".into())]);
+        hub.disconnect(b.id);
+        assert!(!hub.order(&b, logout()), "not for a connection that left");
+        assert!(hub.take_orders(b.id).is_empty(), "nothing left behind");
         assert!(a.ordered.load(Ordering::Acquire));
         assert_eq!(hub.take_orders(a.id).len(), MAX_ORDERS);
         assert!(hub.take_orders(a.id).is_empty());
