@@ -22,8 +22,9 @@
 //!
 //! A topic with presence also has a presence subject (see
 //! [`crate::presence`]), subscribed when the topic's presence group is
-//! seeded and released with the topic's own subject; its messages go to
-//! the presence tracker.
+//! seeded and released with the topic's own subject (the topic's group then
+//! waits for a new seed: what it held of the other edges goes stale); its
+//! messages go to the presence tracker.
 //!
 //! While NATS is away the client holds its commands in a bounded buffer and
 //! a subscribe blocks once that is full, which would stall the manager and
@@ -259,9 +260,16 @@ impl Manager {
                             if let Key::Topic(topic) = &key {
                                 // The topic's presence goes with it.
                                 let presence = self.subjects.presence_topic(topic);
-                                self.pending.remove(&presence);
-                                if let Some(reader) = self.active.remove(&presence) {
+                                let pending = self.pending.remove(&presence).is_some();
+                                let active = self.active.remove(&presence);
+                                if let Some(reader) = &active {
                                     reader.task.abort();
+                                }
+                                if pending || active.is_some() {
+                                    // Changes are missed from now on: a
+                                    // new local subscriber needs a seed
+                                    // again, which subscribes anew.
+                                    self.presence.unsubscribed(topic);
                                 }
                             }
                         }

@@ -208,7 +208,10 @@ impl Cluster {
         if free == 0 {
             return;
         }
-        for key in self.presence.take_unsynced(free) {
+        for key in self
+            .presence
+            .take_unsynced(free, |topic| self.hub.has_topic(topic))
+        {
             let Ok(permit) = syncs.clone().try_acquire_owned() else {
                 self.presence.seeded(&key, None);
                 continue;

@@ -290,6 +290,10 @@ impl Presence {
                     .or_insert_with(|| Group::new(self.clustered))
             }
         };
+        if add && !group.synced() && !group.has_local() {
+            // A group left waiting while nobody here needed it.
+            self.wake.notify_one();
+        }
         group.local(uid, add, &self.budget, now);
     }
 
@@ -374,9 +378,25 @@ impl Presence {
         }
     }
 
+    /// Tracked `topic`'s presence subject was dropped (its last local
+    /// subscriber left): its group, if it is still there, waits for a new
+    /// seed, gathered once a local subscriber needs it (see
+    /// [`Presence::take_unsynced`]).
+    pub(crate) fn unsubscribed(&self, topic: &str) {
+        let restarted = lock(self.shard(topic))
+            .get_mut(topic)
+            .map(|group| group.restart(&self.budget))
+            .is_some();
+        if restarted {
+            self.wake.notify_one();
+        }
+    }
+
     /// Up to `max` groups waiting for their seed, each marked as being
-    /// gathered.
-    pub(crate) fn take_unsynced(&self, max: usize) -> Vec<GroupKey> {
+    /// gathered; topic groups only while `needed` (a local subscriber is
+    /// there: the group may be about to go, and a seed subscribes the
+    /// topic's presence subject).
+    pub(crate) fn take_unsynced(&self, max: usize, needed: impl Fn(&str) -> bool) -> Vec<GroupKey> {
         let mut keys = Vec::new();
         if max == 0 {
             return keys;
@@ -394,7 +414,7 @@ impl Presence {
                 if keys.len() >= max {
                     break;
                 }
-                if group.start_sync() {
+                if (group.has_local() || needed(topic)) && group.start_sync() {
                     keys.push(GroupKey::Topic(topic.to_string()));
                 }
             }
@@ -941,12 +961,12 @@ mod tests {
         a.heartbeat(&b.own_heartbeat(true, false));
         b.heartbeat(&a.own_heartbeat(false, false));
         // b seeds its users from a (empty).
-        assert_eq!(b.take_unsynced(8), [GroupKey::Users]);
+        assert_eq!(b.take_unsynced(8, |_| true), [GroupKey::Users]);
         b.seeded(&GroupKey::Users, Some(Vec::new()));
         // a's subscriber comes first; a seeds from b (empty).
         a.topic_changed("chat.1", None, true);
         assert_eq!(
-            a.take_unsynced(8),
+            a.take_unsynced(8, |_| true),
             [GroupKey::Users, GroupKey::Topic("chat.1".into())]
         );
         let answer = |p: &Presence, topic: Option<&str>| match p.tracked(topic) {
@@ -1016,7 +1036,7 @@ mod tests {
         let a = Presence::new(settings("a", true, false));
         let hub = Hub::new(1, QueueLimits { bytes: 1 << 20 });
         a.topic_changed("chat.1", None, true);
-        a.take_unsynced(8);
+        a.take_unsynced(8, |_| true);
         a.seeded(&GroupKey::Topic("chat.1".into()), Some(Vec::new()));
         let change = |started: u64, uid: &str| Change {
             node: "b".into(),

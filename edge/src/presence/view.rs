@@ -241,6 +241,34 @@ impl Group {
         }
     }
 
+    /// Waits for a new seed, whatever the state: this edge no longer
+    /// receives the group's changes (its subject was dropped), so what it
+    /// holds of the other edges goes stale until a seed is gathered again
+    /// (which subscribes the subject anew). A seed under way is not waited
+    /// for. What the next seed changes is announced, unless the group was
+    /// never seeded.
+    pub(super) fn restart(&mut self, budget: &Budget) {
+        let first = match &self.sync {
+            Sync::Pending { bytes, first, .. } => {
+                budget.give(*bytes);
+                *first
+            }
+            Sync::Done => false,
+        };
+        self.sync = Sync::Pending {
+            buffer: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+            first,
+            in_flight: false,
+        };
+    }
+
+    /// Whether this edge has a connection in the group now.
+    pub(super) fn has_local(&self) -> bool {
+        self.local_total > 0
+    }
+
     /// The gathering failed: it may be tried again.
     pub(super) fn sync_failed(&mut self) {
         if let Sync::Pending { in_flight, .. } = &mut self.sync {
