@@ -208,12 +208,12 @@ impl Cluster {
         if free == 0 {
             return;
         }
-        for key in self
+        for (key, gathering) in self
             .presence
             .take_unsynced(free, |topic| self.hub.has_topic(topic))
         {
             let Ok(permit) = syncs.clone().try_acquire_owned() else {
-                self.presence.seeded(&key, None);
+                self.presence.seeded(&key, gathering, None);
                 continue;
             };
             let seed = Seed {
@@ -226,7 +226,7 @@ impl Cluster {
             let done = done.clone();
             tokio::spawn(
                 async move {
-                    seed.gather(key).await;
+                    seed.gather(key, gathering).await;
                     drop(permit);
                     let _ = done.try_send(());
                 }
@@ -256,7 +256,8 @@ struct Seed {
 }
 
 impl Seed {
-    async fn gather(self, key: GroupKey) {
+    /// Gathers the seed of `key` as gathering number `gathering`.
+    async fn gather(self, key: GroupKey, gathering: u64) {
         if let GroupKey::Topic(topic) = &key {
             // The changes must arrive (and be buffered) before the states
             // they follow are asked for.
@@ -284,12 +285,13 @@ impl Seed {
                         "presence seed without some edges: their users appear as they change"
                     );
                 }
-                self.presence.seeded(&key, Some(gathered.tracked()));
+                self.presence
+                    .seeded(&key, gathering, Some(gathered.tracked()));
             }
             Err(e) => {
                 tracing::debug!(error = %e, group = ?key, "presence seed failed; retrying");
                 tokio::time::sleep(RETRY_SEED).await;
-                self.presence.seeded(&key, None);
+                self.presence.seeded(&key, gathering, None);
             }
         }
     }
