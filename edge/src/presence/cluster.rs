@@ -245,6 +245,13 @@ async fn next(subscriber: &mut Option<async_nats::Subscriber>) -> Option<async_n
     }
 }
 
+/// The most bytes of answers one seed gathering holds: `max_bytes` (the
+/// presence bound) shared by the [`MAX_SYNCS`] gathered at once. A larger
+/// seed fails and is gathered again.
+fn seed_max_bytes(max_bytes: usize) -> usize {
+    (max_bytes / MAX_SYNCS).max(1)
+}
+
 /// What gathering one group's seed needs.
 struct Seed {
     presence: Arc<Presence>,
@@ -273,7 +280,7 @@ impl Seed {
             &command,
             expected,
             DEFAULT_CONTROL_TIMEOUT,
-            gpush_common::control::DEFAULT_CONTROL_MAX_BYTES,
+            seed_max_bytes(self.presence.config.max_bytes),
         )
         .await;
         match gathered {
@@ -322,5 +329,18 @@ pub(crate) async fn run_local(
         if stop {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PresenceConfig;
+
+    #[test]
+    fn the_seeds_under_way_together_stay_within_presence_max_bytes() {
+        let max_bytes = PresenceConfig::default().max_bytes;
+        assert!(seed_max_bytes(max_bytes) * MAX_SYNCS <= max_bytes);
+        assert_eq!(seed_max_bytes(1), 1);
     }
 }
