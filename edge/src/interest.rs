@@ -22,8 +22,10 @@
 //!
 //! A topic with presence also has a presence subject (see
 //! [`crate::presence`]), subscribed when the topic's presence group is
-//! seeded and released with the topic's own subject; its messages go to
-//! the presence tracker.
+//! seeded (only while the hub has the topic, so that a seed outliving the
+//! topic's last subscriber leaves nothing behind) and released with the topic's own subject (the topic's group then
+//! waits for a new seed: what it held of the other edges goes stale); its
+//! messages go to the presence tracker.
 //!
 //! While NATS is away the client holds its commands in a bounded buffer and
 //! a subscribe blocks once that is full, which would stall the manager and
@@ -233,6 +235,15 @@ impl Manager {
             let mut subscribed = false;
             for request in batch.drain(..) {
                 match request {
+                    Request::Ensure(Key::Presence(topic), ack) if !self.hub.has_topic(&topic) => {
+                        // The seed that asks outlived the topic's last
+                        // local subscriber: nothing would release this
+                        // subscription. Its group waits for a new seed
+                        // (the one under way is dropped), gathered once
+                        // a subscriber comes.
+                        self.presence.unsubscribed(&topic);
+                        acks.push(ack);
+                    }
                     Request::Ensure(key, ack) => {
                         let subject = self.subject(&key);
                         if !self.active.contains_key(&subject)
@@ -259,9 +270,16 @@ impl Manager {
                             if let Key::Topic(topic) = &key {
                                 // The topic's presence goes with it.
                                 let presence = self.subjects.presence_topic(topic);
-                                self.pending.remove(&presence);
-                                if let Some(reader) = self.active.remove(&presence) {
+                                let pending = self.pending.remove(&presence).is_some();
+                                let active = self.active.remove(&presence);
+                                if let Some(reader) = &active {
                                     reader.task.abort();
+                                }
+                                if pending || active.is_some() {
+                                    // Changes are missed from now on: a
+                                    // new local subscriber needs a seed
+                                    // again, which subscribes anew.
+                                    self.presence.unsubscribed(topic);
                                 }
                             }
                         }

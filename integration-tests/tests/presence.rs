@@ -585,3 +585,29 @@ async fn standalone_online_events_reach_the_webhook_in_batches_with_retries() {
     drop(finn);
     server.abort();
 }
+
+/// A topic's last subscriber on an edge leaves and a new one comes within
+/// the same window (a long one here, so the gap falls inside it): the
+/// edge dropped the topic's presence subject with the topic's, so it must
+/// seed the topic's group again, subscribing the subject anew, and hear
+/// the other edges' changes after the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscribe_within_a_window_keeps_hearing_the_other_edges() {
+    gpush_integration_tests::init_tracing();
+    let window = Duration::from_secs(3);
+    let cluster = Cluster::start(2, |config| {
+        with_presence(config);
+        config.presence.interval = window;
+    })
+    .await;
+    let mut ann = member(&cluster, 0, "ann", "chat.x").await;
+    until_presence(&mut ann, "chat.x", json!({"ann": 1}), 0).await;
+    // A window passes: the group is seeded and settled.
+    tokio::time::sleep(window + WINDOW).await;
+    let reply = ann.unsubscribe("chat.x").await;
+    assert_eq!(reply["code"], 20002, "{reply}");
+    let mut watcher = cluster.connect(0, "watcher").await;
+    watcher.must_subscribe("chat.x").await;
+    let _bob = member(&cluster, 1, "bob", "chat.x").await;
+    until_presence(&mut watcher, "chat.x", json!({"bob": 1}), 1).await;
+}

@@ -208,9 +208,12 @@ impl Cluster {
         if free == 0 {
             return;
         }
-        for key in self.presence.take_unsynced(free) {
+        for (key, gathering) in self
+            .presence
+            .take_unsynced(free, |topic| self.hub.has_topic(topic))
+        {
             let Ok(permit) = syncs.clone().try_acquire_owned() else {
-                self.presence.seeded(&key, None);
+                self.presence.seeded(&key, gathering, None);
                 continue;
             };
             let seed = Seed {
@@ -223,7 +226,7 @@ impl Cluster {
             let done = done.clone();
             tokio::spawn(
                 async move {
-                    seed.gather(key).await;
+                    seed.gather(key, gathering).await;
                     drop(permit);
                     let _ = done.try_send(());
                 }
@@ -242,6 +245,13 @@ async fn next(subscriber: &mut Option<async_nats::Subscriber>) -> Option<async_n
     }
 }
 
+/// The most bytes of answers one seed gathering holds: `max_bytes` (the
+/// presence bound) shared by the [`MAX_SYNCS`] gathered at once. A larger
+/// seed fails and is gathered again.
+fn seed_max_bytes(max_bytes: usize) -> usize {
+    (max_bytes / MAX_SYNCS).max(1)
+}
+
 /// What gathering one group's seed needs.
 struct Seed {
     presence: Arc<Presence>,
@@ -253,7 +263,8 @@ struct Seed {
 }
 
 impl Seed {
-    async fn gather(self, key: GroupKey) {
+    /// Gathers the seed of `key` as gathering number `gathering`.
+    async fn gather(self, key: GroupKey, gathering: u64) {
         if let GroupKey::Topic(topic) = &key {
             // The changes must arrive (and be buffered) before the states
             // they follow are asked for.
@@ -269,7 +280,7 @@ impl Seed {
             &command,
             expected,
             DEFAULT_CONTROL_TIMEOUT,
-            gpush_common::control::DEFAULT_CONTROL_MAX_BYTES,
+            seed_max_bytes(self.presence.config.max_bytes),
         )
         .await;
         match gathered {
@@ -281,12 +292,13 @@ impl Seed {
                         "presence seed without some edges: their users appear as they change"
                     );
                 }
-                self.presence.seeded(&key, Some(gathered.tracked()));
+                self.presence
+                    .seeded(&key, gathering, Some(gathered.tracked()));
             }
             Err(e) => {
                 tracing::debug!(error = %e, group = ?key, "presence seed failed; retrying");
                 tokio::time::sleep(RETRY_SEED).await;
-                self.presence.seeded(&key, None);
+                self.presence.seeded(&key, gathering, None);
             }
         }
     }
@@ -317,5 +329,18 @@ pub(crate) async fn run_local(
         if stop {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PresenceConfig;
+
+    #[test]
+    fn the_seeds_under_way_together_stay_within_presence_max_bytes() {
+        let max_bytes = PresenceConfig::default().max_bytes;
+        assert!(seed_max_bytes(max_bytes) * MAX_SYNCS <= max_bytes);
+        assert_eq!(seed_max_bytes(1), 1);
     }
 }

@@ -165,6 +165,8 @@ pub(crate) struct Presence {
     user_limit_cluster: bool,
     /// The last number given to a change of this edge.
     seq: AtomicU64,
+    /// The last number given to a seed gathering.
+    gatherings: AtomicU64,
     topics: Box<[TopicShard]>,
     hasher: RandomState,
     /// The logged-in users, when tracked.
@@ -213,6 +215,7 @@ impl Presence {
             online,
             user_limit_cluster,
             seq: AtomicU64::new(0),
+            gatherings: AtomicU64::new(0),
             topics: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             users,
@@ -290,6 +293,10 @@ impl Presence {
                     .or_insert_with(|| Group::new(self.clustered))
             }
         };
+        if add && !group.synced() && !group.has_local() {
+            // A group left waiting while nobody here needed it.
+            self.wake.notify_one();
+        }
         group.local(uid, add, &self.budget, now);
     }
 
@@ -374,17 +381,40 @@ impl Presence {
         }
     }
 
+    /// Tracked `topic`'s presence subject was dropped (its last local
+    /// subscriber left): its group, if it is still there, waits for a new
+    /// seed, gathered once a local subscriber needs it (see
+    /// [`Presence::take_unsynced`]).
+    pub(crate) fn unsubscribed(&self, topic: &str) {
+        let restarted = lock(self.shard(topic))
+            .get_mut(topic)
+            .map(|group| group.restart(&self.budget))
+            .is_some();
+        if restarted {
+            self.wake.notify_one();
+        }
+    }
+
     /// Up to `max` groups waiting for their seed, each marked as being
-    /// gathered.
-    pub(crate) fn take_unsynced(&self, max: usize) -> Vec<GroupKey> {
+    /// gathered under a number of its own (for [`Presence::seeded`]);
+    /// topic groups only while `needed` (a local subscriber is there: the
+    /// group may be about to go, and a seed subscribes the topic's
+    /// presence subject).
+    pub(crate) fn take_unsynced(
+        &self,
+        max: usize,
+        needed: impl Fn(&str) -> bool,
+    ) -> Vec<(GroupKey, u64)> {
         let mut keys = Vec::new();
         if max == 0 {
             return keys;
         }
-        if let Some(users) = &self.users
-            && lock(users).start_sync()
-        {
-            keys.push(GroupKey::Users);
+        let next = || self.gatherings.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(users) = &self.users {
+            let gathering = next();
+            if lock(users).start_sync(gathering) {
+                keys.push((GroupKey::Users, gathering));
+            }
         }
         for shard in &self.topics {
             if keys.len() >= max {
@@ -394,21 +424,30 @@ impl Presence {
                 if keys.len() >= max {
                     break;
                 }
-                if group.start_sync() {
-                    keys.push(GroupKey::Topic(topic.to_string()));
+                if !group.synced() && (group.has_local() || needed(topic)) {
+                    let gathering = next();
+                    if group.start_sync(gathering) {
+                        keys.push((GroupKey::Topic(topic.to_string()), gathering));
+                    }
                 }
             }
         }
         keys
     }
 
-    /// The seed of `key` gathered (`seeds`: each edge's answer), or not
-    /// (None: it is tried again).
-    pub(crate) fn seeded(&self, key: &GroupKey, seeds: Option<Vec<Tracked>>) {
+    /// The seed of `key` gathered as number `gathering` (`seeds`: each
+    /// edge's answer), or not (None: it is tried again). Dropped unless the
+    /// group there now waits for that very gathering: the group it was
+    /// gathered for may have gone since (its last local subscriber left)
+    /// or been restarted, and a newer one has its own.
+    pub(crate) fn seeded(&self, key: &GroupKey, gathering: u64, seeds: Option<Vec<Tracked>>) {
         let Some(seeds) = seeds else {
-            self.with_group(key, Group::sync_failed);
+            self.with_group(key, |group| group.sync_failed(gathering));
             return;
         };
+        if self.with_group(key, |group| group.awaits(gathering)) != Some(true) {
+            return;
+        }
         let mut changes = Vec::with_capacity(seeds.len());
         for seed in seeds {
             if seed.node == self.node_id {
@@ -438,7 +477,11 @@ impl Presence {
             // No edge is forgotten while its seed goes in.
             let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
             changes.retain(|(ix, _)| nodes.nodes.contains_key(ix));
-            self.with_group(key, |group| group.seed(&changes, &self.budget, now));
+            self.with_group(key, |group| {
+                if group.awaits(gathering) {
+                    group.seed(&changes, &self.budget, now);
+                }
+            });
         }
         self.synced.notify_waiters();
     }
@@ -847,6 +890,11 @@ mod tests {
         }
     }
 
+    /// The keys of groups taken for their seeds.
+    fn keys(taken: &[(GroupKey, u64)]) -> Vec<GroupKey> {
+        taken.iter().map(|(key, _)| key.clone()).collect()
+    }
+
     /// Frames queued for `conn`, as JSON values.
     fn pushes(conn: &crate::hub::ConnHandle) -> Vec<serde_json::Value> {
         let mut frames = std::collections::VecDeque::new();
@@ -941,12 +989,14 @@ mod tests {
         a.heartbeat(&b.own_heartbeat(true, false));
         b.heartbeat(&a.own_heartbeat(false, false));
         // b seeds its users from a (empty).
-        assert_eq!(b.take_unsynced(8), [GroupKey::Users]);
-        b.seeded(&GroupKey::Users, Some(Vec::new()));
+        let taken = b.take_unsynced(8, |_| true);
+        assert_eq!(keys(&taken), [GroupKey::Users]);
+        b.seeded(&GroupKey::Users, taken[0].1, Some(Vec::new()));
         // a's subscriber comes first; a seeds from b (empty).
         a.topic_changed("chat.1", None, true);
+        let taken = a.take_unsynced(8, |_| true);
         assert_eq!(
-            a.take_unsynced(8),
+            keys(&taken),
             [GroupKey::Users, GroupKey::Topic("chat.1".into())]
         );
         let answer = |p: &Presence, topic: Option<&str>| match p.tracked(topic) {
@@ -964,9 +1014,10 @@ mod tests {
             },
             other => panic!("{other:?}"),
         };
-        a.seeded(&GroupKey::Users, Some(vec![answer(&b, None)]));
+        a.seeded(&GroupKey::Users, taken[0].1, Some(vec![answer(&b, None)]));
         a.seeded(
             &GroupKey::Topic("chat.1".into()),
+            taken[1].1,
             Some(vec![answer(&b, Some("chat.1"))]),
         );
         // ann logs in on b and subscribes: b's window publishes it.
@@ -1016,8 +1067,9 @@ mod tests {
         let a = Presence::new(settings("a", true, false));
         let hub = Hub::new(1, QueueLimits { bytes: 1 << 20 });
         a.topic_changed("chat.1", None, true);
-        a.take_unsynced(8);
-        a.seeded(&GroupKey::Topic("chat.1".into()), Some(Vec::new()));
+        for (key, gathering) in a.take_unsynced(8, |_| true) {
+            a.seeded(&key, gathering, Some(Vec::new()));
+        }
         let change = |started: u64, uid: &str| Change {
             node: "b".into(),
             started,
@@ -1038,6 +1090,35 @@ mod tests {
             [("bob".to_owned(), 1)],
             "ann's edge restarted; carl's is older"
         );
+    }
+
+    #[test]
+    fn a_seed_gathered_for_a_dropped_group_does_not_land_on_the_next_one() {
+        let a = Presence::new(settings("a", true, false));
+        let hub = Hub::new(1, QueueLimits { bytes: 1 << 20 });
+        let key = GroupKey::Topic("chat.1".into());
+        a.topic_changed("chat.1", None, true);
+        let taken = a.take_unsynced(8, |_| true);
+        assert_eq!(keys(&taken), [GroupKey::Users, key.clone()]);
+        a.seeded(&GroupKey::Users, taken[0].1, Some(Vec::new()));
+        // The subscriber leaves while the seed is gathered: two windows
+        // drop the group.
+        a.topic_changed("chat.1", None, false);
+        a.window(&hub, usize::MAX);
+        a.window(&hub, usize::MAX);
+        assert_eq!(a.counts(), (0, 0));
+        // A new subscriber: a new group, which waits for its own seed.
+        a.topic_changed("chat.1", None, true);
+        let stale = Tracked {
+            node: "b".into(),
+            started: 1,
+            seq: 1,
+            users: vec![("bob".into(), 1)],
+            anonymous: 0,
+        };
+        a.seeded(&key, taken[1].1, Some(vec![stale]));
+        assert_eq!(a.counts(), (0, 1), "the stale seed was dropped");
+        assert_eq!(keys(&a.take_unsynced(8, |_| true)), [key], "seeded anew");
     }
 
     #[test]

@@ -145,8 +145,10 @@ enum Sync {
         overflowed: bool,
         /// The group's first seed: what it brings is not announced.
         first: bool,
-        /// A gathering is under way.
-        in_flight: bool,
+        /// The number of the gathering under way, if one is: only its
+        /// result is taken (a seed gathered for a group since dropped, or
+        /// restarted, must not land on this one).
+        in_flight: Option<u64>,
     },
     Done,
 }
@@ -197,7 +199,7 @@ impl Group {
                     bytes: 0,
                     overflowed: false,
                     first: true,
-                    in_flight: false,
+                    in_flight: None,
                 }
             } else {
                 Sync::Done
@@ -215,16 +217,23 @@ impl Group {
         self.local_total == 0 && !self.local_dirty
     }
 
-    /// Marks a pending group's seed as being gathered; false when it is
-    /// not pending or already under way.
-    pub(super) fn start_sync(&mut self) -> bool {
+    /// Marks a pending group's seed as being gathered, as gathering
+    /// number `gathering`; false when it is not pending or already under
+    /// way.
+    pub(super) fn start_sync(&mut self, gathering: u64) -> bool {
         match &mut self.sync {
-            Sync::Pending { in_flight, .. } if !*in_flight => {
-                *in_flight = true;
+            Sync::Pending { in_flight, .. } if in_flight.is_none() => {
+                *in_flight = Some(gathering);
                 true
             }
             _ => false,
         }
+    }
+
+    /// Whether gathering number `gathering` is the one this group waits
+    /// for.
+    pub(super) fn awaits(&self, gathering: u64) -> bool {
+        matches!(self.sync, Sync::Pending { in_flight: Some(n), .. } if n == gathering)
     }
 
     /// Waits for a new seed (after the bus reconnected, or this edge was
@@ -236,15 +245,45 @@ impl Group {
                 bytes: 0,
                 overflowed: false,
                 first: false,
-                in_flight: false,
+                in_flight: None,
             };
         }
     }
 
-    /// The gathering failed: it may be tried again.
-    pub(super) fn sync_failed(&mut self) {
-        if let Sync::Pending { in_flight, .. } = &mut self.sync {
-            *in_flight = false;
+    /// Waits for a new seed, whatever the state: this edge no longer
+    /// receives the group's changes (its subject was dropped), so what it
+    /// holds of the other edges goes stale until a seed is gathered again
+    /// (which subscribes the subject anew). A seed under way is not waited
+    /// for. What the next seed changes is announced, unless the group was
+    /// never seeded.
+    pub(super) fn restart(&mut self, budget: &Budget) {
+        let first = match &self.sync {
+            Sync::Pending { bytes, first, .. } => {
+                budget.give(*bytes);
+                *first
+            }
+            Sync::Done => false,
+        };
+        self.sync = Sync::Pending {
+            buffer: Vec::new(),
+            bytes: 0,
+            overflowed: false,
+            first,
+            in_flight: None,
+        };
+    }
+
+    /// Whether this edge has a connection in the group now.
+    pub(super) fn has_local(&self) -> bool {
+        self.local_total > 0
+    }
+
+    /// Gathering number `gathering` failed: it may be tried again.
+    pub(super) fn sync_failed(&mut self, gathering: u64) {
+        if let Sync::Pending { in_flight, .. } = &mut self.sync
+            && *in_flight == Some(gathering)
+        {
+            *in_flight = None;
         }
     }
 
@@ -336,7 +375,7 @@ impl Group {
                 bytes: 0,
                 overflowed: false,
                 first,
-                in_flight: false,
+                in_flight: None,
             };
             return false;
         }
@@ -665,8 +704,8 @@ mod tests {
     fn a_first_seed_is_not_announced_and_buffered_changes_apply_after_it() {
         let budget = budget();
         let mut group = Group::new(true);
-        assert!(group.start_sync());
-        assert!(!group.start_sync(), "one gathering at a time");
+        assert!(group.start_sync(1));
+        assert!(!group.start_sync(1), "one gathering at a time");
         group.local(Some("me"), true, &budget, 0);
         // Buffered: one change the seed already covers, one after it.
         group.receive(1, change(5, &[("ann", 1)], None), &budget, 0);
@@ -691,7 +730,7 @@ mod tests {
         );
         // This edge's own user another edge holds too is not.
         let mut users = Group::new(true);
-        assert!(users.start_sync());
+        assert!(users.start_sync(1));
         users.local(Some("me"), true, &budget, 0);
         users.local(Some("ann"), true, &budget, 0);
         let seed = Change {
@@ -702,7 +741,7 @@ mod tests {
         assert_eq!(users.window(&budget).changes, [("me".into(), true)]);
         // A resync announces what it changes.
         group.resync();
-        assert!(group.start_sync());
+        assert!(group.start_sync(1));
         let seed = Change {
             full: true,
             ..change(20, &[("ann", 1)], Some(0))
@@ -717,7 +756,7 @@ mod tests {
     fn an_overflowing_buffer_asks_for_another_seed() {
         let budget = budget();
         let mut group = Group::new(true);
-        assert!(group.start_sync());
+        assert!(group.start_sync(1));
         let big: Vec<(String, u32)> = (0..MAX_SYNC_BUFFER / 8)
             .map(|n| (format!("u{n}"), 1))
             .collect();
@@ -726,7 +765,7 @@ mod tests {
         group.receive(1, change, &budget, 0);
         assert!(!group.seed(&[], &budget, 0));
         assert!(!group.synced());
-        assert!(group.start_sync(), "gathered again");
+        assert!(group.start_sync(1), "gathered again");
         assert!(group.seed(&[], &budget, 0));
     }
 

@@ -26,6 +26,9 @@ impl<S: Socket> Session<S> {
     /// and in the logged-in users.
     pub(in crate::conn) fn presence_login(&self, from: Option<&str>, to: Option<&str>) {
         let presence = &self.shared.presence;
+        if !presence.active() {
+            return;
+        }
         for topic in &self.public.0 {
             if presence.tracks(topic) {
                 presence.topic_changed(topic, from, false);
