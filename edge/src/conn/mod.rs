@@ -104,7 +104,8 @@ struct Session<S> {
     /// Frames taken from the outbox, not yet fully written.
     pending: VecDeque<Bytes>,
     public: Topics,
-    uid: Option<Box<str>>,
+    /// The uid logged in as, shared with the hub's record of it.
+    uid: Option<Arc<str>>,
     private: Topics,
     /// Set once the connection is to close. The close itself is the
     /// outbox's (first request wins), or [`Close::RateLimited`] when the

@@ -47,9 +47,10 @@ pub(crate) enum Order {
 }
 
 impl Hub {
-    /// Remembers that connection `id` is logged in as `uid`.
-    pub(super) fn record_login(&self, id: u64, uid: &str) {
-        lock(&self.logins[id as usize % self.logins.len()]).insert(id, Arc::from(uid));
+    /// Remembers that connection `id` is logged in as `uid` (the
+    /// connection's own copy, shared).
+    pub(super) fn record_login(&self, id: u64, uid: Arc<str>) {
+        lock(&self.logins[id as usize % self.logins.len()]).insert(id, uid);
     }
 
     /// Forgets connection `id`'s login.

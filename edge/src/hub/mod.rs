@@ -304,7 +304,7 @@ impl Hub {
     /// connection, offset).
     pub(crate) fn login_at(
         &self,
-        uid: &str,
+        uid: &Arc<str>,
         conn: &Arc<ConnHandle>,
         max_conns: usize,
         expected: Option<u64>,
@@ -315,7 +315,7 @@ impl Hub {
             .users
             .add_at(uid, conn, usize::MAX, max_conns, expected, seed, joined);
         if added.is_ok() {
-            self.record_login(conn.id, uid);
+            self.record_login(conn.id, uid.clone());
         }
         if let Ok((true, _)) = added {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
@@ -437,7 +437,7 @@ impl Hub {
     /// local connection.
     pub(crate) fn login(&self, uid: &str, conn: &Arc<ConnHandle>) -> bool {
         let first = self.users.add(uid, conn, usize::MAX) == Ok(true);
-        self.record_login(conn.id, uid);
+        self.record_login(conn.id, Arc::from(uid));
         if first {
             self.user_buckets[usize::from(user_bucket(uid))].fetch_add(1, Ordering::Relaxed);
         }

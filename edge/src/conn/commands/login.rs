@@ -84,6 +84,8 @@ impl<S: Socket> Session<S> {
                 ))
                 .frame(format);
         }
+        // One copy of the uid, shared by the connection and the hub.
+        let login_uid: std::sync::Arc<str> = std::sync::Arc::from(uid.as_str());
         loop {
             let expected = join
                 .expected(&hub, follower, key, max_recover, |entry| {
@@ -91,7 +93,7 @@ impl<S: Socket> Session<S> {
                 })
                 .await;
             let joined = |offset| self.queue_joined(reply(offset, &join), &join);
-            match hub.login_at(&uid, &self.conn, max_conns, expected, joined) {
+            match hub.login_at(&login_uid, &self.conn, max_conns, expected, joined) {
                 Ok(_) => break,
                 Err(NotAdded::Crowded) => {
                     self.shared.metrics.login_crowded();
@@ -107,7 +109,7 @@ impl<S: Socket> Session<S> {
                 Err(_) => {}
             }
         }
-        self.uid = Some(uid.as_str().into());
+        self.uid = Some(login_uid);
         self.presence_login(None, Some(&uid));
         self.conn.set_login_end(ends);
         self.shared
