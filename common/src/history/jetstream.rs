@@ -311,11 +311,6 @@ pub async fn ensure_events_stream(
     timeout: Duration,
 ) -> Result<stream::Info, HistoryError> {
     let name = events_stream_name(subjects.prefix());
-    let fail = |action: &'static str, detail: String| HistoryError::Stream {
-        stream: name.clone(),
-        action,
-        detail,
-    };
     let js = jetstream::ContextBuilder::new()
         .timeout(timeout)
         .build(client);
@@ -324,16 +319,38 @@ pub async fn ensure_events_stream(
         wanted.max_age = max_age;
         wanted.duplicate_window = max_age.min(DUPLICATE_WINDOW);
         wanted.max_bytes = i64::try_from(config.max_bytes).unwrap_or(i64::MAX);
-        wanted.storage = match config.storage {
-            Storage::Memory => stream::StorageType::Memory,
-            Storage::File => stream::StorageType::File,
-        };
+        wanted.storage = storage_type(config.storage);
         wanted.num_replicas = config.replicas;
         wanted.allow_direct = true;
         wanted.discard = stream::DiscardPolicy::Old;
         wanted.retention = stream::RetentionPolicy::Limits;
     };
-    match js.get_stream(&name).await {
+    ensure_stream(&js, &name, "events", apply).await
+}
+
+/// The JetStream storage type of `storage`.
+fn storage_type(storage: Storage) -> stream::StorageType {
+    match storage {
+        Storage::Memory => stream::StorageType::Memory,
+        Storage::File => stream::StorageType::File,
+    }
+}
+
+/// Makes stream `name` (`what`: "history" or "events", for logs) have the
+/// config `apply` sets: created when missing, updated when an existing
+/// one's config drifted, left alone otherwise.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    what: &str,
+    apply: impl Fn(&mut stream::Config),
+) -> Result<stream::Info, HistoryError> {
+    let fail = |action: &'static str, detail: String| HistoryError::Stream {
+        stream: name.to_owned(),
+        action,
+        detail,
+    };
+    match js.get_stream(name).await {
         Ok(mut existing) => {
             let info = existing
                 .info()
@@ -345,7 +362,7 @@ pub async fn ensure_events_stream(
             if wanted == info.config {
                 return Ok(info);
             }
-            tracing::info!(stream = %name, "updating events stream config");
+            tracing::info!(stream = %name, "updating {what} stream config");
             js.update_stream(wanted)
                 .await
                 .map_err(|e| fail("update", format!("{e} (delete the stream to recreate it)")))
@@ -358,11 +375,11 @@ pub async fn ensure_events_stream(
             ) =>
         {
             let mut config = stream::Config {
-                name: name.clone(),
+                name: name.to_owned(),
                 ..Default::default()
             };
             apply(&mut config);
-            tracing::info!(stream = %name, "creating events stream");
+            tracing::info!(stream = %name, "creating {what} stream");
             let mut created = js
                 .create_stream(config)
                 .await
@@ -481,54 +498,10 @@ impl JetStreamHistory {
     }
 
     async fn ensure_stream(&self, stream: &HistoryStream) -> Result<stream::Info, HistoryError> {
-        let fail = |action: &'static str, detail: String| HistoryError::Stream {
-            stream: stream.name.clone(),
-            action,
-            detail,
-        };
-        let js = &self.inner.js;
-        match js.get_stream(&stream.name).await {
-            Ok(mut existing) => {
-                let info = existing
-                    .info()
-                    .await
-                    .map_err(|e| fail("info", e.to_string()))?
-                    .clone();
-                let mut wanted = info.config.clone();
-                self.apply_plan(stream, &mut wanted);
-                if wanted == info.config {
-                    return Ok(info);
-                }
-                tracing::info!(stream = %stream.name, "updating history stream config");
-                js.update_stream(wanted)
-                    .await
-                    .map_err(|e| fail("update", format!("{e} (delete the stream to recreate it)")))
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref js_error)
-                        if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                let mut config = stream::Config {
-                    name: stream.name.clone(),
-                    ..Default::default()
-                };
-                self.apply_plan(stream, &mut config);
-                tracing::info!(stream = %stream.name, "creating history stream");
-                let mut created = js
-                    .create_stream(config)
-                    .await
-                    .map_err(|e| fail("create", e.to_string()))?;
-                created
-                    .info()
-                    .await
-                    .cloned()
-                    .map_err(|e| fail("info", e.to_string()))
-            }
-            Err(e) => Err(fail("info", e.to_string())),
-        }
+        ensure_stream(&self.inner.js, &stream.name, "history", |config| {
+            self.apply_plan(stream, config);
+        })
+        .await
     }
 
     /// Sets the fields of a stream config that the plan owns.
@@ -540,10 +513,7 @@ impl JetStreamHistory {
         config.max_age = stream.plan.ttl;
         config.duplicate_window = stream.plan.ttl.min(DUPLICATE_WINDOW);
         config.max_bytes = i64::try_from(self.inner.max_bytes).unwrap_or(i64::MAX);
-        config.storage = match self.inner.storage {
-            Storage::Memory => stream::StorageType::Memory,
-            Storage::File => stream::StorageType::File,
-        };
+        config.storage = storage_type(self.inner.storage);
         config.num_replicas = self.inner.replicas;
         config.allow_direct = true;
         config.discard = stream::DiscardPolicy::Old;
