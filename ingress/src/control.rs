@@ -32,6 +32,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use gpush_common::control::{Command, DEFAULT_TOPICS_LIMIT, Gathered};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -280,6 +281,25 @@ fn query<T>(state: &AppState, query: Result<Query<T>, QueryRejection>) -> Result
     })
 }
 
+/// `POST /v1/disconnect`, `/v1/logout`, `/v1/subscribe`,
+/// `/v1/unsubscribe`: the command of the body `B` to every edge; the
+/// connections it reached.
+pub(crate) async fn steer<B>(
+    State(state): State<AppState>,
+    _: Authorized,
+    request: Result<Json<B>, JsonRejection>,
+) -> Result<Json<Reached>, ApiError>
+where
+    B: DeserializeOwned + Into<Command>,
+{
+    let command = body(&state, request)?.into();
+    control(&state)
+        .reached(Transport::Http, command)
+        .await
+        .map(Json)
+}
+
+/// `POST /v1/disconnect`: closes every connection of `uid` (4003).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DisconnectBody {
@@ -288,40 +308,26 @@ pub(crate) struct DisconnectBody {
     reason: String,
 }
 
-/// `POST /v1/disconnect`: closes every connection of `uid` (4003).
-pub(crate) async fn disconnect(
-    State(state): State<AppState>,
-    _: Authorized,
-    request: Result<Json<DisconnectBody>, JsonRejection>,
-) -> Result<Json<Reached>, ApiError> {
-    let DisconnectBody { uid, reason } = body(&state, request)?;
-    let command = Command::Disconnect { uid, reason };
-    control(&state)
-        .reached(Transport::Http, command)
-        .await
-        .map(Json)
+impl From<DisconnectBody> for Command {
+    fn from(DisconnectBody { uid, reason }: DisconnectBody) -> Self {
+        Command::Disconnect { uid, reason }
+    }
 }
 
+/// `POST /v1/logout`: ends every login of `uid` (10004, reason `logout`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogoutBody {
     uid: String,
 }
 
-/// `POST /v1/logout`: ends every login of `uid` (10004, reason `logout`).
-pub(crate) async fn logout(
-    State(state): State<AppState>,
-    _: Authorized,
-    request: Result<Json<LogoutBody>, JsonRejection>,
-) -> Result<Json<Reached>, ApiError> {
-    let LogoutBody { uid } = body(&state, request)?;
-    let command = Command::Logout { uid };
-    control(&state)
-        .reached(Transport::Http, command)
-        .await
-        .map(Json)
+impl From<LogoutBody> for Command {
+    fn from(LogoutBody { uid }: LogoutBody) -> Self {
+        Command::Logout { uid }
+    }
 }
 
+/// `POST /v1/subscribe`: subscribes every connection of `uid` (10008).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubscribeBody {
@@ -333,30 +339,24 @@ pub(crate) struct SubscribeBody {
     keep: bool,
 }
 
-/// `POST /v1/subscribe`: subscribes every connection of `uid` (10008).
-pub(crate) async fn subscribe(
-    State(state): State<AppState>,
-    _: Authorized,
-    request: Result<Json<SubscribeBody>, JsonRejection>,
-) -> Result<Json<Reached>, ApiError> {
-    let SubscribeBody {
-        uid,
-        topic,
-        public,
-        keep,
-    } = body(&state, request)?;
-    let command = Command::Subscribe {
-        uid,
-        topic,
-        public,
-        keep,
-    };
-    control(&state)
-        .reached(Transport::Http, command)
-        .await
-        .map(Json)
+impl From<SubscribeBody> for Command {
+    fn from(body: SubscribeBody) -> Self {
+        let SubscribeBody {
+            uid,
+            topic,
+            public,
+            keep,
+        } = body;
+        Command::Subscribe {
+            uid,
+            topic,
+            public,
+            keep,
+        }
+    }
 }
 
+/// `POST /v1/unsubscribe`: unsubscribes every connection of `uid` (10009).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UnsubscribeBody {
@@ -366,18 +366,10 @@ pub(crate) struct UnsubscribeBody {
     public: bool,
 }
 
-/// `POST /v1/unsubscribe`: unsubscribes every connection of `uid` (10009).
-pub(crate) async fn unsubscribe(
-    State(state): State<AppState>,
-    _: Authorized,
-    request: Result<Json<UnsubscribeBody>, JsonRejection>,
-) -> Result<Json<Reached>, ApiError> {
-    let UnsubscribeBody { uid, topic, public } = body(&state, request)?;
-    let command = Command::Unsubscribe { uid, topic, public };
-    control(&state)
-        .reached(Transport::Http, command)
-        .await
-        .map(Json)
+impl From<UnsubscribeBody> for Command {
+    fn from(UnsubscribeBody { uid, topic, public }: UnsubscribeBody) -> Self {
+        Command::Unsubscribe { uid, topic, public }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,10 +84,19 @@ pub fn router(api: PushApi, edges: Edges) -> Router {
         .route("/v1/connect", get(connect))
         .route("/v1/stats", get(stats))
         .route("/v1/history", get(history))
-        .route("/v1/disconnect", post(control::disconnect))
-        .route("/v1/logout", post(control::logout))
-        .route("/v1/subscribe", post(control::subscribe))
-        .route("/v1/unsubscribe", post(control::unsubscribe))
+        .route(
+            "/v1/disconnect",
+            post(control::steer::<control::DisconnectBody>),
+        )
+        .route("/v1/logout", post(control::steer::<control::LogoutBody>))
+        .route(
+            "/v1/subscribe",
+            post(control::steer::<control::SubscribeBody>),
+        )
+        .route(
+            "/v1/unsubscribe",
+            post(control::steer::<control::UnsubscribeBody>),
+        )
         .route("/v1/presence", get(control::presence))
         .route("/v1/presence_stats", get(control::presence_stats))
         .route("/v1/online", get(control::online))
