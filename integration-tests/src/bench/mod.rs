@@ -18,12 +18,15 @@
 //! - [`client`]: the load-client process.
 //! - [`fleet`]: the coordinator's side of the client processes.
 //! - [`baseline`]: the baseline raw server process.
+//! - [`api_baseline`]: the push-API baseline server process (hyper).
+//! - [`load`]: the single-push load-generator process.
 //! - [`systems`]: starting the systems under test; reading RSS.
 //! - [`push`]: payloads and push API calls.
 //! - [`http`]: a lean HTTP/1.1 keep-alive client for the ingress load.
 //! - [`scenarios`]: one module per scenario.
 //! - [`report`]: the table and the JSON.
 
+pub mod api_baseline;
 pub mod baseline;
 pub mod cli;
 pub mod client;
@@ -31,6 +34,7 @@ pub mod control;
 pub mod fleet;
 pub mod histogram;
 pub mod http;
+pub mod load;
 pub mod push;
 pub mod report;
 pub mod scenarios;
