@@ -42,7 +42,7 @@ pub fn run(args: ApiBaselineArgs) -> anyhow::Result<()> {
 }
 
 /// Accepts connections on `listener` forever, serving HTTP/1.1 or h2.
-async fn serve(listener: TcpListener, h2: bool) {
+pub(crate) async fn serve(listener: TcpListener, h2: bool) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

@@ -356,6 +356,35 @@ async fn grpc_call(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::api_baseline;
+    use tokio::net::TcpListener;
+
+    /// The generator against the push-API baseline, in process: every
+    /// call of both protocols succeeds (status, `grpc-status` trailer).
+    #[tokio::test]
+    async fn loads_the_api_baseline() {
+        for (protocol, h2) in [(LoadProtocol::Http, false), (LoadProtocol::Grpc, true)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = tokio::spawn(api_baseline::serve(listener, h2));
+            for batch in [1, 3] {
+                let args = LoadArgs {
+                    addr,
+                    protocol,
+                    connections: 2,
+                    in_flight: 2,
+                    batch,
+                    secs: 0.2,
+                    threads: 1,
+                    topic: "t".into(),
+                };
+                let tally = load(&args).await.expect("load");
+                assert_eq!(tally.failed, 0, "{protocol:?}: {:?}", tally.first_error);
+                assert!(tally.calls > 0, "{protocol:?}: no call answered");
+            }
+            server.abort();
+        }
+    }
 
     #[test]
     fn grpc_frames_are_length_prefixed() {

@@ -64,12 +64,8 @@ impl Ceiling {
         }
     }
 
-    /// Single pushes/s of the baseline now, and the note of its run.
-    async fn measure(
-        &self,
-        bench: &Bench,
-        protocol: LoadProtocol,
-    ) -> anyhow::Result<(f64, String)> {
+    /// Single pushes to the baseline now.
+    async fn measure(&self, bench: &Bench, protocol: LoadProtocol) -> anyhow::Result<Measured> {
         let spec = spec(bench, self.addr(protocol), protocol, 1);
         measure(bench, &spec, &[self.0.pid()]).await
     }
@@ -94,18 +90,32 @@ fn spec(bench: &Bench, addr: SocketAddr, protocol: LoadProtocol, batch: usize) -
     }
 }
 
-/// Runs `spec` against the server processes `pids`; returns what the
-/// generator reported and a note naming the load and both sides' CPU.
-async fn measure(bench: &Bench, spec: &LoadSpec, pids: &[u32]) -> anyhow::Result<(f64, String)> {
+/// What one load run measured.
+struct Measured {
+    /// Messages/s.
+    rate: f64,
+    /// CPU seconds the server processes used per message.
+    cpu_per_message: f64,
+    /// The load and both sides' CPU.
+    note: String,
+}
+
+/// Runs `spec` against the server processes `pids`.
+async fn measure(bench: &Bench, spec: &LoadSpec, pids: &[u32]) -> anyhow::Result<Measured> {
     let (cpu0, t0) = (cpu_time_of(pids)?, Instant::now());
     let tally: LoadTally = load::generate(&bench.bins.bench, spec, TOPIC).await?;
-    let server = (cpu_time_of(pids)? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time_of(pids)? - cpu0).as_secs_f64();
+    let server = cpu / t0.elapsed().as_secs_f64();
     let what = match spec.batch {
         1 => spec.describe(),
         n => format!("{n} per call, {}", spec.describe()),
     };
-    let note = tally.note(&format!("{what}; server {server:.2} cores"));
-    Ok((tally.rate() * spec.batch as f64, note))
+    let messages = tally.calls * spec.batch as u64;
+    Ok(Measured {
+        rate: tally.rate() * spec.batch as f64,
+        cpu_per_message: cpu / messages.max(1) as f64,
+        note: tally.note(&format!("{what}; server {server:.2} cores")),
+    })
 }
 
 fn metric(protocol: LoadProtocol, batch: usize) -> &'static str {
@@ -125,24 +135,38 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     eprintln!("[ingress] push-API baseline (hyper, answers every POST)");
     let ceiling = Ceiling(ApiBaseline::start(&bench.bins).await?);
     for protocol in PROTOCOLS {
-        let (rate, note) = ceiling.measure(bench, protocol).await?;
+        let top = ceiling.measure(bench, protocol).await?;
         let row = Row::new(
             "ingress",
             "api baseline",
             metric(protocol, 1),
-            rate,
+            top.rate,
             Unit::PerSec,
         );
-        bench.report.add(row.note(note));
+        bench.report.add(row.note(top.note));
+        let row = Row::new(
+            "ingress",
+            "api baseline",
+            cpu_metric(protocol),
+            top.cpu_per_message * 1e9,
+            Unit::Nanos,
+        );
+        bench.report.add(row);
         // Twice the generator: if the rate rose with it, one was the limit.
         let twice = LoadSpec {
             processes: 2 * LOAD_PROCESSES,
             ..spec(bench, ceiling.addr(protocol), protocol, 1)
         };
-        let (rate, note) = measure(bench, &twice, &[ceiling.0.pid()]).await?;
+        let two = measure(bench, &twice, &[ceiling.0.pid()]).await?;
         let system = format!("api baseline, {} load processes", twice.processes);
-        let row = Row::new("ingress", &system, metric(protocol, 1), rate, Unit::PerSec);
-        bench.report.add(row.note(note));
+        let row = Row::new(
+            "ingress",
+            &system,
+            metric(protocol, 1),
+            two.rate,
+            Unit::PerSec,
+        );
+        bench.report.add(row.note(two.note));
     }
     for history in bench.history.clone() {
         for ack in [Ack::Server, Ack::Flush] {
@@ -154,22 +178,43 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     server.check_running()
 }
 
+fn cpu_metric(protocol: LoadProtocol) -> &'static str {
+    match protocol {
+        LoadProtocol::Http => "HTTP server CPU per push",
+        LoadProtocol::Grpc => "gRPC server CPU per push",
+    }
+}
+
 /// Single pushes to `addr` with `protocol`, right after the ceiling's: the
-/// row, with the ceiling as its baseline.
+/// rate row, with the ceiling as its baseline, and the server CPU per push
+/// (every process in `pids`) beside the ceiling's.
 async fn single(
     bench: &Bench,
     ceiling: &Ceiling,
     system: &str,
     (addr, protocol): (SocketAddr, LoadProtocol),
     pids: &[u32],
-) -> anyhow::Result<Row> {
-    let (top, _) = ceiling.measure(bench, protocol).await?;
-    let (rate, note) = measure(bench, &spec(bench, addr, protocol, 1), pids).await?;
-    Ok(
-        Row::new("ingress", system, metric(protocol, 1), rate, Unit::PerSec)
-            .baseline(Some(top))
-            .note(note),
+) -> anyhow::Result<(Row, Row)> {
+    let top = ceiling.measure(bench, protocol).await?;
+    let got = measure(bench, &spec(bench, addr, protocol, 1), pids).await?;
+    let rate = Row::new(
+        "ingress",
+        system,
+        metric(protocol, 1),
+        got.rate,
+        Unit::PerSec,
     )
+    .baseline(Some(top.rate))
+    .note(got.note);
+    let cpu = Row::new(
+        "ingress",
+        system,
+        cpu_metric(protocol),
+        got.cpu_per_message * 1e9,
+        Unit::Nanos,
+    )
+    .baseline(Some(top.cpu_per_message * 1e9));
+    Ok((rate, cpu))
 }
 
 /// Single pushes and batches through ingress and NATS.
@@ -188,21 +233,22 @@ async fn cluster(
             LoadProtocol::Http => cluster.http,
             LoadProtocol::Grpc => cluster.grpc,
         };
-        let mut row = single(bench, ceiling, &system, (addr, protocol), &pids).await?;
+        let (mut row, cpu) = single(bench, ceiling, &system, (addr, protocol), &pids).await?;
         if ack == Ack::Server && history == GOAL_HISTORY {
             row = row.target(Target::ratio_at_least(TARGET_CLUSTER));
         }
         bench.report.add(row);
-        let (rate, note) = measure(bench, &spec(bench, addr, protocol, BATCH), &pids).await?;
+        bench.report.add(cpu);
+        let batch = measure(bench, &spec(bench, addr, protocol, BATCH), &pids).await?;
         let row = Row::new(
             "ingress",
             &system,
             metric(protocol, BATCH),
-            rate,
+            batch.rate,
             Unit::PerSec,
         )
         .target(Target::at_least(TARGET_BATCH))
-        .note(note);
+        .note(batch.note);
         bench.report.add(row);
     }
     cluster.check_running()
@@ -223,11 +269,12 @@ async fn standalone(
             LoadProtocol::Http => edge.http,
             LoadProtocol::Grpc => edge.grpc,
         };
-        let mut row = single(bench, ceiling, &system, (addr, protocol), &pids).await?;
+        let (mut row, cpu) = single(bench, ceiling, &system, (addr, protocol), &pids).await?;
         if history == GOAL_HISTORY {
             row = row.target(Target::ratio_at_least(TARGET_STANDALONE));
         }
         bench.report.add(row);
+        bench.report.add(cpu);
     }
     edge.check_running()
 }
