@@ -364,6 +364,11 @@ impl NatsServer {
         nats
     }
 
+    /// The running server's process id, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.proc.as_ref().map(LoggedChild::pid)
+    }
+
     /// Turns JetStream on or off for the next (re)start.
     pub fn set_jetstream(&mut self, on: bool) {
         self.jetstream = on;

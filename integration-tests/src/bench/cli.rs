@@ -35,6 +35,12 @@ pub enum Role {
     /// The baseline raw server process (started by the benchmark).
     #[command(hide = true)]
     ServeBaseline(BaselineArgs),
+    /// The push-API baseline server process (started by the benchmark).
+    #[command(hide = true)]
+    ServeApiBaseline(ApiBaselineArgs),
+    /// A single-push load-generator process (started by the benchmark).
+    #[command(hide = true)]
+    Load(LoadArgs),
 }
 
 /// Flags of a benchmark run.
@@ -250,5 +256,64 @@ pub struct BaselineArgs {
     pub http_addr: SocketAddr,
     /// The topic named in the push frames.
     #[arg(long, default_value = "bench")]
+    pub topic: String,
+}
+
+/// Flags of the push-API baseline server process.
+#[derive(Debug, Clone, Args)]
+pub struct ApiBaselineArgs {
+    /// HTTP/1.1 listen address.
+    #[arg(long)]
+    pub http_addr: SocketAddr,
+    /// h2 (gRPC) listen address.
+    #[arg(long)]
+    pub grpc_addr: SocketAddr,
+}
+
+/// What a load process calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadProtocol {
+    /// HTTP/1.1 `POST /v1/pushData`.
+    Http,
+    /// gRPC `PushData` over h2.
+    Grpc,
+}
+
+impl LoadProtocol {
+    /// The name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadProtocol::Http => "http",
+            LoadProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// Flags of a load-generator process.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// The server's address.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// What to call.
+    #[arg(long, value_enum)]
+    pub protocol: LoadProtocol,
+    /// Connections.
+    #[arg(long)]
+    pub connections: usize,
+    /// Calls in flight per connection (gRPC; HTTP/1.1 has one).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Messages per call: 1 calls `pushData`, more `pushBatch`.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Seconds of load.
+    #[arg(long)]
+    pub secs: f64,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// The topic pushed to.
+    #[arg(long)]
     pub topic: String,
 }

@@ -18,6 +18,8 @@
 //! - [`client`]: the load-client process.
 //! - [`fleet`]: the coordinator's side of the client processes.
 //! - [`baseline`]: the baseline raw server process.
+//! - [`api_baseline`]: the push-API baseline server process (hyper).
+//! - [`load`]: the single-push load-generator process.
 //! - [`systems`]: starting the systems under test; reading RSS.
 //! - [`push`]: payloads and push API calls.
 //! - [`http`]: a lean HTTP/1.1 keep-alive client for the ingress load.
@@ -25,6 +27,7 @@
 //! - [`report`]: the table, the JSON and the charts' footer.
 //! - [`chart`]: the SVG charts (`--charts DIR`).
 
+pub mod api_baseline;
 pub mod baseline;
 pub mod chart;
 pub mod cli;
@@ -33,6 +36,7 @@ pub mod control;
 pub mod fleet;
 pub mod histogram;
 pub mod http;
+pub mod load;
 pub mod push;
 pub mod report;
 pub mod scenarios;

@@ -127,6 +127,8 @@ pub enum Unit {
     Micros,
     /// A plain count (loss, errors, connections).
     Count,
+    /// Nanoseconds (CPU time per event).
+    Nanos,
 }
 
 impl Unit {
@@ -144,6 +146,8 @@ impl Unit {
             Unit::Micros if value >= 1e3 => format!("{:.2} ms", value / 1e3),
             Unit::Micros => format!("{value:.0} µs"),
             Unit::Count => format!("{value:.0}"),
+            Unit::Nanos if value >= 1e3 => format!("{:.2} µs", value / 1e3),
+            Unit::Nanos => format!("{value:.0} ns"),
         }
     }
 }

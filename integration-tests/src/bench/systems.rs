@@ -11,6 +11,7 @@ use crate::procs::{
     sibling_binary,
 };
 use anyhow::{Context as _, bail};
+use gpush_common::bus::Ack;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -161,6 +162,10 @@ pub struct Standalone {
     pub ws_url: String,
     /// `http://127.0.0.1:<port>` of the push API.
     pub http_base: String,
+    /// The push API's HTTP address.
+    pub http: SocketAddr,
+    /// The push API's gRPC address.
+    pub grpc: SocketAddr,
     _dir: Scratch,
 }
 
@@ -191,6 +196,8 @@ impl Standalone {
             proc,
             ws_url: format!("ws://{ws}/ws"),
             http_base: format!("http://{http}"),
+            http,
+            grpc,
             _dir: dir,
         })
     }
@@ -217,6 +224,10 @@ pub struct Cluster {
     pub http_base: String,
     /// `http://127.0.0.1:<port>` of ingress's gRPC API.
     pub grpc_url: String,
+    /// Ingress's HTTP address.
+    pub http: SocketAddr,
+    /// Ingress's gRPC address.
+    pub grpc: SocketAddr,
     /// `ws://127.0.0.1:<port>/ws` of the edge, when there is one.
     pub ws_url: Option<String>,
     _dir: Scratch,
@@ -231,6 +242,16 @@ impl Cluster {
         with_edge: bool,
         history: HistoryMode,
     ) -> anyhow::Result<Self> {
+        Self::start_with_ack(bins, with_edge, history, Ack::default()).await
+    }
+
+    /// [`Cluster::start`] with ingress's `publish_ack` set to `ack`.
+    pub async fn start_with_ack(
+        bins: &Binaries,
+        with_edge: bool,
+        history: HistoryMode,
+        ack: Ack,
+    ) -> anyhow::Result<Self> {
         let dir = Scratch::new("bench-cluster");
         let nats = NatsServer::start().await;
         let (http, grpc) = (loopback(), loopback());
@@ -242,6 +263,8 @@ impl Cluster {
             &grpc.to_string(),
             "--nats-url",
             &nats.url(),
+            "--publish-ack",
+            &ack.to_string(),
         ]);
         args.extend(config.iter().cloned());
         let mut ingress = spawn("gpush-ingress", &bins.ingress, &args, &dir)?;
@@ -265,9 +288,26 @@ impl Cluster {
             edge,
             http_base: format!("http://{http}"),
             grpc_url: format!("http://{grpc}"),
+            http,
+            grpc,
             ws_url,
             _dir: dir,
         })
+    }
+
+    /// The edge's process id, when there is an edge.
+    pub fn edge_pid(&self) -> Option<u32> {
+        self.edge.as_ref().map(LoggedChild::pid)
+    }
+
+    /// The process ids of what carries a push to the edge: nats-server and
+    /// ingress.
+    pub fn bus_pids(&self) -> Vec<u32> {
+        self.nats
+            .pid()
+            .into_iter()
+            .chain([self.ingress.pid()])
+            .collect()
     }
 
     /// Waits until the edge's NATS subscription to public `topic` is in
@@ -527,6 +567,77 @@ impl Baseline {
     }
 }
 
+/// The push-API baseline server (`gpush-bench serve-api-baseline`).
+#[derive(Debug)]
+pub struct ApiBaseline {
+    proc: LoggedChild,
+    /// Its HTTP/1.1 address.
+    pub http: SocketAddr,
+    /// Its h2 (gRPC) address.
+    pub grpc: SocketAddr,
+    _dir: Scratch,
+}
+
+impl ApiBaseline {
+    /// Starts the server and waits for both its ports.
+    pub async fn start(bins: &Binaries) -> anyhow::Result<Self> {
+        let dir = Scratch::new("bench-api-baseline");
+        let (http, grpc) = (loopback(), loopback());
+        let args = strings(&[
+            "serve-api-baseline",
+            "--http-addr",
+            &http.to_string(),
+            "--grpc-addr",
+            &grpc.to_string(),
+        ]);
+        let proc = spawn_ws_http("api-baseline", &bins.bench, &args, &dir, (http, grpc)).await?;
+        Ok(Self {
+            proc,
+            http,
+            grpc,
+            _dir: dir,
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// An error when the server has died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.proc.check_running()
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on
+/// every Linux architecture the bench runs on).
+const USER_HZ: u64 = 100;
+
+/// CPU time process `pid` used so far, user + system, every thread
+/// (`utime + stime` of `/proc/<pid>/stat`; 10 ms resolution).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    // The command name (field 2) may hold spaces; the fields after it
+    // start with the state (field 3), so utime (14) and stime (15) are
+    // the 12th and 13th.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .into_iter()
+        .flatten()
+        .map(|field| field.parse::<u64>().ok())
+        .sum::<Option<u64>>()
+        .with_context(|| format!("no utime/stime in {path}"))?;
+    Ok(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
+/// CPU time of several processes, added up (see [`cpu_time`]).
+pub fn cpu_time_of(pids: &[u32]) -> anyhow::Result<Duration> {
+    pids.iter().map(|pid| cpu_time(*pid)).sum()
+}
+
 /// Resident memory of process `pid` (`VmRSS`), in bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -610,6 +721,17 @@ mod tests {
     fn own_rss_is_readable() {
         let rss = rss_bytes(std::process::id()).expect("VmRSS");
         assert!(rss > 100 * 1024, "{rss}");
+    }
+
+    #[test]
+    fn own_cpu_time_grows() {
+        let before = cpu_time(std::process::id()).expect("stat");
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        let after = cpu_time(std::process::id()).expect("stat");
+        assert!(after > before, "{before:?} -> {after:?}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use gpush_integration_tests::bench::cli::{Cli, Role};
-use gpush_integration_tests::bench::{baseline, client};
+use gpush_integration_tests::bench::{api_baseline, baseline, client, load};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         None => return gpush_integration_tests::bench::run(cli.run),
         Some(Role::Client(args)) => client::run(args),
         Some(Role::ServeBaseline(args)) => baseline::run(args),
+        Some(Role::ServeApiBaseline(args)) => api_baseline::run(args),
+        Some(Role::Load(args)) => load::run(args),
     };
     match role {
         Ok(()) => ExitCode::SUCCESS,
