@@ -21,14 +21,16 @@ const WIDTH: u32 = 880;
 const HEIGHT: u32 = 500;
 /// Height of the footer line below the plot, pixels.
 const FOOTER: u32 = 26;
+/// Height of a legend line, pixels (14 px text).
+const LEGEND_LINE: f64 = 19.0;
 /// Font size of the footer line, pixels.
 const FOOTER_FONT: f64 = 12.0;
 /// The percentile axis runs from 0 to 1 - 10^-NINES (99.99 %).
 const NINES: f64 = 4.0;
 /// Points sampled per latency curve.
 const STEPS: u32 = 200;
-/// Series with at most this many points also get a marker on each point
-/// (a single point has no line).
+/// Charts whose series have at most this many points each also get a
+/// marker on each point (a single point has no line).
 const MARKED: usize = 60;
 /// Series colours (Okabe-Ito: told apart with colour-blindness too).
 const PALETTE: [RGBColor; 7] = [
@@ -121,7 +123,8 @@ pub fn latency(name: &str, title: &str, series: &[(&str, &Histogram)]) -> Chart 
 }
 
 /// A line chart of `series` (y against x, both linear, each from 0 when
-/// none of its values is negative), with a marker on each point of short series.
+/// none of its values is negative), with a marker on each point when every
+/// series is short.
 pub fn lines(name: &str, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Chart {
     render(name, |area| {
         draw_lines(area, title, x_label, y_label, series)
@@ -161,8 +164,12 @@ fn render(name: &str, draw: impl FnOnce(&Area<'_>) -> DrawResult) -> Chart {
 }
 
 fn draw_latency(area: &Area<'_>, title: &str, curves: &[Series]) -> DrawResult {
-    let values = curves.iter().flat_map(|s| finite(&s.points)).map(|p| p.1);
-    let y = log_range(values);
+    let values = || curves.iter().flat_map(|s| finite(&s.points)).map(|p| p.1);
+    let y = log_range(values());
+    let top = values().filter(|v| *v > 0.0).fold(y.start, f64::max);
+    let (lo, hi) = (y.start.log10(), y.end.log10());
+    let hi = raise_for_legend(lo..hi, top.log10(), curves.len());
+    let y = y.start..10f64.powf(hi.end);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
         .margin(14)
@@ -193,10 +200,10 @@ fn draw_lines(
         series.iter().flat_map(|s| finite(&s.points)).map(|p| p.0),
         true,
     );
-    let ys = linear_range(
-        series.iter().flat_map(|s| finite(&s.points)).map(|p| p.1),
-        true,
-    );
+    let values = || series.iter().flat_map(|s| finite(&s.points)).map(|p| p.1);
+    let ys = linear_range(values(), true);
+    let top = values().fold(ys.start, f64::max);
+    let ys = raise_for_legend(ys, top, series.len());
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
         .margin(14)
@@ -216,7 +223,7 @@ fn draw_lines(
 }
 
 /// Draws every series with its legend entry; `marks` puts a dot on each
-/// point of short series.
+/// point when every series is short.
 fn plot<'a, X, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     series: &[Series],
@@ -226,6 +233,8 @@ where
     X: Ranged<ValueType = f64> + ValueFormatter<f64>,
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
+    // Markers on every series or none, so the picture is consistent.
+    let marks = marks && series.iter().all(|s| s.points.len() <= MARKED);
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let points: Vec<(f64, f64)> = finite(&s.points).collect();
@@ -234,7 +243,7 @@ where
             .draw_series(LineSeries::new(points.clone(), style))?
             .label(s.label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
-        if marks && points.len() <= MARKED {
+        if marks {
             chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
         }
     }
@@ -248,6 +257,20 @@ where
             .draw()?;
     }
     Ok(())
+}
+
+/// `range` (of the y axis, linear or in logarithms) with its top raised
+/// so that values up to `top` stay below the legend of `entries` lines in
+/// the plot's upper left corner.
+fn raise_for_legend(range: Range<f64>, top: f64, entries: usize) -> Range<f64> {
+    if entries == 0 {
+        return range;
+    }
+    // Plot height: the picture less footer, caption, margins, x labels.
+    let plot = f64::from(HEIGHT - FOOTER) - 30.0 - 28.0 - 44.0;
+    let share = ((entries as f64 * LEGEND_LINE + 16.0) / plot).min(0.6);
+    let needed = (top - share * range.start) / (1.0 - share);
+    range.start..range.end.max(needed)
 }
 
 /// The finite points of `points`.
@@ -552,5 +575,8 @@ mod tests {
         let r = linear_range([3.0].into_iter(), true);
         assert!(r.start == 0.0 && (r.end - 3.15).abs() < 1e-9, "{r:?}");
         assert_eq!(linear_range(std::iter::empty(), true), 0.0..1.0);
+        assert_eq!(raise_for_legend(0.0..10.0, 5.0, 1), 0.0..10.0);
+        let raised = raise_for_legend(0.0..10.0, 10.0, 5);
+        assert!(raised.end > 13.0 && raised.end < 15.0, "{raised:?}");
     }
 }

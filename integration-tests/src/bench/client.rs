@@ -596,6 +596,22 @@ async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
         });
     }
     drop(done_tx);
+    // Progress from the start: frames that arrive while the others still
+    // set up (a storm's recoveries) count as they come.
+    let progress = counters.clone();
+    let interval = Duration::from_millis(args.progress_ms.max(1));
+    spawn_local(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let frames = progress.frames.get();
+            if frames != last {
+                last = frames;
+                emit(&Event::Progress { frames });
+            }
+        }
+    });
     let mut setup = Setup::default();
     // Count answers: the senders live on in the receiving tasks.
     for _ in 0..args.conns {
@@ -612,21 +628,6 @@ async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
     }
     setup.secs = started.elapsed().as_secs_f64();
     emit(&Event::Ready(setup));
-
-    let progress = counters.clone();
-    let interval = Duration::from_millis(args.progress_ms.max(1));
-    spawn_local(async move {
-        let mut last = 0;
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            let frames = progress.frames.get();
-            if frames != last {
-                last = frames;
-                emit(&Event::Progress { frames });
-            }
-        }
-    });
 
     let mut commands = commands();
     while let Some(command) = commands.recv().await {
