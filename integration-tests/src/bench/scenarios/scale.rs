@@ -138,6 +138,33 @@ fn sysctl(path: &str) -> String {
     std::fs::read_to_string(path).map_or_else(|_| "?".into(), |s| s.trim().replace('\t', " "))
 }
 
+/// CPU seconds (user + system) the processes used so far (those that
+/// are gone count 0).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the ")" that closes the name: state is the
+            // first, utime and stime the 12th and 13th.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
+/// The 1-minute load average (the machine may be shared).
+fn load_average() -> String {
+    sysctl("/proc/loadavg")
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned()
+}
+
 /// Sum of the processes' RSS (those that are gone count 0).
 fn rss_sum(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|pid| rss_bytes(*pid).ok()).sum()
@@ -187,7 +214,7 @@ impl Ramp {
         let clients = rss_sum(&self.client_pids);
         let conntrack = sysctl("/proc/sys/net/netfilter/nf_conntrack_count");
         eprintln!(
-            "[scale] {:>6.0} s  {connected:>8} connected ({failed} failed)  {rate:>7.0}/s  machine used {:.2} GiB (available {:.2}), slab {:.2} GiB, TCP inuse {} mem {:.0} MiB; edges RSS {:.2} GiB, clients {:.2} GiB; conntrack {conntrack}",
+            "[scale] {:>6.0} s  {connected:>8} connected ({failed} failed)  {rate:>7.0}/s  machine used {:.2} GiB (available {:.2}), slab {:.2} GiB, TCP inuse {} mem {:.0} MiB; edges RSS {:.2} GiB, clients {:.2} GiB; conntrack {conntrack}; load {}",
             now.duration_since(self.started).as_secs_f64(),
             machine.used as f64 / GIB,
             machine.available as f64 / GIB,
@@ -196,6 +223,7 @@ impl Ramp {
             machine.tcp_mem as f64 / 1024.0 / 1024.0,
             edges as f64 / GIB,
             clients as f64 / GIB,
+            load_average(),
         );
         let x = connected as f64;
         let series = &mut self.series;
@@ -275,6 +303,11 @@ struct PushFigures {
     expected: u64,
     stats: Stats,
     wait: Wait,
+    /// CPU seconds the edges and the clients used from the push until
+    /// the last delivery.
+    cpu: (f64, f64),
+    /// The load average then.
+    load: String,
 }
 
 /// Pushes one stamped message to `topic` ("" = everyone) and waits until
@@ -284,12 +317,19 @@ async fn measure_push(
     pusher: &Pusher,
     topic: &str,
     expected: u64,
+    edge_pids: &[u32],
 ) -> anyhow::Result<PushFigures> {
     fleet.reset().await?;
+    let client_pids = fleet.pids();
+    let cpu_before = (cpu_secs(edge_pids), cpu_secs(&client_pids));
     pusher.push(topic, &stamp(0, None)).await?;
     let wait = fleet
         .wait_delivered(expected, DELIVERY_STALL, Instant::now() + DELIVERY_LIMIT)
         .await;
+    let cpu = (
+        cpu_secs(edge_pids) - cpu_before.0,
+        cpu_secs(&client_pids) - cpu_before.1,
+    );
     // Late progress reports: the count is a few milliseconds old.
     sleep(Duration::from_millis(200)).await;
     let stats = fleet.stats().await?;
@@ -297,6 +337,8 @@ async fn measure_push(
         expected,
         stats,
         wait,
+        cpu,
+        load: load_average(),
     })
 }
 
@@ -317,8 +359,8 @@ fn push_rows(bench: &mut Bench, system: &str, what: &str, figures: &PushFigures)
     let loss = figures.expected as i64 - figures.stats.frames as i64;
     let note = join_notes(&[
         &format!(
-            "{} receivers; time from the push's send time to each receiver's read",
-            figures.expected
+            "{} receivers; time from the push's send time to each receiver's read; CPU meanwhile: edges {:.2} s, clients {:.2} s; load average {}",
+            figures.expected, figures.cpu.0, figures.cpu.1, figures.load
         ),
         &wait_note(figures.wait),
     ]);
@@ -610,11 +652,11 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<RampSeries> {
 
     // One push to everyone, one to the first topic.
     let pusher = Pusher::gpush(&http_base);
-    let everyone = measure_push(&mut fleet, &pusher, "", held).await?;
+    let everyone = measure_push(&mut fleet, &pusher, "", held, &edge_pids).await?;
     push_rows(bench, &system, "push to everyone", &everyone);
     let topic0 = format!("{TOPIC}-0");
     let subscribers = everyone.stats.roaming.held.first().copied().unwrap_or(0);
-    let topic = measure_push(&mut fleet, &pusher, &topic0, subscribers).await?;
+    let topic = measure_push(&mut fleet, &pusher, &topic0, subscribers, &edge_pids).await?;
     push_rows(
         bench,
         &system,
