@@ -226,6 +226,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn roaming_figures_add_up_per_topic() {
+        let mut total = Stats::default();
+        let a = Stats {
+            roaming: Roaming {
+                held: vec![3, 4],
+                lost: 2,
+                resubscribed: 1,
+                last_resubscribed_us: 50,
+                ..Roaming::default()
+            },
+            duplicates: 1,
+            ..Stats::default()
+        };
+        let b = Stats {
+            roaming: Roaming {
+                held: vec![1, 1, 7],
+                lost: 1,
+                resubscribed: 1,
+                last_resubscribed_us: 40,
+                ..Roaming::default()
+            },
+            ..Stats::default()
+        };
+        total.merge(&a);
+        total.merge(&b);
+        assert_eq!(total.roaming.held, vec![4, 5, 7]);
+        assert_eq!((total.roaming.lost, total.roaming.resubscribed), (3, 2));
+        assert_eq!(total.roaming.last_resubscribed_us, 50);
+        assert_eq!(total.duplicates, 1);
+        // Older clients' lines (no roaming figures) still parse.
+        let mut line = serde_json::to_value(Stats::default()).expect("serialize");
+        let fields = line.as_object_mut().expect("an object");
+        assert!(fields.remove("roaming").is_some() && fields.remove("duplicates").is_some());
+        let old: Stats = serde_json::from_value(line).expect("deserialize");
+        assert_eq!(old.roaming.held, Vec::<u64>::new());
+    }
+
+    #[test]
     fn lines_round_trip() {
         let line = serde_json::to_string(&Command::Stats).expect("serialize");
         assert_eq!(line, r#"{"cmd":"stats"}"#);

@@ -429,3 +429,80 @@ async fn hold(args: ClientArgs) -> anyhow::Result<()> {
     // Exiting closes every socket; no need to drop the tasks one by one.
     std::process::exit(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn ok(url: &str) -> String {
+        let body = format!(r#"{{"url":"{url}","node_id":"edge-1","stale":false}}"#);
+        format!(
+            "200 OK\r\ncontent-type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn discovery_follows_connect_and_skips_the_edge_just_lost() {
+        let first = ok("ws://127.0.0.1:7001/ws");
+        let second = ok("ws://127.0.0.1:7002/ws");
+        let answers: Vec<&'static str> = vec![
+            Box::leak(first.into_boxed_str()),
+            Box::leak(second.into_boxed_str()),
+        ];
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0; 1024];
+            for answer in answers {
+                let n = stream.read(&mut buf).await.expect("read");
+                assert!(buf[..n].starts_with(b"GET /v1/connect HTTP/1.1\r\n"));
+                let response = format!("HTTP/1.1 {answer}");
+                stream.write_all(response.as_bytes()).await.expect("write");
+            }
+        });
+        let discovery = Discovery::new(&format!("http://{addr}"), 2).expect("discovery");
+        let a = discovery.endpoint(None).await.expect("first answer");
+        assert_eq!(a.addr.port(), 7001);
+        // The batch of two: the second connection gets the same answer.
+        let b = discovery.endpoint(None).await.expect("cached");
+        assert_eq!(b.addr.port(), 7001);
+        assert_eq!(discovery.calls.get(), 1);
+        // Its batch used up, and 7001 lost anyway: asks again.
+        let c = discovery
+            .endpoint(Some(a.addr))
+            .await
+            .expect("second answer");
+        assert_eq!(c.addr.port(), 7002);
+        assert_eq!(discovery.calls.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_an_error_with_its_status() {
+        let body = r#"{"code":"unavailable","message":"no edge"}"#;
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0; 1024];
+            let _ = stream.read(&mut buf).await;
+            stream.write_all(response.as_bytes()).await.expect("write");
+        });
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
+        let error = read_response(&mut stream).await.expect_err("503");
+        assert!(
+            error.contains("503") && error.contains("no edge"),
+            "{error}"
+        );
+    }
+}
