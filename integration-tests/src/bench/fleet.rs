@@ -166,6 +166,21 @@ impl Progress {
             changed: Notify::new(),
         })
     }
+
+    fn delivered(&self) -> u64 {
+        self.frames.iter().map(|f| f.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Reads a fleet's delivered count without borrowing the fleet.
+#[derive(Debug, Clone)]
+pub struct Watch(Arc<Progress>);
+
+impl Watch {
+    /// Push frames received so far over all clients.
+    pub fn delivered(&self) -> u64 {
+        self.0.delivered()
+    }
 }
 
 /// One client process.
@@ -273,17 +288,15 @@ pub struct Fleet {
 impl Fleet {
     /// Starts the processes and waits until every connection was tried.
     pub async fn start(spec: &FleetSpec) -> anyhow::Result<Self> {
-        let mut fleet = Self::launch(spec)?;
-        let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(spec.conns as u64);
-        fleet
-            .wait_ready(deadline, Duration::MAX, |_, _| false)
-            .await?;
+        let mut fleet = Self::spawn(spec)?;
+        fleet.ready(spec).await?;
         Ok(fleet)
     }
 
-    /// Starts the processes; they set up their connections while this
-    /// returns at once (see [`wait_ready`](Self::wait_ready)).
-    pub fn launch(spec: &FleetSpec) -> anyhow::Result<Self> {
+    /// Starts the processes without waiting for their set-ups (see
+    /// [`ready`](Self::ready) and [`wait_ready`](Self::wait_ready));
+    /// `setup` stays empty until then.
+    pub fn spawn(spec: &FleetSpec) -> anyhow::Result<Self> {
         let processes = spec.processes();
         let progress = Progress::new(processes);
         let mut clients = Vec::with_capacity(processes);
@@ -312,6 +325,19 @@ impl Fleet {
             progress,
             setup: Setup::default(),
         })
+    }
+
+    /// Waits until every connection of a [`spawn`](Self::spawn)ed fleet
+    /// of `spec` was tried.
+    pub async fn ready(&mut self, spec: &FleetSpec) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(spec.conns as u64);
+        self.wait_ready(deadline, Duration::MAX, |_, _| false).await
+    }
+
+    /// A handle that reads [`delivered`](Self::delivered) from elsewhere,
+    /// e.g. a task sampling it while the fleet sets up.
+    pub fn watch(&self) -> Watch {
+        Watch(self.progress.clone())
     }
 
     /// Waits until every process reported its set-up done (into
@@ -391,11 +417,7 @@ impl Fleet {
     /// Push frames received so far over all clients (as last reported, a
     /// few milliseconds old).
     pub fn delivered(&self) -> u64 {
-        self.progress
-            .frames
-            .iter()
-            .map(|f| f.load(Ordering::Relaxed))
-            .sum()
+        self.progress.delivered()
     }
 
     /// Waits until [`delivered`](Self::delivered) reaches `target`, the

@@ -133,8 +133,6 @@ pub struct Bench {
     pub report: Report,
     /// History settings to run `fanout` and `ingress` with (at least one).
     pub history: Vec<HistoryMode>,
-    /// The scale scenario's ramp (for its chart), once it ran.
-    pub scale_series: Option<scale::RampSeries>,
     baseline: BaselineFigures,
 }
 
@@ -156,7 +154,6 @@ impl Bench {
             sizes,
             report,
             history,
-            scale_series: None,
             baseline: BaselineFigures::default(),
         }
     }
@@ -180,10 +177,7 @@ impl Bench {
             Scenario::Storm => storm::run(self).await,
             Scenario::Presence => presence::run(self).await,
             Scenario::PresenceChurn => presence_churn::run(self).await,
-            Scenario::Scale => {
-                self.scale_series = Some(scale::run(self).await?);
-                Ok(())
-            }
+            Scenario::Scale => scale::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;

@@ -33,6 +33,7 @@
 //!   those pushes (each counts a push once, by its offset).
 
 use super::{Bench, join_notes};
+use crate::bench::chart::{self, Series};
 use crate::bench::cli::HistoryMode;
 use crate::bench::client::unix_micros;
 use crate::bench::control::Stats;
@@ -467,8 +468,37 @@ fn print_settings(conns: usize, edges: usize, processes: usize) {
     );
 }
 
+/// The ramp's charts: memory and connect rate against connections.
+fn ramp_charts(bench: &mut Bench, series: &RampSeries, edges: usize) {
+    let line = |label: &str, points: &[(f64, f64)]| Series {
+        label: label.to_owned(),
+        points: points.to_vec(),
+    };
+    bench.report.chart(chart::lines(
+        "scale-memory",
+        &format!("scale: memory while ramping ({edges} edges, clients on the same box)"),
+        "connections",
+        "GiB",
+        &[
+            line(
+                "machine used (MemTotal - MemAvailable)",
+                &series.machine_used,
+            ),
+            line("kernel slab", &series.slab),
+            line("edges' RSS (sum)", &series.edges_rss),
+        ],
+    ));
+    bench.report.chart(chart::lines(
+        "scale-connect-rate",
+        &format!("scale: connect rate through /v1/connect ({edges} edges)"),
+        "connections",
+        "connections set up per second",
+        &[line("set-ups/s over the last 2 s", &series.connect_rate)],
+    ));
+}
+
 /// Runs the scale scenario at `bench.sizes.scale_conns` connections.
-pub async fn run(bench: &mut Bench) -> anyhow::Result<RampSeries> {
+pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let conns = bench.sizes.scale_conns;
     if conns == 0 {
         bail!("--scale-conns must be at least 1");
@@ -515,7 +545,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<RampSeries> {
         ..FleetSpec::public("", conns, TOPIC)
     };
     let started = Instant::now();
-    let mut fleet = Fleet::launch(&spec)?;
+    let mut fleet = Fleet::spawn(&spec)?;
     let mut ramp = Ramp {
         started,
         last: (started, 0),
@@ -544,6 +574,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<RampSeries> {
         setup.failed, setup.halted, setup.retries
     );
     ramp.sample(held, setup.failed, None);
+    ramp_charts(bench, &ramp.series, edges);
     if held == 0 {
         bail!(
             "no connection was set up: {}",
@@ -707,12 +738,16 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<RampSeries> {
     let topic0 = format!("{TOPIC}-0");
     let subscribers = everyone.stats.roaming.held.first().copied().unwrap_or(0);
     let topic = measure_push(&mut fleet, &pusher, &topic0, subscribers, &edge_pids).await?;
-    push_rows(
-        bench,
-        &system,
-        &format!("push to a topic of {}k", subscribers / 1000),
-        &topic,
-    );
+    let topic_label = format!("push to a topic of {}k", subscribers / 1000);
+    push_rows(bench, &system, &topic_label, &topic);
+    bench.report.chart(chart::latency(
+        "scale-latency",
+        &format!("scale: push to receive at {held} connections ({edges} edges)"),
+        &[
+            ("push to everyone", &everyone.stats.latency),
+            (&topic_label, &topic.stats.latency),
+        ],
+    ));
 
     // SIGKILL edge-0; pushes to every topic while its clients come back.
     let victim = counts
@@ -831,5 +866,5 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<RampSeries> {
     }
     fleet.stop().await;
     cluster.check_running()?;
-    Ok(ramp.series)
+    Ok(())
 }
