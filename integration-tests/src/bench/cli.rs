@@ -66,7 +66,11 @@ pub struct RunArgs {
     /// use the first.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
     pub history: Vec<HistoryMode>,
-    /// Scenarios to run, in this order [default: all].
+    /// Connections the `scale` scenario ramps to [default: 1,000,000;
+    /// 36,000 with --quick].
+    #[arg(long, value_name = "N")]
+    pub scale_conns: Option<usize>,
+    /// Scenarios to run, in this order [default: all but scale].
     #[arg(value_enum)]
     pub scenarios: Vec<Scenario>,
 }
@@ -144,6 +148,13 @@ pub enum Scenario {
     PresenceChurn,
     /// The baseline raw server's idle, fanout and latency figures.
     Baseline,
+    /// One million connections (--scale-conns) through nats-server,
+    /// etcd, ingress and ~55 edges, each client finding its edge through
+    /// /v1/connect: connect rate, memory per connection, per-edge
+    /// balance, a push to everyone and to a 250k topic, an edge
+    /// SIGKILLed. Takes minutes and the whole machine: not part of the
+    /// default run.
+    Scale,
 }
 
 impl Scenario {
@@ -178,6 +189,7 @@ impl Scenario {
             Scenario::Presence => "presence",
             Scenario::PresenceChurn => "presence-churn",
             Scenario::Baseline => "baseline",
+            Scenario::Scale => "scale",
         }
     }
 }
@@ -200,9 +212,19 @@ pub enum SubscribeMode {
 /// Flags of a load-client process.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// WebSocket URL, `ws://host:port/path`.
-    #[arg(long)]
+    /// WebSocket URL, `ws://host:port/path` (unused with `--discover`).
+    #[arg(long, default_value = "")]
     pub url: String,
+    /// Find the edge through ingress at this base URL
+    /// (`http://host:port`), as the browser client does: `GET
+    /// /v1/connect`, then connect to the `url` it names. A lost connection
+    /// is made again the same way and resubscribes with `since` the last
+    /// offset it saw.
+    #[arg(long)]
+    pub discover: Option<String>,
+    /// With `--discover`: connections made to one `/v1/connect` answer.
+    #[arg(long, default_value_t = 1)]
+    pub discover_batch: usize,
     /// Loopback source addresses to bind (comma-separated; churn rotates
     /// over them).
     #[arg(long, value_delimiter = ',', required = true)]

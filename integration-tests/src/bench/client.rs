@@ -32,7 +32,7 @@ const READ_BUF: usize = 64 * 1024;
 /// A connection's leftover buffer larger than this is freed once empty.
 const KEEP_PARTIAL: usize = 4 * 1024;
 /// Time one connection may take to connect, upgrade and subscribe.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reply code to a subscribe (public or private).
 const SUBSCRIBED: u64 = 20001;
@@ -55,6 +55,9 @@ pub fn unix_micros() -> u64 {
 /// Runs a client process until told to quit (or, churning, until its time
 /// is up).
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
+    if args.discover.is_some() {
+        return crate::bench::roamer::run(args);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -68,7 +71,7 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 /// Writes one event line to stdout; exits when the coordinator is gone.
-fn emit(event: &Event) {
+pub(crate) fn emit(event: &Event) {
     let Ok(line) = serde_json::to_string(event) else {
         return;
     };
@@ -80,14 +83,14 @@ fn emit(event: &Event) {
 
 /// Where to connect.
 #[derive(Debug)]
-struct Endpoint {
-    addr: SocketAddr,
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
     host: String,
     path: String,
 }
 
 impl Endpoint {
-    fn parse(url: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(url: &str) -> anyhow::Result<Self> {
         let rest = url
             .strip_prefix("ws://")
             .ok_or_else(|| anyhow::anyhow!("expected a ws:// URL, got {url:?}"))?;
@@ -108,7 +111,7 @@ impl Endpoint {
 
 /// What a connection does after the upgrade.
 #[derive(Debug, Clone)]
-enum Plan {
+pub(crate) enum Plan {
     Nothing,
     Public {
         topic: String,
@@ -146,7 +149,7 @@ impl Plan {
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
-enum SetupError {
+pub(crate) enum SetupError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
     #[error("i/o: {0}")]
@@ -170,13 +173,14 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Setu
 }
 
 /// Sends `text` and waits for the reply with code `expected`, skipping the
-/// "connected" greeting. Bytes after the reply stay in `buf`.
+/// "connected" greeting; returns the reply. Bytes after the reply stay in
+/// `buf`.
 async fn request(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     text: &str,
     expected: u64,
-) -> Result<(), SetupError> {
+) -> Result<Vec<u8>, SetupError> {
     stream
         .write_all(&wire::client_frame(OP_TEXT, text.as_bytes()))
         .await?;
@@ -187,8 +191,9 @@ async fn request(
                 .flatten();
             match code {
                 Some(code) if code == expected => {
+                    let reply = frame.payload.to_vec();
                     buf.drain(..used);
-                    return Ok(());
+                    return Ok(reply);
                 }
                 Some(CONNECTED) | None => {}
                 Some(_) => {
@@ -211,6 +216,16 @@ async fn open(
     src: Ipv4Addr,
     plan: &Plan,
 ) -> Result<(TcpStream, Vec<u8>), SetupError> {
+    let (stream, buf, _) = open_replied(endpoint, src, plan).await?;
+    Ok((stream, buf))
+}
+
+/// [`open`], also returning the last reply (empty for [`Plan::Nothing`]).
+pub(crate) async fn open_replied(
+    endpoint: &Endpoint,
+    src: Ipv4Addr,
+    plan: &Plan,
+) -> Result<(TcpStream, Vec<u8>, Vec<u8>), SetupError> {
     let socket = TcpSocket::new_v4().map_err(SetupError::Connect)?;
     socket
         .bind(SocketAddr::new(src.into(), 0))
@@ -231,29 +246,29 @@ async fn open(
     };
     wire::check_upgrade_response(&buf[..head])?;
     buf.drain(..head);
-    match plan {
-        Plan::Nothing => {}
+    let reply = match plan {
+        Plan::Nothing => Vec::new(),
         Plan::Public { topic, since } => {
             let subscribe = match since {
                 Some(since) => format!(r#"{{"code":1,"topic":"{topic}","since":{since}}}"#),
                 None => format!(r#"{{"code":1,"topic":"{topic}"}}"#),
             };
-            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?
         }
         Plan::Private { uid, topic } => {
             let login = format!(r#"{{"code":3,"data":"{uid}"}}"#);
             request(&mut stream, &mut buf, &login, LOGGED_IN).await?;
             let subscribe = format!(r#"{{"code":5,"topic":"{topic}"}}"#);
-            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?
         }
         Plan::PublicUser { uid, topic } => {
             let login = format!(r#"{{"code":3,"data":"{uid}"}}"#);
             request(&mut stream, &mut buf, &login, LOGGED_IN).await?;
             let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
-            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+            request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?
         }
-    }
-    Ok((stream, buf))
+    };
+    Ok((stream, buf, reply))
 }
 
 /// One connection of the coordinator itself (not of a client process):
@@ -293,7 +308,7 @@ pub async fn close_of(
     }
 }
 
-async fn open_in_time(
+pub(crate) async fn open_in_time(
     endpoint: &Endpoint,
     src: Ipv4Addr,
     plan: &Plan,
@@ -305,9 +320,13 @@ async fn open_in_time(
 
 /// Everything the connections of one process count, plus their shared
 /// read buffer. Single-threaded: cells, no atomics.
-struct Counters {
+pub(crate) struct Counters {
     measure_latency: bool,
+    /// Drop pushes whose offset is not above the connection's last one
+    /// (counted in `duplicates`).
+    track_offsets: bool,
     frames: Cell<u64>,
+    duplicates: Cell<u64>,
     bytes: Cell<u64>,
     presence_overflows: Cell<u64>,
     misdelivered: Cell<u64>,
@@ -321,10 +340,17 @@ struct Counters {
 }
 
 impl Counters {
-    fn new(measure_latency: bool) -> Self {
+    pub(crate) fn new(measure_latency: bool) -> Self {
+        Self::tracking(measure_latency, false)
+    }
+
+    /// Counters that also drop repeated offsets when `track_offsets`.
+    pub(crate) fn tracking(measure_latency: bool, track_offsets: bool) -> Self {
         Self {
             measure_latency,
+            track_offsets,
             frames: Cell::new(0),
+            duplicates: Cell::new(0),
             bytes: Cell::new(0),
             presence_overflows: Cell::new(0),
             misdelivered: Cell::new(0),
@@ -336,8 +362,14 @@ impl Counters {
         }
     }
 
-    fn reset(&self) {
+    /// Push frames counted since the last reset.
+    pub(crate) fn frames(&self) -> u64 {
+        self.frames.get()
+    }
+
+    pub(crate) fn reset(&self) {
         self.frames.set(0);
+        self.duplicates.set(0);
         self.bytes.set(0);
         self.presence_overflows.set(0);
         self.misdelivered.set(0);
@@ -345,9 +377,10 @@ impl Counters {
         *self.latency.borrow_mut() = Histogram::default();
     }
 
-    fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         Stats {
             frames: self.frames.get(),
+            duplicates: self.duplicates.get(),
             bytes: self.bytes.get(),
             presence_overflows: self.presence_overflows.get(),
             misdelivered: self.misdelivered.get(),
@@ -355,10 +388,11 @@ impl Counters {
             closed: self.closed.get(),
             close_reasons: self.close_reasons.borrow().clone(),
             latency: self.latency.borrow().clone(),
+            roaming: Default::default(),
         }
     }
 
-    fn closed(&self, reason: String) {
+    pub(crate) fn closed(&self, reason: String) {
         self.closed.set(self.closed.get() + 1);
         *self.close_reasons.borrow_mut().entry(reason).or_default() += 1;
     }
@@ -413,6 +447,8 @@ struct Receiver {
     me: Option<Box<[u8]>>,
     /// Pong frames owed to the server.
     pongs: Vec<u8>,
+    /// The last push offset seen (when the counters track offsets).
+    last_offset: u64,
 }
 
 impl Receiver {
@@ -421,7 +457,7 @@ impl Receiver {
     fn walk(
         buf: &[u8],
         me: Option<&[u8]>,
-        pongs: &mut Vec<u8>,
+        (pongs, last_offset): (&mut Vec<u8>, &mut u64),
         counters: &Counters,
         now: u64,
     ) -> Result<usize, Ending> {
@@ -431,7 +467,18 @@ impl Receiver {
                 Ok(Some((frame, used))) => {
                     at += used;
                     match frame.opcode {
-                        OP_TEXT => counters.push(frame.payload, used, me, now),
+                        OP_TEXT => {
+                            if counters.track_offsets
+                                && let Some(offset) = wire::u64_after(frame.payload, b"\"offset\":")
+                            {
+                                if offset <= *last_offset {
+                                    counters.duplicates.set(counters.duplicates.get() + 1);
+                                    continue;
+                                }
+                                *last_offset = offset;
+                            }
+                            counters.push(frame.payload, used, me, now)
+                        }
                         OP_PING => {
                             pongs.extend_from_slice(&wire::client_frame(OP_PONG, frame.payload))
                         }
@@ -449,11 +496,13 @@ impl Receiver {
     fn absorb(&mut self, data: &[u8], counters: &Counters, now: u64) -> Result<(), Ending> {
         let me = self.me.as_deref();
         if self.partial.is_empty() {
-            let used = Self::walk(data, me, &mut self.pongs, counters, now)?;
+            let state = (&mut self.pongs, &mut self.last_offset);
+            let used = Self::walk(data, me, state, counters, now)?;
             self.partial.extend_from_slice(&data[used..]);
         } else {
             self.partial.extend_from_slice(data);
-            let used = Self::walk(&self.partial, me, &mut self.pongs, counters, now)?;
+            let state = (&mut self.pongs, &mut self.last_offset);
+            let used = Self::walk(&self.partial, me, state, counters, now)?;
             self.partial.drain(..used);
             if self.partial.is_empty() && self.partial.capacity() > KEEP_PARTIAL {
                 self.partial = Vec::new();
@@ -464,22 +513,36 @@ impl Receiver {
 }
 
 /// Reads pushes until the connection ends; records why it ended.
-async fn receive(
+async fn receive(stream: TcpStream, early: Vec<u8>, me: Option<String>, counters: Rc<Counters>) {
+    let me = me.map(|uid| uid.into_bytes().into_boxed_slice());
+    receive_from(stream, early, me, 0, &counters).await;
+}
+
+/// Reads pushes until the connection ends; records why it ended. Pushes
+/// with offsets up to `last_offset` count as duplicates when the counters
+/// track offsets. Returns the last offset seen.
+pub(crate) async fn receive_from(
     mut stream: TcpStream,
     early: Vec<u8>,
-    me: Option<String>,
-    counters: Rc<Counters>,
-) {
+    me: Option<Box<[u8]>>,
+    last_offset: u64,
+    counters: &Counters,
+) -> u64 {
     let mut receiver = Receiver {
         partial: Vec::new(),
-        me: me.map(|uid| uid.into_bytes().into_boxed_slice()),
+        me,
         pongs: Vec::new(),
+        last_offset,
     };
-    let ending = match receiver.absorb(&early, &counters, unix_micros()) {
-        Ok(()) => read_until_end(&mut stream, &mut receiver, &counters).await,
+    let absorbed = receiver.absorb(&early, counters, unix_micros());
+    // Not kept alive across the wait below: it has the set-up's capacity.
+    drop(early);
+    let ending = match absorbed {
+        Ok(()) => read_until_end(&mut stream, &mut receiver, counters).await,
         Err(ending) => ending,
     };
     counters.closed(ending.reason());
+    receiver.last_offset
 }
 
 /// Waits for readiness, reads into the shared buffer, hands the bytes to
@@ -539,7 +602,7 @@ fn read_once(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Commands from stdin, read on a plain thread (stdin is blocking). EOF
 /// reads as [`Command::Quit`].
-fn commands() -> mpsc::UnboundedReceiver<Command> {
+pub(crate) fn commands() -> mpsc::UnboundedReceiver<Command> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -637,6 +700,7 @@ async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
                 counters.reset();
                 emit(&Event::Reset);
             }
+            Command::Halt => {}
             Command::Quit => break,
         }
     }
@@ -713,6 +777,7 @@ mod tests {
             partial: Vec::new(),
             me: Some(b"u1".to_vec().into_boxed_slice()),
             pongs: Vec::new(),
+            last_offset: 0,
         };
         for chunk in stream.chunks(7) {
             assert!(receiver.absorb(chunk, &counters, 350).is_ok());
@@ -736,6 +801,7 @@ mod tests {
             partial: Vec::new(),
             me: None,
             pongs: Vec::new(),
+            last_offset: 0,
         };
         let stream = [&joined[..], &overflow[..]].concat();
         assert!(receiver.absorb(&stream, &counters, 0).is_ok());
@@ -751,6 +817,7 @@ mod tests {
             partial: Vec::new(),
             me: None,
             pongs: Vec::new(),
+            last_offset: 0,
         };
         let close = [0x88, 0x02, 0x0F, 0xA1]; // 4001
         match receiver.absorb(&close, &counters, 0) {

@@ -36,6 +36,10 @@ pub enum Command {
     Stats,
     /// Zero every counter and the histogram, then answer with [`Event::Reset`].
     Reset,
+    /// Setting up: start no more connections (those not started count as
+    /// [`Setup::halted`]); [`Event::Ready`] follows once the started ones
+    /// are done. Ignored once ready.
+    Halt,
     /// Close everything and exit.
     Quit,
 }
@@ -46,6 +50,14 @@ pub enum Command {
 pub enum Event {
     /// Every connection was attempted.
     Ready(Setup),
+    /// Set-up progress, about once a second while setting up (clients
+    /// that find their edge through `/v1/connect` only).
+    Connecting {
+        /// Connections set up so far.
+        connected: u64,
+        /// Connections that failed so far.
+        failed: u64,
+    },
     /// Push frames received so far.
     Progress {
         /// Total push frames over all connections.
@@ -70,6 +82,13 @@ pub struct Setup {
     pub first_error: Option<String>,
     /// Seconds from start to the last set-up.
     pub secs: f64,
+    /// Connections not started because of [`Command::Halt`].
+    #[serde(default)]
+    pub halted: u64,
+    /// Set-up attempts that failed and were tried again (through
+    /// `/v1/connect`).
+    #[serde(default)]
+    pub retries: u64,
 }
 
 impl Setup {
@@ -77,6 +96,8 @@ impl Setup {
     pub fn merge(&mut self, other: &Setup) {
         self.connected += other.connected;
         self.failed += other.failed;
+        self.halted += other.halted;
+        self.retries += other.retries;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
@@ -106,6 +127,52 @@ pub struct Stats {
     pub close_reasons: BTreeMap<String, u64>,
     /// Push-to-receive latency in microseconds (when measured).
     pub latency: Histogram,
+    /// Pushes whose offset was not above the last one the connection saw
+    /// (not counted in `frames`; only when offsets are tracked).
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Reconnecting clients (see [`Roaming`]): what they did.
+    #[serde(default)]
+    pub roaming: Roaming,
+}
+
+/// What the connections of a client that finds its edges through
+/// `/v1/connect` did after a connection was lost. Cumulative except where
+/// it says so.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Roaming {
+    /// Connections subscribed now, per topic index.
+    pub held: Vec<u64>,
+    /// Connections lost (closed by the server or its end).
+    pub lost: u64,
+    /// Lost connections connected and subscribed again (with `since`).
+    pub resubscribed: u64,
+    /// Of those, subscribe replies that did not say `"recovered":true`.
+    pub not_recovered: u64,
+    /// Reconnect attempts that failed (and were tried again).
+    pub failed_attempts: u64,
+    /// The last resubscription, Unix microseconds (0: none).
+    pub last_resubscribed_us: u64,
+    /// `GET /v1/connect` calls.
+    pub discoveries: u64,
+}
+
+impl Roaming {
+    /// Adds another client's figures.
+    pub fn merge(&mut self, other: &Roaming) {
+        if self.held.len() < other.held.len() {
+            self.held.resize(other.held.len(), 0);
+        }
+        for (mine, theirs) in self.held.iter_mut().zip(&other.held) {
+            *mine += theirs;
+        }
+        self.lost += other.lost;
+        self.resubscribed += other.resubscribed;
+        self.not_recovered += other.not_recovered;
+        self.failed_attempts += other.failed_attempts;
+        self.last_resubscribed_us = self.last_resubscribed_us.max(other.last_resubscribed_us);
+        self.discoveries += other.discoveries;
+    }
 }
 
 impl Stats {
@@ -117,6 +184,8 @@ impl Stats {
         self.misdelivered += other.misdelivered;
         self.unparsed += other.unparsed;
         self.closed += other.closed;
+        self.duplicates += other.duplicates;
+        self.roaming.merge(&other.roaming);
         for (reason, n) in &other.close_reasons {
             *self.close_reasons.entry(reason.clone()).or_default() += n;
         }
@@ -155,6 +224,44 @@ impl Churn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roaming_figures_add_up_per_topic() {
+        let mut total = Stats::default();
+        let a = Stats {
+            roaming: Roaming {
+                held: vec![3, 4],
+                lost: 2,
+                resubscribed: 1,
+                last_resubscribed_us: 50,
+                ..Roaming::default()
+            },
+            duplicates: 1,
+            ..Stats::default()
+        };
+        let b = Stats {
+            roaming: Roaming {
+                held: vec![1, 1, 7],
+                lost: 1,
+                resubscribed: 1,
+                last_resubscribed_us: 40,
+                ..Roaming::default()
+            },
+            ..Stats::default()
+        };
+        total.merge(&a);
+        total.merge(&b);
+        assert_eq!(total.roaming.held, vec![4, 5, 7]);
+        assert_eq!((total.roaming.lost, total.roaming.resubscribed), (3, 2));
+        assert_eq!(total.roaming.last_resubscribed_us, 50);
+        assert_eq!(total.duplicates, 1);
+        // Older clients' lines (no roaming figures) still parse.
+        let mut line = serde_json::to_value(Stats::default()).expect("serialize");
+        let fields = line.as_object_mut().expect("an object");
+        assert!(fields.remove("roaming").is_some() && fields.remove("duplicates").is_some());
+        let old: Stats = serde_json::from_value(line).expect("deserialize");
+        assert_eq!(old.roaming.held, Vec::<u64>::new());
+    }
 
     #[test]
     fn lines_round_trip() {

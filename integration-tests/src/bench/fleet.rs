@@ -68,6 +68,18 @@ pub struct FleetSpec {
     /// topics): fleets on different edges with distinct users start
     /// where the previous one ended.
     pub first: usize,
+    /// Find the edge through ingress at this base URL (`GET
+    /// /v1/connect`, as the browser client does) instead of `url`, and
+    /// reconnect lost connections the same way (see
+    /// [`roamer`](crate::bench::roamer)).
+    pub discover: Option<String>,
+    /// With `discover`: connections made to one `/v1/connect` answer.
+    pub discover_batch: usize,
+    /// Connection set-ups in flight per process.
+    pub concurrency: usize,
+    /// Loopback source addresses per process (each gives about 28,000
+    /// ephemeral ports per destination).
+    pub sources: usize,
 }
 
 impl FleetSpec {
@@ -82,6 +94,10 @@ impl FleetSpec {
             latency: false,
             since: None,
             first: 0,
+            discover: None,
+            discover_batch: 1,
+            concurrency: SETUP_CONCURRENCY,
+            sources: 1,
         }
     }
 
@@ -118,18 +134,39 @@ impl FleetSpec {
         if let Some(since) = &self.since {
             args.extend(["--since".to_owned(), since.clone()]);
         }
+        if let Some(discover) = &self.discover {
+            args.extend([
+                "--discover".to_owned(),
+                discover.clone(),
+                "--discover-batch".to_owned(),
+                self.discover_batch.to_string(),
+            ]);
+        }
         args
     }
 }
 
-/// Push frames counted by each client, as last reported.
+/// Push frames counted by each client, and connections set up while
+/// setting up, as last reported.
 #[derive(Debug, Default)]
 struct Progress {
     frames: Vec<AtomicU64>,
+    connected: Vec<AtomicU64>,
+    failed: Vec<AtomicU64>,
     changed: Notify,
 }
 
 impl Progress {
+    fn new(processes: usize) -> Arc<Self> {
+        let counters = || (0..processes).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(Self {
+            frames: counters(),
+            connected: counters(),
+            failed: counters(),
+            changed: Notify::new(),
+        })
+    }
+
     fn delivered(&self) -> u64 {
         self.frames.iter().map(|f| f.load(Ordering::Relaxed)).sum()
     }
@@ -178,9 +215,17 @@ impl Client {
                         progress.frames[slot].store(frames, Ordering::Relaxed);
                         progress.changed.notify_waiters();
                     }
+                    Ok(Event::Connecting { connected, failed }) => {
+                        progress.connected[slot].store(connected, Ordering::Relaxed);
+                        progress.failed[slot].store(failed, Ordering::Relaxed);
+                    }
                     Ok(event) => {
                         if matches!(event, Event::Reset) {
                             progress.frames[slot].store(0, Ordering::Relaxed);
+                        }
+                        if let Event::Ready(ready) = &event {
+                            progress.connected[slot].store(ready.connected, Ordering::Relaxed);
+                            progress.failed[slot].store(ready.failed, Ordering::Relaxed);
                         }
                         if tx.send(event).is_err() {
                             return;
@@ -249,27 +294,28 @@ impl Fleet {
     }
 
     /// Starts the processes without waiting for their set-ups (see
-    /// [`ready`](Self::ready)); `setup` stays empty until then.
+    /// [`ready`](Self::ready) and [`wait_ready`](Self::wait_ready));
+    /// `setup` stays empty until then.
     pub fn spawn(spec: &FleetSpec) -> anyhow::Result<Self> {
         let processes = spec.processes();
-        let progress = Arc::new(Progress {
-            frames: (0..processes).map(|_| AtomicU64::new(0)).collect(),
-            changed: Notify::new(),
-        });
+        let progress = Progress::new(processes);
         let mut clients = Vec::with_capacity(processes);
         let mut first = spec.first;
         for slot in 0..processes {
             let conns = spec.conns / processes + usize::from(slot < spec.conns % processes);
+            let sources: Vec<String> = (0..spec.sources.max(1))
+                .map(|_| next_source().to_string())
+                .collect();
             let mut args = spec.common_args();
             args.extend([
                 "--src".to_owned(),
-                next_source().to_string(),
+                sources.join(","),
                 "--conns".to_owned(),
                 conns.to_string(),
                 "--first".to_owned(),
                 first.to_string(),
                 "--concurrency".to_owned(),
-                SETUP_CONCURRENCY.to_string(),
+                spec.concurrency.to_string(),
             ]);
             first += conns;
             clients.push(Client::spawn(&args, progress.clone(), slot)?);
@@ -285,20 +331,87 @@ impl Fleet {
     /// of `spec` was tried.
     pub async fn ready(&mut self, spec: &FleetSpec) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(spec.conns as u64);
-        for (slot, client) in self.clients.iter_mut().enumerate() {
-            match client.next_event(deadline).await {
-                Ok(Event::Ready(ready)) => self.setup.merge(&ready),
-                Ok(other) => bail!("client {slot}: expected ready, got {other:?}"),
-                Err(e) => return Err(e.context(format!("client {slot} set-up"))),
-            }
-        }
-        Ok(())
+        self.wait_ready(deadline, Duration::MAX, |_, _| false).await
     }
 
     /// A handle that reads [`delivered`](Self::delivered) from elsewhere,
     /// e.g. a task sampling it while the fleet sets up.
     pub fn watch(&self) -> Watch {
         Watch(self.progress.clone())
+    }
+
+    /// Waits until every process reported its set-up done (into
+    /// [`setup`](Self::setup)), calling `tick` with the connections set up
+    /// and failed so far about every `every`; when `tick` answers true, tells every
+    /// process to start no more connections ([`Command::Halt`]) and waits
+    /// for the ones started.
+    pub async fn wait_ready(
+        &mut self,
+        deadline: Instant,
+        every: Duration,
+        mut tick: impl FnMut(u64, u64) -> bool,
+    ) -> anyhow::Result<()> {
+        let mut setup = Setup::default();
+        let mut halted = false;
+        let mut next_tick = Instant::now().checked_add(every);
+        for slot in 0..self.clients.len() {
+            loop {
+                let until = next_tick.map_or(deadline, |at| at.min(deadline));
+                let client = &mut self.clients[slot];
+                match timeout_at(until, client.events.recv()).await {
+                    Ok(Some(Event::Ready(ready))) => {
+                        setup.merge(&ready);
+                        break;
+                    }
+                    Ok(Some(other)) => bail!("client {slot}: expected ready, got {other:?}"),
+                    Ok(None) => {
+                        let e = client.next_event(deadline).await.err();
+                        return Err(anyhow!("client {slot} set-up: {e:?}"));
+                    }
+                    Err(_) if Instant::now() >= deadline => {
+                        bail!("client {slot} set-up: not ready in time")
+                    }
+                    Err(_) => {
+                        next_tick = Instant::now().checked_add(every);
+                        if tick(self.connected(), self.failed()) && !halted {
+                            halted = true;
+                            for client in &mut self.clients {
+                                client.send(Command::Halt).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.setup = setup;
+        Ok(())
+    }
+
+    /// Connections set up so far over all processes (as last reported,
+    /// about a second old while they set up).
+    pub fn connected(&self) -> u64 {
+        self.progress
+            .connected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Connections that failed to set up so far (as [`connected`](Self::connected)).
+    pub fn failed(&self) -> u64 {
+        self.progress
+            .failed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The client processes' ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.clients
+            .iter()
+            .filter_map(|client| client.child.id())
+            .collect()
     }
 
     /// Push frames received so far over all clients (as last reported, a
@@ -420,10 +533,7 @@ pub async fn churn_with(
     first: usize,
     plan: &[String],
 ) -> anyhow::Result<Churn> {
-    let progress = Arc::new(Progress {
-        frames: (0..processes).map(|_| AtomicU64::new(0)).collect(),
-        changed: Notify::new(),
-    });
+    let progress = Progress::new(processes);
     let mut clients = Vec::with_capacity(processes);
     for slot in 0..processes {
         let src: Vec<String> = (0..sources).map(|_| next_source().to_string()).collect();

@@ -92,6 +92,11 @@ impl Histogram {
         self.count
     }
 
+    /// Smallest value recorded (0 when empty).
+    pub fn min(&self) -> u64 {
+        if self.count == 0 { 0 } else { self.min }
+    }
+
     /// Largest value recorded (0 when empty).
     pub fn max(&self) -> u64 {
         self.max

@@ -16,6 +16,8 @@
 //! - [`histogram`]: a mergeable log-linear latency histogram.
 //! - [`control`]: the JSON-lines protocol between coordinator and clients.
 //! - [`client`]: the load-client process.
+//! - [`roamer`]: the load client that finds its edges through
+//!   `/v1/connect` and reconnects (the `scale` scenario).
 //! - [`fleet`]: the coordinator's side of the client processes.
 //! - [`baseline`]: the baseline raw server process.
 //! - [`api_baseline`]: the push-API baseline server process (hyper).
@@ -39,6 +41,7 @@ pub mod http;
 pub mod load;
 pub mod push;
 pub mod report;
+pub mod roamer;
 pub mod scenarios;
 pub mod systems;
 pub mod wire;
@@ -74,11 +77,14 @@ pub fn run(args: RunArgs) -> ExitCode {
         args.scenarios.clone()
     };
     scenarios.dedup();
-    let sizes = if args.quick {
+    let mut sizes = if args.quick {
         Sizes::quick()
     } else {
         Sizes::standard()
     };
+    if let Some(conns) = args.scale_conns {
+        sizes.scale_conns = conns;
+    }
     let started = Instant::now();
     let mut bench = Bench::new(bins, sizes, Report::new(args.quick), args.history.clone());
     eprintln!("{}", bench.report.header());

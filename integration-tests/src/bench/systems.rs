@@ -351,6 +351,18 @@ pub struct EtcdCluster {
     _dir: Scratch,
 }
 
+/// Edge settings of an [`EtcdCluster`] beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeTuning {
+    /// `--ping-interval` and `--idle-timeout` (humantime), instead of
+    /// [`EDGE_QUIET_FLAGS`]' for runs longer than those.
+    pub quiet: Option<(String, String)>,
+    /// `--max-connections`: upgrades over it are refused with 503 (a
+    /// client then asks `/v1/connect` again) before the edge runs out of
+    /// descriptors.
+    pub max_connections: Option<usize>,
+}
+
 impl EtcdCluster {
     /// Starts NATS (with JetStream), etcd, ingress and `n` edges, all with
     /// `history`; with `login`, a token is its own uid
@@ -361,6 +373,18 @@ impl EtcdCluster {
         n: usize,
         login: bool,
         history: HistoryMode,
+    ) -> anyhow::Result<Self> {
+        Self::start_tuned(bins, n, login, history, &EdgeTuning::default()).await
+    }
+
+    /// [`start`](Self::start) with the edges' `tuning`. The edges start
+    /// all at once, then each is waited for.
+    pub async fn start_tuned(
+        bins: &Binaries,
+        n: usize,
+        login: bool,
+        history: HistoryMode,
+        tuning: &EdgeTuning,
     ) -> anyhow::Result<Self> {
         let dir = Scratch::new("bench-etcd-cluster");
         let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
@@ -384,7 +408,12 @@ impl EtcdCluster {
             toml.push_str("[auth]\ninsecure_token_is_uid = true\n");
         }
         let config = config_args(&dir, "edge.toml", &toml)?;
+        let quiet = match &tuning.quiet {
+            Some((ping, idle)) => strings(&["--ping-interval", ping, "--idle-timeout", idle]),
+            None => strings(&EDGE_QUIET_FLAGS),
+        };
         let (mut edges, mut ws_urls) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut addrs = Vec::with_capacity(n);
         for i in 0..n {
             let ws = loopback();
             let url = format!("ws://{ws}/ws");
@@ -400,13 +429,18 @@ impl EtcdCluster {
                 "--public-url",
                 &url,
             ]);
-            args.extend(strings(&EDGE_QUIET_FLAGS));
+            args.extend(quiet.iter().cloned());
+            if let Some(max) = tuning.max_connections {
+                args.extend(strings(&["--max-connections", &max.to_string()]));
+            }
             args.extend(config.iter().cloned());
-            let mut edge = spawn(&format!("gpush-edge-{i}"), &bins.edge, &args, &dir)?;
-            edge.try_wait_for_port(ws).await?;
-            wait_ok(&mut edge, &format!("http://{ws}/readyz")).await?;
-            edges.push(edge);
+            edges.push(spawn(&format!("gpush-edge-{i}"), &bins.edge, &args, &dir)?);
             ws_urls.push(url);
+            addrs.push(ws);
+        }
+        for (edge, ws) in edges.iter_mut().zip(&addrs) {
+            edge.try_wait_for_port(*ws).await?;
+            wait_ok(edge, &format!("http://{ws}/readyz")).await?;
         }
         let mut cluster = Self {
             edges,
@@ -454,6 +488,24 @@ impl EtcdCluster {
             edge.check_running()?;
         }
         Ok(())
+    }
+
+    /// The edges' process ids (of those not killed), in node id order.
+    pub fn edge_pids(&self) -> Vec<u32> {
+        self.edges.iter().map(LoggedChild::pid).collect()
+    }
+
+    /// Ingress's process id.
+    pub fn ingress_pid(&self) -> u32 {
+        self.ingress.pid()
+    }
+
+    /// SIGKILLs the `i`-th of the edges still running and forgets it
+    /// (it is no longer checked or listed in [`edge_pids`](Self::edge_pids)).
+    pub fn kill_edge(&mut self, i: usize) {
+        let mut edge = self.edges.remove(i);
+        edge.signal("KILL");
+        edge.kill();
     }
 }
 

@@ -11,6 +11,7 @@ pub mod latency;
 pub mod presence;
 pub mod presence_churn;
 pub mod private;
+pub mod scale;
 pub mod storm;
 pub mod toggle;
 
@@ -65,6 +66,8 @@ pub struct Sizes {
     pub churn_presence_subscribers: usize,
     /// Time of each churn rate of the presence-churn scenario.
     pub presence_run: Duration,
+    /// Connections the scale scenario ramps to (`--scale-conns`).
+    pub scale_conns: usize,
 }
 
 impl Sizes {
@@ -86,6 +89,7 @@ impl Sizes {
             presence_subscribers: 50_000,
             churn_presence_subscribers: 10_000,
             presence_run: Duration::from_secs(10),
+            scale_conns: 1_000_000,
         }
     }
 
@@ -105,6 +109,7 @@ impl Sizes {
             presence_subscribers: 3_000,
             churn_presence_subscribers: 2_000,
             presence_run: Duration::from_secs(4),
+            scale_conns: 36_000,
         }
     }
 }
@@ -172,6 +177,7 @@ impl Bench {
             Scenario::Storm => storm::run(self).await,
             Scenario::Presence => presence::run(self).await,
             Scenario::PresenceChurn => presence_churn::run(self).await,
+            Scenario::Scale => scale::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;
