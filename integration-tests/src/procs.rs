@@ -590,6 +590,17 @@ impl NatsServer {
             .unwrap_or_else(|| panic!("nats-server {} is not running", self.url()))
     }
 
+    /// The running server's process id.
+    pub fn pid(&self) -> u32 {
+        self.running().pid()
+    }
+
+    /// The server's general figures (`/varz`: memory, subscriptions,
+    /// messages in and out).
+    pub async fn varz(&self) -> serde_json::Value {
+        self.monitor("/varz").await
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

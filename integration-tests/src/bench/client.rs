@@ -122,12 +122,21 @@ enum Plan {
         uid: String,
         topic: String,
     },
+    /// Several public topics, subscribed one after the other.
+    Many {
+        topics: Vec<String>,
+    },
 }
 
 impl Plan {
     fn for_connection(args: &ClientArgs, index: usize) -> Self {
         match args.subscribe {
             SubscribeMode::None => Plan::Nothing,
+            SubscribeMode::Public if args.per_conn > 1 => Plan::Many {
+                topics: (0..args.per_conn)
+                    .map(|j| control::topic_of(&args.topic, args.topics, args.stride, index, j))
+                    .collect(),
+            },
             SubscribeMode::Public => Plan::Public {
                 topic: control::topic_name(&args.topic, args.topics, index),
                 since: args.since.clone(),
@@ -251,6 +260,12 @@ async fn open(
             request(&mut stream, &mut buf, &login, LOGGED_IN).await?;
             let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
             request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+        }
+        Plan::Many { topics } => {
+            for topic in topics {
+                let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
+                request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+            }
         }
     }
     Ok((stream, buf))

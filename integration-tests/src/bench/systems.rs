@@ -322,6 +322,18 @@ impl EtcdCluster {
         login: bool,
         history: HistoryMode,
     ) -> anyhow::Result<Self> {
+        Self::start_with(bins, n, login, history, "").await
+    }
+
+    /// [`Self::start`] with the top-level edge config lines `edge_toml`
+    /// (limits such as `max_topics`).
+    pub async fn start_with(
+        bins: &Binaries,
+        n: usize,
+        login: bool,
+        history: HistoryMode,
+        edge_toml: &str,
+    ) -> anyhow::Result<Self> {
         let dir = Scratch::new("bench-etcd-cluster");
         let (nats, etcd) = tokio::join!(NatsServer::start(), Etcd::start());
         let (http, grpc) = (loopback(), loopback());
@@ -339,7 +351,7 @@ impl EtcdCluster {
         let mut ingress = spawn("gpush-ingress", &bins.ingress, &args, &dir)?;
         ingress.try_wait_for_port(http).await?;
         wait_ok(&mut ingress, &format!("http://{http}/readyz")).await?;
-        let mut toml = history.toml().to_owned();
+        let mut toml = format!("{edge_toml}\n{}", history.toml());
         if login {
             toml.push_str("[auth]\ninsecure_token_is_uid = true\n");
         }
@@ -380,6 +392,16 @@ impl EtcdCluster {
         };
         cluster.wait_listed(n).await?;
         Ok(cluster)
+    }
+
+    /// The edges' process ids, in node id order.
+    pub fn edge_pids(&self) -> Vec<u32> {
+        self.edges.iter().map(LoggedChild::pid).collect()
+    }
+
+    /// The NATS server.
+    pub fn nats(&self) -> &NatsServer {
+        &self._nats
     }
 
     /// Waits until `GET /v1/edges` lists `n` edges.

@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod idle;
 pub mod ingress;
 pub mod latency;
+pub mod many_topics;
 pub mod presence;
 pub mod presence_churn;
 pub mod private;
@@ -65,6 +66,13 @@ pub struct Sizes {
     pub churn_presence_subscribers: usize,
     /// Time of each churn rate of the presence-churn scenario.
     pub presence_run: Duration,
+    /// Distinct topics of the many-topics scenario, and its connections
+    /// (each subscribed to [`many_topics::PER_CONN`] of them).
+    pub many_topics: usize,
+    /// Pushes per second to random topics in the many-topics scenario.
+    pub many_topics_rate: u32,
+    /// Measured time of the many-topics pushes.
+    pub many_topics_run: Duration,
 }
 
 impl Sizes {
@@ -86,6 +94,9 @@ impl Sizes {
             presence_subscribers: 50_000,
             churn_presence_subscribers: 10_000,
             presence_run: Duration::from_secs(10),
+            many_topics: 100_000,
+            many_topics_rate: 20_000,
+            many_topics_run: Duration::from_secs(10),
         }
     }
 
@@ -105,6 +116,9 @@ impl Sizes {
             presence_subscribers: 3_000,
             churn_presence_subscribers: 2_000,
             presence_run: Duration::from_secs(4),
+            many_topics: 6_000,
+            many_topics_rate: 5_000,
+            many_topics_run: Duration::from_secs(3),
         }
     }
 }
@@ -172,6 +186,7 @@ impl Bench {
             Scenario::Storm => storm::run(self).await,
             Scenario::Presence => presence::run(self).await,
             Scenario::PresenceChurn => presence_churn::run(self).await,
+            Scenario::ManyTopics => many_topics::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;
