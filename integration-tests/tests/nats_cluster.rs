@@ -234,7 +234,7 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
     assert_ne!(moved_to, 1);
     let needed = [
         "gpush.all".to_owned(),
-        "gpush.t.prices".to_owned(),
+        Subjects::default().topic_bucket(topic_bucket("prices")),
         format!("gpush.u.{}.*", user_bucket("alice")),
     ];
     let resubscribed = format!("edge-a re-subscribed to {needed:?} on node {moved_to}");

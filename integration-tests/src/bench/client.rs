@@ -189,6 +189,12 @@ async fn request(
     stream
         .write_all(&wire::client_frame(OP_TEXT, text.as_bytes()))
         .await?;
+    reply(stream, buf, expected).await
+}
+
+/// Waits for the reply with code `expected`, skipping the "connected"
+/// greeting. Bytes after the reply stay in `buf`.
+async fn reply(stream: &mut TcpStream, buf: &mut Vec<u8>, expected: u64) -> Result<(), SetupError> {
     loop {
         while let Some((frame, used)) = wire::next_frame(buf)? {
             let code = (frame.opcode == OP_TEXT)
@@ -262,9 +268,15 @@ async fn open(
             request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
         }
         Plan::Many { topics } => {
+            // Every subscribe in one write, then their replies.
+            let mut frames = Vec::new();
             for topic in topics {
                 let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
-                request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?;
+                frames.extend_from_slice(&wire::client_frame(OP_TEXT, subscribe.as_bytes()));
+            }
+            stream.write_all(&frames).await?;
+            for _ in topics {
+                reply(&mut stream, &mut buf, SUBSCRIBED).await?;
             }
         }
     }

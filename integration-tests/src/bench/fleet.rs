@@ -27,7 +27,7 @@ pub const MAX_CONNS_PER_CLIENT: usize = 18_000;
 pub const MIN_CLIENTS: usize = 2;
 /// Connection set-ups in flight per client process.
 pub const SETUP_CONCURRENCY: usize = 256;
-/// How long a fleet may take to connect, on top of one second per 1,000
+/// How long a fleet may take to connect, on top of two seconds per 1,000
 /// connections (per 1,000 subscriptions when connections subscribe to
 /// several topics).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -263,7 +263,7 @@ impl Fleet {
             clients.push(Client::spawn(&args, progress.clone(), slot)?);
         }
         let requests = spec.conns * spec.per_conn.max(1);
-        let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(requests as u64);
+        let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(2 * requests as u64);
         let mut setup = Setup::default();
         for (slot, client) in clients.iter_mut().enumerate() {
             match client.next_event(deadline).await {

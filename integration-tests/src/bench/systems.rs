@@ -270,10 +270,11 @@ impl Cluster {
         })
     }
 
-    /// Waits until the edge's NATS subscription to public `topic` is in
-    /// place, so a push published now reaches it.
+    /// Waits until the edge's NATS subscription to public `topic` (its
+    /// bucket's) is in place, so a push published now reaches it.
     pub async fn wait_subscribed(&self, topic: &str) {
-        let subject = format!("gpush.t.{topic}");
+        let bucket = gpush_common::subject::topic_bucket(topic);
+        let subject = gpush_common::Subjects::default().topic_bucket(bucket);
         self.nats
             .wait_subscriptions(Duration::from_secs(10), &subject, |subjects| {
                 subjects.contains(&subject)
