@@ -18,15 +18,16 @@
 //! server. (In a NATS cluster, the other nodes learn of it over their
 //! routes a moment later.) Each subscription has one reader task, which
 //! keeps the publish order of each subject it receives, and delivers only
-//! pushes whose route is the one their subject stands for: a publisher allowed on topic subjects
-//! cannot make the edge deliver a private or everyone push. In standalone
-//! mode there is no NATS: pushes reach the hub directly and every method
-//! here is a no-op.
+//! pushes whose route is the one their subject stands for: a publisher
+//! allowed on topic subjects cannot make the edge deliver a private or
+//! everyone push. In standalone mode there is no NATS: pushes reach the
+//! hub directly and every method here is a no-op.
 //!
 //! A topic with presence also has a presence subject (see
 //! [`crate::presence`]), subscribed when the topic's presence group is
 //! seeded (only while the hub has the topic, so that a seed outliving the
-//! topic's last subscriber leaves nothing behind) and released with the topic's own subject (the topic's group then
+//! topic's last subscriber leaves nothing behind) and released with the
+//! topic's last local subscriber (the topic's group then
 //! waits for a new seed: what it held of the other edges goes stale); its
 //! messages go to the presence tracker.
 //!
