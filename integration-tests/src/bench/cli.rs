@@ -3,13 +3,13 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Benchmarks gpush against a minimal raw WebSocket server on this machine.
 ///
 /// Needs release binaries next to itself: run `cargo build --release --bins`
 /// first, then `cargo run --release -p gpush-integration-tests --bin
-/// gpush-bench -- [--quick] [--json out.json] [SCENARIO...]`.
+/// gpush-bench -- [--quick] [--json out.json] [--charts DIR] [SCENARIO...]`.
 #[derive(Debug, Parser)]
 #[command(
     name = "gpush-bench",
@@ -47,6 +47,13 @@ pub struct RunArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write each scenario's chart to `DIR/<scenario>.svg` at the end of
+    /// the run (the README's are in `integration-tests/bench-charts`).
+    #[arg(long, value_name = "DIR", default_value = "bench-charts")]
+    pub charts: PathBuf,
+    /// Write no charts.
+    #[arg(long, conflicts_with = "charts")]
+    pub no_charts: bool,
     /// History settings of the gpush systems started: `fanout` and
     /// `ingress` run once per setting, in this order (`fanout
     /// --history on,off` compares them in one run); the other scenarios
@@ -56,6 +63,13 @@ pub struct RunArgs {
     /// Scenarios to run, in this order [default: all].
     #[arg(value_enum)]
     pub scenarios: Vec<Scenario>,
+}
+
+impl RunArgs {
+    /// Where the charts go, if anywhere.
+    pub fn charts_dir(&self) -> Option<&Path> {
+        (!self.no_charts).then_some(self.charts.as_path())
+    }
 }
 
 /// The `[history]` section the bench gives gpush's processes.

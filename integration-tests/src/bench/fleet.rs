@@ -142,6 +142,23 @@ struct Progress {
     changed: Notify,
 }
 
+impl Progress {
+    fn delivered(&self) -> u64 {
+        self.frames.iter().map(|f| f.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Reads a fleet's delivered count without borrowing the fleet.
+#[derive(Debug, Clone)]
+pub struct Watch(Arc<Progress>);
+
+impl Watch {
+    /// Push frames received so far over all clients.
+    pub fn delivered(&self) -> u64 {
+        self.0.delivered()
+    }
+}
+
 /// One client process.
 #[derive(Debug)]
 struct Client {
@@ -239,6 +256,14 @@ pub struct Fleet {
 impl Fleet {
     /// Starts the processes and waits until every connection was tried.
     pub async fn start(spec: &FleetSpec) -> anyhow::Result<Self> {
+        let mut fleet = Self::spawn(spec)?;
+        fleet.ready(spec).await?;
+        Ok(fleet)
+    }
+
+    /// Starts the processes without waiting for their set-ups (see
+    /// [`ready`](Self::ready)); `setup` stays empty until then.
+    pub fn spawn(spec: &FleetSpec) -> anyhow::Result<Self> {
         let processes = spec.processes();
         let progress = Arc::new(Progress {
             frames: (0..processes).map(|_| AtomicU64::new(0)).collect(),
@@ -262,31 +287,38 @@ impl Fleet {
             first += conns;
             clients.push(Client::spawn(&args, progress.clone(), slot)?);
         }
+        Ok(Self {
+            clients,
+            progress,
+            setup: Setup::default(),
+        })
+    }
+
+    /// Waits until every connection of a [`spawn`](Self::spawn)ed fleet
+    /// of `spec` was tried.
+    pub async fn ready(&mut self, spec: &FleetSpec) -> anyhow::Result<()> {
         let requests = spec.conns * spec.per_conn.max(1);
         let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(2 * requests as u64);
-        let mut setup = Setup::default();
-        for (slot, client) in clients.iter_mut().enumerate() {
+        for (slot, client) in self.clients.iter_mut().enumerate() {
             match client.next_event(deadline).await {
-                Ok(Event::Ready(ready)) => setup.merge(&ready),
+                Ok(Event::Ready(ready)) => self.setup.merge(&ready),
                 Ok(other) => bail!("client {slot}: expected ready, got {other:?}"),
                 Err(e) => return Err(e.context(format!("client {slot} set-up"))),
             }
         }
-        Ok(Self {
-            clients,
-            progress,
-            setup,
-        })
+        Ok(())
+    }
+
+    /// A handle that reads [`delivered`](Self::delivered) from elsewhere,
+    /// e.g. a task sampling it while the fleet sets up.
+    pub fn watch(&self) -> Watch {
+        Watch(self.progress.clone())
     }
 
     /// Push frames received so far over all clients (as last reported, a
     /// few milliseconds old).
     pub fn delivered(&self) -> u64 {
-        self.progress
-            .frames
-            .iter()
-            .map(|f| f.load(Ordering::Relaxed))
-            .sum()
+        self.progress.delivered()
     }
 
     /// Waits until [`delivered`](Self::delivered) reaches `target`, the

@@ -22,9 +22,11 @@
 //! - [`push`]: payloads and push API calls.
 //! - [`http`]: a lean HTTP/1.1 keep-alive client for the ingress load.
 //! - [`scenarios`]: one module per scenario.
-//! - [`report`]: the table and the JSON.
+//! - [`report`]: the table, the JSON and the charts' footer.
+//! - [`chart`]: the SVG charts (`--charts DIR`).
 
 pub mod baseline;
+pub mod chart;
 pub mod cli;
 pub mod client;
 pub mod control;
@@ -45,7 +47,7 @@ use std::time::Instant;
 use systems::Binaries;
 
 /// Runs the selected scenarios (all by default), prints the table and
-/// writes the JSON. Fails (exit 1) when the binaries are missing or any
+/// writes the JSON and the charts. Fails (exit 1) when the binaries are missing or any
 /// scenario fails; the other scenarios still run.
 pub fn run(args: RunArgs) -> ExitCode {
     let bins = match Binaries::locate() {
@@ -108,6 +110,22 @@ pub fn run(args: RunArgs) -> ExitCode {
     {
         eprintln!("gpush-bench: cannot write {}: {e:#}", path.display());
         return ExitCode::FAILURE;
+    }
+    if let Some(dir) = args.charts_dir() {
+        match report.write_charts(dir) {
+            Ok(paths) => {
+                for path in paths {
+                    println!("chart: {}", path.display());
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "gpush-bench: cannot write charts to {}: {e:#}",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
     }
     if report.failures.is_empty() {
         ExitCode::SUCCESS

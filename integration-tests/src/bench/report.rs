@@ -1,9 +1,10 @@
 //! Results: rows of numbers with their baseline, ratio and target, the
 //! machine they were measured on, printed as a table and written as JSON.
 
+use crate::bench::chart::Chart;
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The machine and moment of a run.
@@ -19,6 +20,10 @@ pub struct Machine {
     pub kernel: String,
     /// UTC date and time of the run (ISO 8601).
     pub date: String,
+    /// The commit checked out in the source tree the benchmark was built
+    /// from, when the run started (`+dirty` with uncommitted changes);
+    /// `None` without git or outside a checkout.
+    pub commit: Option<String>,
 }
 
 impl Machine {
@@ -42,8 +47,42 @@ impl Machine {
             memory_gib: memory_kib / (1024.0 * 1024.0),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
             date: utc_now(),
+            commit: source_commit(),
         }
     }
+
+    /// One line naming the machine, the date and the commit: the footer of
+    /// every chart.
+    pub fn describe(&self) -> String {
+        let mut line = format!(
+            "{} CPUs ({}), {:.1} GiB RAM, Linux {} — {}",
+            self.cpus, self.cpu_model, self.memory_gib, self.kernel, self.date
+        );
+        if let Some(commit) = &self.commit {
+            let _ = write!(line, " — commit {commit}");
+        }
+        line
+    }
+}
+
+/// The short commit of the checkout this crate was built from, read with
+/// `git` at run time.
+fn source_commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).filter(|c| !c.is_empty())?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|status| !status.is_empty());
+    Some(if dirty { commit + "+dirty" } else { commit })
 }
 
 /// Now as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -264,6 +303,9 @@ pub struct Report {
     pub failures: Vec<String>,
     /// Wall time of the whole run, seconds.
     pub duration_secs: f64,
+    /// The pictures, in the order drawn (not in the JSON).
+    #[serde(skip)]
+    pub charts: Vec<Chart>,
 }
 
 impl Report {
@@ -275,7 +317,37 @@ impl Report {
             rows: Vec::new(),
             failures: Vec::new(),
             duration_secs: 0.0,
+            charts: Vec::new(),
         }
+    }
+
+    /// Adds a picture, its footer naming the machine, date and commit. A
+    /// picture of the same name drawn earlier in the run is replaced.
+    pub fn chart(&mut self, mut chart: Chart) {
+        let quick = if self.quick { " --quick" } else { "" };
+        chart.footer(&format!(
+            "gpush-bench{quick} on {}",
+            self.machine.describe()
+        ));
+        eprintln!("  -> chart {}", chart.name);
+        self.charts.retain(|c| c.name != chart.name);
+        self.charts.push(chart);
+    }
+
+    /// Writes every picture to `<dir>/<name>.svg` (creating `dir`);
+    /// returns the paths written.
+    pub fn write_charts(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        if self.charts.is_empty() {
+            return Ok(Vec::new());
+        }
+        std::fs::create_dir_all(dir)?;
+        let mut written = Vec::new();
+        for chart in &self.charts {
+            let path = dir.join(format!("{}.svg", chart.name));
+            std::fs::write(&path, &chart.svg)?;
+            written.push(path);
+        }
+        Ok(written)
     }
 
     /// Adds a row and echoes it to stderr as progress.
@@ -294,9 +366,13 @@ impl Report {
     pub fn header(&self) -> String {
         let m = &self.machine;
         format!(
-            "gpush-bench{} — {}\nmachine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
+            "gpush-bench{} — {}{}\nmachine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
             if self.quick { " --quick" } else { "" },
             m.date,
+            m.commit
+                .as_deref()
+                .map(|c| format!(" — commit {c}"))
+                .unwrap_or_default(),
             m.cpus,
             m.cpu_model,
             m.memory_gib,
@@ -409,5 +485,24 @@ mod tests {
         let table = report.table();
         assert!(table.contains("MISS"), "{table}");
         assert!(table.contains(">= 0.70x base"), "{table}");
+    }
+
+    #[test]
+    fn charts_name_the_machine_and_are_written() {
+        let mut report = Report::new(true);
+        report.machine.cpu_model = "Test & CPU".into();
+        report.chart(crate::bench::chart::lines("storm", "first", "x", "y", &[]));
+        report.chart(crate::bench::chart::lines("storm", "second", "x", "y", &[]));
+        assert_eq!(report.charts.len(), 1, "same name replaces");
+        let svg = &report.charts[0].svg;
+        assert!(svg.contains("second") && !svg.contains("first"));
+        assert!(svg.contains("gpush-bench --quick on"), "{svg}");
+        assert!(svg.contains("Test &amp; CPU"), "{svg}");
+        assert!(svg.contains(&report.machine.date));
+        let dir = std::env::temp_dir().join(format!("gpush-bench-charts-{}", std::process::id()));
+        let written = report.write_charts(&dir.join("nested")).expect("write");
+        assert_eq!(written, [dir.join("nested").join("storm.svg")]);
+        assert_eq!(std::fs::read_to_string(&written[0]).expect("read"), *svg);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -8,8 +8,10 @@
 //! warm-up is pushed, drained and discarded first.
 
 use super::{Bench, FANOUT_TOPIC, LATENCY_RATE, join_notes, trouble_note};
+use crate::bench::chart;
 use crate::bench::cli::SubscribeMode;
 use crate::bench::fleet::{Fleet, FleetSpec, Wait};
+use crate::bench::histogram::Histogram;
 use crate::bench::push::{Pusher, stamp};
 use crate::bench::report::{Row, Target, Unit};
 use crate::bench::systems::{Baseline, Standalone};
@@ -39,6 +41,8 @@ pub struct LatencyFigures {
     pub max: u64,
     /// Deliveries expected but not received.
     pub loss: i64,
+    /// Every delivery's latency, microseconds (for the chart).
+    pub histogram: Histogram,
     /// Sizes and trouble.
     pub note: String,
 }
@@ -117,6 +121,7 @@ pub async fn drive(
         max: h.max(),
         loss: (sent * subscribers) as i64 - stats.frames as i64,
         note: join_notes(&[&sizes, &trouble, drained, &unparsed]),
+        histogram: h.clone(),
     })
 }
 
@@ -193,5 +198,13 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     fleet.stop().await;
     edge.check_running()?;
     add_rows(bench, "standalone", &figures, Some(&baseline));
+    bench.report.chart(chart::latency(
+        "latency",
+        &format!("latency: push to receive, {subscribers} subscribers, {LATENCY_RATE} pushes/s"),
+        &[
+            ("baseline", &baseline.histogram),
+            ("gpush standalone", &figures.histogram),
+        ],
+    ));
     Ok(())
 }

@@ -20,6 +20,7 @@
 //!   close frame (4003); [`CALLS`] rounds.
 
 use super::Bench;
+use crate::bench::chart;
 use crate::bench::cli::SubscribeMode;
 use crate::bench::client::{close_of, open_user};
 use crate::bench::fleet::{Fleet, FleetSpec};
@@ -300,5 +301,16 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
              until its clients read every close frame; {CALLS} rounds, {users} others connected"
         ),
     );
+    bench.report.chart(chart::latency(
+        "presence",
+        &format!("presence: answer times, {users} users in one topic over {EDGES} edges"),
+        &[
+            ("GET /v1/presence", &presence.micros),
+            ("GET /v1/presence_stats", &stats.micros),
+            ("GET /v1/topics", &topics.micros),
+            ("gRPC Presence", &grpc.micros),
+            ("disconnect, all closed", &disconnect.micros),
+        ],
+    ));
     Ok(())
 }

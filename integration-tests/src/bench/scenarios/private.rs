@@ -9,6 +9,7 @@
 //! rate; the achieved rate is reported.
 
 use super::{Bench, PRIVATE_BATCH, PRIVATE_RATE, join_notes, trouble_note};
+use crate::bench::chart;
 use crate::bench::cli::SubscribeMode;
 use crate::bench::control::user_id;
 use crate::bench::fleet::{Fleet, FleetSpec, Wait};
@@ -159,6 +160,14 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         "pushes/s sent",
         rate,
         Unit::PerSec,
+    ));
+    bench.report.chart(chart::latency(
+        "private",
+        &format!(
+            "private: latency, {} users, {rate:.0} pushes/s in batches of {PRIVATE_BATCH}",
+            setup.connected
+        ),
+        &[("gpush standalone", h)],
     ));
     Ok(())
 }

@@ -9,17 +9,21 @@
 //! recovered pushes. For what bounds it, the same fleet is started again
 //! without `since`: the time to connect, upgrade and subscribe alone.
 //! Standalone (memory history) and cluster (the edge reads JetStream: it
-//! followed nothing when the pushes were made).
+//! followed nothing when the pushes were made). The chart shows the share
+//! of the recovered pushes received against the time since the start,
+//! sampled every [`TRACE_EVERY`].
 
 use super::{Bench, join_notes, trouble_note};
+use crate::bench::chart::{self, Series};
 use crate::bench::cli::HistoryMode;
-use crate::bench::fleet::{Fleet, FleetSpec, SETUP_CONCURRENCY, Wait};
+use crate::bench::fleet::{Fleet, FleetSpec, SETUP_CONCURRENCY, Wait, Watch};
 use crate::bench::push::{Pusher, http_client, stamp};
 use crate::bench::report::{Row, Target, Unit};
 use crate::bench::systems::{Cluster, Standalone};
 use anyhow::{Context as _, bail};
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior, interval};
+use tokio_util::sync::CancellationToken;
 
 /// The topic of the storm.
 const TOPIC: &str = "storm";
@@ -31,6 +35,8 @@ const STALL: Duration = Duration::from_secs(10);
 const LIMIT: Duration = Duration::from_secs(120);
 /// Goal: all recovered within this, microseconds.
 const TARGET_MICROS: f64 = 10e6;
+/// How often the chart's progress is sampled during a storm.
+const TRACE_EVERY: Duration = Duration::from_millis(25);
 
 /// What one storm measured.
 struct StormFigures {
@@ -41,6 +47,8 @@ struct StormFigures {
     /// Recovered pushes expected but not received.
     loss: i64,
     note: String,
+    /// `(seconds since the start, % of the expected pushes received)`.
+    trace: Vec<(f64, f64)>,
 }
 
 /// The topic's epoch and last offset, from the history API.
@@ -63,9 +71,26 @@ async fn position(http_base: &str) -> anyhow::Result<(serde_json::Value, u64)> {
 /// Starts `spec`'s fleet; waits until it received `expected` frames.
 async fn storm(spec: &FleetSpec, expected: u64) -> anyhow::Result<StormFigures> {
     let started = Instant::now();
-    let mut fleet = Fleet::start(spec).await?;
-    let wait = fleet.wait_delivered(expected, STALL, started + LIMIT).await;
+    let mut fleet = Fleet::spawn(spec)?;
+    let stop = CancellationToken::new();
+    let sampler = tokio::spawn(sample(fleet.watch(), expected, started, stop.clone()));
+    let waited = match fleet.ready(spec).await {
+        Ok(()) => Ok(fleet.wait_delivered(expected, STALL, started + LIMIT).await),
+        Err(e) => Err(e),
+    };
     let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let mut trace = sampler.await.context("storm sampler")?;
+    let wait = match waited {
+        Ok(wait) => wait,
+        Err(e) => {
+            fleet.stop().await;
+            return Err(e);
+        }
+    };
+    if expected > 0 {
+        trace.push((secs, 100.0 * fleet.delivered() as f64 / expected as f64));
+    }
     let stats = fleet.stats().await?;
     let setup = fleet.setup.clone();
     fleet.stop().await;
@@ -86,16 +111,43 @@ async fn storm(spec: &FleetSpec, expected: u64) -> anyhow::Result<StormFigures> 
         setup_secs: setup.secs,
         loss: expected as i64 - stats.frames as i64,
         note: join_notes(&[&trouble, &end]),
+        trace,
     })
 }
 
-/// One system's storm and its connect-only reference; adds the rows.
+/// Samples the share of `expected` pushes received every [`TRACE_EVERY`]
+/// until `stop`, from `started` on.
+async fn sample(
+    watch: Watch,
+    expected: u64,
+    started: Instant,
+    stop: CancellationToken,
+) -> Vec<(f64, f64)> {
+    let mut trace = Vec::new();
+    if expected == 0 {
+        return trace;
+    }
+    let mut tick = interval(TRACE_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return trace,
+            _ = tick.tick() => trace.push((
+                started.elapsed().as_secs_f64(),
+                100.0 * watch.delivered() as f64 / expected as f64,
+            )),
+        }
+    }
+}
+
+/// One system's storm and its connect-only reference; adds the rows and
+/// returns the storm's progress for the chart.
 async fn measure(
     bench: &mut Bench,
     system: &str,
     ws_url: &str,
     http_base: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Series> {
     let clients = bench.sizes.storm_clients;
     let pusher = Pusher::gpush(http_base);
     pusher.push(TOPIC, &stamp(0, None)).await?;
@@ -161,7 +213,10 @@ async fn measure(
             &plain.note,
         ])),
     );
-    Ok(())
+    Ok(Series {
+        label: system.to_owned(),
+        points: recovered.trace,
+    })
 }
 
 /// Runs the storm scenario: standalone and cluster, with each of the run's
@@ -176,11 +231,12 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     if modes.is_empty() {
         bail!("the storm needs history: run it with --history on (the default) or memory");
     }
+    let mut traces = Vec::new();
     for history in modes {
         let system = history.label("standalone");
         let mut edge = Standalone::start(&bench.bins, false, history).await?;
         let (ws_url, http_base) = (edge.ws_url.clone(), edge.http_base.clone());
-        measure(bench, &system, &ws_url, &http_base).await?;
+        traces.push(measure(bench, &system, &ws_url, &http_base).await?);
         edge.check_running()?;
         drop(edge);
 
@@ -188,8 +244,16 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         let mut cluster = Cluster::start(&bench.bins, true, history).await?;
         let ws_url = cluster.ws_url.clone().unwrap_or_default();
         let http_base = cluster.http_base.clone();
-        measure(bench, &system, &ws_url, &http_base).await?;
+        traces.push(measure(bench, &system, &ws_url, &http_base).await?);
         cluster.check_running()?;
     }
+    let clients = bench.sizes.storm_clients;
+    bench.report.chart(chart::lines(
+        "storm",
+        &format!("storm: {clients} clients reconnecting at once, each recovering {MISSED} pushes"),
+        "seconds since the clients started",
+        "recovered pushes received, %",
+        &traces,
+    ));
     Ok(())
 }

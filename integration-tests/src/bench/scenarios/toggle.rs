@@ -17,6 +17,7 @@
 
 use super::latency::{LatencyFigures, drive};
 use super::{Bench, FANOUT_TOPIC, LATENCY_RATE};
+use crate::bench::chart;
 use crate::bench::fleet::{Fleet, FleetSpec};
 use crate::bench::push::Pusher;
 use crate::bench::report::{Row, Unit};
@@ -167,6 +168,14 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         if failed > 0 { ", a toggler FAILED" } else { "" },
     );
     add_rows(bench, "toggling", &busy, Some(&quiet), note);
+    bench.report.chart(chart::latency(
+        "toggle",
+        &format!(
+            "toggle: latency, {subscribers} subscribers, {LATENCY_RATE} pushes/s, \
+             quiet and while {TOGGLERS} clients toggle"
+        ),
+        &[("quiet", &quiet.histogram), ("toggling", &busy.histogram)],
+    ));
     fleet.stop().await;
     edge.check_running()?;
     Ok(())
