@@ -29,6 +29,7 @@
 //! same in both.
 
 use super::{Bench, join_notes, trouble_note};
+use crate::bench::chart;
 use crate::bench::fleet::{Fleet, FleetSpec, Wait};
 use crate::bench::histogram::Histogram;
 use crate::bench::push::{Pusher, Rng, push_batches_for, stamp};
@@ -461,8 +462,16 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             distinct_secs * 1e6,
             Unit::Micros,
         )
-        .note(format!("{:.1} s with the shared topics", shared_secs)),
+        .note(format!("{shared_secs:.1} s with the shared topics")),
     );
+    bench.report.chart(chart::latency(
+        scenario,
+        &format!(
+            "many-topics: latency, {n} topics x {PER_CONN} subscribers over {EDGES} edges, \
+             {sent_rate:.0} pushes/s"
+        ),
+        &[(system.as_str(), h)],
+    ));
     Ok(())
 }
 
