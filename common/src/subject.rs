@@ -2,7 +2,8 @@
 //!
 //! Layout, with the default prefix `gpush`:
 //! - `gpush.all`: everyone pushes;
-//! - `gpush.t.<topic>`: public topic pushes;
+//! - `gpush.t.<bucket>.<topic>`: public topic pushes. `<bucket>` is
+//!   [`topic_bucket`] of the topic.
 //! - `gpush.u.<bucket>.<uid>`: every push for one user (private topic or
 //!   user-wide; the edge filters by the connection's private
 //!   subscriptions). `<bucket>` is [`user_bucket`] of the uid.
@@ -14,12 +15,17 @@
 //!   `gpush.pr.hb`: every edge's heartbeat (see the edge's `presence`).
 //! - `gpush.events.online`: user online/offline events for backends.
 //!
-//! Edges subscribe to topic subjects one by one, but to users by bucket
-//! (`gpush.u.<bucket>.*`, for the buckets that hold a local user) and pick
-//! the user out of the envelope. A NATS subscription costs the client a
-//! few KiB, so one per logged-in user would cost more than the connection
-//! itself; [`USER_BUCKETS`] bounds that cost per edge instead. The `*` is
-//! gpush's own: it always stands for one escaped uid token.
+//! Edges subscribe to topics and users by bucket (`gpush.t.<bucket>.*` for
+//! the buckets that hold a topic with a local subscriber,
+//! `gpush.u.<bucket>.*` for those that hold a local user) and pick the
+//! topic or user out of the envelope. A NATS subscription costs the client
+//! a few KiB (async-nats allocates its channel's first block of 32
+//! messages when it subscribes), so one per topic or logged-in user would
+//! cost more than the connection itself; [`TOPIC_BUCKETS`] and
+//! [`USER_BUCKETS`] bound that cost per edge instead. The price: an edge
+//! also receives the pushes of topics that share a bucket with one of its
+//! own and drops them. The `*` is gpush's own: it always stands for one
+//! escaped topic or uid token, never a name.
 //!
 //! A name is escaped into a single subject token: ASCII letters, digits, `-`
 //! and `_` stay as they are, every other byte becomes `%XX`. The escape is
@@ -52,13 +58,32 @@ const ESCAPE_GROWTH: usize = 3;
 /// edge must agree on it, so it is a constant, not a setting.
 pub const USER_BUCKETS: u16 = 256;
 
-/// The bucket of a uid: FNV-1a of its bytes, modulo [`USER_BUCKETS`].
-/// Stable across processes, versions and machines.
-pub fn user_bucket(uid: &str) -> u16 {
-    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+/// Number of topic buckets. Part of the subject layout like
+/// [`USER_BUCKETS`]. An edge whose clients want `k` distinct topics holds
+/// at most `min(k, TOPIC_BUCKETS)` topic subscriptions, and receives about
+/// `k / TOPIC_BUCKETS` of all topic pushes (all of them once `k` is well
+/// past it). Three digits, like a user bucket, so the longest subject
+/// stays a user's (see [`Subjects::longest`]).
+pub const TOPIC_BUCKETS: u16 = 1000;
+
+/// FNV-1a of a name's bytes: stable across processes, versions and
+/// machines (changing it would split a running cluster).
+fn fnv1a(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    (hash % u64::from(USER_BUCKETS)) as u16
+    })
+}
+
+/// The bucket of a uid: [FNV-1a](fnv1a) of its bytes, modulo
+/// [`USER_BUCKETS`].
+pub fn user_bucket(uid: &str) -> u16 {
+    (fnv1a(uid) % u64::from(USER_BUCKETS)) as u16
+}
+
+/// The bucket of a public topic: [FNV-1a](fnv1a) of its bytes, modulo
+/// [`TOPIC_BUCKETS`].
+pub fn topic_bucket(topic: &str) -> u16 {
+    (fnv1a(topic) % u64::from(TOPIC_BUCKETS)) as u16
 }
 
 /// Builds subjects under one prefix.
@@ -110,7 +135,7 @@ impl Subjects {
 
     /// The subject for public topic `topic`.
     pub fn topic(&self, topic: &str) -> String {
-        self.build(&["t"], topic)
+        self.build(&["t", &topic_bucket(topic).to_string()], topic)
     }
 
     /// The subject for every push to user `uid`.
@@ -134,11 +159,15 @@ impl Subjects {
         subject
     }
 
-    /// The longest subject a name of `name_len` bytes can give: a user
-    /// subject (`<prefix>.u.<bucket>.<name>`, longer than a topic's) of a
+    /// The longest subject a name of `name_len` bytes can give: a topic or
+    /// user subject (`<prefix>.t.<bucket>.<name>`,
+    /// `<prefix>.u.<bucket>.<name>`, longer than a presence subject) of a
     /// name whose every byte is escaped.
     pub fn longest(&self, name_len: usize) -> usize {
-        let bucket_digits = (USER_BUCKETS - 1).to_string().len();
+        let bucket_digits = (USER_BUCKETS - 1)
+            .to_string()
+            .len()
+            .max((TOPIC_BUCKETS - 1).to_string().len());
         self.prefix.len() + ".u.".len() + bucket_digits + 1 + name_len * ESCAPE_GROWTH
     }
 
@@ -175,17 +204,19 @@ impl Subjects {
         else {
             return false;
         };
+        // `<kind>.<bucket>.` must be the name's own bucket.
+        let in_bucket = |kind: &str, bucket: u16| {
+            let rest = rest.strip_prefix(kind)?.strip_prefix('.')?;
+            let (token, rest) = rest.split_once('.')?;
+            // The bucket as written by `build`: digits, no leading zero.
+            let canonical = token.bytes().all(|b| b.is_ascii_digit())
+                && (token == "0" || !token.starts_with('0'));
+            (canonical && token.parse::<u16>().ok() == Some(bucket)).then_some(rest)
+        };
         let (rest, name) = match route {
             Route::Everyone => return rest == "all",
-            Route::Topic(topic) => (rest.strip_prefix("t."), topic),
-            Route::User { uid, .. } => {
-                let bucket = rest
-                    .strip_prefix("u.")
-                    .and_then(|rest| rest.split_once('.'))
-                    .filter(|(bucket, _)| *bucket == user_bucket(uid).to_string())
-                    .map(|(_, rest)| rest);
-                (bucket, uid)
-            }
+            Route::Topic(topic) => (in_bucket("t", topic_bucket(topic)), topic),
+            Route::User { uid, .. } => (in_bucket("u", user_bucket(uid)), uid),
         };
         let Some(mut token) = rest else {
             return false;
@@ -234,6 +265,11 @@ impl Subjects {
         format!("{}.u.{bucket}.*", self.prefix)
     }
 
+    /// The subscription that receives every topic subject of `bucket`.
+    pub fn topic_bucket(&self, bucket: u16) -> String {
+        format!("{}.t.{bucket}.*", self.prefix)
+    }
+
     /// The stream a live subject carries: `Some((true, topic))` for a
     /// public topic's subject, `Some((false, uid))` for a user's, None for
     /// the everyone subject or anything else. The inverse of
@@ -243,14 +279,12 @@ impl Subjects {
         let rest = subject
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix('.')?;
-        let (topic, escaped) = match rest.strip_prefix("t.") {
-            Some(escaped) => (true, escaped),
-            None => {
-                let (bucket, escaped) = rest.strip_prefix("u.")?.split_once('.')?;
-                let _: u16 = bucket.parse().ok()?;
-                (false, escaped)
-            }
+        let (topic, rest) = match rest.strip_prefix("t.") {
+            Some(rest) => (true, rest),
+            None => (false, rest.strip_prefix("u.")?),
         };
+        let (bucket, escaped) = rest.split_once('.')?;
+        let _: u16 = bucket.parse().ok()?;
         if escaped.is_empty() || escaped.contains('.') {
             return None;
         }
@@ -289,7 +323,14 @@ mod tests {
     fn layout() {
         let s = Subjects::default();
         assert_eq!(s.everyone(), "gpush.all");
-        assert_eq!(s.topic("news"), "gpush.t.news");
+        assert_eq!(
+            s.topic("news"),
+            format!("gpush.t.{}.news", topic_bucket("news"))
+        );
+        assert_eq!(
+            s.topic_bucket(topic_bucket("news")),
+            format!("gpush.t.{}.*", topic_bucket("news"))
+        );
         let bucket = user_bucket("u-1_x");
         assert_eq!(s.user("u-1_x"), format!("gpush.u.{bucket}.u-1_x"));
         assert_eq!(s.user_bucket(bucket), format!("gpush.u.{bucket}.*"));
@@ -314,15 +355,19 @@ mod tests {
             "*", ">", "a.b", "a.*", "a.>", "a b", "a\tb", "%2E", ".", "ä",
         ] {
             let subject = s.topic(name);
-            let token = subject.strip_prefix("gpush.t.").expect("prefix");
+            let bucket = format!("gpush.t.{}.", topic_bucket(name));
+            let token = subject.strip_prefix(&bucket).expect("prefix");
             assert!(
                 !token.contains(['.', '*', '>', ' ', '\t']),
                 "{name:?} -> {subject}"
             );
             assert!(!token.is_empty());
         }
-        assert_eq!(s.topic("a.b"), "gpush.t.a%2Eb");
-        assert_eq!(s.topic(">"), "gpush.t.%3E");
+        assert_eq!(
+            s.topic("a.b"),
+            format!("gpush.t.{}.a%2Eb", topic_bucket("a.b"))
+        );
+        assert_eq!(s.topic(">"), format!("gpush.t.{}.%3E", topic_bucket(">")));
     }
 
     #[test]
@@ -343,6 +388,54 @@ mod tests {
             seen[usize::from(user_bucket(&format!("user-{i}")))] += 1;
         }
         assert!(seen.iter().all(|&n| (50..=150).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn topic_buckets_are_stable_and_spread() {
+        // Fixed values: changing the hash would split a running cluster.
+        assert_eq!(topic_bucket(""), (0xcbf2_9ce4_8422_2325_u64 % 1000) as u16);
+        assert_eq!(topic_bucket("a"), (0xaf63_dc4c_8601_ec8c_u64 % 1000) as u16);
+        assert_eq!(topic_bucket("news"), topic_bucket("news"));
+        let mut seen = vec![0u32; usize::from(TOPIC_BUCKETS)];
+        for i in 0..100_000 {
+            seen[usize::from(topic_bucket(&format!("topic-{i}")))] += 1;
+        }
+        assert!(seen.iter().all(|&n| (50..=150).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn topic_subject_is_one_escaped_token_under_the_bucket() {
+        let s = Subjects::default();
+        for topic in ["a.b", "*", ">", "a b", "news"] {
+            let subject = s.topic(topic);
+            let tokens: Vec<&str> = subject.split('.').collect();
+            assert_eq!(tokens.len(), 4, "{subject}");
+            assert_eq!(tokens[1], "t");
+            assert_eq!(tokens[2], topic_bucket(topic).to_string());
+            assert_eq!(tokens[3], escape(topic));
+            assert_eq!(s.stream_of(&subject), Some((true, topic.to_owned())));
+        }
+    }
+
+    #[test]
+    fn a_topic_subject_in_another_bucket_carries_nothing() {
+        let s = Subjects::default();
+        let news = Route::Topic("news");
+        let bucket = topic_bucket("news");
+        let other = (bucket + 1) % TOPIC_BUCKETS;
+        for subject in [
+            format!("gpush.t.{other}.news"),
+            format!("gpush.t.0{bucket}.news"),
+            format!("gpush.t.+{bucket}.news"),
+            "gpush.t.news".to_owned(),
+            format!("gpush.t.{bucket}"),
+            format!("gpush.t.{bucket}.news.x"),
+            format!("gpush.u.{bucket}.news"),
+        ] {
+            assert!(!s.carries(&subject, news), "{subject}");
+            assert_eq!(s.stream_of(&subject), None, "{subject}");
+        }
+        assert!(s.carries(&format!("gpush.t.{bucket}.news"), news));
     }
 
     #[test]
@@ -387,15 +480,18 @@ mod tests {
                 assert_eq!(carried, own == s.for_route(other), "{other:?} vs {route:?}");
             }
         }
+        let news = topic_bucket("news");
         for subject in [
-            "gpush.t.news",
-            "tenant-1.gpush.t.news.x",
-            "tenant-1.gpush.t.",
-            "",
+            format!("gpush.t.{news}.news"),
+            format!("tenant-1.gpush.t.{news}.news.x"),
+            format!("tenant-1.gpush.t.{news}."),
+            "tenant-1.gpush.t.news".to_owned(),
+            String::new(),
         ] {
-            assert!(!s.carries(subject, Route::Topic("news")), "{subject}");
+            assert!(!s.carries(&subject, Route::Topic("news")), "{subject}");
         }
-        assert!(!s.carries("tenant-1.gpush.t.alice", alice));
+        let alice_bucket = user_bucket("alice");
+        assert!(!s.carries(&format!("tenant-1.gpush.t.{alice_bucket}.alice"), alice));
     }
 
     #[test]
@@ -520,11 +616,22 @@ mod tests {
                 b in any_name(),
             ) {
                 let (sa, sb) = (s.topic(&a), s.topic(&b));
-                assert_literal(&s, &sa, 2)?;
+                assert_literal(&s, &sa, 3)?;
                 prop_assert_eq!(sa == sb, a == b, "{:?} {:?} -> {}", a, b, sa);
-                // An edge subscribes to a topic's subject as it is: that
-                // subscription receives this topic and no other.
                 prop_assert_eq!(nats_matches(&sa, &sb), a == b, "{} vs {}", sa, sb);
+                // The bucket subscription an edge holds for `b` receives `a`
+                // exactly when both share the bucket (the edge then picks
+                // the topic out of the envelope), and carries `a`'s route
+                // only on `a`'s own subject.
+                let bucket_b = s.topic_bucket(topic_bucket(&b));
+                prop_assert_eq!(
+                    nats_matches(&bucket_b, &sa),
+                    topic_bucket(&a) == topic_bucket(&b),
+                    "{} vs {}", bucket_b, sa
+                );
+                prop_assert!(s.carries(&sa, Route::Topic(&a)));
+                prop_assert_eq!(s.carries(&sb, Route::Topic(&a)), a == b);
+                prop_assert_eq!(s.stream_of(&sa), Some((true, a.clone())));
             }
 
             #[test]
@@ -568,6 +675,13 @@ mod tests {
                 }
                 prop_assert!(!nats_matches(&topic, &user), "{} got {}", topic, user);
                 prop_assert!(!nats_matches(&topic, &everyone), "{} got {}", topic, everyone);
+                // Nor does a topic bucket subscription receive users or
+                // everyone pushes.
+                for bucket in [topic_bucket(&uid), topic_bucket(&topic), 0, TOPIC_BUCKETS - 1] {
+                    let subscription = s.topic_bucket(bucket);
+                    prop_assert!(!nats_matches(&subscription, &user), "{} got {}", subscription, user);
+                    prop_assert!(!nats_matches(&subscription, &everyone), "{} got {}", subscription, everyone);
+                }
             }
 
             #[test]

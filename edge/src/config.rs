@@ -53,9 +53,11 @@ pub const MAX_WEBHOOK_CONCURRENT: usize = 65_536;
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 /// Smallest accepted `publish_queue_bytes`.
 pub const MIN_PUBLISH_QUEUE_BYTES: usize = 1024;
-/// Default maximum number of distinct public topics one edge subscribes
-/// to: each costs a NATS subscription (about 6 KiB in the client and the
-/// server), so about 300 MiB at most.
+/// Default maximum number of distinct public topics one edge serves. NATS
+/// subscriptions are per topic bucket (at most
+/// [`TOPIC_BUCKETS`](gpush_common::subject::TOPIC_BUCKETS)), so a topic
+/// costs the edge its index entry and what it follows of the topic's
+/// history (see `gpush-bench many-topics`).
 pub const DEFAULT_MAX_TOPICS: usize = 50_000;
 /// Default number of auth webhook calls in flight at once per edge.
 pub const DEFAULT_WEBHOOK_MAX_CONCURRENT: usize = 64;
@@ -123,8 +125,8 @@ pub struct EdgeConfig {
     pub shards: usize,
     /// Maximum subscriptions (public + private) per connection.
     pub max_subscriptions: usize,
-    /// Maximum distinct public topics with a subscriber on this edge (each
-    /// is a NATS subscription); a subscribe to one more gets 30005.
+    /// Maximum distinct public topics with a subscriber on this edge; a
+    /// subscribe to one more gets 30005.
     pub max_topics: usize,
     /// Maximum connections logged in as one user on this edge; one more
     /// login as that user gets 30005 (the connection stays, logged out).

@@ -1,29 +1,33 @@
 //! The edge's side of the bus: NATS subscriptions that follow local interest.
 //!
-//! The edge subscribes to a topic's subject when its first local connection
-//! needs it and unsubscribes after the last one leaves; likewise to a user
-//! bucket's subjects (see [`gpush_common::subject`]) while a local
-//! connection is logged in as one of its users. The everyone subject is
-//! subscribed for the edge's lifetime. One manager task
-//! owns the subscription table and handles requests in order, so a quick
+//! The edge subscribes to a topic bucket's subjects (see
+//! [`gpush_common::subject`]) when the first local connection needs a topic
+//! of that bucket and unsubscribes after the last topic of the bucket lost
+//! its last local subscriber; likewise to a user bucket's subjects while a
+//! local connection is logged in as one of its users. The everyone subject
+//! is subscribed for the edge's lifetime. One manager task owns the
+//! subscription table and handles requests in order, so a quick
 //! leave-then-join can never end unsubscribed: before unsubscribing it asks
-//! the hub whether anyone still needs the subject.
+//! the hub whether anyone still needs the subject. A bucket subscription
+//! also brings the pushes of topics nobody here wants; the hub finds no
+//! subscriber for them and they go no further.
 //!
 //! A subscribe is acknowledged only after the NATS server has the SUB (a
 //! round trip through it, see [`ServerEcho`]), so a client that got
 //! "subscribed" receives every push published after that through the same
 //! server. (In a NATS cluster, the other nodes learn of it over their
-//! routes a moment later.) Each subject has one reader task, which keeps the
-//! publish order of that subject, and delivers only pushes whose route is
-//! the one that subject stands for: a publisher allowed on topic subjects
-//! cannot make the edge deliver a private or everyone push. In standalone
-//! mode there is no NATS: pushes reach the hub directly and every method
-//! here is a no-op.
+//! routes a moment later.) Each subscription has one reader task, which
+//! keeps the publish order of each subject it receives, and delivers only
+//! pushes whose route is the one their subject stands for: a publisher
+//! allowed on topic subjects cannot make the edge deliver a private or
+//! everyone push. In standalone mode there is no NATS: pushes reach the
+//! hub directly and every method here is a no-op.
 //!
 //! A topic with presence also has a presence subject (see
 //! [`crate::presence`]), subscribed when the topic's presence group is
 //! seeded (only while the hub has the topic, so that a seed outliving the
-//! topic's last subscriber leaves nothing behind) and released with the topic's own subject (the topic's group then
+//! topic's last subscriber leaves nothing behind) and released with the
+//! topic's last local subscriber (the topic's group then
 //! waits for a new seed: what it held of the other edges goes stale); its
 //! messages go to the presence tracker.
 //!
@@ -41,7 +45,7 @@ use futures_util::StreamExt;
 use gpush_common::bus::ServerEcho;
 use gpush_common::history::StreamKey;
 use gpush_common::history::jetstream::live_position;
-use gpush_common::subject::user_bucket;
+use gpush_common::subject::{topic_bucket, user_bucket};
 use gpush_common::{Subjects, envelope};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,11 +81,35 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    /// Whether `stream`'s pushes arrive on this key's subject.
+    /// The subscription that brings this key's pushes.
+    fn feed(&self) -> Feed {
+        match self {
+            Key::Topic(topic) => Feed::TopicBucket(topic_bucket(topic)),
+            Key::UserBucket(bucket) => Feed::UserBucket(*bucket),
+            Key::Presence(topic) => Feed::Presence(topic.clone()),
+        }
+    }
+}
+
+/// What one NATS subscription of the edge receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Feed {
+    /// Everyone pushes, for the edge's lifetime.
+    Everyone,
+    /// Every public topic of a topic bucket.
+    TopicBucket(u16),
+    /// Every user of a user bucket.
+    UserBucket(u16),
+    /// A public topic's presence changes.
+    Presence(String),
+}
+
+impl Feed {
+    /// Whether `stream`'s pushes arrive on this subscription.
     fn carries(&self, stream: StreamKey<'_>) -> bool {
         match (self, stream) {
-            (Key::Topic(topic), StreamKey::Topic(t)) => t == topic,
-            (Key::UserBucket(bucket), StreamKey::User(uid)) => user_bucket(uid) == *bucket,
+            (Feed::TopicBucket(bucket), StreamKey::Topic(topic)) => topic_bucket(topic) == *bucket,
+            (Feed::UserBucket(bucket), StreamKey::User(uid)) => user_bucket(uid) == *bucket,
             _ => false,
         }
     }
@@ -174,7 +202,7 @@ pub(crate) async fn start(
         follower: follower.clone(),
     };
     let everyone = manager.subjects.everyone();
-    manager.subscribe(everyone, None).await;
+    manager.subscribe(everyone, Feed::Everyone).await;
     let task = tokio::spawn(manager.run(rx, shutdown).in_current_span());
     let interest = Interest {
         tx: Some(tx),
@@ -205,7 +233,7 @@ struct Manager {
     active: HashMap<String, Reader>,
     /// Subjects wanted but not yet handed to the client, because NATS was
     /// away: retried every [`RETRY_PENDING`] while connected.
-    pending: HashMap<String, Option<Key>>,
+    pending: HashMap<String, Feed>,
     /// The client's connection count when last looked at.
     connects: u64,
     follower: Option<Follower>,
@@ -245,45 +273,16 @@ impl Manager {
                         acks.push(ack);
                     }
                     Request::Ensure(key, ack) => {
-                        let subject = self.subject(&key);
+                        let feed = key.feed();
+                        let subject = self.subject(&feed);
                         if !self.active.contains_key(&subject)
                             && !self.pending.contains_key(&subject)
                         {
-                            subscribed |= self.subscribe(subject, Some(key)).await;
+                            subscribed |= self.subscribe(subject, feed).await;
                         }
                         acks.push(ack);
                     }
-                    Request::Release(key) => {
-                        let wanted = match &key {
-                            Key::Topic(topic) | Key::Presence(topic) => self.hub.has_topic(topic),
-                            Key::UserBucket(bucket) => self.hub.has_user_bucket(*bucket),
-                        };
-                        if !wanted {
-                            let subject = self.subject(&key);
-                            self.pending.remove(&subject);
-                            if let Some(reader) = self.active.remove(&subject) {
-                                // Dropping the subscriber unsubscribes.
-                                reader.task.abort();
-                                // What arrives on it is no longer seen here.
-                                self.hub.history.forget(|stream| key.carries(stream));
-                            }
-                            if let Key::Topic(topic) = &key {
-                                // The topic's presence goes with it.
-                                let presence = self.subjects.presence_topic(topic);
-                                let pending = self.pending.remove(&presence).is_some();
-                                let active = self.active.remove(&presence);
-                                if let Some(reader) = &active {
-                                    reader.task.abort();
-                                }
-                                if pending || active.is_some() {
-                                    // Changes are missed from now on: a
-                                    // new local subscriber needs a seed
-                                    // again, which subscribes anew.
-                                    self.presence.unsubscribed(topic);
-                                }
-                            }
-                        }
-                    }
+                    Request::Release(key) => self.release(&key),
                 }
             }
             // While NATS is away there is nothing to confirm with: the
@@ -305,6 +304,49 @@ impl Manager {
         }
         for (_, reader) in self.active.drain() {
             reader.task.abort();
+        }
+    }
+
+    /// Drops what `key` needed unless the hub still has a subscriber for
+    /// it: a topic's presence subject, what this edge follows of the
+    /// topic's history, and the topic's bucket subscription once no topic
+    /// of the bucket has a local subscriber.
+    fn release(&mut self, key: &Key) {
+        let wanted = match key {
+            Key::Topic(topic) | Key::Presence(topic) => self.hub.has_topic(topic),
+            Key::UserBucket(bucket) => self.hub.has_user_bucket(*bucket),
+        };
+        if wanted {
+            return;
+        }
+        if let Key::Topic(topic) = key {
+            // The topic's presence goes with it.
+            let presence = self.subjects.presence_topic(topic);
+            let pending = self.pending.remove(&presence).is_some();
+            let active = self.active.remove(&presence);
+            if let Some(reader) = &active {
+                reader.task.abort();
+            }
+            if pending || active.is_some() {
+                // Changes are missed from now on: a new local subscriber
+                // needs a seed again, which subscribes anew.
+                self.presence.unsubscribed(topic);
+            }
+            // Nobody here follows the topic's history any more, even
+            // while its bucket brings its pushes for other topics.
+            self.hub.history.forget_stream(StreamKey::Topic(topic));
+            if self.hub.has_topic_bucket(topic_bucket(topic)) {
+                return;
+            }
+        }
+        let feed = key.feed();
+        let subject = self.subject(&feed);
+        self.pending.remove(&subject);
+        if let Some(reader) = self.active.remove(&subject) {
+            // Dropping the subscriber unsubscribes.
+            reader.task.abort();
+            // What arrives on it is no longer seen here.
+            self.hub.history.forget(|stream| feed.carries(stream));
         }
     }
 
@@ -339,11 +381,12 @@ impl Manager {
         }
     }
 
-    fn subject(&self, key: &Key) -> String {
-        match key {
-            Key::Topic(topic) => self.subjects.topic(topic),
-            Key::UserBucket(bucket) => self.subjects.user_bucket(*bucket),
-            Key::Presence(topic) => self.subjects.presence_topic(topic),
+    fn subject(&self, feed: &Feed) -> String {
+        match feed {
+            Feed::Everyone => self.subjects.everyone(),
+            Feed::TopicBucket(bucket) => self.subjects.topic_bucket(*bucket),
+            Feed::UserBucket(bucket) => self.subjects.user_bucket(*bucket),
+            Feed::Presence(topic) => self.subjects.presence_topic(topic),
         }
     }
 
@@ -354,15 +397,15 @@ impl Manager {
     /// Subscribes to `subject` now if NATS is there, else keeps it pending;
     /// true when the client took the subscription (then it can be
     /// confirmed).
-    async fn subscribe(&mut self, subject: String, key: Option<Key>) -> bool {
+    async fn subscribe(&mut self, subject: String, feed: Feed) -> bool {
         // Behind pending ones: the client's buffer was full a moment ago.
         // (Before the first connection, and for a while after a
         // disconnect, the client buffers subscriptions itself.)
         if !self.pending.is_empty() {
-            self.pending.insert(subject, key);
+            self.pending.insert(subject, feed);
             return false;
         }
-        self.hand_off(subject, key).await
+        self.hand_off(subject, feed).await
     }
 
     /// Hands every pending subscription to the client while it takes them.
@@ -370,13 +413,13 @@ impl Manager {
         if !self.connected() {
             return;
         }
-        let pending: Vec<(String, Option<Key>)> = self.pending.drain().collect();
+        let pending: Vec<(String, Feed)> = self.pending.drain().collect();
         let mut stalled = false;
-        for (subject, key) in pending {
+        for (subject, feed) in pending {
             if stalled {
-                self.pending.insert(subject, key);
+                self.pending.insert(subject, feed);
             } else {
-                stalled = !self.hand_off(subject, key).await;
+                stalled = !self.hand_off(subject, feed).await;
             }
         }
         if self.pending.is_empty() {
@@ -389,7 +432,7 @@ impl Manager {
     /// subscribe reply should mean the subscription is made) and
     /// [`HANDOFF_WAIT`] while it is away (its command buffer may be full):
     /// true when taken; otherwise the subject is left pending.
-    async fn hand_off(&mut self, subject: String, key: Option<Key>) -> bool {
+    async fn hand_off(&mut self, subject: String, feed: Feed) -> bool {
         let wait = if self.connected() {
             SUBSCRIBE_WAIT
         } else {
@@ -403,7 +446,7 @@ impl Manager {
                     presence: self.presence.clone(),
                     subjects: self.subjects.clone(),
                     follower: self.follower.clone(),
-                    key: key.clone(),
+                    feed: feed.clone(),
                 };
                 let task = tokio::spawn(reader.run(subscriber, checks).in_current_span());
                 self.active.insert(subject, Reader { task, check });
@@ -416,7 +459,7 @@ impl Manager {
             }
             Err(_) => {
                 tracing::warn!(%subject, "bus client busy; subscription kept pending");
-                self.pending.insert(subject, key);
+                self.pending.insert(subject, feed);
                 false
             }
         }
@@ -429,8 +472,8 @@ struct ReaderTask {
     presence: Arc<Presence>,
     subjects: Subjects,
     follower: Option<Follower>,
-    /// What the subscription is for (None: everyone).
-    key: Option<Key>,
+    /// What the subscription receives.
+    feed: Feed,
 }
 
 impl ReaderTask {
@@ -451,7 +494,7 @@ impl ReaderTask {
     }
 
     async fn message(&self, message: async_nats::Message) {
-        if let Some(Key::Presence(topic)) = &self.key {
+        if let Feed::Presence(topic) = &self.feed {
             self.presence
                 .receive(&GroupKey::Topic(topic.clone()), &message.payload);
             return;
@@ -494,10 +537,13 @@ impl ReaderTask {
 
     /// Checks every followed stream that arrives on this subject.
     async fn check(&self) {
-        let (Some(follower), Some(key)) = (&self.follower, &self.key) else {
+        let Some(follower) = &self.follower else {
             return;
         };
-        let streams = self.hub.history.followed(|stream| key.carries(stream));
+        let streams = self
+            .hub
+            .history
+            .followed(|stream| self.feed.carries(stream));
         for (topic, name) in streams {
             let stream = if topic {
                 StreamKey::Topic(&name)

@@ -595,6 +595,12 @@ impl NatsServer {
             .unwrap_or_else(|| panic!("nats-server {} is not running", self.url()))
     }
 
+    /// The server's general figures (`/varz`: memory, subscriptions,
+    /// messages in and out).
+    pub async fn varz(&self) -> serde_json::Value {
+        self.monitor("/varz").await
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

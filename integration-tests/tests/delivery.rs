@@ -3,6 +3,7 @@
 //! edges, clients spread over both edges) and against a standalone edge
 //! (in-process bus), where "edge 1" is the same edge as "edge 0".
 
+use gpush_common::subject::topic_bucket;
 use gpush_integration_tests::client::{RawFrame, expect_all_quiet};
 use gpush_integration_tests::deploy::{self, External};
 use gpush_integration_tests::frames::{self, code};
@@ -99,6 +100,16 @@ async fn topic_client(d: &impl Deployment, edge: usize, label: &str, topics: &[&
 
 fn payload(fields: Value) -> Vec<u8> {
     fields.to_string().into_bytes()
+}
+
+/// Another topic in `topic`'s NATS subject bucket (see
+/// [`gpush_common::subject::topic_bucket`]).
+fn bucket_twin(topic: &str) -> String {
+    let bucket = topic_bucket(topic);
+    (0..)
+        .map(|i| format!("twin.*{i}"))
+        .find(|twin| twin != topic && topic_bucket(twin) == bucket)
+        .expect("a twin")
 }
 
 /// Public, private, user-wide and everyone pushes, sent over every push
@@ -420,18 +431,24 @@ const TRICKY_NAMES: &[&str] = &[
 /// Topics and uids such as `a.*`, `>`, `a b` or `a%2Eb` are plain names:
 /// each reaches its own subscribers and never another name's.
 async fn wildcard_looking_names_are_isolated(d: &impl Deployment) {
-    // Public topics: one subscriber per name, alternating edges.
+    // Public topics: one subscriber per name, alternating edges; and for
+    // each name a twin topic of the same NATS subject bucket, subscribed
+    // on the other edge (a cluster edge receives both on one bucket
+    // subscription and must tell them apart).
+    let twins: Vec<String> = TRICKY_NAMES.iter().map(|name| bucket_twin(name)).collect();
+    let names: Vec<&str> = TRICKY_NAMES
+        .iter()
+        .copied()
+        .chain(twins.iter().map(String::as_str))
+        .collect();
     let mut subscribers = Vec::new();
-    for (i, name) in TRICKY_NAMES.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         subscribers.push(topic_client(d, i, &format!("topic {name:?}"), &[name]).await);
     }
     let data = |name: &str| payload(json!({"to": name}));
-    let batch: Vec<PushMsg> = TRICKY_NAMES
-        .iter()
-        .map(|n| PushMsg::public(n, data(n)))
-        .collect();
+    let batch: Vec<PushMsg> = names.iter().map(|n| PushMsg::public(n, data(n))).collect();
     d.push_batch_http(&batch).await;
-    for (client, name) in subscribers.iter_mut().zip(TRICKY_NAMES) {
+    for (client, name) in subscribers.iter_mut().zip(&names) {
         client.expect_push(&frames::public(name, &data(name))).await;
     }
 

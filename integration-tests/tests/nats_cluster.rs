@@ -6,9 +6,10 @@
 //! not ready and ingress refuses pushes with 503 / UNAVAILABLE within its
 //! publish timeout, then recovers by itself.
 
+use gpush_common::Subjects;
 use gpush_common::bus::Ack;
 use gpush_common::history::HistoryConfig;
-use gpush_common::subject::user_bucket;
+use gpush_common::subject::{topic_bucket, user_bucket};
 use gpush_edge::EdgeConfig;
 use gpush_ingress::IngressConfig;
 use gpush_integration_tests::deploy::edge_test_config;
@@ -234,7 +235,7 @@ async fn edges_fail_over_between_nats_nodes_and_resubscribe() {
     assert_ne!(moved_to, 1);
     let needed = [
         "gpush.all".to_owned(),
-        "gpush.t.prices".to_owned(),
+        Subjects::default().topic_bucket(topic_bucket("prices")),
         format!("gpush.u.{}.*", user_bucket("alice")),
     ];
     let resubscribed = format!("edge-a re-subscribed to {needed:?} on node {moved_to}");

@@ -229,6 +229,23 @@ impl MemoryHistory {
         });
     }
 
+    /// Stops following `key`'s stream, like [`Self::forget`] for one
+    /// stream, without looking at the others.
+    pub fn forget_stream(&self, key: StreamKey<'_>) {
+        let name = map_key(key);
+        let mut inner = lock(&self.inner);
+        let Inner {
+            logs, bytes, kept, ..
+        } = &mut *inner;
+        if let Some(log) = logs.remove(name.as_str()) {
+            for (_, _, size) in &log.entries {
+                *bytes -= size;
+                *kept -= 1;
+            }
+            *bytes -= LOG_COST + name.len();
+        }
+    }
+
     /// Whether this edge follows `key`'s stream (it was seeded).
     pub fn follows(&self, key: StreamKey<'_>) -> bool {
         lock(&self.inner).logs.contains_key(map_key(key).as_str())
@@ -539,6 +556,24 @@ mod tests {
                 .collect(),
             Read::Gap => vec!["gap".into()],
         }
+    }
+
+    #[test]
+    fn forgetting_one_stream_leaves_the_others_and_their_bytes() {
+        let h = history(3, 1 << 20);
+        let (news, other) = (StreamKey::Topic("news"), StreamKey::Topic("other"));
+        h.seed(news, 4, "e");
+        h.seed(other, 7, "e");
+        h.append_at(&push("news", "a"), 5, 4);
+        let before = h.bytes();
+        h.forget_stream(news);
+        assert!(!h.follows(news));
+        assert!(h.follows(other));
+        assert!(h.bytes() < before);
+        h.forget(|key| key == other);
+        assert_eq!(h.bytes(), 0, "nothing left counted");
+        h.forget_stream(news);
+        assert_eq!(h.bytes(), 0, "forgetting twice is a no-op");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::protocol::push::PresenceFrames;
 use crate::protocol::{PushFrames, WireFormat};
 use gpush_common::history::{MemoryHistory, StreamKey};
 use gpush_common::metrics::push_kind;
-use gpush_common::subject::{USER_BUCKETS, user_bucket};
+use gpush_common::subject::{TOPIC_BUCKETS, USER_BUCKETS, topic_bucket, user_bucket};
 use gpush_common::{LocalDelivery, Push, Route};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -150,6 +150,9 @@ pub(crate) struct Hub {
     /// [`gpush_common::subject`]): the bus subscribes to a bucket while it
     /// is non-zero.
     user_buckets: Box<[AtomicU32]>,
+    /// Distinct public topics with a local subscriber per topic bucket:
+    /// the bus subscribes to a bucket while it is non-zero.
+    topic_buckets: Box<[AtomicU32]>,
     /// Connection id -> the uid it is logged in as, for presence: kept
     /// for logged-in connections only.
     logins: Box<[Shard<u64, Arc<str>>]>,
@@ -181,6 +184,7 @@ impl Hub {
             users: Index::new(shards),
             private: Index::new(shards),
             user_buckets: (0..USER_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            topic_buckets: (0..TOPIC_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             logins: (0..shards).map(|_| Mutex::default()).collect(),
             orders: (0..shards).map(|_| Mutex::default()).collect(),
             limits,
@@ -287,8 +291,13 @@ impl Hub {
         joined: impl FnOnce(u64),
     ) -> Result<(bool, u64), NotAdded> {
         let seed = || self.history.last(StreamKey::Topic(topic)).unwrap_or(0);
-        self.topics
-            .add_at(topic, conn, max_topics, usize::MAX, expected, seed, joined)
+        let added = self
+            .topics
+            .add_at(topic, conn, max_topics, usize::MAX, expected, seed, joined);
+        if let Ok((true, _)) = added {
+            self.topic_buckets[usize::from(topic_bucket(topic))].fetch_add(1, Ordering::Relaxed);
+        }
+        added
     }
 
     /// Calls `f` with public `topic`'s offset under the index's lock
@@ -423,13 +432,29 @@ impl Hub {
         conn: &Arc<ConnHandle>,
         max_topics: usize,
     ) -> Result<bool, index::Full> {
-        self.topics.add(topic, conn, max_topics)
+        let added = self.topics.add(topic, conn, max_topics);
+        if added == Ok(true) {
+            self.topic_buckets[usize::from(topic_bucket(topic))].fetch_add(1, Ordering::Relaxed);
+        }
+        added
     }
 
     /// Unsubscribes connection `id` from public `topic`; true if no local
     /// subscriber is left.
     pub(crate) fn unsubscribe(&self, topic: &str, id: u64) -> bool {
-        self.topics.remove(topic, id)
+        let last = self.topics.remove(topic, id);
+        if last {
+            self.topic_buckets[usize::from(topic_bucket(topic))].fetch_sub(1, Ordering::Relaxed);
+        }
+        last
+    }
+
+    /// Whether any local connection subscribes to a public topic of
+    /// `bucket`.
+    pub(crate) fn has_topic_bucket(&self, bucket: u16) -> bool {
+        self.topic_buckets
+            .get(usize::from(bucket))
+            .is_some_and(|n| n.load(Ordering::Relaxed) > 0)
     }
 
     #[cfg(test)]
@@ -659,6 +684,7 @@ mod tests {
         assert!(hub.unsubscribe("t", b.id));
         assert!(!hub.has_topic("t"));
         assert!(!hub.unsubscribe("t", b.id), "second removal is a no-op");
+        assert!(!hub.has_topic_bucket(topic_bucket("t")));
         hub.login("u", &a);
         hub.login("u", &b);
         let bucket = user_bucket("u");
@@ -667,6 +693,32 @@ mod tests {
         assert!(hub.logout("u", b.id), "bucket now empty");
         assert!(!hub.users.contains("u"));
         assert!(!hub.has_user_bucket(bucket));
+    }
+
+    #[test]
+    fn a_topic_bucket_is_wanted_while_any_of_its_topics_is() {
+        let hub = Hub::new(2, LIMITS);
+        let bucket = topic_bucket("t0");
+        let twin = (1..)
+            .map(|i| format!("t{i}"))
+            .find(|t| topic_bucket(t) == bucket)
+            .expect("another topic in the bucket");
+        let [a, b] = [(); 2].map(|_| hub.connect(WireFormat::Json));
+        sub(&hub, "t0", &a);
+        sub(&hub, "t0", &b);
+        sub(&hub, &twin, &b);
+        assert!(hub.has_topic_bucket(bucket));
+        assert!(!hub.unsubscribe("t0", a.id));
+        assert!(hub.unsubscribe("t0", b.id));
+        assert!(
+            hub.has_topic_bucket(bucket),
+            "{twin} still has a subscriber"
+        );
+        assert!(hub.unsubscribe(&twin, b.id));
+        assert!(!hub.has_topic_bucket(bucket));
+        for other in 0..TOPIC_BUCKETS {
+            assert!(!hub.has_topic_bucket(other));
+        }
     }
 
     #[test]

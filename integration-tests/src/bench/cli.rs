@@ -146,6 +146,11 @@ pub enum Scenario {
     /// clients churn through it: presence pushes and bytes each
     /// subscriber receives per second against the churn rate.
     PresenceChurn,
+    /// 100,000 distinct topics with 5 subscribers each over several
+    /// edges, random pushes at 20,000/s: latency, loss, edge memory per
+    /// distinct topic, nats-server memory. Not in the default set (it
+    /// takes a few minutes).
+    ManyTopics,
     /// The baseline raw server's idle, fanout and latency figures.
     Baseline,
     /// One million connections (--scale-conns) through nats-server,
@@ -188,6 +193,7 @@ impl Scenario {
             Scenario::Storm => "storm",
             Scenario::Presence => "presence",
             Scenario::PresenceChurn => "presence-churn",
+            Scenario::ManyTopics => "many-topics",
             Scenario::Baseline => "baseline",
             Scenario::Scale => "scale",
         }
@@ -245,6 +251,14 @@ pub struct ClientArgs {
     /// Spread public subscriptions over this many topics.
     #[arg(long, default_value_t = 1)]
     pub topics: usize,
+    /// Public topics each connection subscribes to: connection `i`'s
+    /// `j`-th is topic `(i + j * stride) % topics` (see
+    /// [`topic_of`](crate::bench::control::topic_of)).
+    #[arg(long, default_value_t = 1)]
+    pub per_conn: usize,
+    /// Distance between the topics of one connection (with `per_conn`).
+    #[arg(long, default_value_t = 1)]
+    pub stride: usize,
     /// Parse each push's send time and record latency.
     #[arg(long)]
     pub latency: bool,

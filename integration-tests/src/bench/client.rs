@@ -125,12 +125,21 @@ pub(crate) enum Plan {
         uid: String,
         topic: String,
     },
+    /// Several public topics, subscribed one after the other.
+    Many {
+        topics: Vec<String>,
+    },
 }
 
 impl Plan {
     fn for_connection(args: &ClientArgs, index: usize) -> Self {
         match args.subscribe {
             SubscribeMode::None => Plan::Nothing,
+            SubscribeMode::Public if args.per_conn > 1 => Plan::Many {
+                topics: (0..args.per_conn)
+                    .map(|j| control::topic_of(&args.topic, args.topics, args.stride, index, j))
+                    .collect(),
+            },
             SubscribeMode::Public => Plan::Public {
                 topic: control::topic_name(&args.topic, args.topics, index),
                 since: args.since.clone(),
@@ -184,6 +193,16 @@ async fn request(
     stream
         .write_all(&wire::client_frame(OP_TEXT, text.as_bytes()))
         .await?;
+    reply(stream, buf, expected).await
+}
+
+/// Waits for the reply with code `expected`, skipping the "connected"
+/// greeting. Bytes after the reply stay in `buf`.
+async fn reply(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    expected: u64,
+) -> Result<Vec<u8>, SetupError> {
     loop {
         while let Some((frame, used)) = wire::next_frame(buf)? {
             let code = (frame.opcode == OP_TEXT)
@@ -266,6 +285,20 @@ pub(crate) async fn open_replied(
             request(&mut stream, &mut buf, &login, LOGGED_IN).await?;
             let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
             request(&mut stream, &mut buf, &subscribe, SUBSCRIBED).await?
+        }
+        Plan::Many { topics } => {
+            // Every subscribe in one write, then their replies.
+            let mut frames = Vec::new();
+            for topic in topics {
+                let subscribe = format!(r#"{{"code":1,"topic":"{topic}"}}"#);
+                frames.extend_from_slice(&wire::client_frame(OP_TEXT, subscribe.as_bytes()));
+            }
+            stream.write_all(&frames).await?;
+            let mut last = Vec::new();
+            for _ in topics {
+                last = reply(&mut stream, &mut buf, SUBSCRIBED).await?;
+            }
+            last
         }
     };
     Ok((stream, buf, reply))

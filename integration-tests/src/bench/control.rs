@@ -28,6 +28,16 @@ pub fn topic_name(base: &str, topics: usize, index: usize) -> String {
     }
 }
 
+/// The `j`-th of `per_conn` public topics of connection number `index`
+/// when a fleet spreads `per_conn` subscriptions per connection over
+/// `topics` topics named after `base`: topic `(index + j * stride) %
+/// topics`. With `topics = per_conn * stride` (and as many connections as
+/// topics) every topic has exactly `per_conn` subscribers, `stride`
+/// connections apart.
+pub fn topic_of(base: &str, topics: usize, stride: usize, index: usize, j: usize) -> String {
+    format!("{base}-{}", (index + j * stride) % topics.max(1))
+}
+
 /// Coordinator → client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]

@@ -27,8 +27,9 @@ pub const MAX_CONNS_PER_CLIENT: usize = 18_000;
 pub const MIN_CLIENTS: usize = 2;
 /// Connection set-ups in flight per client process.
 pub const SETUP_CONCURRENCY: usize = 256;
-/// How long a fleet may take to connect, on top of one second per 1,000
-/// connections.
+/// How long a fleet may take to connect, on top of two seconds per 1,000
+/// connections (per 1,000 subscriptions when connections subscribe to
+/// several topics).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to answer a command.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,6 +60,12 @@ pub struct FleetSpec {
     pub topic: String,
     /// Spread public subscriptions over this many topics.
     pub topics: usize,
+    /// Public topics per connection (see
+    /// [`topic_of`](crate::bench::control::topic_of)); 1: the one of
+    /// [`topic_name`](crate::bench::control::topic_name).
+    pub per_conn: usize,
+    /// Distance between one connection's topics.
+    pub stride: usize,
     /// Record push-to-receive latency.
     pub latency: bool,
     /// Public subscriptions ask for the pushes after this position,
@@ -91,6 +98,8 @@ impl FleetSpec {
             subscribe: SubscribeMode::Public,
             topic: topic.to_owned(),
             topics: 1,
+            per_conn: 1,
+            stride: 1,
             latency: false,
             since: None,
             first: 0,
@@ -127,6 +136,10 @@ impl FleetSpec {
             self.topic.clone(),
             "--topics".to_owned(),
             self.topics.to_string(),
+            "--per-conn".to_owned(),
+            self.per_conn.to_string(),
+            "--stride".to_owned(),
+            self.stride.to_string(),
         ];
         if self.latency {
             args.push("--latency".to_owned());
@@ -330,7 +343,8 @@ impl Fleet {
     /// Waits until every connection of a [`spawn`](Self::spawn)ed fleet
     /// of `spec` was tried.
     pub async fn ready(&mut self, spec: &FleetSpec) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(spec.conns as u64);
+        let requests = spec.conns * spec.per_conn.max(1);
+        let deadline = Instant::now() + READY_TIMEOUT + Duration::from_millis(2 * requests as u64);
         self.wait_ready(deadline, Duration::MAX, |_, _| false).await
     }
 

@@ -7,7 +7,11 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior, interval};
 
 /// Longest a push call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,6 +23,76 @@ pub fn stamp(seq: u64, uid: Option<&str>) -> String {
         Some(uid) => format!(r#"{{"t":{},"i":{seq},"u":"{uid}"}}"#, unix_micros()),
         None => format!(r#"{{"t":{},"i":{seq}}}"#, unix_micros()),
     }
+}
+
+/// xorshift64*: a small, good-enough PRNG for picking users and topics.
+#[derive(Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock.
+    pub fn seeded() -> Self {
+        Self(unix_micros() | 1)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// Batch calls in flight at once, at most, in [`push_batches_for`].
+const CALLS_IN_FLIGHT: usize = 16;
+
+/// Sends `/v1/pushBatch` calls of `batch` messages at `rate` messages/s
+/// for `run_for`, numbering them from `first`; `message(seq)` gives each
+/// message's (uid, topic, payload). Calls overlap (at most 16), so one slow
+/// call does not lower the rate. Returns how many messages were accepted.
+pub async fn push_batches_for(
+    pusher: &Pusher,
+    rate: u32,
+    batch: u32,
+    run_for: Duration,
+    first: u64,
+    mut message: impl FnMut(u64) -> (String, String, String),
+) -> anyhow::Result<u64> {
+    let calls_per_sec = (rate / batch.max(1)).max(1);
+    let mut tick = interval(Duration::from_secs(1) / calls_per_sec);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let permits = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    let mut calls = JoinSet::new();
+    let end = Instant::now() + run_for;
+    let mut seq = first;
+    loop {
+        tick.tick().await;
+        if Instant::now() >= end {
+            break;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let messages: Vec<(String, String, String)> =
+            (0..u64::from(batch)).map(|i| message(seq + i)).collect();
+        seq += u64::from(batch);
+        let body = batch_json(
+            messages
+                .iter()
+                .map(|(uid, topic, payload)| (uid.as_str(), topic.as_str(), payload.as_bytes())),
+        );
+        let pusher = pusher.clone();
+        calls.spawn(async move {
+            let result = pusher.push_batch(body).await;
+            drop(permit);
+            result
+        });
+    }
+    let mut accepted = 0;
+    while let Some(result) = calls.join_next().await {
+        result.context("batch call task")??;
+        accepted += u64::from(batch);
+    }
+    Ok(accepted)
 }
 
 /// An HTTP client for push calls: keep-alive, no Nagle, bounded calls.

@@ -310,10 +310,11 @@ impl Cluster {
             .collect()
     }
 
-    /// Waits until the edge's NATS subscription to public `topic` is in
-    /// place, so a push published now reaches it.
+    /// Waits until the edge's NATS subscription to public `topic` (its
+    /// bucket's) is in place, so a push published now reaches it.
     pub async fn wait_subscribed(&self, topic: &str) {
-        let subject = format!("gpush.t.{topic}");
+        let bucket = gpush_common::subject::topic_bucket(topic);
+        let subject = gpush_common::Subjects::default().topic_bucket(bucket);
         self.nats
             .wait_subscriptions(Duration::from_secs(10), &subject, |subjects| {
                 subjects.contains(&subject)
@@ -361,6 +362,8 @@ pub struct EdgeTuning {
     /// client then asks `/v1/connect` again) before the edge runs out of
     /// descriptors.
     pub max_connections: Option<usize>,
+    /// Top-level edge config lines (limits such as `max_topics`).
+    pub edge_toml: String,
 }
 
 impl EtcdCluster {
@@ -403,7 +406,7 @@ impl EtcdCluster {
         let mut ingress = spawn("gpush-ingress", &bins.ingress, &args, &dir)?;
         ingress.try_wait_for_port(http).await?;
         wait_ok(&mut ingress, &format!("http://{http}/readyz")).await?;
-        let mut toml = history.toml().to_owned();
+        let mut toml = format!("{}\n{}", tuning.edge_toml, history.toml());
         if login {
             toml.push_str("[auth]\ninsecure_token_is_uid = true\n");
         }
@@ -454,6 +457,11 @@ impl EtcdCluster {
         };
         cluster.wait_listed(n).await?;
         Ok(cluster)
+    }
+
+    /// The NATS server.
+    pub fn nats(&self) -> &NatsServer {
+        &self._nats
     }
 
     /// Waits until `GET /v1/edges` lists `n` edges.

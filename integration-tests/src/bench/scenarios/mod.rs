@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod idle;
 pub mod ingress;
 pub mod latency;
+pub mod many_topics;
 pub mod presence;
 pub mod presence_churn;
 pub mod private;
@@ -68,6 +69,13 @@ pub struct Sizes {
     pub presence_run: Duration,
     /// Connections the scale scenario ramps to (`--scale-conns`).
     pub scale_conns: usize,
+    /// Distinct topics of the many-topics scenario, and its connections
+    /// (each subscribed to [`many_topics::PER_CONN`] of them).
+    pub many_topics: usize,
+    /// Pushes per second to random topics in the many-topics scenario.
+    pub many_topics_rate: u32,
+    /// Measured time of the many-topics pushes.
+    pub many_topics_run: Duration,
 }
 
 impl Sizes {
@@ -90,6 +98,9 @@ impl Sizes {
             churn_presence_subscribers: 10_000,
             presence_run: Duration::from_secs(10),
             scale_conns: 1_000_000,
+            many_topics: 100_000,
+            many_topics_rate: 20_000,
+            many_topics_run: Duration::from_secs(10),
         }
     }
 
@@ -110,6 +121,9 @@ impl Sizes {
             churn_presence_subscribers: 2_000,
             presence_run: Duration::from_secs(4),
             scale_conns: 36_000,
+            many_topics: 6_000,
+            many_topics_rate: 5_000,
+            many_topics_run: Duration::from_secs(3),
         }
     }
 }
@@ -178,6 +192,7 @@ impl Bench {
             Scenario::Presence => presence::run(self).await,
             Scenario::PresenceChurn => presence_churn::run(self).await,
             Scenario::Scale => scale::run(self).await,
+            Scenario::ManyTopics => many_topics::run(self).await,
             Scenario::Baseline => {
                 self.baseline_idle().await?;
                 self.baseline_fanout().await?;

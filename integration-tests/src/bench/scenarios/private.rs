@@ -5,28 +5,23 @@
 //! call carries [`PRIVATE_BATCH`] pushes, each to a random user with a
 //! payload naming that user and its send time. Clients record latency and
 //! count any push whose payload names another user (a misdelivery). Calls
-//! overlap (at most [`CALLS_IN_FLIGHT`]) so one slow call does not lower
-//! the rate; the achieved rate is reported.
+//! overlap (see [`push_batches_for`]) so one slow call does not lower the
+//! rate; the achieved rate is reported.
 
 use super::{Bench, PRIVATE_BATCH, PRIVATE_RATE, join_notes, trouble_note};
 use crate::bench::chart;
 use crate::bench::cli::SubscribeMode;
 use crate::bench::control::user_id;
 use crate::bench::fleet::{Fleet, FleetSpec, Wait};
-use crate::bench::push::{Pusher, batch_json, stamp};
+use crate::bench::push::{Pusher, Rng, push_batches_for, stamp};
 use crate::bench::report::{Row, Target, Unit};
 use crate::bench::systems::Standalone;
-use anyhow::{Context as _, bail};
-use std::sync::Arc;
+use anyhow::bail;
 use std::time::Duration;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior, interval};
+use tokio::time::Instant;
 
 /// The private topic every user subscribes to.
 const TOPIC: &str = "inbox";
-/// Batch calls in flight at once, at most.
-const CALLS_IN_FLIGHT: usize = 16;
 /// Unmeasured pushing at the start.
 const WARMUP: Duration = Duration::from_secs(1);
 /// Give up waiting for deliveries that stopped for this long.
@@ -35,23 +30,6 @@ const STALL: Duration = Duration::from_secs(3);
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// p99 latency target, microseconds.
 const TARGET_P99: f64 = 50_000.0;
-
-/// xorshift64*: a small, good-enough PRNG for picking users.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Self {
-        Self(crate::bench::client::unix_micros() | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
 
 /// Sends batches of private pushes to random users among `users` at
 /// [`PRIVATE_RATE`] for `run_for`; returns how many pushes were accepted.
@@ -62,46 +40,12 @@ async fn push_for(
     first: u64,
     rng: &mut Rng,
 ) -> anyhow::Result<u64> {
-    let calls_per_sec = PRIVATE_RATE / PRIVATE_BATCH;
-    let mut tick = interval(Duration::from_secs(1) / calls_per_sec);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let permits = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
-    let mut calls = JoinSet::new();
-    let end = Instant::now() + run_for;
-    let mut seq = first;
-    loop {
-        tick.tick().await;
-        if Instant::now() >= end {
-            break;
-        }
-        let permit = permits.clone().acquire_owned().await?;
-        let uids: Vec<String> = (0..PRIVATE_BATCH)
-            .map(|_| user_id(rng.below(users) as usize))
-            .collect();
-        let payloads: Vec<String> = uids
-            .iter()
-            .enumerate()
-            .map(|(i, uid)| stamp(seq + i as u64, Some(uid)))
-            .collect();
-        seq += u64::from(PRIVATE_BATCH);
-        let body = batch_json(
-            uids.iter()
-                .zip(&payloads)
-                .map(|(uid, payload)| (uid.as_str(), TOPIC, payload.as_bytes())),
-        );
-        let pusher = pusher.clone();
-        calls.spawn(async move {
-            let result = pusher.push_batch(body).await;
-            drop(permit);
-            result
-        });
-    }
-    let mut accepted = 0;
-    while let Some(result) = calls.join_next().await {
-        result.context("batch call task")??;
-        accepted += u64::from(PRIVATE_BATCH);
-    }
-    Ok(accepted)
+    push_batches_for(pusher, PRIVATE_RATE, PRIVATE_BATCH, run_for, first, |seq| {
+        let uid = user_id(rng.below(users) as usize);
+        let payload = stamp(seq, Some(&uid));
+        (uid, TOPIC.to_owned(), payload)
+    })
+    .await
 }
 
 /// Runs the private scenario on a standalone edge.

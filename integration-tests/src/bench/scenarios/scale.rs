@@ -521,6 +521,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let tuning = EdgeTuning {
         quiet: Some((QUIET.0.to_owned(), QUIET.1.to_owned())),
         max_connections: Some(max_connections),
+        ..EdgeTuning::default()
     };
     let began = Instant::now();
     let mut cluster = EtcdCluster::start_tuned(&bench.bins, edges, false, history, &tuning).await?;
