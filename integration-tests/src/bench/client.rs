@@ -633,6 +633,45 @@ fn read_once(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
+/// Reports [`Event::Progress`] with `frames()` every `interval` while it
+/// changes, from a task of its own.
+pub(crate) fn report_progress(interval: Duration, frames: impl Fn() -> u64 + 'static) {
+    spawn_local(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let now = frames();
+            if now != last {
+                last = now;
+                emit(&Event::Progress { frames: now });
+            }
+        }
+    });
+}
+
+/// Answers the coordinator's commands once the set-up is done (`stats`,
+/// `reset`) until it says quit, then exits: exiting closes every socket,
+/// no need to drop the connections' tasks one by one.
+pub(crate) async fn serve_commands(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    stats: impl Fn() -> Stats,
+    reset: impl Fn(),
+) -> ! {
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Stats => emit(&Event::Stats(stats())),
+            Command::Reset => {
+                reset();
+                emit(&Event::Reset);
+            }
+            Command::Halt => {}
+            Command::Quit => break,
+        }
+    }
+    std::process::exit(0)
+}
+
 /// Commands from stdin, read on a plain thread (stdin is blocking). EOF
 /// reads as [`Command::Quit`].
 pub(crate) fn commands() -> mpsc::UnboundedReceiver<Command> {
@@ -695,18 +734,8 @@ async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
     // Progress from the start: frames that arrive while the others still
     // set up (a storm's recoveries) count as they come.
     let progress = counters.clone();
-    let interval = Duration::from_millis(args.progress_ms.max(1));
-    spawn_local(async move {
-        let mut last = 0;
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            let frames = progress.frames.get();
-            if frames != last {
-                last = frames;
-                emit(&Event::Progress { frames });
-            }
-        }
+    report_progress(Duration::from_millis(args.progress_ms.max(1)), move || {
+        progress.frames.get()
     });
     let mut setup = Setup::default();
     // Count answers: the senders live on in the receiving tasks.
@@ -725,20 +754,7 @@ async fn hold(args: &ClientArgs) -> anyhow::Result<()> {
     setup.secs = started.elapsed().as_secs_f64();
     emit(&Event::Ready(setup));
 
-    let mut commands = commands();
-    while let Some(command) = commands.recv().await {
-        match command {
-            Command::Stats => emit(&Event::Stats(counters.stats())),
-            Command::Reset => {
-                counters.reset();
-                emit(&Event::Reset);
-            }
-            Command::Halt => {}
-            Command::Quit => break,
-        }
-    }
-    // Exiting closes every socket; no need to drop 19,000 tasks one by one.
-    std::process::exit(0)
+    serve_commands(commands(), || counters.stats(), || counters.reset()).await
 }
 
 /// Opens, sets up (as `args.subscribe` says), holds for `args.hold_ms` and

@@ -401,6 +401,19 @@ impl Fleet {
         Ok(())
     }
 
+    /// An error naming `what` (e.g. `edge-0`) unless the set-up connected
+    /// all `conns` connections.
+    pub fn require_all(&self, conns: usize, what: &str) -> anyhow::Result<()> {
+        if self.setup.connected != conns as u64 {
+            bail!(
+                "{what}: {} of {conns} connections set up ({})",
+                self.setup.connected,
+                self.setup.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        Ok(())
+    }
+
     /// Connections set up so far over all processes (as last reported,
     /// about a second old while they set up).
     pub fn connected(&self) -> u64 {

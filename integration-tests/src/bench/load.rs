@@ -316,11 +316,11 @@ async fn grpc_worker(
     let mut tally = LoadTally::default();
     while Instant::now() < end {
         let result = grpc_call(&mut sender, &uri, &body).await;
-        if result.is_err() && sender.is_closed() {
-            tally.record(result);
+        let broken = result.is_err() && sender.is_closed();
+        tally.record(result);
+        if broken {
             break;
         }
-        tally.record(result);
     }
     tally
 }

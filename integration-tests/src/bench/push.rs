@@ -105,6 +105,18 @@ pub fn http_client() -> reqwest::Client {
         .expect("build HTTP client")
 }
 
+/// `GET url` with a fresh [`http_client`]: the JSON answer of a 2xx.
+pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(http_client()
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// The JSON of one push-API message (`data` in base64).
 pub fn message_json(out: &mut String, uid: &str, topic: &str, payload: &[u8]) {
     let _ = write!(

@@ -24,7 +24,7 @@
 use crate::bench::cli::ClientArgs;
 use crate::bench::client::{
     Counters, Endpoint, Plan, SETUP_TIMEOUT, commands, emit, open_replied, receive_from,
-    unix_micros,
+    report_progress, serve_commands, unix_micros,
 };
 use crate::bench::control::{self, Command, Event, Roaming, Setup, Stats};
 use crate::bench::wire;
@@ -402,32 +402,11 @@ async fn hold(args: ClientArgs) -> anyhow::Result<()> {
     emit(&Event::Ready(setup));
 
     let progress = shared.clone();
-    let interval = Duration::from_millis(progress.args.progress_ms.max(1));
-    spawn_local(async move {
-        let mut last = 0;
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            let frames = progress.counters.frames();
-            if frames != last {
-                last = frames;
-                emit(&Event::Progress { frames });
-            }
-        }
-    });
-    while let Some(command) = commands.recv().await {
-        match command {
-            Command::Stats => emit(&Event::Stats(shared.stats())),
-            Command::Reset => {
-                shared.reset();
-                emit(&Event::Reset);
-            }
-            Command::Halt => {}
-            Command::Quit => break,
-        }
-    }
-    // Exiting closes every socket; no need to drop the tasks one by one.
-    std::process::exit(0)
+    report_progress(
+        Duration::from_millis(shared.args.progress_ms.max(1)),
+        move || progress.counters.frames(),
+    );
+    serve_commands(commands, || shared.stats(), || shared.reset()).await
 }
 
 #[cfg(test)]

@@ -165,13 +165,7 @@ async fn phase(bench: &Bench, n: usize, distinct: bool) -> anyhow::Result<Phase>
     for (i, started) in starting.into_iter().enumerate() {
         let (conns, fleet) = started.await.context("fleet start task")?;
         let fleet = fleet.with_context(|| format!("fleet of edge-{i}"))?;
-        if fleet.setup.connected != conns as u64 {
-            bail!(
-                "edge-{i}: {} of {conns} connections set up ({})",
-                fleet.setup.connected,
-                fleet.setup.first_error.as_deref().unwrap_or("?")
-            );
-        }
+        fleet.require_all(conns, &format!("edge-{i}"))?;
         fleets.push(fleet);
     }
     let setup_secs = started.elapsed().as_secs_f64();

@@ -28,7 +28,7 @@ use crate::bench::histogram::Histogram;
 use crate::bench::push::http_client;
 use crate::bench::report::{Row, Unit};
 use crate::bench::systems::EtcdCluster;
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use gpush_proto::v1::PresenceRequest;
 use gpush_proto::v1::push_client::PushClient;
 use prost::Message as _;
@@ -230,13 +230,7 @@ pub async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         };
         first += conns;
         let fleet = Fleet::start(&spec).await?;
-        if fleet.setup.connected != conns as u64 {
-            bail!(
-                "edge-{i}: {} of {conns} connections set up ({})",
-                fleet.setup.connected,
-                fleet.setup.first_error.as_deref().unwrap_or("?")
-            );
-        }
+        fleet.require_all(conns, &format!("edge-{i}"))?;
         fleets.push(fleet);
     }
     let http = http_client();

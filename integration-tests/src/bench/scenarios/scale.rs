@@ -38,7 +38,7 @@ use crate::bench::cli::HistoryMode;
 use crate::bench::client::unix_micros;
 use crate::bench::control::Stats;
 use crate::bench::fleet::{Fleet, FleetSpec, MAX_CONNS_PER_CLIENT, Wait};
-use crate::bench::push::{Pusher, http_client, stamp};
+use crate::bench::push::{Pusher, get_json, stamp};
 use crate::bench::report::{Row, Target, Unit};
 use crate::bench::systems::{EdgeTuning, EtcdCluster, open_files_limit, rss_bytes};
 use anyhow::{Context as _, bail};
@@ -263,14 +263,7 @@ impl Ramp {
 /// wrote them to etcd): `(node id, connections)`.
 async fn edge_counts(http_base: &str) -> anyhow::Result<Vec<(String, u64)>> {
     let url = format!("{http_base}/v1/stats");
-    let answer: serde_json::Value = http_client()
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?
-        .error_for_status()?
-        .json()
-        .await?;
+    let answer = get_json(&url).await?;
     let edges = answer["edges"]
         .as_array()
         .with_context(|| format!("no edges in {answer}"))?;
@@ -322,14 +315,7 @@ async fn push_retrying(pusher: &Pusher, topic: &str, payload: &str) -> anyhow::R
 /// /v1/history`), and its last offset.
 async fn kept_since(http_base: &str, topic: &str, since: u64) -> anyhow::Result<(usize, u64)> {
     let url = format!("{http_base}/v1/history?topic={topic}&since={since}&limit=1000");
-    let answer: serde_json::Value = http_client()
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?
-        .error_for_status()?
-        .json()
-        .await?;
+    let answer = get_json(&url).await?;
     let offset = answer["offset"]
         .as_u64()
         .with_context(|| format!("no offset in {answer}"))?;

@@ -17,7 +17,7 @@ use super::{Bench, join_notes, trouble_note};
 use crate::bench::chart::{self, Series};
 use crate::bench::cli::HistoryMode;
 use crate::bench::fleet::{Fleet, FleetSpec, SETUP_CONCURRENCY, Wait, Watch};
-use crate::bench::push::{Pusher, http_client, stamp};
+use crate::bench::push::{Pusher, get_json, stamp};
 use crate::bench::report::{Row, Target, Unit};
 use crate::bench::systems::{Cluster, Standalone};
 use anyhow::{Context as _, bail};
@@ -54,14 +54,7 @@ struct StormFigures {
 /// The topic's epoch and last offset, from the history API.
 async fn position(http_base: &str) -> anyhow::Result<(serde_json::Value, u64)> {
     let url = format!("{http_base}/v1/history?topic={TOPIC}&since=0&limit=1");
-    let answer: serde_json::Value = http_client()
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?
-        .error_for_status()?
-        .json()
-        .await?;
+    let answer = get_json(&url).await?;
     let offset = answer["offset"]
         .as_u64()
         .with_context(|| format!("no offset in {answer}"))?;
